@@ -1,0 +1,369 @@
+//! The [`Executor`] trait (object-safe, type-erased) and [`ExecutorExt`] (typed, generic,
+//! implemented for every executor), in the manner of `Stream` / `StreamExt`.
+
+use crate::error::SubmitError;
+use crate::handle::{ErasedHandle, JobHandle};
+use crate::job::ErasedJob;
+use crate::map::Map;
+use async_trait::async_trait;
+use futures::Stream;
+use serde::{Serialize, de::DeserializeOwned};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) mod sealed {
+    /// Keeps [`Executor`](super::Executor) implementable only by this crate's pools (and
+    /// references and smart pointers to them): its job and handle types are opaque.
+    pub trait Sealed {}
+}
+
+/// A pool that runs jobs: the object-safe core that
+/// [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) and
+/// [`ThreadPoolExecutor`](crate::ThreadPoolExecutor) implement.
+///
+/// Hold one as `Box<dyn Executor>` or `Arc<dyn Executor>` to choose the strategy at run
+/// time; the typed methods of [`ExecutorExt`] (`submit`, `map`, `shutdown`, ...) work on it
+/// all the same.
+///
+/// # Contract
+///
+/// - [`execute`](Executor::execute) never blocks and never runs the job on the caller's
+///   thread: it queues the job and returns its handle at once. It fails only after a
+///   shutdown began, and then gives the job back.
+/// - Every job it accepts ends **exactly once**: the handle yields the job's result or the
+///   [`JobError`](crate::JobError) that ended it. No job is lost, none hangs once its pool
+///   is shut down or dropped.
+/// - Jobs start in submission order (FIFO); with more than one worker they may finish in
+///   any order.
+/// - Shutdown is shared: shutting down through one clone, reference or trait object shuts
+///   the pool down for all of them.
+///
+/// The trait is sealed: its job and handle types are opaque, so that each pool can decide
+/// how to run a job (in place, or shipped to a worker process).
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+///
+/// fn checksum(data: Vec<u8>) -> u32 {
+///     data.iter().map(|&b| u32::from(b)).sum()
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let cpu_heavy = true;
+/// let pool: Box<dyn Executor> = if cpu_heavy {
+///     Box::new(ProcessPoolExecutor::builder().max_workers(2).build()?)
+/// } else {
+///     Box::new(ThreadPoolExecutor::new(8)?)
+/// };
+/// assert_eq!(pool.submit(checksum, vec![1, 2, 3]).await?, 6);
+/// pool.shutdown().await;
+/// # Ok::<(), procpool::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+pub trait Executor: Send + Sync + sealed::Sealed {
+    /// Queues a type-erased job and returns its handle at once.
+    ///
+    /// Use [`ExecutorExt::submit`] instead: it builds the job and types the handle.
+    ///
+    /// # Errors
+    ///
+    /// Gives the job back if a shutdown has begun.
+    fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob>;
+
+    /// The number of workers (threads or processes) that run jobs concurrently.
+    fn max_workers(&self) -> usize;
+
+    /// `true` once a shutdown has begun: new submissions are refused.
+    fn is_shutdown(&self) -> bool;
+
+    /// Begins a shutdown and returns without waiting: new submissions are refused from now
+    /// on; queued jobs still run, unless `cancel_queued` is set, in which case they end with
+    /// [`JobError::Cancelled`](crate::JobError::Cancelled) at once. Idempotent.
+    fn begin_shutdown(&self, cancel_queued: bool);
+
+    /// Shuts the pool down as `options` say and waits until it has stopped.
+    ///
+    /// With a timeout, whatever still runs when it passes is stopped: the process pool
+    /// kills its workers and their jobs end with
+    /// [`JobError::ShutDown`](crate::JobError::ShutDown); the thread pool cannot stop its
+    /// threads, so it stops waiting and lets them finish in the background. Returns `true`
+    /// if every job ended by itself, `false` if the timeout cut the wait short.
+    async fn shutdown_with(&self, options: ShutdownOptions) -> bool;
+}
+
+/// How [`Executor::shutdown_with`] stops a pool.
+///
+/// The default waits for every queued and running job, with no time limit (Python's
+/// `shutdown(wait=True)`).
+///
+/// # Examples
+///
+/// ```
+/// use procpool::ShutdownOptions;
+/// use std::time::Duration;
+///
+/// // Python's shutdown(cancel_futures=True), but give up after five seconds.
+/// let options = ShutdownOptions::new()
+///     .cancel_queued(true)
+///     .timeout(Duration::from_secs(5));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownOptions {
+    pub(crate) cancel_queued: bool,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl ShutdownOptions {
+    /// Wait for every queued and running job, however long it takes.
+    pub fn new() -> ShutdownOptions {
+        ShutdownOptions::default()
+    }
+
+    /// End the jobs that have not started yet with
+    /// [`JobError::Cancelled`](crate::JobError::Cancelled) instead of running them.
+    /// The default is `false`.
+    pub fn cancel_queued(mut self, cancel_queued: bool) -> ShutdownOptions {
+        self.cancel_queued = cancel_queued;
+        self
+    }
+
+    /// Stop waiting after `timeout`; see [`Executor::shutdown_with`] for what happens to
+    /// jobs still running then. The default is no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> ShutdownOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl<E: Executor + ?Sized> sealed::Sealed for &E {}
+impl<E: Executor + ?Sized> sealed::Sealed for Box<E> {}
+impl<E: Executor + ?Sized> sealed::Sealed for Arc<E> {}
+
+macro_rules! forward_executor {
+    ($($ty:ty),*) => {$(
+        #[async_trait]
+        impl<E: Executor + ?Sized> Executor for $ty {
+            fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
+                (**self).execute(job)
+            }
+            fn max_workers(&self) -> usize {
+                (**self).max_workers()
+            }
+            fn is_shutdown(&self) -> bool {
+                (**self).is_shutdown()
+            }
+            fn begin_shutdown(&self, cancel_queued: bool) {
+                (**self).begin_shutdown(cancel_queued)
+            }
+            async fn shutdown_with(&self, options: ShutdownOptions) -> bool {
+                (**self).shutdown_with(options).await
+            }
+        }
+    )*};
+}
+
+forward_executor!(&E, Box<E>, Arc<E>);
+
+/// The typed API of every [`Executor`]: `submit`, `map`, `shutdown` and friends.
+///
+/// Implemented for every `E: Executor + ?Sized`, including `dyn Executor`; import it with
+/// the trait. Jobs are plain function pointers `fn(A) -> R`: a function item or a closure
+/// that captures nothing. Arguments and results are `serde` types, because a process pool
+/// sends them to another process (the thread pool skips that step).
+///
+/// A closure that captures its environment does not coerce to `fn(A) -> R`, so it is
+/// refused **at compile time**: pass what it would capture as (part of) the argument.
+///
+/// ```compile_fail
+/// use procpool::{ExecutorExt, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(1).unwrap();
+/// let factor = 3_u64;
+/// let handle = pool.submit(move |x: u64| x * factor, 14); // captures `factor`: error
+/// ```
+///
+/// The fix is to pass it along:
+///
+/// ```
+/// use procpool::{ExecutorExt, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(1)?;
+/// let factor = 3_u64;
+/// let handle = pool.submit(|(x, factor): (u64, u64)| x * factor, (14, factor));
+/// assert_eq!(handle.wait()?, 42);
+/// # Ok::<(), procpool::Error>(())
+/// ```
+pub trait ExecutorExt: Executor {
+    /// Submits `f(arg)` and returns its handle at once (the job is queued; awaiting the
+    /// handle is only needed for the result).
+    ///
+    /// After a shutdown began, the handle yields
+    /// [`JobError::ShutDown`](crate::JobError::ShutDown); use
+    /// [`try_submit`](ExecutorExt::try_submit) to get the argument back instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::{ExecutorExt, ProcessPoolExecutor};
+    ///
+    /// fn is_prime(n: u64) -> bool {
+    ///     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    /// }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// assert!(pool.submit(is_prime, 97).await?);
+    /// assert!(!pool.submit(|n: u64| n % 2 == 1, 10).await?);
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        match self.try_submit(f, arg) {
+            Ok(handle) => handle,
+            Err(_) => JobHandle::from_erased(ErasedHandle::new(
+                crate::handle::JobState::completed(Err(crate::JobError::ShutDown)),
+            )),
+        }
+    }
+
+    /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument
+    /// back.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError`] holding `arg`, if a shutdown has begun.
+    fn try_submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<JobHandle<R>, SubmitError<A>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        match self.execute(ErasedJob::single(f, arg)) {
+            Ok(raw) => Ok(JobHandle::from_erased(raw)),
+            Err(job) => match job.call.into_arg().downcast::<A>() {
+                Ok(arg) => Err(SubmitError(*arg)),
+                Err(_) => unreachable!("a single job gives back its own argument type"),
+            },
+        }
+    }
+
+    /// Applies `f` to every item, in order: a [`Stream`] of one `Result` per item.
+    ///
+    /// `items` is consumed lazily: items are grouped into chunks (see
+    /// [`Map::chunk_size`]), and only a bounded number of chunks are in flight at once (see
+    /// [`Map::max_in_flight`]), so mapping a huge or endless iterator holds a bounded
+    /// number of items in memory. A failing item (a panic, say) fails only itself, even
+    /// inside a chunk, and the stream goes on. Dropping the stream cancels the chunks that
+    /// have not started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::TryStreamExt;
+    /// use procpool::{ExecutorExt, ProcessPoolExecutor};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let squares: Vec<u64> = pool
+    ///     .map(|x: u64| x * x, 0..1000)
+    ///     .chunk_size(100)
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(squares[999], 998_001);
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn map<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Map<'_, Self, futures::stream::Iter<I::IntoIter>, A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items = items.into_iter();
+        let hint = items.size_hint().1;
+        Map::new(self, f, futures::stream::iter(items), hint, true)
+    }
+
+    /// Like [`map`](ExecutorExt::map), but yields each result as soon as it is ready
+    /// (completion order, chunk by chunk) instead of in input order.
+    fn map_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Map<'_, Self, futures::stream::Iter<I::IntoIter>, A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items = items.into_iter();
+        let hint = items.size_hint().1;
+        Map::new(self, f, futures::stream::iter(items), hint, false)
+    }
+
+    /// Like [`map`](ExecutorExt::map), over the items of a [`Stream`] (pulled only as fast
+    /// as the pool consumes them).
+    fn map_stream<A, R, S>(&self, f: fn(A) -> R, items: S) -> Map<'_, Self, S, A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        S: Stream<Item = A>,
+    {
+        let hint = items.size_hint().1;
+        Map::new(self, f, items, hint, true)
+    }
+
+    /// Like [`map_unordered`](ExecutorExt::map_unordered), over the items of a [`Stream`].
+    fn map_stream_unordered<A, R, S>(&self, f: fn(A) -> R, items: S) -> Map<'_, Self, S, A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        S: Stream<Item = A>,
+    {
+        let hint = items.size_hint().1;
+        Map::new(self, f, items, hint, false)
+    }
+
+    /// Waits for every queued and running job, then stops the workers (Python's
+    /// `shutdown(wait=True)`). New submissions are refused from the moment it is called.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send + '_ {
+        async move {
+            self.shutdown_with(ShutdownOptions::new()).await;
+        }
+    }
+
+    /// Cancels the jobs that have not started, waits for the running ones, then stops the
+    /// workers (Python's `shutdown(cancel_futures=True)`).
+    fn shutdown_cancel_queued(&self) -> impl Future<Output = ()> + Send + '_ {
+        async move {
+            self.shutdown_with(ShutdownOptions::new().cancel_queued(true))
+                .await;
+        }
+    }
+
+    /// Waits at most `timeout` for queued and running jobs, then stops whatever still
+    /// runs (see [`Executor::shutdown_with`]). Returns `true` if everything ended in time.
+    fn shutdown_timeout(&self, timeout: Duration) -> impl Future<Output = bool> + Send + '_ {
+        self.shutdown_with(ShutdownOptions::new().timeout(timeout))
+    }
+
+    /// Begins a shutdown without waiting (Python's `shutdown(wait=False)`): submissions are
+    /// refused, queued and running jobs go on, and the workers stop when they are done.
+    fn shutdown_background(&self) {
+        self.begin_shutdown(false);
+    }
+}
+
+impl<E: Executor + ?Sized> ExecutorExt for E {}

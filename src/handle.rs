@@ -1,0 +1,352 @@
+//! [`JobHandle`], the awaitable end of a submitted job, and the shared completion cell
+//! ([`JobState`]) through which a pool hands the job's result to it.
+//!
+//! The cell is runtime-agnostic: an atomic state, the result behind a mutex and an
+//! [`AtomicWaker`]. A pool completes it from whatever thread it runs on; the caller polls
+//! it from any executor or blocks on it.
+
+use crate::error::JobError;
+use crate::job::Output;
+use futures::task::AtomicWaker;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+/// The completion cell of one job, shared by the pool and the job's handle.
+///
+/// Invariant: `state` only moves forward (`QUEUED -> RUNNING -> DONE` or
+/// `QUEUED -> DONE`), and whoever moves it to `DONE` stores the result first, so the
+/// result is written exactly once and is present whenever `state == DONE`.
+pub(crate) struct JobState {
+    state: AtomicU8,
+    result: Mutex<Option<Result<Output, JobError>>>,
+    waker: AtomicWaker,
+    /// Set by the pool when it starts the job, if it can stop a running job (the process
+    /// pool kills the worker).
+    stoppable: AtomicBool,
+    /// Set by `cancel()` on a running, stoppable job; the pool watches `stop`.
+    stop_requested: AtomicBool,
+    stop: tokio::sync::Notify,
+}
+
+impl JobState {
+    pub(crate) fn new() -> Arc<JobState> {
+        Arc::new(JobState {
+            state: AtomicU8::new(QUEUED),
+            result: Mutex::new(None),
+            waker: AtomicWaker::new(),
+            stoppable: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A cell that is already complete (a refused or failed submission).
+    pub(crate) fn completed(result: Result<Output, JobError>) -> Arc<JobState> {
+        let state = JobState::new();
+        state.finish(result);
+        state
+    }
+
+    /// Claims a queued job for running. `false` means it was cancelled meanwhile and must
+    /// not run. `stoppable` says whether a later `cancel()` may stop it while it runs.
+    pub(crate) fn try_start(&self, stoppable: bool) -> bool {
+        self.stoppable.store(stoppable, Ordering::Relaxed);
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Completes a job this pool started (`try_start` returned `true`).
+    pub(crate) fn complete(&self, result: Result<Output, JobError>) {
+        debug_assert_eq!(self.state.load(Ordering::Acquire), RUNNING);
+        self.finish(result);
+    }
+
+    /// Ends a job that is still queued with `error`. Returns `false` if it already started
+    /// or ended, in which case nothing changes.
+    pub(crate) fn fail_queued(&self, error: JobError) -> bool {
+        let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+        if self
+            .state
+            .compare_exchange(QUEUED, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        *slot = Some(Err(error));
+        drop(slot);
+        self.waker.wake();
+        true
+    }
+
+    fn finish(&self, result: Result<Output, JobError>) {
+        let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+        *slot = Some(result);
+        self.state.store(DONE, Ordering::Release);
+        drop(slot);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DONE
+    }
+
+    /// Requests cancellation; see [`JobHandle::cancel`].
+    pub(crate) fn cancel(&self) -> bool {
+        if self.fail_queued(JobError::Cancelled) {
+            return true;
+        }
+        if self.state.load(Ordering::Acquire) == RUNNING && self.stoppable.load(Ordering::Relaxed) {
+            self.stop_requested.store(true, Ordering::Release);
+            self.stop.notify_one();
+            return true;
+        }
+        false
+    }
+
+    /// Resolves when `cancel()` asks the pool to stop this running job.
+    pub(crate) async fn stop_requested(&self) {
+        loop {
+            let notified = self.stop.notified();
+            if self.stop_requested.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_done() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_done() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn take(&self) -> Option<Result<Output, JobError>> {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn finished_with_error(&self) -> bool {
+        self.is_done()
+            && matches!(
+                *self.result.lock().unwrap_or_else(PoisonError::into_inner),
+                Some(Err(_))
+            )
+    }
+}
+
+/// The type-erased handle of a submitted job, as the object-safe
+/// [`Executor`](crate::Executor) returns it. [`ExecutorExt`](crate::ExecutorExt) wraps it
+/// in a typed [`JobHandle`].
+#[must_use = "a handle does nothing unless awaited; dropping it detaches the job"]
+pub struct ErasedHandle {
+    pub(crate) state: Arc<JobState>,
+}
+
+impl ErasedHandle {
+    pub(crate) fn new(state: Arc<JobState>) -> ErasedHandle {
+        ErasedHandle { state }
+    }
+
+    pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
+        match self.state.poll_done(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(self.state.take().expect(
+                "ErasedHandle polled after it returned its result (a Future contract violation)",
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for ErasedHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErasedHandle")
+            .field("finished", &self.state.is_done())
+            .finish()
+    }
+}
+
+/// An owned handle to a submitted job: a [`Future`] of the job's result.
+///
+/// Returned at once by [`ExecutorExt::submit`](crate::ExecutorExt::submit) (the job is
+/// already queued; it runs whether or not the handle is polled), in the manner of
+/// `tokio::spawn`. Await it for `Ok(R)` or the [`JobError`] that ended the job. Synchronous
+/// code uses [`wait`](JobHandle::wait) or [`wait_timeout`](JobHandle::wait_timeout).
+///
+/// The handle works under any executor: it holds no tokio type and needs no runtime.
+///
+/// # Cancel safety
+///
+/// Dropping a `JobHandle` **detaches** the job: it keeps running and its result is
+/// discarded. To stop it, call [`cancel`](JobHandle::cancel). Dropping a `select!` branch
+/// that awaits a handle therefore never loses the job.
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{ExecutorExt, ThreadPoolExecutor};
+///
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let pool = ThreadPoolExecutor::new(2)?;
+/// let handle = pool.submit(double, 21);
+/// assert_eq!(handle.await?, 42);
+/// # Ok::<(), procpool::Error>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "a handle does nothing unless awaited; dropping it detaches the job"]
+pub struct JobHandle<R> {
+    raw: ErasedHandle,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R: 'static> JobHandle<R> {
+    pub(crate) fn from_erased(raw: ErasedHandle) -> JobHandle<R> {
+        JobHandle {
+            raw,
+            _result: PhantomData,
+        }
+    }
+
+    /// Cancels the job, if it has not finished.
+    ///
+    /// - A **queued** job is removed: it never runs, and the handle yields
+    ///   [`JobError::Cancelled`].
+    /// - A **running** job on a [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) is
+    ///   stopped: its worker process is killed and replaced, and the handle yields
+    ///   [`JobError::Cancelled`].
+    /// - A running job on a [`ThreadPoolExecutor`](crate::ThreadPoolExecutor) cannot be
+    ///   stopped (Rust cannot kill a thread); it runs to the end and the handle yields its
+    ///   result.
+    ///
+    /// Returns `true` if the job will end with [`JobError::Cancelled`], `false` if it has
+    /// already finished or cannot be stopped.
+    pub fn cancel(&self) -> bool {
+        self.raw.state.cancel()
+    }
+
+    /// `true` once the job has ended (with a result or an error), so that awaiting the
+    /// handle returns at once.
+    pub fn is_finished(&self) -> bool {
+        self.raw.state.is_done()
+    }
+
+    /// Blocks the current thread until the job ends, for synchronous callers.
+    ///
+    /// Do not call this from an async task: it blocks the executor's thread. Await the
+    /// handle there instead.
+    ///
+    /// # Errors
+    ///
+    /// The [`JobError`] that ended the job.
+    pub fn wait(self) -> Result<R, JobError> {
+        futures::executor::block_on(self)
+    }
+
+    /// Blocks the current thread until the job ends or `timeout` passes. On timeout the
+    /// handle comes back in `Err`, and the job goes on.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, JobError>, Self> {
+        let deadline = futures_timer::Delay::new(timeout);
+        let finished = futures::executor::block_on(async {
+            let ready = futures::future::poll_fn(|cx| self.raw.state.poll_done(cx));
+            futures::pin_mut!(ready, deadline);
+            matches!(
+                futures::future::select(ready, deadline).await,
+                futures::future::Either::Left(_)
+            )
+        });
+        if finished {
+            Ok(futures::executor::block_on(&mut self))
+        } else {
+            Err(self)
+        }
+    }
+
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.raw.state.poll_done(cx)
+    }
+
+    pub(crate) fn finished_with_error(&self) -> bool {
+        self.raw.state.finished_with_error()
+    }
+}
+
+impl<R: 'static> Future for JobHandle<R> {
+    type Output = Result<R, JobError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.raw.poll_output(cx).map(|output| {
+            output.map(|boxed| {
+                *boxed
+                    .downcast::<R>()
+                    .expect("procpool bug: job output has the wrong type")
+            })
+        })
+    }
+}
+
+impl<R> fmt::Debug for JobHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("finished", &self.raw.state.is_done())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_is_written_once_and_cancel_loses_to_start() {
+        let state = JobState::new();
+        assert!(state.try_start(false));
+        assert!(
+            !state.cancel(),
+            "a running, unstoppable job cannot be cancelled"
+        );
+        state.complete(Ok(Box::new(5_u8)));
+        assert!(!state.fail_queued(JobError::Cancelled));
+        let mut handle = JobHandle::<u8>::from_erased(ErasedHandle::new(state));
+        assert_eq!(futures::executor::block_on(&mut handle), Ok(5));
+    }
+
+    #[test]
+    fn cancelled_queued_job_cannot_start() {
+        let state = JobState::new();
+        assert!(state.cancel());
+        assert!(!state.try_start(true));
+        let handle = JobHandle::<u8>::from_erased(ErasedHandle::new(state));
+        assert_eq!(handle.wait(), Err(JobError::Cancelled));
+    }
+
+    #[test]
+    fn cancelling_a_stoppable_running_job_signals_the_pool() {
+        let state = JobState::new();
+        assert!(state.try_start(true));
+        assert!(state.cancel());
+        futures::executor::block_on(state.stop_requested());
+    }
+}

@@ -1,0 +1,595 @@
+//! Jobs: a typed function and its argument, erased into an [`ErasedJob`] that any executor
+//! accepts, plus the code that runs a shipped job inside a worker process.
+//!
+//! A job is run one of two ways: in this process ([`Call::run_here`], the thread pool's
+//! way: no serialization), or in a worker process ([`Call::encode_input`] ships the
+//! argument, [`crate::raw::run_shipped`] runs the trampoline there, and the decoder from
+//! [`Call::decoder`] turns the answer back into `R`).
+//!
+//! # Chunk wire format
+//!
+//! A chunk (many items of one `map`) travels as `count: u32 LE` followed, per item, by a
+//! tag byte and either the postcard encoding of `A` (tag 0) or of the message of the
+//! error that kept the argument from encoding (tag 1). The answer is, per item, a tag byte,
+//! `len: u32 LE` and `len` bytes: so that one item that fails to encode or decode fails
+//! only itself.
+
+use crate::error::JobError;
+use crate::raw::Target;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+/// A job with its types erased, as the object-safe [`Executor`](crate::Executor) takes it.
+///
+/// Made by [`ExecutorExt`](crate::ExecutorExt)'s typed methods; you do not build one
+/// yourself. It carries the function, its argument, and monomorphized helpers to run it in
+/// this process, to encode the argument and to decode the result.
+pub struct ErasedJob {
+    pub(crate) call: Box<dyn Call>,
+}
+
+impl ErasedJob {
+    pub(crate) fn single<A, R>(f: fn(A) -> R, arg: A) -> ErasedJob
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        ErasedJob {
+            call: Box::new(Single { f, arg }),
+        }
+    }
+
+    pub(crate) fn chunk<A, R>(f: fn(A) -> R, args: Vec<A>) -> ErasedJob
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        ErasedJob {
+            call: Box::new(Chunk { f, args }),
+        }
+    }
+}
+
+impl fmt::Debug for ErasedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErasedJob")
+            .field("items", &self.call.items())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a job produced: `R` for a single job, `Vec<Result<R, JobError>>` for a chunk.
+pub(crate) type Output = Box<dyn Any + Send>;
+
+/// Decodes a worker's answer into the job's [`Output`].
+pub(crate) type Decoder = fn(&[u8]) -> Result<Output, JobError>;
+
+/// The monomorphized helpers of one job.
+pub(crate) trait Call: Send + 'static {
+    /// Runs the job in this process, catching a panic.
+    fn run_here(self: Box<Self>) -> Result<Output, JobError>;
+    /// Where the worker finds the function.
+    fn target(&self) -> Target;
+    /// Appends the encoded argument(s) to `out`.
+    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError>;
+    /// How to decode the worker's answer.
+    fn decoder(&self) -> Decoder;
+    /// The argument(s), given back when a submission is refused.
+    fn into_arg(self: Box<Self>) -> Box<dyn Any + Send>;
+    /// Number of items (1, or a chunk's length).
+    fn items(&self) -> usize;
+}
+
+struct Single<A, R> {
+    f: fn(A) -> R,
+    arg: A,
+}
+
+impl<A, R> Call for Single<A, R>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn run_here(self: Box<Self>) -> Result<Output, JobError> {
+        let Single { f, arg } = *self;
+        match catch_unwind(AssertUnwindSafe(move || f(arg))) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(payload) => Err(JobError::from_panic_payload(&*payload)),
+        }
+    }
+
+    fn target(&self) -> Target {
+        Target::single(self.f)
+    }
+
+    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError> {
+        encode_into(&self.arg, out).map_err(JobError::Encode)
+    }
+
+    fn decoder(&self) -> Decoder {
+        decode_single::<R>
+    }
+
+    fn into_arg(self: Box<Self>) -> Box<dyn Any + Send> {
+        Box::new(self.arg)
+    }
+
+    fn items(&self) -> usize {
+        1
+    }
+}
+
+struct Chunk<A, R> {
+    f: fn(A) -> R,
+    args: Vec<A>,
+}
+
+impl<A, R> Call for Chunk<A, R>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn run_here(self: Box<Self>) -> Result<Output, JobError> {
+        let f = self.f;
+        let results: Vec<Result<R, JobError>> = self
+            .args
+            .into_iter()
+            .map(|arg| {
+                catch_unwind(AssertUnwindSafe(move || f(arg)))
+                    .map_err(|payload| JobError::from_panic_payload(&*payload))
+            })
+            .collect();
+        Ok(Box::new(results))
+    }
+
+    fn target(&self) -> Target {
+        Target::chunk(self.f)
+    }
+
+    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError> {
+        let count = u32::try_from(self.args.len())
+            .map_err(|_| JobError::Encode("a chunk holds at most 2^32 - 1 items".into()))?;
+        out.extend_from_slice(&count.to_le_bytes());
+        for arg in &self.args {
+            let start = out.len();
+            out.push(TAG_OK);
+            if let Err(message) = encode_into(arg, out) {
+                out.truncate(start);
+                out.push(TAG_ARG_ENCODE);
+                encode_into(&message, out).map_err(JobError::Encode)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decoder(&self) -> Decoder {
+        decode_chunk::<R>
+    }
+
+    fn into_arg(self: Box<Self>) -> Box<dyn Any + Send> {
+        Box::new(self.args)
+    }
+
+    fn items(&self) -> usize {
+        self.args.len()
+    }
+}
+
+const TAG_OK: u8 = 0;
+const TAG_PANICKED: u8 = 1;
+const TAG_RESULT_ENCODE: u8 = 2;
+const TAG_ARG_ENCODE: u8 = 3;
+const TAG_ARG_DECODE: u8 = 4;
+
+fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    postcard::to_io(value, &mut *out).map(drop).map_err(|e| {
+        out.truncate(start);
+        e.to_string()
+    })
+}
+
+fn decode_single<R: DeserializeOwned + Send + 'static>(bytes: &[u8]) -> Result<Output, JobError> {
+    postcard::from_bytes::<R>(bytes)
+        .map(|r| Box::new(r) as Output)
+        .map_err(|e| JobError::Decode(format!("result: {e}")))
+}
+
+fn decode_chunk<R: DeserializeOwned + Send + 'static>(
+    mut bytes: &[u8],
+) -> Result<Output, JobError> {
+    let mut results: Vec<Result<R, JobError>> = Vec::new();
+    while !bytes.is_empty() {
+        let (tag, body, rest) = split_item(bytes)?;
+        bytes = rest;
+        let item = match tag {
+            TAG_OK => postcard::from_bytes::<R>(body)
+                .map_err(|e| JobError::Decode(format!("result: {e}"))),
+            TAG_PANICKED => {
+                let (message, location) = postcard::from_bytes::<(String, Option<String>)>(body)
+                    .map_err(|e| JobError::Decode(format!("panic report: {e}")))?;
+                Err(JobError::Panicked { message, location })
+            }
+            TAG_RESULT_ENCODE => Err(JobError::Encode(format!(
+                "result (in the worker): {}",
+                decode_message(body)?
+            ))),
+            TAG_ARG_ENCODE => Err(JobError::Encode(decode_message(body)?)),
+            TAG_ARG_DECODE => Err(JobError::Decode(format!(
+                "argument (in the worker): {}",
+                decode_message(body)?
+            ))),
+            other => return Err(JobError::Decode(format!("unknown item tag {other}"))),
+        };
+        results.push(item);
+    }
+    Ok(Box::new(results))
+}
+
+fn decode_message(body: &[u8]) -> Result<String, JobError> {
+    postcard::from_bytes::<String>(body).map_err(|e| JobError::Decode(format!("message: {e}")))
+}
+
+fn split_item(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), JobError> {
+    let truncated = || JobError::Decode("truncated chunk result".into());
+    let (&tag, rest) = bytes.split_first().ok_or_else(truncated)?;
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .ok_or_else(truncated)?
+        .try_into()
+        .unwrap_or([0; 4]);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let rest = &rest[4..];
+    if rest.len() < len {
+        return Err(truncated());
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+/// Appends one chunk-result item: tag, `u32 LE` length, body written by `write`. If
+/// `write` fails, the item becomes a result-encoding error carrying its message.
+fn push_item(out: &mut Vec<u8>, tag: u8, write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) {
+    let start = out.len();
+    out.push(tag);
+    out.extend_from_slice(&[0; 4]);
+    match write(out) {
+        Ok(()) => patch_item_len(out, start),
+        Err(message) => {
+            out.truncate(start);
+            push_message_item(out, TAG_RESULT_ENCODE, &message);
+        }
+    }
+}
+
+/// Appends an item whose body is a message (encoding a `str` cannot fail).
+fn push_message_item(out: &mut Vec<u8>, tag: u8, message: &str) {
+    let start = out.len();
+    out.push(tag);
+    out.extend_from_slice(&[0; 4]);
+    if encode_into(message, out).is_err() {
+        out.truncate(start + 5);
+    }
+    patch_item_len(out, start);
+}
+
+fn patch_item_len(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 5) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// How one shipped call ended. `Ok` means the caller's output buffer holds the encoded
+/// result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Ok,
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    /// The worker could not decode the argument.
+    Decode(String),
+    /// The worker could not encode the result.
+    Encode(String),
+}
+
+impl Outcome {
+    /// The job error for a call that did not succeed.
+    pub(crate) fn into_error(self) -> Option<JobError> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Panicked { message, location } => {
+                Some(JobError::Panicked { message, location })
+            }
+            Outcome::Decode(e) => Some(JobError::Decode(format!("argument (in the worker): {e}"))),
+            Outcome::Encode(e) => Some(JobError::Encode(format!("result (in the worker): {e}"))),
+        }
+    }
+}
+
+thread_local! {
+    /// Set by the worker's panic hook: the location of the panic being unwound.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether a job is running on this thread, so the hook stays quiet for job panics.
+    static IN_JOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs the worker's panic hook: it records where a job panicked (the report travels
+/// to the parent) and prints panics that happen outside jobs as the default hook would.
+pub(crate) fn install_worker_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_JOB.with(|j| j.get()) {
+            let loc = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// Runs `f` as a job: catches a panic and reports its message and location.
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
+    IN_JOB.with(|j| j.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_JOB.with(|j| j.set(false));
+    result.map_err(|payload| {
+        let location = PANIC_LOCATION.with(|p| p.borrow_mut().take());
+        (crate::error::panic_message(&*payload), location)
+    })
+}
+
+/// The body of the `single` trampoline: decode `A`, call `f`, encode `R` into `out`.
+pub(crate) fn run_single<A: DeserializeOwned, R: Serialize>(
+    f: fn(A) -> R,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let arg = match catch(|| postcard::from_bytes::<A>(input)) {
+        Ok(Ok(arg)) => arg,
+        Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+        Err((message, _)) => return Outcome::Decode(format!("Deserialize panicked: {message}")),
+    };
+    match catch(move || f(arg)) {
+        Ok(r) => match catch(|| encode_into(&r, out)) {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(e)) => Outcome::Encode(e),
+            Err((message, _)) => Outcome::Encode(format!("Serialize panicked: {message}")),
+        },
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+/// The body of the `chunk` trampoline: each item is decoded, run and encoded on its own,
+/// so that a panic or an encoding error fails only that item.
+pub(crate) fn run_chunk<A: DeserializeOwned, R: Serialize>(
+    f: fn(A) -> R,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let Some((count, mut rest)) = input.split_first_chunk::<4>() else {
+        return Outcome::Decode("chunk shorter than its item count".into());
+    };
+    let count = u32::from_le_bytes(*count);
+    for _ in 0..count {
+        let Some((&tag, body)) = rest.split_first() else {
+            return Outcome::Decode("chunk ends before its last item".into());
+        };
+        if tag == TAG_ARG_ENCODE {
+            let Ok((message, tail)) = postcard::take_from_bytes::<String>(body) else {
+                return Outcome::Decode("corrupt argument-error item".into());
+            };
+            rest = tail;
+            push_message_item(out, TAG_ARG_ENCODE, &message);
+            continue;
+        }
+        let arg = match catch(|| postcard::take_from_bytes::<A>(body)) {
+            Ok(Ok((arg, tail))) => {
+                rest = tail;
+                arg
+            }
+            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Err((message, _)) => {
+                return Outcome::Decode(format!("Deserialize panicked: {message}"));
+            }
+        };
+        match catch(move || f(arg)) {
+            Ok(r) => push_item(out, TAG_OK, |o| match catch(|| encode_into(&r, o)) {
+                Ok(result) => result,
+                Err((message, _)) => Err(format!("Serialize panicked: {message}")),
+            }),
+            Err(report) => push_item(out, TAG_PANICKED, |o| encode_into(&report, o)),
+        }
+    }
+    Outcome::Ok
+}
+
+/// The body of the `init` trampoline: runs a worker initializer.
+pub(crate) fn run_initializer(f: fn()) -> Outcome {
+    match catch(f) {
+        Ok(()) => Outcome::Ok,
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+/// The identity of an executable file: device, inode, size and modification time.
+///
+/// Workers are started from `/proc/self/exe` on Linux, which names the parent's own image
+/// even if the file was replaced on disk; the handshake compares both identities anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ImageId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl ImageId {
+    /// This process's executable identity (computed once).
+    pub(crate) fn current() -> Result<ImageId, String> {
+        static CURRENT: OnceLock<Result<ImageId, String>> = OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::metadata(exe_path()).map_err(|e| e.to_string())?;
+                Ok(ImageId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    len: meta.len(),
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// The path a worker is started from: the parent's own image.
+pub(crate) fn exe_path() -> std::path::PathBuf {
+    if cfg!(target_os = "linux") {
+        "/proc/self/exe".into()
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into())
+    }
+}
+
+/// Checks that both addresses of `target` lie in the main executable image, where a worker
+/// finds them; a function from a dynamically loaded library is refused.
+pub(crate) fn check_shippable(target: &Target) -> Result<(), JobError> {
+    let Some(ranges) = main_image_ranges() else {
+        return Ok(()); // no memory map to consult on this platform
+    };
+    for addr in target.addresses() {
+        if !ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr)) {
+            return Err(JobError::Unshippable {
+                reason: format!(
+                    "address {addr:#x} is outside the main executable (a dynamically loaded \
+                     library?); workers can only call functions compiled into the program"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The address ranges mapped from the file that holds this crate's code, read once from
+/// `/proc/self/maps`. `None` where there is no such file to read.
+fn main_image_ranges() -> Option<&'static [(usize, usize)]> {
+    static RANGES: OnceLock<Option<Vec<(usize, usize)>>> = OnceLock::new();
+    RANGES
+        .get_or_init(|| {
+            let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+            parse_image_ranges(&maps, crate::raw::anchor_address())
+        })
+        .as_deref()
+}
+
+fn parse_image_ranges(maps: &str, anchor: usize) -> Option<Vec<(usize, usize)>> {
+    let lines: Vec<(usize, usize, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (lo, hi) = fields.next()?.split_once('-')?;
+            let path = fields.nth(4).unwrap_or("");
+            Some((
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+                path,
+            ))
+        })
+        .collect();
+    let image = lines
+        .iter()
+        .find(|(lo, hi, _)| (*lo..*hi).contains(&anchor))
+        .map(|(_, _, path)| *path)
+        .filter(|path| !path.is_empty())?;
+    Some(
+        lines
+            .iter()
+            .filter(|(_, _, path)| *path == image)
+            .map(|(lo, hi, _)| (*lo, *hi))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(x: i64) -> i64 {
+        x * x
+    }
+
+    fn fussy(x: i64) -> i64 {
+        assert!(x != 3, "three is not allowed");
+        x
+    }
+
+    fn run_chunk_locally<A, R>(f: fn(A) -> R, args: Vec<A>) -> Vec<Result<R, JobError>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let job = ErasedJob::chunk(f, args);
+        let mut input = Vec::new();
+        job.call.encode_input(&mut input).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(run_chunk(f, &input, &mut out), Outcome::Ok);
+        let decoded = (job.call.decoder())(&out).unwrap();
+        *decoded.downcast::<Vec<Result<R, JobError>>>().unwrap()
+    }
+
+    #[test]
+    fn chunk_round_trip_keeps_order() {
+        let results = run_chunk_locally(square, (0..100).collect());
+        let values: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, (0..100).map(|x| x * x).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_item_fails_only_itself() {
+        let results = run_chunk_locally(fussy, vec![1, 2, 3, 4]);
+        assert_eq!(results[0], Ok(1));
+        assert_eq!(results[1], Ok(2));
+        assert!(results[2].as_ref().unwrap_err().is_panic());
+        assert_eq!(results[3], Ok(4));
+    }
+
+    #[test]
+    fn truncated_chunk_results_are_errors_not_panics() {
+        let mut out = Vec::new();
+        push_item(&mut out, TAG_OK, |o| encode_into(&7_i64, o));
+        for cut in 0..out.len() {
+            let r = decode_chunk::<i64>(&out[..cut]);
+            if cut == 0 {
+                assert!(r.is_ok());
+            } else {
+                assert!(r.is_err(), "cut at {cut} must fail");
+            }
+        }
+    }
+
+    #[test]
+    fn image_ranges_come_from_the_anchors_file() {
+        let maps = "\
+1000-2000 r-xp 00000000 08:01 1 /usr/bin/app
+2000-3000 r--p 00000000 08:01 1 /usr/bin/app
+4000-5000 r-xp 00000000 08:01 2 /usr/lib/libplugin.so
+6000-7000 rw-p 00000000 00:00 0
+";
+        let ranges = parse_image_ranges(maps, 0x1800).unwrap();
+        assert_eq!(ranges, vec![(0x1000, 0x2000), (0x2000, 0x3000)]);
+        assert!(parse_image_ranges(maps, 0x6800).is_none());
+    }
+
+    #[test]
+    fn functions_of_this_binary_are_shippable() {
+        assert!(check_shippable(&Target::single(square)).is_ok());
+    }
+}

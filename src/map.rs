@@ -1,0 +1,259 @@
+//! [`Map`], the stream behind `map` and `map_unordered`: it pulls items lazily, groups them
+//! into chunks, keeps a bounded number of chunks in flight, and yields one result per item.
+
+use crate::error::JobError;
+use crate::executor::Executor;
+use crate::handle::{ErasedHandle, JobState};
+use crate::job::ErasedJob;
+use futures::Stream;
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The largest chunk the automatic chunk size picks.
+const MAX_AUTO_CHUNK: usize = 4096;
+/// The chunk size when the input's length is unknown.
+const UNKNOWN_LEN_CHUNK: usize = 32;
+
+/// A stream of `Result<R, JobError>`, one per input item, from
+/// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
+///
+/// Items are pulled from the input only when a chunk can be submitted, and at most
+/// [`max_in_flight`](Map::max_in_flight) chunks are queued or running at once, so memory
+/// stays bounded whatever the input's length.
+///
+/// # Cancel safety
+///
+/// Dropping the stream cancels its chunks that have not started (they never run); chunks
+/// already running finish in the background and their results are discarded. Items not
+/// yet pulled from the input are never submitted.
+#[must_use = "streams do nothing unless polled"]
+pub struct Map<'a, E: ?Sized, S, A, R> {
+    executor: &'a E,
+    f: fn(A) -> R,
+    source: Pin<Box<S>>,
+    source_done: bool,
+    size_hint: Option<usize>,
+    chunk_size: Option<usize>,
+    max_in_flight: Option<usize>,
+    ordered: bool,
+    pending: Vec<A>,
+    in_flight: VecDeque<(ErasedHandle, usize)>,
+    ready: VecDeque<Result<R, JobError>>,
+}
+
+impl<'a, E, S, A, R> Map<'a, E, S, A, R>
+where
+    E: Executor + ?Sized,
+    S: Stream<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(
+        executor: &'a E,
+        f: fn(A) -> R,
+        source: S,
+        size_hint: Option<usize>,
+        ordered: bool,
+    ) -> Self {
+        Map {
+            executor,
+            f,
+            source: Box::pin(source),
+            source_done: false,
+            size_hint,
+            chunk_size: None,
+            max_in_flight: None,
+            ordered,
+            pending: Vec::new(),
+            in_flight: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Sends `size` items to a worker per job (Python's `chunksize`). Larger chunks
+    /// amortize the per-job cost (a socket round trip on the process pool); smaller ones
+    /// balance uneven items better. A size of 0 is taken as 1.
+    ///
+    /// The default is automatic: a quarter of the input's length per worker when the input
+    /// tells its length (`Iterator::size_hint`), at most 4096; 32 when it does not.
+    pub fn chunk_size(mut self, size: usize) -> Self {
+        self.chunk_size = Some(size.max(1));
+        self
+    }
+
+    /// Keeps at most `chunks` chunks queued or running at once: the stream's memory bound.
+    /// A value of 0 is taken as 1. The default is twice the executor's `max_workers()`.
+    pub fn max_in_flight(mut self, chunks: usize) -> Self {
+        self.max_in_flight = Some(chunks.max(1));
+        self
+    }
+
+    fn effective_chunk_size(&self) -> usize {
+        self.chunk_size.unwrap_or_else(|| match self.size_hint {
+            Some(len) => (len / (4 * self.executor.max_workers().max(1))).clamp(1, MAX_AUTO_CHUNK),
+            None => UNKNOWN_LEN_CHUNK,
+        })
+    }
+
+    fn effective_max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or_else(|| 2 * self.executor.max_workers().max(1))
+    }
+
+    fn submit_pending(&mut self) {
+        let items = std::mem::take(&mut self.pending);
+        let len = items.len();
+        let handle = match self.executor.execute(ErasedJob::chunk(self.f, items)) {
+            Ok(handle) => handle,
+            Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
+        };
+        self.in_flight.push_back((handle, len));
+    }
+
+    /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        let chunk = self.effective_chunk_size();
+        let max = self.effective_max_in_flight();
+        while !self.source_done && self.in_flight.len() < max {
+            match self.source.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    if self.pending.capacity() == 0 {
+                        self.pending.reserve_exact(chunk);
+                    }
+                    self.pending.push(item);
+                    if self.pending.len() >= chunk {
+                        self.submit_pending();
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.source_done = true;
+                    if !self.pending.is_empty() {
+                        self.submit_pending();
+                    }
+                }
+                Poll::Pending => {
+                    // A slow source: do not sit on a partial chunk while the pool idles.
+                    if !self.pending.is_empty() && self.in_flight.is_empty() {
+                        self.submit_pending();
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn unpack(&mut self, output: Result<crate::job::Output, JobError>, len: usize) {
+        match output {
+            Ok(boxed) => {
+                let results = *boxed
+                    .downcast::<Vec<Result<R, JobError>>>()
+                    .expect("procpool bug: chunk output has the wrong type");
+                let got = results.len();
+                self.ready.extend(results);
+                for _ in got..len {
+                    self.ready.push_back(Err(JobError::Decode(format!(
+                        "the worker answered {got} results for a chunk of {len} items"
+                    ))));
+                }
+            }
+            Err(error) => {
+                for _ in 0..len {
+                    self.ready.push_back(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl<E, S, A, R> Stream for Map<'_, E, S, A, R>
+where
+    E: Executor + ?Sized,
+    S: Stream<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, JobError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            this.fill(cx);
+            if this.in_flight.is_empty() {
+                return if this.source_done {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending // the source will wake us
+                };
+            }
+            let finished = if this.ordered {
+                match this.in_flight.front_mut() {
+                    Some((handle, _)) => match handle.poll_output(cx) {
+                        Poll::Ready(output) => Some((0, output)),
+                        Poll::Pending => None,
+                    },
+                    None => None,
+                }
+            } else {
+                this.in_flight
+                    .iter_mut()
+                    .enumerate()
+                    .find_map(|(i, (handle, _))| match handle.poll_output(cx) {
+                        Poll::Ready(output) => Some((i, output)),
+                        Poll::Pending => None,
+                    })
+            };
+            match finished {
+                Some((index, output)) => {
+                    let (_, len) = this
+                        .in_flight
+                        .remove(index)
+                        .expect("index of a polled chunk is valid");
+                    this.unpack(output, len);
+                }
+                None => return Poll::Pending,
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let buffered = self.ready.len()
+            + self.pending.len()
+            + self.in_flight.iter().map(|(_, len)| len).sum::<usize>();
+        let (lo, hi) = if self.source_done {
+            (0, Some(0))
+        } else {
+            self.source.size_hint()
+        };
+        (buffered + lo, hi.and_then(|hi| hi.checked_add(buffered)))
+    }
+}
+
+// No field is ever pinned in place (the source is pinned in its own box), so moving a
+// `Map` is fine whatever its type parameters.
+impl<E: ?Sized, S, A, R> Unpin for Map<'_, E, S, A, R> {}
+
+impl<E: ?Sized, S, A, R> Drop for Map<'_, E, S, A, R> {
+    fn drop(&mut self) {
+        for (handle, _) in &self.in_flight {
+            handle.state.fail_queued(JobError::Cancelled);
+        }
+    }
+}
+
+impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map")
+            .field("ordered", &self.ordered)
+            .field("chunk_size", &self.chunk_size)
+            .field("chunks_in_flight", &self.in_flight.len())
+            .field("results_ready", &self.ready.len())
+            .field("source_done", &self.source_done)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,340 @@
+//! [`ProcessPoolExecutor`]: jobs run in child processes (the same executable, re-started in
+//! worker mode), for CPU-bound and crash-prone work. This module isolates everything that
+//! crosses a process boundary: the builder, the supervisor, the wire protocol, the worker
+//! loop and the entry hook.
+
+pub(crate) mod entry;
+mod protocol;
+mod supervisor;
+pub(crate) mod worker;
+
+use crate::error::{Error, JobError};
+use crate::executor::{Executor, ShutdownOptions, sealed};
+use crate::handle::{ErasedHandle, JobState};
+use crate::job::ErasedJob;
+use crate::thread::wait_or_timeout;
+use async_trait::async_trait;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use supervisor::{Config, Core, QueuedJob};
+
+/// The default maximum frame size: 256 MiB.
+const DEFAULT_MAX_FRAME: usize = 256 << 20;
+/// The smallest maximum frame size accepted.
+const MIN_MAX_FRAME: usize = 64 << 10;
+/// The largest frame length the wire format can express.
+const MAX_MAX_FRAME: usize = u32::MAX as usize;
+
+/// A pool of worker processes that runs jobs: the process analogue of
+/// [`ThreadPoolExecutor`](crate::ThreadPoolExecutor), for CPU-bound work that should use
+/// every core, and for work that may crash.
+///
+/// Workers are this same executable, started again in worker mode: a static constructor
+/// enters the worker loop **before** `main`, so no user code runs in them (see
+/// [`init`](crate::init) for builds without it). A job is a plain `fn(A) -> R`; the worker
+/// finds it by its offset in the (verified identical) executable image, decodes the
+/// argument with postcard, runs it, and sends the result back over a private local socket.
+///
+/// The pool is a cheap, cloneable handle: clones share the same workers. Its supervision
+/// runs on its own thread and never on the caller's async runtime.
+///
+/// # Guarantees
+///
+/// - A job that panics ends with [`JobError::Panicked`], with the message and location;
+///   the worker survives.
+/// - A worker that dies (abort, signal, `exit`, out of memory) fails only the job it was
+///   running, with [`JobError::WorkerDied`] and its exit status; a new worker replaces it,
+///   and queued jobs wait for it.
+/// - [`JobHandle::cancel`](crate::JobHandle::cancel) removes a queued job, and stops a
+///   running one by killing and replacing its worker.
+/// - If workers cannot start (the initializer panics, the entry hook is missing, start-up
+///   fails five times in a row), the pool reports itself broken: queued and later jobs end
+///   with [`JobError::PoolBroken`] naming the cause. It never respawns in a loop.
+/// - The socket lives in a fresh `0700` directory with mode `0600` and is removed with the
+///   pool; every connection must present the pool's random 32-byte secret. On Linux a
+///   worker is killed when the pool's supervisor thread dies (`PR_SET_PDEATHSIG`), and it
+///   exits when its socket closes.
+/// - Dropping the last handle terminates and reaps every worker (it blocks for the few
+///   milliseconds that takes): queued jobs end with [`JobError::ShutDown`], and so do the
+///   running ones. Call [`shutdown`](crate::ExecutorExt::shutdown) first to let them finish.
+///
+/// # Examples
+///
+/// ```
+/// use futures::TryStreamExt;
+/// use procpool::{ExecutorExt, ProcessPoolExecutor};
+///
+/// fn collatz_steps(mut n: u64) -> u32 {
+///     let mut steps = 0;
+///     while n > 1 {
+///         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+///         steps += 1;
+///     }
+///     steps
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let pool = ProcessPoolExecutor::builder().max_workers(2).build()?;
+/// assert_eq!(pool.submit(collatz_steps, 27).await?, 111);
+/// let longest = pool
+///     .map(collatz_steps, 1..10_000)
+///     .try_fold(0, |best, steps| async move { Ok(best.max(steps)) })
+///     .await?;
+/// assert_eq!(longest, 261);
+/// pool.shutdown().await;
+/// # Ok::<(), procpool::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct ProcessPoolExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Builds a [`ProcessPoolExecutor`]; from [`ProcessPoolExecutor::builder`].
+#[derive(Debug, Clone)]
+pub struct ProcessPoolBuilder {
+    max_workers: Option<usize>,
+    initializer: Option<fn()>,
+    max_tasks_per_child: Option<usize>,
+    max_frame_size: usize,
+    handshake_timeout: Duration,
+}
+
+impl Default for ProcessPoolBuilder {
+    fn default() -> Self {
+        ProcessPoolBuilder {
+            max_workers: None,
+            initializer: None,
+            max_tasks_per_child: None,
+            max_frame_size: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ProcessPoolBuilder {
+    /// The number of worker processes. The default is the machine's available parallelism
+    /// (`std::thread::available_parallelism`), as in Python.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// A function each worker runs once, before its first job (Python's `initializer`).
+    /// If it panics, the pool is broken: jobs end with [`JobError::PoolBroken`] naming the
+    /// panic, and no worker is respawned. The default is none.
+    pub fn initializer(mut self, f: fn()) -> Self {
+        self.initializer = Some(f);
+        self
+    }
+
+    /// Replace each worker after it has run `n` jobs (a `map` chunk counts as one), to
+    /// bound what leaky jobs can accumulate (Python's `max_tasks_per_child`). The default
+    /// is to keep workers for the pool's lifetime.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// The largest message, in bytes, either side accepts: an argument or result over it
+    /// fails its job with [`JobError::TooLarge`]; a frame header claiming more drops the
+    /// connection before anything is allocated. The default is 256 MiB; the range is
+    /// 64 KiB to 4 GiB - 1.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// How long a new worker may take to connect and prove itself. The default is 10
+    /// seconds.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Creates the pool's socket and starts its workers in the background; returns without
+    /// waiting for them (the first jobs wait in the queue).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`] for a setting out of range.
+    /// - [`Error::Io`] if the socket directory, socket or supervisor thread cannot be
+    ///   created.
+    /// - [`Error::EntryHookMissing`] if this process is itself a worker that reached
+    ///   `main` (the `auto-init` feature is off and [`init`](crate::init) was not called):
+    ///   a worker never starts workers of its own.
+    pub fn build(self) -> Result<ProcessPoolExecutor, Error> {
+        if entry::is_worker_process() {
+            if let Some(spec) = entry::take_spec() {
+                worker::report_hook_missing(&spec);
+            }
+            return Err(Error::EntryHookMissing);
+        }
+        #[cfg(feature = "auto-init")]
+        std::hint::black_box(crate::raw::entry_hook_address());
+        let max_workers = match self.max_workers {
+            Some(0) => {
+                return Err(Error::Config(
+                    "ProcessPoolBuilder::max_workers must be at least 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config(
+                "ProcessPoolBuilder::max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        if !(MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&self.max_frame_size) {
+            return Err(Error::Config(format!(
+                "ProcessPoolBuilder::max_frame_size must be between {MIN_MAX_FRAME} and \
+                 {MAX_MAX_FRAME} bytes, not {}",
+                self.max_frame_size
+            )));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(Error::Config(
+                "ProcessPoolBuilder::handshake_timeout must be longer than zero".into(),
+            ));
+        }
+        let core = Arc::new(Core::new(Config {
+            max_workers,
+            initializer: self.initializer,
+            max_tasks_per_child: self.max_tasks_per_child,
+            max_frame: self.max_frame_size,
+            handshake_timeout: self.handshake_timeout,
+        }));
+        let supervisor = supervisor::start(core.clone())?;
+        Ok(ProcessPoolExecutor {
+            inner: Arc::new(Inner {
+                core,
+                supervisor: Mutex::new(Some(supervisor)),
+            }),
+        })
+    }
+}
+
+impl ProcessPoolExecutor {
+    /// A builder, with every setting at its default.
+    pub fn builder() -> ProcessPoolBuilder {
+        ProcessPoolBuilder::default()
+    }
+
+    /// A pool of `max_workers` processes, every other setting at its default.
+    ///
+    /// # Errors
+    ///
+    /// As [`ProcessPoolBuilder::build`].
+    pub fn new(max_workers: usize) -> Result<ProcessPoolExecutor, Error> {
+        ProcessPoolExecutor::builder()
+            .max_workers(max_workers)
+            .build()
+    }
+
+    fn completed(error: JobError) -> ErasedHandle {
+        ErasedHandle::new(JobState::completed(Err(error)))
+    }
+}
+
+impl sealed::Sealed for ProcessPoolExecutor {}
+
+#[async_trait]
+impl Executor for ProcessPoolExecutor {
+    fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
+        let core = &self.inner.core;
+        if let Some(error) = core.broken.get() {
+            return Ok(Self::completed(error.clone()));
+        }
+        if let Err(error) = crate::job::check_shippable(&job.call.target()) {
+            return Ok(Self::completed(error));
+        }
+        let state = JobState::new();
+        let queued = QueuedJob {
+            call: job.call,
+            state: state.clone(),
+        };
+        match core.queue.push(queued) {
+            Ok(()) => Ok(ErasedHandle::new(state)),
+            // A broken pool closes its queue: report why rather than "shut down".
+            Err(queued) => match core.broken.get() {
+                Some(error) => Ok(Self::completed(error.clone())),
+                None => Err(ErasedJob { call: queued.call }),
+            },
+        }
+    }
+
+    fn max_workers(&self) -> usize {
+        self.inner.core.config.max_workers
+    }
+
+    fn is_shutdown(&self) -> bool {
+        self.inner.core.queue.is_closed()
+    }
+
+    fn begin_shutdown(&self, cancel_queued: bool) {
+        self.inner
+            .core
+            .queue
+            .close(cancel_queued.then_some(JobError::Cancelled));
+    }
+
+    async fn shutdown_with(&self, options: ShutdownOptions) -> bool {
+        self.begin_shutdown(options.cancel_queued);
+        let core = &self.inner.core;
+        let terminated = || {
+            let mut terminated = core.terminated.subscribe();
+            async move {
+                // The sender lives in `core`, which `self` keeps alive.
+                let _ = terminated.wait_for(|&done| done).await;
+            }
+        };
+        match options.timeout {
+            None => {
+                terminated().await;
+                true
+            }
+            Some(timeout) => {
+                if wait_or_timeout(terminated(), timeout).await {
+                    return true;
+                }
+                core.kill.cancel();
+                terminated().await;
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.core.queue.close(Some(JobError::ShutDown));
+        self.core.kill.cancel();
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            // Killing and reaping the workers takes milliseconds: SIGKILL cannot be ignored.
+            let _ = supervisor.join();
+        }
+    }
+}
+
+impl fmt::Debug for ProcessPoolExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.inner.core;
+        f.debug_struct("ProcessPoolExecutor")
+            .field("max_workers", &core.config.max_workers)
+            .field("shut_down", &core.queue.is_closed())
+            .field("broken", &core.broken.get().is_some())
+            .finish()
+    }
+}

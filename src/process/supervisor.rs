@@ -1,0 +1,612 @@
+//! The supervisor: the pool's own thread, running a private current-thread tokio runtime,
+//! so that supervision never runs on (or blocks) the caller's runtime.
+//!
+//! It owns the listening socket (in a private `0700` directory, mode `0600`), one task per
+//! worker slot, and an accept loop that authenticates each connection (the per-pool
+//! secret, the protocol version, the executable image) and hands it to the slot that
+//! started that worker. A slot task starts its worker, serves it jobs from the shared
+//! queue one at a time, and replaces it when it dies, is cancelled or is retired.
+
+use super::entry::{Spec, WORKER_ENV};
+use super::protocol::{
+    Codec, FromWorker, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, ProtocolError, SECRET_LEN, ToWorker,
+};
+use crate::error::{Error, ExitInfo, JobError};
+use crate::handle::JobState;
+use crate::job::{Call, ImageId};
+use crate::queue::{JobQueue, Queued};
+use crate::raw::{self, Target};
+use futures::{SinkExt, StreamExt};
+use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, watch};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+type Conn = Framed<AsyncStream, Codec<FromWorker, ToWorker>>;
+
+/// Consecutive start-up failures of one slot after which the pool reports itself broken.
+const MAX_START_FAILURES: u32 = 5;
+/// The first back-off after a failed start; it doubles with each further failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a worker told to shut down (or that closed its socket) may take to exit
+/// before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// The pool's settings, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_workers: usize,
+    pub(crate) initializer: Option<fn()>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) max_frame: usize,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// A job waiting for a worker.
+pub(crate) struct QueuedJob {
+    pub(crate) call: Box<dyn Call>,
+    pub(crate) state: Arc<JobState>,
+}
+
+impl Queued for QueuedJob {
+    fn state(&self) -> &JobState {
+        &self.state
+    }
+}
+
+/// What the pool's handles and the supervisor share.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) queue: JobQueue<QueuedJob>,
+    /// Cancelled to stop everything now: drop, or a shutdown whose timeout ran out.
+    pub(crate) kill: CancellationToken,
+    /// Becomes `true` when the supervisor has reaped every worker and removed its socket.
+    pub(crate) terminated: watch::Sender<bool>,
+    /// Set once if the pool cannot run jobs; new submissions end with it.
+    pub(crate) broken: OnceLock<JobError>,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config) -> Core {
+        Core {
+            config,
+            queue: JobQueue::new(),
+            kill: CancellationToken::new(),
+            terminated: watch::channel(false).0,
+            broken: OnceLock::new(),
+        }
+    }
+
+    fn break_pool(&self, reason: String) {
+        tracing::error!(%reason, "process pool broken");
+        let _ = self.broken.set(JobError::PoolBroken { reason });
+        if let Some(error) = self.broken.get() {
+            self.queue.close(Some(error.clone()));
+        }
+    }
+}
+
+/// Why a worker did not start.
+enum StartError {
+    /// Will fail the same way again (initializer panic, missing entry hook, other image).
+    Fatal(String),
+    /// May work next time (spawn failure, early exit, handshake timeout).
+    Transient(String),
+    /// The pool is being killed.
+    Killed,
+}
+
+/// What a slot does after its worker stopped serving.
+enum Next {
+    Respawn,
+    Stop,
+}
+
+/// A started, handshaken worker.
+struct Worker {
+    child: Child,
+    conn: Conn,
+    pid: u32,
+    tasks: usize,
+}
+
+struct Supervisor {
+    core: Arc<Core>,
+    listener: Listener,
+    socket: PathBuf,
+    secret: [u8; SECRET_LEN],
+    image: ImageId,
+    exe: PathBuf,
+    /// Slots waiting for the handshake of the worker they started, by worker id.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(Conn, u32), StartError>>>>,
+    next_worker: AtomicU64,
+    next_job: AtomicU64,
+}
+
+/// Creates the socket and starts the supervisor thread.
+pub(crate) fn start(core: Arc<Core>) -> Result<std::thread::JoinHandle<()>, Error> {
+    let dir = tempfile::Builder::new()
+        .prefix("procpool-")
+        .tempdir() // created with mode 0700 on Unix
+        .map_err(|e| Error::io("creating the pool's private socket directory", e))?;
+    let socket = dir.path().join("pool.sock");
+    let mut secret = [0_u8; SECRET_LEN];
+    getrandom::fill(&mut secret).map_err(|e| {
+        Error::io(
+            "drawing the pool's random secret",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let image = ImageId::current()
+        .map_err(|e| Error::io("identifying this executable", std::io::Error::other(e)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the supervisor's runtime", e))?;
+    let listener = {
+        let _entered = runtime.enter();
+        let name = socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .map_err(|e| Error::io(format!("naming the socket {}", socket.display()), e))?;
+        ListenerOptions::new()
+            .name(name)
+            .mode(0o600)
+            .create_tokio()
+            .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?
+    };
+    let supervisor = Arc::new(Supervisor {
+        core: core.clone(),
+        listener,
+        socket,
+        secret,
+        image,
+        exe: crate::job::exe_path(),
+        pending: Mutex::new(HashMap::new()),
+        next_worker: AtomicU64::new(0),
+        next_job: AtomicU64::new(0),
+    });
+    std::thread::Builder::new()
+        .name("procpool-supervisor".into())
+        .spawn(move || {
+            runtime.block_on(supervisor.run());
+            // Dropping the runtime drops the accept loop and any handshake in progress;
+            // then the listener (which removes the socket file) and the directory.
+            drop(runtime);
+            drop(supervisor);
+            drop(dir);
+            // Slots stop only once the queue is closed; this is a safety net so that no
+            // job can be left waiting.
+            core.queue.close(Some(JobError::ShutDown));
+            core.terminated.send_replace(true);
+        })
+        .map_err(|e| Error::io("spawning the supervisor thread", e))
+}
+
+impl Supervisor {
+    async fn run(self: &Arc<Self>) {
+        let accept = tokio::spawn(self.clone().accept_loop());
+        let slots: Vec<_> = (0..self.core.config.max_workers)
+            .map(|slot| tokio::spawn(self.clone().run_slot(slot)))
+            .collect();
+        for slot in slots {
+            if let Err(e) = slot.await {
+                self.core
+                    .break_pool(format!("a supervisor task failed (a procpool bug): {e}"));
+            }
+        }
+        accept.abort();
+        let _ = accept.await;
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            match self.listener.accept().await {
+                Ok(stream) => {
+                    tokio::spawn(self.clone().handshake(stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a worker connection failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Authenticates a new connection and hands it to the slot that started its worker.
+    async fn handshake(self: Arc<Self>, stream: AsyncStream) {
+        let mut conn = Framed::new(stream, Codec::new(HANDSHAKE_MAX_FRAME));
+        let timeout = self.core.config.handshake_timeout;
+        let first = match tokio::time::timeout(timeout, conn.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "rejected a connection: bad first frame");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!("rejected a connection that sent no hello in time");
+                return;
+            }
+        };
+        match first {
+            FromWorker::Hello {
+                version,
+                worker_id,
+                pid,
+                secret,
+                image,
+                probe,
+            } => {
+                if !same_secret(&secret, &self.secret) {
+                    tracing::warn!(pid, "rejected a connection without the pool's secret");
+                    return;
+                }
+                let verdict = if version != PROTOCOL_VERSION {
+                    Err(StartError::Fatal(format!(
+                        "worker {pid} speaks protocol version {version}, the pool {PROTOCOL_VERSION}"
+                    )))
+                } else if image != self.image || probe != raw::probe_offset() {
+                    Err(StartError::Fatal(format!(
+                        "worker {pid} runs a different executable image than the pool"
+                    )))
+                } else {
+                    conn.codec_mut().set_max_frame(self.core.config.max_frame);
+                    Ok((conn, pid))
+                };
+                self.deliver(worker_id, verdict);
+            }
+            FromWorker::HookMissing { worker_id, secret } => {
+                if same_secret(&secret, &self.secret) {
+                    self.deliver(
+                        worker_id,
+                        Err(StartError::Fatal(Error::EntryHookMissing.to_string())),
+                    );
+                }
+            }
+            _ => tracing::warn!("rejected a connection that did not open with a hello"),
+        }
+    }
+
+    fn deliver(&self, worker_id: u64, verdict: Result<(Conn, u32), StartError>) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&worker_id);
+        match waiting {
+            Some(slot) => {
+                let _ = slot.send(verdict);
+            }
+            None => tracing::warn!(worker_id, "a worker nobody waits for connected"),
+        }
+    }
+
+    async fn run_slot(self: Arc<Self>, slot: usize) {
+        let mut failures = 0_u32;
+        loop {
+            if self.core.kill.is_cancelled() || self.core.queue.is_drained() {
+                return;
+            }
+            let worker = match self.start_worker().await {
+                Ok(worker) => {
+                    failures = 0;
+                    tracing::debug!(slot, pid = worker.pid, "worker started");
+                    worker
+                }
+                Err(StartError::Killed) => return,
+                Err(StartError::Fatal(reason)) => {
+                    self.core.break_pool(reason);
+                    return;
+                }
+                Err(StartError::Transient(reason)) => {
+                    failures += 1;
+                    tracing::warn!(slot, failures, %reason, "worker failed to start");
+                    if failures >= MAX_START_FAILURES {
+                        self.core.break_pool(format!(
+                            "workers failed to start {failures} times in a row; last: {reason}"
+                        ));
+                        return;
+                    }
+                    let backoff = FIRST_BACKOFF * 2_u32.pow(failures - 1);
+                    tokio::select! {
+                        _ = self.core.kill.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            match self.serve(slot, worker).await {
+                Next::Respawn => tracing::debug!(slot, "replacing worker"),
+                Next::Stop => return,
+            }
+        }
+    }
+
+    async fn start_worker(&self) -> Result<Worker, StartError> {
+        let worker_id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(worker_id, tx);
+        let result = self.spawn_and_handshake(worker_id, rx).await;
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&worker_id);
+        result
+    }
+
+    async fn spawn_and_handshake(
+        &self,
+        worker_id: u64,
+        handshake: oneshot::Receiver<Result<(Conn, u32), StartError>>,
+    ) -> Result<Worker, StartError> {
+        let spec = Spec {
+            worker_id,
+            parent_pid: std::process::id(),
+            secret: self.secret,
+            socket: self.socket.clone(),
+        };
+        let mut child = Command::new(&self.exe)
+            .env(WORKER_ENV, spec.encode())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                StartError::Transient(format!(
+                    "could not start a worker process from {}: {e}",
+                    self.exe.display()
+                ))
+            })?;
+        let pid = child.id().unwrap_or(0);
+        let timeout = self.core.config.handshake_timeout;
+        let verdict = tokio::select! {
+            verdict = handshake => verdict.unwrap_or_else(|_| {
+                Err(StartError::Transient("the handshake was dropped".into()))
+            }),
+            status = child.wait() => Err(StartError::Transient(format!(
+                "worker {pid} exited during start-up ({}) before its handshake; if the \
+                 `auto-init` feature is disabled, call procpool::init() first thing in main",
+                exit_info(status)
+            ))),
+            _ = tokio::time::sleep(timeout) => Err(StartError::Transient(format!(
+                "worker {pid} did not complete its handshake within {timeout:?}; if the \
+                 `auto-init` feature is disabled, call procpool::init() first thing in main"
+            ))),
+            _ = self.core.kill.cancelled() => Err(StartError::Killed),
+        };
+        let mut conn = match verdict {
+            Ok((conn, hello_pid)) if hello_pid == pid => conn,
+            Ok((_, hello_pid)) => {
+                reap(&mut child).await;
+                return Err(StartError::Transient(format!(
+                    "worker {pid} introduced itself as process {hello_pid}"
+                )));
+            }
+            Err(e) => {
+                reap(&mut child).await;
+                return Err(e);
+            }
+        };
+        let welcome = ToWorker::Welcome {
+            image: self.image.clone(),
+            probe: raw::probe_offset(),
+            initializer: self.core.config.initializer.map(Target::initializer),
+            max_frame: self.core.config.max_frame as u64,
+        };
+        if let Err(e) = conn.send(welcome).await {
+            reap(&mut child).await;
+            return Err(StartError::Transient(format!("worker {pid}: {e}")));
+        }
+        let ready = tokio::select! {
+            message = conn.next() => message,
+            _ = self.core.kill.cancelled() => {
+                reap(&mut child).await;
+                return Err(StartError::Killed);
+            }
+        };
+        match ready {
+            Some(Ok(FromWorker::Ready)) => Ok(Worker {
+                child,
+                conn,
+                pid,
+                tasks: 0,
+            }),
+            Some(Ok(FromWorker::InitFailed { message, location })) => {
+                reap(&mut child).await;
+                let at = location.map(|l| format!(" (at {l})")).unwrap_or_default();
+                Err(StartError::Fatal(format!(
+                    "the pool's initializer panicked in worker {pid}: {message}{at}"
+                )))
+            }
+            other => {
+                let status = stop(&mut child).await;
+                Err(StartError::Transient(format!(
+                    "worker {pid} failed before it was ready ({}): {}",
+                    status,
+                    describe(other)
+                )))
+            }
+        }
+    }
+
+    /// Serves jobs to one worker until it must be replaced or the pool stops.
+    async fn serve(&self, slot: usize, mut worker: Worker) -> Next {
+        let max_tasks = self.core.config.max_tasks_per_child;
+        loop {
+            let job = tokio::select! {
+                biased;
+                _ = self.core.kill.cancelled() => {
+                    reap(&mut worker.child).await;
+                    return Next::Stop;
+                }
+                job = self.core.queue.pop() => job,
+                status = worker.child.wait() => {
+                    tracing::warn!(slot, pid = worker.pid, exit = %exit_info(status), "idle worker exited");
+                    return Next::Respawn;
+                }
+                message = worker.conn.next() => {
+                    tracing::warn!(slot, pid = worker.pid, message = %describe(message), "idle worker sent an unexpected message");
+                    reap(&mut worker.child).await;
+                    return Next::Respawn;
+                }
+            };
+            let Some(job) = job else {
+                retire(&mut worker).await;
+                return Next::Stop;
+            };
+            if !job.state.try_start(true) {
+                continue; // cancelled while queued
+            }
+            if let Some(next) = self.run_job(slot, &mut worker, job).await {
+                return next;
+            }
+            worker.tasks += 1;
+            if max_tasks.is_some_and(|max| worker.tasks >= max) {
+                tracing::debug!(
+                    slot,
+                    pid = worker.pid,
+                    tasks = worker.tasks,
+                    "retiring worker"
+                );
+                retire(&mut worker).await;
+                return Next::Respawn;
+            }
+        }
+    }
+
+    /// Runs one started job on `worker` and completes it. `None` means the worker is fine
+    /// and serves on; `Some(next)` means it is gone.
+    async fn run_job(&self, slot: usize, worker: &mut Worker, job: QueuedJob) -> Option<Next> {
+        let QueuedJob { call, state } = job;
+        let mut input = Vec::new();
+        if let Err(e) = call.encode_input(&mut input) {
+            state.complete(Err(e));
+            return None;
+        }
+        let target = call.target();
+        let decoder = call.decoder();
+        drop(call); // the argument is encoded: free it now
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let Worker {
+            child, conn, pid, ..
+        } = worker;
+        match conn.send(ToWorker::Run { id, target, input }).await {
+            Ok(()) => {}
+            Err(ProtocolError::MessageTooLarge { size, max }) => {
+                state.complete(Err(JobError::TooLarge { size, max }));
+                return None;
+            }
+            Err(e) => {
+                let exit = stop(child).await;
+                tracing::warn!(slot, pid, %exit, error = %e, "worker died before taking its job");
+                state.complete(Err(JobError::WorkerDied { exit }));
+                return Some(Next::Respawn);
+            }
+        }
+        let answer = tokio::select! {
+            biased;
+            _ = self.core.kill.cancelled() => {
+                reap(child).await;
+                state.complete(Err(JobError::ShutDown));
+                return Some(Next::Stop);
+            }
+            _ = state.stop_requested() => {
+                reap(child).await;
+                tracing::info!(slot, pid, "killed worker to cancel its running job");
+                state.complete(Err(JobError::Cancelled));
+                return Some(Next::Respawn);
+            }
+            message = conn.next() => message,
+            status = child.wait() => {
+                let exit = exit_info(status);
+                tracing::warn!(slot, pid, %exit, "worker died while running a job");
+                state.complete(Err(JobError::WorkerDied { exit }));
+                return Some(Next::Respawn);
+            }
+        };
+        match answer {
+            Some(Ok(FromWorker::Done {
+                id: answered,
+                outcome,
+                output,
+            })) if answered == id => {
+                let result = match outcome.into_error() {
+                    Some(error) => Err(error),
+                    None => decoder(&output),
+                };
+                state.complete(result);
+                None
+            }
+            None => {
+                let exit = stop(child).await;
+                tracing::warn!(slot, pid, %exit, "worker died while running a job");
+                state.complete(Err(JobError::WorkerDied { exit }));
+                Some(Next::Respawn)
+            }
+            other => {
+                let reason = describe(other);
+                reap(child).await;
+                tracing::warn!(slot, pid, %reason, "killed worker after a protocol error");
+                state.complete(Err(JobError::Protocol { reason }));
+                Some(Next::Respawn)
+            }
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8; SECRET_LEN], b: &[u8; SECRET_LEN]) -> bool {
+    a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
+    status.map_or_else(|_| ExitInfo::unknown(), ExitInfo::from_status)
+}
+
+/// A short description of an unexpected read result, for errors and logs.
+fn describe(message: Option<Result<FromWorker, ProtocolError>>) -> String {
+    match message {
+        None => "connection closed".into(),
+        Some(Err(e)) => e.to_string(),
+        Some(Ok(FromWorker::Done { id, .. })) => {
+            format!("an answer to job {id}, which it was not running")
+        }
+        Some(Ok(m)) => format!("unexpected message {}", m.name()),
+    }
+}
+
+/// Kills a worker and waits for it, so that it leaves no zombie.
+async fn reap(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+/// Waits for a worker that is exiting (or should), killing it after a grace period.
+async fn stop(child: &mut Child) -> ExitInfo {
+    match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+        Ok(status) => exit_info(status),
+        Err(_) => {
+            let _ = child.start_kill();
+            exit_info(child.wait().await)
+        }
+    }
+}
+
+/// Asks a worker to exit and waits for it.
+async fn retire(worker: &mut Worker) {
+    let _ = worker.conn.send(ToWorker::Shutdown).await;
+    let exit = stop(&mut worker.child).await;
+    tracing::debug!(pid = worker.pid, %exit, "worker exited");
+}

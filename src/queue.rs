@@ -1,0 +1,181 @@
+//! The FIFO of queued jobs both pools share between submitters and workers: pushed from
+//! any thread without blocking, popped by blocking threads (thread pool) or async tasks
+//! (the process pool's supervisor), closed once at shutdown.
+
+use crate::error::JobError;
+use crate::handle::JobState;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// A queued job: anything that carries the completion cell it must end through.
+pub(crate) trait Queued {
+    fn state(&self) -> &JobState;
+}
+
+pub(crate) struct JobQueue<T> {
+    inner: Mutex<Inner<T>>,
+    available: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+struct Inner<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+impl<T: Queued> JobQueue<T> {
+    pub(crate) fn new() -> JobQueue<T> {
+        JobQueue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            available: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends a job; gives it back if the queue is closed.
+    pub(crate) fn push(&self, item: T) -> Result<(), T> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(item);
+        }
+        inner.items.push_back(item);
+        drop(inner);
+        self.available.notify_one();
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Takes the oldest job, blocking while the queue is empty and open. `None` once it is
+    /// closed and empty.
+    pub(crate) fn pop_blocking(&self) -> Option<T> {
+        let mut inner = self.lock();
+        loop {
+            if let Some(item) = inner.items.pop_front() {
+                return Some(item);
+            }
+            if inner.closed {
+                return None;
+            }
+            inner = self
+                .available
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Takes the oldest job, waiting while the queue is empty and open. `None` once it is
+    /// closed and empty.
+    pub(crate) async fn pop(&self) -> Option<T> {
+        loop {
+            let notified = self.notify.notified();
+            futures::pin_mut!(notified);
+            // Register before looking, so a push or close between the look and the await
+            // still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if let Some(item) = inner.items.pop_front() {
+                    if !inner.items.is_empty() {
+                        // More work: pass the wake-up on to another waiting worker.
+                        self.notify.notify_one();
+                    }
+                    return Some(item);
+                }
+                if inner.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the queue: later pushes are refused, poppers drain what is left and then see
+    /// `None`. With `fail_with`, the jobs still queued are ended with that error instead.
+    pub(crate) fn close(&self, fail_with: Option<JobError>) {
+        let drained: Vec<T> = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            match fail_with {
+                Some(_) => inner.items.drain(..).collect(),
+                None => Vec::new(),
+            }
+        };
+        self.available.notify_all();
+        self.notify.notify_waiters();
+        if let Some(error) = fail_with {
+            for item in drained {
+                item.state().fail_queued(error.clone());
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// `true` once the queue is closed and empty: no job will ever come out of it.
+    pub(crate) fn is_drained(&self) -> bool {
+        let inner = self.lock();
+        inner.closed && inner.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Item(Arc<JobState>);
+
+    impl Queued for Item {
+        fn state(&self) -> &JobState {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn close_with_error_fails_queued_jobs_and_refuses_new_ones() {
+        let queue = JobQueue::new();
+        let state = JobState::new();
+        assert!(queue.push(Item(state.clone())).is_ok());
+        queue.close(Some(JobError::Cancelled));
+        assert!(state.is_done());
+        assert!(queue.push(Item(JobState::new())).is_err());
+        assert!(queue.pop_blocking().is_none());
+    }
+
+    #[test]
+    fn graceful_close_lets_poppers_drain() {
+        let queue = JobQueue::new();
+        assert!(queue.push(Item(JobState::new())).is_ok());
+        queue.close(None);
+        assert!(queue.pop_blocking().is_some());
+        assert!(futures::executor::block_on(queue.pop()).is_none());
+    }
+
+    #[test]
+    fn async_pop_wakes_on_push_from_another_thread() {
+        let queue = Arc::new(JobQueue::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let popper = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let popped = futures::executor::block_on(queue.pop()).is_some();
+                tx.send(popped).unwrap();
+            })
+        };
+        assert!(queue.push(Item(JobState::new())).is_ok());
+        let popped = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("pop() was not woken by push()");
+        assert!(popped);
+        popper.join().unwrap();
+    }
+}
