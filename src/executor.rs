@@ -179,12 +179,13 @@ forward_executor!(&E, Box<E>, Arc<E>);
 /// A closure that captures its environment does not coerce to `fn(A) -> R`, so it is
 /// refused **at compile time**: pass what it would capture as (part of) the argument.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0308
 /// use procpool::{ExecutorExt, ThreadPoolExecutor};
 ///
 /// let pool = ThreadPoolExecutor::new(1).unwrap();
 /// let factor = 3_u64;
 /// let handle = pool.submit(move |x: u64| x * factor, 14); // captures `factor`: error
+/// # drop(handle);
 /// ```
 ///
 /// The fix is to pass it along:

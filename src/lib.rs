@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use futures::TryStreamExt;
-//! use procpool::{Executor, ExecutorExt, ProcessPoolExecutor};
+//! use procpool::{ExecutorExt, ProcessPoolExecutor};
 //!
 //! fn is_prime(n: u64) -> bool {
 //!     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
@@ -106,7 +106,8 @@ pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
 ///
 /// # Examples
 ///
-/// ```
+/// ```no_run
+/// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
 ///     procpool::init(); // a worker never returns from here
 ///     // ... the program, which may build pools ...

@@ -33,6 +33,9 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 type Conn = Framed<AsyncStream, Codec<FromWorker, ToWorker>>;
+/// What the accept loop hands a waiting slot: the authenticated connection and the pid the
+/// worker gave, or why it was refused.
+type Handshake = Result<(Conn, u32), StartError>;
 
 /// Consecutive start-up failures of one slot after which the pool reports itself broken.
 const MAX_START_FAILURES: u32 = 5;
@@ -128,7 +131,7 @@ struct Supervisor {
     image: ImageId,
     exe: PathBuf,
     /// Slots waiting for the handshake of the worker they started, by worker id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(Conn, u32), StartError>>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Handshake>>>,
     next_worker: AtomicU64,
     next_job: AtomicU64,
 }
@@ -137,7 +140,9 @@ struct Supervisor {
 pub(crate) fn start(core: Arc<Core>) -> Result<std::thread::JoinHandle<()>, Error> {
     let dir = tempfile::Builder::new()
         .prefix("procpool-")
-        .tempdir() // created with mode 0700 on Unix
+        // Applied by mkdir itself, so the directory is never visible with a wider mode.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
         .map_err(|e| Error::io("creating the pool's private socket directory", e))?;
     let socket = dir.path().join("pool.sock");
     let mut secret = [0_u8; SECRET_LEN];
@@ -278,7 +283,7 @@ impl Supervisor {
         }
     }
 
-    fn deliver(&self, worker_id: u64, verdict: Result<(Conn, u32), StartError>) {
+    fn deliver(&self, worker_id: u64, verdict: Handshake) {
         let waiting = self
             .pending
             .lock()
@@ -350,7 +355,7 @@ impl Supervisor {
     async fn spawn_and_handshake(
         &self,
         worker_id: u64,
-        handshake: oneshot::Receiver<Result<(Conn, u32), StartError>>,
+        handshake: oneshot::Receiver<Handshake>,
     ) -> Result<Worker, StartError> {
         let spec = Spec {
             worker_id,
@@ -371,15 +376,22 @@ impl Supervisor {
             })?;
         let pid = child.id().unwrap_or(0);
         let timeout = self.core.config.handshake_timeout;
+        let mut handshake = handshake;
+        let dropped = || Err(StartError::Transient("the handshake was dropped".into()));
         let verdict = tokio::select! {
-            verdict = handshake => verdict.unwrap_or_else(|_| {
-                Err(StartError::Transient("the handshake was dropped".into()))
-            }),
-            status = child.wait() => Err(StartError::Transient(format!(
-                "worker {pid} exited during start-up ({}) before its handshake; if the \
-                 `auto-init` feature is disabled, call procpool::init() first thing in main",
-                exit_info(status)
-            ))),
+            verdict = &mut handshake => verdict.unwrap_or_else(|_| dropped()),
+            status = child.wait() => {
+                // A worker that reached `main` reports so and exits: let its report, which
+                // names the fix, win over the bare exit.
+                match tokio::time::timeout(Duration::from_millis(200), handshake).await {
+                    Ok(Ok(Err(StartError::Fatal(reason)))) => Err(StartError::Fatal(reason)),
+                    _ => Err(StartError::Transient(format!(
+                        "worker {pid} exited during start-up ({}) before its handshake; if the \
+                         `auto-init` feature is disabled, call procpool::init() first thing in main",
+                        exit_info(status)
+                    ))),
+                }
+            }
             _ = tokio::time::sleep(timeout) => Err(StartError::Transient(format!(
                 "worker {pid} did not complete its handshake within {timeout:?}; if the \
                  `auto-init` feature is disabled, call procpool::init() first thing in main"

@@ -76,14 +76,11 @@ fn serve(spec: &Spec) -> Result<(), String> {
         Some(other) => return Err(format!("expected Welcome, got {other:?}")),
     };
     let mut out = Vec::new();
-    if let Some(init) = initializer {
-        if let Outcome::Panicked { message, location } =
-            raw::run_shipped(&proof, init, &[], &mut out)
-        {
-            conn.send(&FromWorker::InitFailed { message, location })
-                .map_err(protocol)?;
-            return Ok(());
-        }
+    let init_outcome = initializer.map(|init| raw::run_shipped(&proof, init, &[], &mut out));
+    if let Some(Outcome::Panicked { message, location }) = init_outcome {
+        conn.send(&FromWorker::InitFailed { message, location })
+            .map_err(protocol)?;
+        return Ok(());
     }
     conn.send(&FromWorker::Ready).map_err(protocol)?;
     loop {

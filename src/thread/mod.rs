@@ -182,14 +182,12 @@ impl ThreadPoolBuilder {
 
 impl Shared {
     fn run_worker(&self) {
-        if let Some(init) = self.initializer {
-            if let Err(payload) = catch_unwind(init) {
-                let reason = format!(
-                    "the thread pool's initializer panicked: {}",
-                    crate::error::panic_message(&*payload)
-                );
-                let _ = self.broken.set(JobError::PoolBroken { reason });
-            }
+        if let Some(Err(payload)) = self.initializer.map(catch_unwind) {
+            let reason = format!(
+                "the thread pool's initializer panicked: {}",
+                crate::error::panic_message(&*payload)
+            );
+            let _ = self.broken.set(JobError::PoolBroken { reason });
         }
         while let Some(task) = self.queue.pop_blocking() {
             if !task.state.try_start(false) {

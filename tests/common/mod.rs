@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: time bounds, gates, and job functions.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The bound on any single test step: a hang fails the test instead of blocking CI.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, failing the test if it takes longer than [`BOUND`].
+pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(BOUND, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what} did not finish within {BOUND:?}"),
+    }
+}
+
+/// Runs a blocking closure on its own thread, failing the test if it takes longer than
+/// [`BOUND`].
+pub fn bounded_sync<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(BOUND) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what} did not finish within {BOUND:?}"),
+    }
+}
+
+/// A file-based latch that jobs in any process can wait on: the test opens it when it is
+/// ready, so "still running" never depends on timing.
+pub struct Gate {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open");
+        Gate { _dir: dir, path }
+    }
+
+    /// The path to pass to a job.
+    pub fn path(&self) -> String {
+        self.path.to_str().unwrap().to_owned()
+    }
+
+    /// A path beside the gate, for jobs to leave marks in.
+    pub fn sibling(&self, name: &str) -> String {
+        self.path.with_file_name(name).to_str().unwrap().to_owned()
+    }
+
+    pub fn open(&self) {
+        std::fs::write(&self.path, b"open").unwrap();
+    }
+}
+
+/// Waits (polling) until `path` exists. Its own deadline is twice [`BOUND`], so that a
+/// test's bound always fires first and a forgotten gate cannot hang a worker forever.
+pub fn wait_until_exists(path: &str) -> bool {
+    let deadline = Instant::now() + 2 * BOUND;
+    while !Path::new(path).exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+// ---- job functions (plain `fn`s, so that both pools can run them) ----
+
+pub fn double(x: u64) -> u64 {
+    x * 2
+}
+
+pub fn fail_on_seven(x: u64) -> u64 {
+    assert!(x != 7, "seven is unlucky");
+    x
+}
+
+/// Blocks until the gate at `gate` opens; returns the worker's pid.
+pub fn wait_for_gate(gate: String) -> u32 {
+    assert!(wait_until_exists(&gate), "gate never opened");
+    std::process::id()
+}
+
+/// Writes `mark` (proof that the job ran), then returns the pid.
+pub fn leave_mark(mark: String) -> u32 {
+    std::fs::write(&mark, b"ran").unwrap();
+    std::process::id()
+}
+
+/// Writes the worker's pid to `pid_file`, then blocks until `gate` opens.
+pub fn report_pid_then_wait((pid_file, gate): (String, String)) -> u32 {
+    std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+    assert!(wait_until_exists(&gate), "gate never opened");
+    std::process::id()
+}
+
+pub fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+/// Reads a pid written by [`report_pid_then_wait`], waiting for the file to appear.
+pub fn read_pid(pid_file: &str) -> i32 {
+    assert!(
+        wait_until_exists(pid_file),
+        "the job never reported its pid"
+    );
+    loop {
+        let text = std::fs::read_to_string(pid_file).unwrap();
+        if let Ok(pid) = text.trim().parse() {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(1)); // written but not yet complete
+    }
+}
+
+/// `true` while a process with this pid exists (a zombie counts: it has not been reaped).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,474 @@
+//! The `Executor` / `ExecutorExt` contract, checked on both pools through `Box<dyn Executor>`.
+
+mod common;
+
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use procpool::{
+    Executor, ExecutorExt, JobError, ProcessPoolExecutor, ReturnWhen, ThreadPoolExecutor,
+    as_completed, wait,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Both pools, behind the same trait object, chosen at run time.
+fn pools(workers: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
+    vec![
+        (
+            "threads",
+            Box::new(ThreadPoolExecutor::new(workers).unwrap()),
+        ),
+        (
+            "processes",
+            Box::new(
+                ProcessPoolExecutor::builder()
+                    .max_workers(workers)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn submit_returns_the_result_on_both_pools() {
+    for (name, pool) in pools(2) {
+        let handle = pool.submit(double, 21);
+        assert_eq!(bounded(name, handle).await, Ok(42), "{name}");
+        let closure = pool.submit(|(a, b): (u64, String)| format!("{b}{a}"), (7, "x".into()));
+        assert_eq!(bounded(name, closure).await.unwrap(), "x7", "{name}");
+        assert_eq!(pool.max_workers(), 2, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn works_under_a_current_thread_runtime() {
+    for (name, pool) in pools(2) {
+        let handles: Vec<_> = (0..50).map(|i| pool.submit(double, i)).collect();
+        let results = bounded(name, futures::future::join_all(handles)).await;
+        let values: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, (0..50).map(|i| i * 2).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+#[test]
+fn works_from_synchronous_code_without_a_runtime() {
+    bounded_sync("blocking waits", || {
+        for (name, pool) in pools(2) {
+            assert_eq!(pool.submit(double, 5).wait(), Ok(10), "{name}");
+            let mut handle = pool.submit(wait_for_gate, Gate::new().path());
+            // The gate is never opened before the timeout: the handle comes back.
+            handle = match handle.wait_timeout(std::time::Duration::from_millis(20)) {
+                Err(handle) => handle,
+                Ok(result) => panic!("{name}: finished without its gate: {result:?}"),
+            };
+            assert!(!handle.is_finished(), "{name}");
+            drop(handle); // detaches; the pool's drop ends it
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arc_dyn_executor_is_shared_across_tasks() {
+    for (name, pool) in pools(2) {
+        let pool: Arc<dyn Executor> = Arc::from(pool);
+        let tasks: Vec<_> = (0..8_u64)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.submit(double, i).await })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = bounded(name, task).await.unwrap();
+            assert_eq!(result, Ok(2 * i as u64), "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn map_is_ordered_for_every_chunk_size() {
+    for (name, pool) in pools(2) {
+        for chunk in [1, 7, 1000] {
+            let out: Vec<u64> = bounded(
+                name,
+                pool.map(double, 0..2500).chunk_size(chunk).try_collect(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                out,
+                (0..2500).map(|x| x * 2).collect::<Vec<_>>(),
+                "{name} chunk {chunk}"
+            );
+        }
+        let auto: Vec<u64> = bounded(name, pool.map(double, 0..2500).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(auto.len(), 2500, "{name} automatic chunk size");
+        let empty: Vec<u64> = bounded(name, pool.map(double, Vec::new()).try_collect())
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_failing_item_fails_only_itself_inside_a_chunk() {
+    for (name, pool) in pools(2) {
+        let results: Vec<Result<u64, JobError>> = bounded(
+            name,
+            pool.map(fail_on_seven, 0..20).chunk_size(10).collect(),
+        )
+        .await;
+        assert_eq!(results.len(), 20, "{name}");
+        for (i, result) in results.iter().enumerate() {
+            if i == 7 {
+                let err = result.as_ref().unwrap_err();
+                assert!(err.is_panic(), "{name}: {err}");
+                assert_eq!(err.panic_message(), Some("seven is unlucky"), "{name}");
+            } else {
+                assert_eq!(result, &Ok(i as u64), "{name}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn map_unordered_yields_every_item_once() {
+    for (name, pool) in pools(2) {
+        let mut out: Vec<u64> = bounded(
+            name,
+            pool.map_unordered(double, 0..3000)
+                .chunk_size(100)
+                .try_collect(),
+        )
+        .await
+        .unwrap();
+        out.sort_unstable();
+        assert_eq!(out, (0..3000).map(|x| x * 2).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn map_stream_takes_an_async_source() {
+    for (name, pool) in pools(2) {
+        let source = futures::stream::iter(0..500_u64).then(|x| async move {
+            tokio::task::yield_now().await;
+            x
+        });
+        let out: Vec<u64> = bounded(
+            name,
+            pool.map_stream(double, source).chunk_size(16).try_collect(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, (0..500).map(|x| x * 2).collect::<Vec<_>>(), "{name}");
+        let source = futures::stream::iter(0..500_u64);
+        let mut out: Vec<u64> = bounded(
+            name,
+            pool.map_stream_unordered(double, source).try_collect(),
+        )
+        .await
+        .unwrap();
+        out.sort_unstable();
+        assert_eq!(out.len(), 500, "{name}");
+    }
+}
+
+/// An iterator that counts how many items were pulled from it.
+struct Counted<I> {
+    inner: I,
+    pulled: Arc<AtomicUsize>,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.pulled.fetch_add(1, Ordering::SeqCst);
+        self.inner.next()
+    }
+}
+
+#[tokio::test]
+async fn map_pulls_items_only_as_chunks_fit_in_flight() {
+    const CHUNK: usize = 10;
+    const IN_FLIGHT: usize = 3;
+    for (name, pool) in pools(2) {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let source = Counted {
+            inner: 0..100_000_u64,
+            pulled: pulled.clone(),
+        };
+        let mut stream = pool
+            .map(double, source)
+            .chunk_size(CHUNK)
+            .max_in_flight(IN_FLIGHT);
+        let mut seen = 0;
+        while let Some(item) = bounded(name, stream.next()).await {
+            item.unwrap();
+            seen += 1;
+            let ahead = pulled.load(Ordering::SeqCst) - seen;
+            // At most IN_FLIGHT chunks out plus the rest of the chunk being yielded.
+            assert!(
+                ahead <= (IN_FLIGHT + 1) * CHUNK,
+                "{name}: {ahead} items pulled ahead"
+            );
+        }
+        assert_eq!(seen, 100_000, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_job_means_it_never_runs() {
+    for (name, pool) in pools(1) {
+        let gate = Gate::new();
+        let blocker = pool.submit(wait_for_gate, gate.path());
+        let mark = gate.sibling("queued-ran");
+        let queued = pool.submit(leave_mark, mark.clone());
+        assert!(queued.cancel(), "{name}: a queued job can be cancelled");
+        assert!(queued.is_finished(), "{name}");
+        gate.open();
+        assert!(bounded(name, blocker).await.is_ok(), "{name}");
+        assert_eq!(
+            bounded(name, queued).await,
+            Err(JobError::Cancelled),
+            "{name}"
+        );
+        // The next job runs after the cancelled one would have: it did not run.
+        bounded(name, pool.submit(double, 1)).await.unwrap();
+        assert!(
+            !std::path::Path::new(&mark).exists(),
+            "{name}: the cancelled job ran"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_map_stream_cancels_its_queued_chunks() {
+    for (name, pool) in pools(1) {
+        let gate = Gate::new();
+        let blocker = pool.submit(wait_for_gate, gate.path());
+        let marks: Vec<String> = (0..4)
+            .map(|i| gate.sibling(&format!("chunk-{i}")))
+            .collect();
+        {
+            let mut stream = pool
+                .map(leave_mark, marks.clone())
+                .chunk_size(1)
+                .max_in_flight(4);
+            // Poll once so that the chunks are submitted (they queue behind the blocker).
+            assert!(futures::poll!(stream.next()).is_pending(), "{name}");
+        }
+        gate.open();
+        bounded(name, blocker).await.unwrap();
+        bounded(name, pool.submit(double, 1)).await.unwrap();
+        for mark in &marks {
+            assert!(
+                !std::path::Path::new(mark).exists(),
+                "{name}: {mark} ran after the drop"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_queued_and_running_jobs() {
+    for (name, pool) in pools(1) {
+        let gate = Gate::new();
+        let running = pool.submit(wait_for_gate, gate.path());
+        let queued: Vec<_> = (0..5).map(|i| pool.submit(double, i)).collect();
+        let shutdown = pool.shutdown();
+        futures::pin_mut!(shutdown);
+        assert!(
+            futures::poll!(shutdown.as_mut()).is_pending(),
+            "{name}: waits for the gate"
+        );
+        assert!(pool.is_shutdown(), "{name}");
+        gate.open();
+        bounded(name, shutdown).await;
+        assert!(running.is_finished(), "{name}");
+        assert!(bounded(name, running).await.is_ok(), "{name}");
+        for (i, handle) in queued.into_iter().enumerate() {
+            assert_eq!(bounded(name, handle).await, Ok(2 * i as u64), "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_cancel_queued_cancels_only_what_has_not_started() {
+    for (name, pool) in pools(1) {
+        let gate = Gate::new();
+        let pid_file = gate.sibling("pid");
+        let running = pool.submit(report_pid_then_wait, (pid_file.clone(), gate.path()));
+        // The running job has started once it reports its pid: no race with the shutdown.
+        bounded_sync("the blocker to start", move || read_pid(&pid_file));
+        let started = pool.submit(double, 100);
+        let queued: Vec<_> = (0..5).map(|i| pool.submit(double, i)).collect();
+        // `started` is queued behind `running` too, so it is cancelled.
+        let shutdown = pool.shutdown_cancel_queued();
+        futures::pin_mut!(shutdown);
+        assert!(futures::poll!(shutdown.as_mut()).is_pending(), "{name}");
+        for handle in queued {
+            assert_eq!(
+                bounded(name, handle).await,
+                Err(JobError::Cancelled),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            bounded(name, started).await,
+            Err(JobError::Cancelled),
+            "{name}"
+        );
+        gate.open();
+        bounded(name, shutdown).await;
+        assert!(
+            bounded(name, running).await.is_ok(),
+            "{name}: the running job finished"
+        );
+    }
+}
+
+#[tokio::test]
+async fn submitting_after_shutdown_is_an_error_not_a_panic() {
+    for (name, pool) in pools(1) {
+        bounded(name, pool.shutdown()).await;
+        assert_eq!(
+            bounded(name, pool.submit(double, 1)).await,
+            Err(JobError::ShutDown),
+            "{name}"
+        );
+        let refused = pool.try_submit(double, 99).unwrap_err();
+        assert_eq!(refused.into_inner(), 99, "{name}: the argument comes back");
+        let results: Vec<_> = bounded(name, pool.map(double, 0..3).collect::<Vec<_>>()).await;
+        assert!(
+            results.iter().all(|r| r == &Err(JobError::ShutDown)),
+            "{name}"
+        );
+        // Shutting down twice is fine.
+        bounded(name, pool.shutdown()).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_timeout_reports_jobs_still_running() {
+    for (name, pool) in pools(1) {
+        let gate = Gate::new();
+        let running = pool.submit(wait_for_gate, gate.path());
+        let finished = bounded(
+            name,
+            pool.shutdown_timeout(std::time::Duration::from_millis(50)),
+        )
+        .await;
+        assert!(
+            !finished,
+            "{name}: the job was still running at the deadline"
+        );
+        gate.open();
+        match bounded(name, running).await {
+            // The process pool kills what still runs; threads cannot be killed.
+            Err(JobError::ShutDown) => assert_eq!(name, "processes"),
+            Ok(_) => assert_eq!(name, "threads"),
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn as_completed_yields_every_result_with_its_index() {
+    for (name, pool) in pools(2) {
+        let gate = Gate::new();
+        let slow = pool.submit(wait_for_gate, gate.path());
+        let fast: Vec<_> = (0..5).map(|i| pool.submit(double, i)).collect();
+        let mut stream = as_completed(fast);
+        let mut seen = [false; 5];
+        while let Some((index, result)) = bounded(name, stream.next()).await {
+            assert_eq!(result, Ok(2 * index as u64), "{name}");
+            seen[index] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "{name}");
+        assert!(!slow.is_finished(), "{name}: fast jobs came first");
+        gate.open();
+        let mut rest = as_completed(vec![slow]);
+        assert!(
+            bounded(name, rest.next()).await.unwrap().1.is_ok(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wait_honours_return_when_and_timeout() {
+    // Three workers: two block on gates, the third runs the jobs that must finish.
+    for (name, pool) in pools(3) {
+        let gate = Gate::new();
+        let handles = vec![
+            pool.submit(wait_for_gate, gate.path()),
+            pool.submit(|x: u64| x as u32, 1),
+        ];
+        let waited = bounded(name, wait(handles, ReturnWhen::FirstCompleted, None)).await;
+        assert_eq!((waited.done.len(), waited.pending.len()), (1, 1), "{name}");
+
+        let timed_out = bounded(
+            name,
+            wait(
+                waited.pending,
+                ReturnWhen::AllCompleted,
+                Some(std::time::Duration::from_millis(30)),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (timed_out.done.len(), timed_out.pending.len()),
+            (0, 1),
+            "{name}"
+        );
+
+        let gate2 = Gate::new();
+        let mixed = vec![
+            pool.submit(wait_for_gate, gate2.path()),
+            pool.submit(|x: u64| -> u32 { panic!("bad {x}") }, 3),
+        ];
+        let first_error = bounded(name, wait(mixed, ReturnWhen::FirstError, None)).await;
+        assert_eq!(
+            first_error.done.len(),
+            1,
+            "{name}: returns at the first error"
+        );
+        let failed = first_error.done.into_iter().next().unwrap();
+        assert!(
+            bounded(name, failed).await.unwrap_err().is_panic(),
+            "{name}"
+        );
+
+        gate.open();
+        gate2.open();
+        let all = bounded(
+            name,
+            wait(
+                timed_out.pending.into_iter().chain(first_error.pending),
+                ReturnWhen::AllCompleted,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!((all.done.len(), all.pending.len()), (2, 0), "{name}");
+    }
+}
+
+#[test]
+fn handles_and_pools_have_the_auto_traits_users_need() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send_unpin<T: Send + Unpin>() {}
+    send_sync::<ThreadPoolExecutor>();
+    send_sync::<ProcessPoolExecutor>();
+    send_sync::<Box<dyn Executor>>();
+    send_unpin::<procpool::JobHandle<Vec<u8>>>();
+    send_unpin::<procpool::AsCompleted<String>>();
+    fn map_stream_is_send(pool: &ProcessPoolExecutor) -> impl Send + Unpin + '_ {
+        pool.map(double, vec![1_u64, 2, 3])
+    }
+    let _ = map_stream_is_send;
+    send_sync::<JobError>();
+    send_sync::<procpool::Error>();
+}
