@@ -292,9 +292,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let items = items.into_iter();
-        let hint = items.size_hint().1;
-        Map::new(self, f, futures::stream::iter(items), hint, true)
+        Map::from_iter(self, f, items, true)
     }
 
     /// Like [`map`](ExecutorExt::map), but yields each result as soon as it is ready
@@ -309,9 +307,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let items = items.into_iter();
-        let hint = items.size_hint().1;
-        Map::new(self, f, futures::stream::iter(items), hint, false)
+        Map::from_iter(self, f, items, false)
     }
 
     /// Like [`map`](ExecutorExt::map), over the items of a [`Stream`] (pulled only as fast

@@ -240,8 +240,10 @@ impl<R: 'static> JobHandle<R> {
     ///   stopped (Rust cannot kill a thread); it runs to the end and the handle yields its
     ///   result.
     ///
-    /// Returns `true` if the job will end with [`JobError::Cancelled`], `false` if it has
-    /// already finished or cannot be stopped.
+    /// Returns `true` if the cancellation took effect: the job ends with
+    /// [`JobError::Cancelled`], unless a running job delivers its result in the same
+    /// instant, in which case the result wins. Returns `false` if the job has already
+    /// finished or cannot be stopped.
     pub fn cancel(&self) -> bool {
         self.raw.state.cancel()
     }

@@ -185,11 +185,13 @@ const TAG_RESULT_ENCODE: u8 = 2;
 const TAG_ARG_ENCODE: u8 = 3;
 const TAG_ARG_DECODE: u8 = 4;
 
+/// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was and
+/// the message names the type (postcard drops the `Serialize` impl's own message).
 fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
     let start = out.len();
     postcard::to_io(value, &mut *out).map(drop).map_err(|e| {
         out.truncate(start);
-        e.to_string()
+        format!("{e} (in `{}`)", std::any::type_name::<T>())
     })
 }
 

@@ -96,6 +96,11 @@ pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Enters the worker loop if this process was started as a pool worker; returns at once
 /// otherwise.
 ///

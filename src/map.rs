@@ -44,6 +44,26 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     ready: VecDeque<Result<R, JobError>>,
 }
 
+impl<'a, E, I, A, R> Map<'a, E, futures::stream::Iter<I>, A, R>
+where
+    E: Executor + ?Sized,
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A map over an iterator, whose `size_hint` sizes the automatic chunks.
+    pub(crate) fn from_iter(
+        executor: &'a E,
+        f: fn(A) -> R,
+        items: impl IntoIterator<IntoIter = I>,
+        ordered: bool,
+    ) -> Self {
+        let items = items.into_iter();
+        let hint = items.size_hint().1;
+        Map::new(executor, f, futures::stream::iter(items), hint, ordered)
+    }
+}
+
 impl<'a, E, S, A, R> Map<'a, E, S, A, R>
 where
     E: Executor + ?Sized,

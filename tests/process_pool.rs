@@ -376,3 +376,82 @@ fn a_worker_that_reaches_main_never_starts_workers_of_its_own() {
         "the child's build() did not refuse: {status}"
     );
 }
+
+/// A value whose serialization always fails.
+#[derive(Debug)]
+struct Unserializable;
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this type refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+fn accept_unserializable(_: Unserializable) -> u8 {
+    1
+}
+
+#[tokio::test]
+async fn the_thread_pool_never_serializes_and_the_process_pool_fails_only_that_job() {
+    let threads = procpool::ThreadPoolExecutor::new(1).unwrap();
+    assert_eq!(
+        bounded(
+            "threads",
+            threads.submit(accept_unserializable, Unserializable)
+        )
+        .await,
+        Ok(1),
+        "the thread pool runs the job without serializing its argument"
+    );
+    let processes = pool(1);
+    let err = bounded(
+        "processes",
+        processes.submit(accept_unserializable, Unserializable),
+    )
+    .await
+    .unwrap_err();
+    // postcard drops the impl's own message; the error names the type instead.
+    assert!(
+        matches!(&err, JobError::Encode(m) if m.contains("Unserializable")),
+        "{err:?}"
+    );
+    assert_eq!(bounded("next", processes.submit(double, 2)).await, Ok(4));
+}
+
+#[tokio::test]
+async fn a_connection_without_the_pools_secret_is_dropped() {
+    use std::io::{Read, Write};
+    let pool = pool(1);
+    let worker = bounded("pid", pool.submit(pid, ())).await.unwrap();
+    let socket = socket_of(worker);
+    let answer = bounded_sync("impostor", move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        // A well-formed Hello (postcard: variant 0, version 1, worker 0, pid 1, then the
+        // secret, the image identity and the probe) whose secret is all zeros.
+        let mut body = vec![0, 1, 0, 1];
+        body.extend_from_slice(&[0; 32]);
+        body.extend_from_slice(&[0; 6]);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        stream.write_all(&frame).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).unwrap(); // returns when the pool hangs up
+        reply
+    });
+    assert!(
+        answer.is_empty(),
+        "the pool answered an impostor: {answer:?}"
+    );
+    assert_eq!(
+        bounded("still serving", pool.submit(double, 5)).await,
+        Ok(10)
+    );
+}

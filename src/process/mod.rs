@@ -322,8 +322,13 @@ impl Drop for Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(supervisor) = supervisor {
-            // Killing and reaping the workers takes milliseconds: SIGKILL cannot be ignored.
-            let _ = supervisor.join();
+            // An executor that runs tasks inside `wake()` could drop the last handle on the
+            // supervisor thread itself; it then finishes on its own, unjoined.
+            if supervisor.thread().id() != std::thread::current().id() {
+                // Killing and reaping the workers takes milliseconds: SIGKILL cannot be
+                // ignored.
+                let _ = supervisor.join();
+            }
         }
     }
 }

@@ -443,7 +443,7 @@ impl Supervisor {
                 )))
             }
             other => {
-                let status = stop(&mut child).await;
+                let status = stop(&mut child, &self.core.kill).await;
                 Err(StartError::Transient(format!(
                     "worker {pid} failed before it was ready ({}): {}",
                     status,
@@ -475,7 +475,7 @@ impl Supervisor {
                 }
             };
             let Some(job) = job else {
-                retire(&mut worker).await;
+                retire(&mut worker, &self.core.kill).await;
                 return Next::Stop;
             };
             if !job.state.try_start(true) {
@@ -492,7 +492,7 @@ impl Supervisor {
                     tasks = worker.tasks,
                     "retiring worker"
                 );
-                retire(&mut worker).await;
+                retire(&mut worker, &self.core.kill).await;
                 return Next::Respawn;
             }
         }
@@ -521,7 +521,7 @@ impl Supervisor {
                 return None;
             }
             Err(e) => {
-                let exit = stop(child).await;
+                let exit = stop(child, &self.core.kill).await;
                 tracing::warn!(slot, pid, %exit, error = %e, "worker died before taking its job");
                 state.complete(Err(JobError::WorkerDied { exit }));
                 return Some(Next::Respawn);
@@ -562,7 +562,7 @@ impl Supervisor {
                 None
             }
             None => {
-                let exit = stop(child).await;
+                let exit = stop(child, &self.core.kill).await;
                 tracing::warn!(slot, pid, %exit, "worker died while running a job");
                 state.complete(Err(JobError::WorkerDied { exit }));
                 Some(Next::Respawn)
@@ -605,20 +605,21 @@ async fn reap(child: &mut Child) {
     let _ = child.wait().await;
 }
 
-/// Waits for a worker that is exiting (or should), killing it after a grace period.
-async fn stop(child: &mut Child) -> ExitInfo {
-    match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-        Ok(status) => exit_info(status),
-        Err(_) => {
-            let _ = child.start_kill();
-            exit_info(child.wait().await)
-        }
+/// Waits for a worker that is exiting (or should), killing it after a grace period, or at
+/// once if the pool is being killed.
+async fn stop(child: &mut Child, kill: &CancellationToken) -> ExitInfo {
+    tokio::select! {
+        status = child.wait() => return exit_info(status),
+        _ = tokio::time::sleep(EXIT_GRACE) => {}
+        _ = kill.cancelled() => {}
     }
+    let _ = child.start_kill();
+    exit_info(child.wait().await)
 }
 
 /// Asks a worker to exit and waits for it.
-async fn retire(worker: &mut Worker) {
+async fn retire(worker: &mut Worker, kill: &CancellationToken) {
     let _ = worker.conn.send(ToWorker::Shutdown).await;
-    let exit = stop(&mut worker.child).await;
+    let exit = stop(&mut worker.child, kill).await;
     tracing::debug!(pid = worker.pid, %exit, "worker exited");
 }
