@@ -59,6 +59,27 @@ pub enum JobError {
         /// What went wrong on the connection.
         reason: String,
     },
+    /// The job ran longer than its time limit
+    /// ([`JobOptions::timeout`](crate::JobOptions::timeout) or the pool's default). On a
+    /// process pool its worker was killed and replaced; on a thread pool the thread runs on
+    /// until the function returns, and the result is discarded.
+    #[error("job timed out after {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The worker process running the job grew past the pool's memory limit and was killed
+    /// and replaced. Raise
+    /// [`ProcessPoolBuilder::max_worker_memory`](crate::ProcessPoolBuilder::max_worker_memory)
+    /// or make the job use less memory.
+    #[error(
+        "worker exceeded the pool's memory limit of {limit} bytes (resident: {resident} \
+         bytes) while running the job; raise ProcessPoolBuilder::max_worker_memory or use \
+         less memory per job"
+    )]
+    MemoryLimit {
+        /// The configured limit, in bytes.
+        limit: u64,
+        /// The worker's resident memory when it was killed, in bytes.
+        resident: u64,
+    },
     /// The executor was shut down (or dropped) before the job could run, or the job was
     /// still running when a shutdown's time ran out. Submit jobs before calling shutdown.
     #[error("the executor is shut down: submit jobs before calling shutdown")]
@@ -123,6 +144,16 @@ impl JobError {
     /// `true` if the worker process running the job died.
     pub fn is_worker_died(&self) -> bool {
         matches!(self, JobError::WorkerDied { .. })
+    }
+
+    /// `true` if the job ran past its time limit.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, JobError::TimedOut(_))
+    }
+
+    /// `true` if the job's worker was killed for exceeding the pool's memory limit.
+    pub fn is_memory_limit(&self) -> bool {
+        matches!(self, JobError::MemoryLimit { .. })
     }
 
     /// `true` if the job did not run (or did not finish) because the executor shut down.

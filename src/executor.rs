@@ -5,6 +5,8 @@ use crate::error::SubmitError;
 use crate::handle::{ErasedHandle, JobHandle};
 use crate::job::ErasedJob;
 use crate::map::Map;
+use crate::options::JobOptions;
+use crate::stats::PoolStats;
 use async_trait::async_trait;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
@@ -79,6 +81,9 @@ pub trait Executor: Send + Sync + sealed::Sealed {
 
     /// `true` once a shutdown has begun: new submissions are refused.
     fn is_shutdown(&self) -> bool;
+
+    /// A snapshot of the pool's workers and jobs.
+    fn stats(&self) -> PoolStats;
 
     /// Begins a shutdown and returns without waiting: new submissions are refused from now
     /// on; queued jobs still run, unless `cancel_queued` is set, in which case they end with
@@ -157,6 +162,9 @@ macro_rules! forward_executor {
             fn is_shutdown(&self) -> bool {
                 (**self).is_shutdown()
             }
+            fn stats(&self) -> PoolStats {
+                (**self).stats()
+            }
             fn begin_shutdown(&self, cancel_queued: bool) {
                 (**self).begin_shutdown(cancel_queued)
             }
@@ -228,12 +236,18 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        match self.try_submit(f, arg) {
-            Ok(handle) => handle,
-            Err(_) => JobHandle::from_erased(ErasedHandle::new(
-                crate::handle::JobState::completed(Err(crate::JobError::ShutDown)),
-            )),
-        }
+        self.submit_with(f, arg, JobOptions::new())
+    }
+
+    /// Like [`submit`](ExecutorExt::submit), with settings for this job (a time limit);
+    /// see [`JobOptions`].
+    fn submit_with<A, R>(&self, f: fn(A) -> R, arg: A, options: JobOptions) -> JobHandle<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        submit_job(self, ErasedJob::single(f, arg).with_options(options))
+            .unwrap_or_else(|_| JobHandle::shut_down())
     }
 
     /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument
@@ -247,13 +261,12 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        match self.execute(ErasedJob::single(f, arg)) {
-            Ok(raw) => Ok(JobHandle::from_erased(raw)),
-            Err(job) => match job.call.into_arg().downcast::<A>() {
-                Ok(arg) => Err(SubmitError(*arg)),
+        submit_job(self, ErasedJob::single(f, arg)).map_err(|job| {
+            match job.call.into_arg().downcast::<A>() {
+                Ok(arg) => SubmitError(*arg),
                 Err(_) => unreachable!("a single job gives back its own argument type"),
-            },
-        }
+            }
+        })
     }
 
     /// Applies `f` to every item, in order: a [`Stream`] of one `Result` per item.
@@ -364,3 +377,10 @@ pub trait ExecutorExt: Executor {
 }
 
 impl<E: Executor + ?Sized> ExecutorExt for E {}
+
+fn submit_job<E: Executor + ?Sized, R: 'static>(
+    executor: &E,
+    job: ErasedJob,
+) -> Result<JobHandle<R>, ErasedJob> {
+    executor.execute(job).map(JobHandle::from_erased)
+}

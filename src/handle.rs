@@ -53,7 +53,7 @@ impl JobState {
     /// A cell that is already complete (a refused or failed submission).
     pub(crate) fn completed(result: Result<Output, JobError>) -> Arc<JobState> {
         let state = JobState::new();
-        state.finish(result);
+        state.end(QUEUED, result, || {});
         state
     }
 
@@ -66,35 +66,46 @@ impl JobState {
             .is_ok()
     }
 
-    /// Completes a job this pool started (`try_start` returned `true`).
-    pub(crate) fn complete(&self, result: Result<Output, JobError>) {
-        debug_assert_eq!(self.state.load(Ordering::Acquire), RUNNING);
-        self.finish(result);
+    /// Ends a running job with `result`. Returns `false` if it had already ended (a
+    /// timeout or a cancellation got there first), in which case nothing changes.
+    #[cfg(test)]
+    pub(crate) fn complete(&self, result: Result<Output, JobError>) -> bool {
+        self.end(RUNNING, result, || {})
+    }
+
+    /// Like [`complete`](Self::complete), running `on_end` (bookkeeping such as the pool's
+    /// counters) after the result is stored and before anyone is woken, so that whoever
+    /// sees the result also sees the bookkeeping.
+    pub(crate) fn complete_then(
+        &self,
+        result: Result<Output, JobError>,
+        on_end: impl FnOnce(),
+    ) -> bool {
+        self.end(RUNNING, result, on_end)
     }
 
     /// Ends a job that is still queued with `error`. Returns `false` if it already started
     /// or ended, in which case nothing changes.
     pub(crate) fn fail_queued(&self, error: JobError) -> bool {
+        self.end(QUEUED, Err(error), || {})
+    }
+
+    /// Moves `from -> DONE` and stores the result, under the result's lock so that whoever
+    /// wins the exchange is the only writer and readers never see `DONE` without it.
+    fn end(&self, from: u8, result: Result<Output, JobError>, on_end: impl FnOnce()) -> bool {
         let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
         if self
             .state
-            .compare_exchange(QUEUED, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, DONE, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
         }
-        *slot = Some(Err(error));
+        *slot = Some(result);
         drop(slot);
+        on_end();
         self.waker.wake();
         true
-    }
-
-    fn finish(&self, result: Result<Output, JobError>) {
-        let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
-        *slot = Some(result);
-        self.state.store(DONE, Ordering::Release);
-        drop(slot);
-        self.waker.wake();
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -227,6 +238,13 @@ impl<R: 'static> JobHandle<R> {
             raw,
             _result: PhantomData,
         }
+    }
+
+    /// A handle whose job was refused because the executor is shut down.
+    pub(crate) fn shut_down() -> JobHandle<R> {
+        JobHandle::from_erased(ErasedHandle::new(JobState::completed(Err(
+            JobError::ShutDown,
+        ))))
     }
 
     /// Cancels the job, if it has not finished.

@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 /// this process, to encode the argument and to decode the result.
 pub struct ErasedJob {
     pub(crate) call: Box<dyn Call>,
+    pub(crate) options: crate::options::JobOptions,
 }
 
 impl ErasedJob {
@@ -40,6 +41,7 @@ impl ErasedJob {
     {
         ErasedJob {
             call: Box::new(Single { f, arg }),
+            options: Default::default(),
         }
     }
 
@@ -50,7 +52,15 @@ impl ErasedJob {
     {
         ErasedJob {
             call: Box::new(Chunk { f, args }),
+            options: Default::default(),
         }
+    }
+}
+
+impl ErasedJob {
+    pub(crate) fn with_options(mut self, options: crate::options::JobOptions) -> ErasedJob {
+        self.options = options;
+        self
     }
 }
 
@@ -230,6 +240,15 @@ fn decode_chunk<R: DeserializeOwned + Send + 'static>(
         results.push(item);
     }
     Ok(Box::new(results))
+}
+
+/// Decodes arbitrary bytes as a chunk's answer and as a chunk's input, as a fuzzer does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    let _ = decode_chunk::<String>(data);
+    let _ = decode_chunk::<(u64, Vec<u8>)>(data);
+    let mut out = Vec::new();
+    let _ = run_chunk(|s: String| s.len(), data, &mut out);
 }
 
 fn decode_message(body: &[u8]) -> Result<String, JobError> {

@@ -80,10 +80,12 @@ mod executor;
 mod handle;
 mod job;
 mod map;
+mod options;
 mod process;
 mod queue;
 #[allow(unsafe_code)]
 mod raw;
+mod stats;
 mod thread;
 mod wait;
 
@@ -92,9 +94,22 @@ pub use executor::{Executor, ExecutorExt, ShutdownOptions};
 pub use handle::{ErasedHandle, JobHandle};
 pub use job::ErasedJob;
 pub use map::Map;
+pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
+pub use stats::PoolStats;
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
+
+/// Entry points for the fuzz targets in `fuzz/`; not a public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes arbitrary bytes as wire frames (both directions) and as chunk payloads.
+    pub fn decode(data: &[u8]) {
+        crate::process::fuzz_decode(data);
+        crate::job::fuzz_decode(data);
+    }
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

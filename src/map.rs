@@ -5,6 +5,7 @@ use crate::error::JobError;
 use crate::executor::Executor;
 use crate::handle::{ErasedHandle, JobState};
 use crate::job::ErasedJob;
+use crate::options::JobOptions;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
@@ -38,6 +39,7 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     size_hint: Option<usize>,
     chunk_size: Option<usize>,
     max_in_flight: Option<usize>,
+    options: JobOptions,
     ordered: bool,
     pending: Vec<A>,
     in_flight: VecDeque<(ErasedHandle, usize)>,
@@ -86,6 +88,7 @@ where
             size_hint,
             chunk_size: None,
             max_in_flight: None,
+            options: JobOptions::new(),
             ordered,
             pending: Vec::new(),
             in_flight: VecDeque::new(),
@@ -111,6 +114,14 @@ where
         self
     }
 
+    /// Gives each chunk a time limit (see [`JobOptions::timeout`]): a chunk that runs
+    /// longer fails all its items with [`JobError::TimedOut`], and on a process pool its
+    /// worker is killed and replaced. The default is the pool's.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.options = self.options.timeout(timeout);
+        self
+    }
+
     fn effective_chunk_size(&self) -> usize {
         self.chunk_size.unwrap_or_else(|| match self.size_hint {
             Some(len) => (len / (4 * self.executor.max_workers().max(1))).clamp(1, MAX_AUTO_CHUNK),
@@ -126,7 +137,8 @@ where
     fn submit_pending(&mut self) {
         let items = std::mem::take(&mut self.pending);
         let len = items.len();
-        let handle = match self.executor.execute(ErasedJob::chunk(self.f, items)) {
+        let job = ErasedJob::chunk(self.f, items).with_options(self.options);
+        let handle = match self.executor.execute(job) {
             Ok(handle) => handle,
             Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
         };

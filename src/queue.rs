@@ -116,6 +116,11 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
+    /// Jobs waiting (including cancelled ones not yet skipped).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }

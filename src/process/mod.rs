@@ -12,12 +12,16 @@ use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobState};
 use crate::job::ErasedJob;
+use crate::stats::PoolStats;
 use crate::thread::wait_or_timeout;
 use async_trait::async_trait;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use supervisor::{Config, Core, QueuedJob};
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use protocol::fuzz_decode;
 
 /// The default maximum frame size: 256 MiB.
 const DEFAULT_MAX_FRAME: usize = 256 << 20;
@@ -41,23 +45,44 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 ///
 /// # Guarantees
 ///
-/// - A job that panics ends with [`JobError::Panicked`], with the message and location;
-///   the worker survives.
-/// - A worker that dies (abort, signal, `exit`, out of memory) fails only the job it was
-///   running, with [`JobError::WorkerDied`] and its exit status; a new worker replaces it,
-///   and queued jobs wait for it.
-/// - [`JobHandle::cancel`](crate::JobHandle::cancel) removes a queued job, and stops a
-///   running one by killing and replacing its worker.
-/// - If workers cannot start (the initializer panics, the entry hook is missing, start-up
-///   fails five times in a row), the pool reports itself broken: queued and later jobs end
-///   with [`JobError::PoolBroken`] naming the cause. It never respawns in a loop.
-/// - The socket lives in a fresh `0700` directory with mode `0600` and is removed with the
-///   pool; every connection must present the pool's random 32-byte secret. On Linux a
-///   worker is killed when the pool's supervisor thread dies (`PR_SET_PDEATHSIG`), and it
-///   exits when its socket closes.
-/// - Dropping the last handle terminates and reaps every worker (it blocks for the few
-///   milliseconds that takes): queued jobs end with [`JobError::ShutDown`], and so do the
-///   running ones. Call [`shutdown`](crate::ExecutorExt::shutdown) first to let them finish.
+/// Every submitted job ends exactly once, with its result or a [`JobError`]; nothing is
+/// lost and nothing hangs.
+///
+/// - **Panics**: a job that panics ends with [`JobError::Panicked`], with the message and
+///   location; the worker survives.
+/// - **Worker death**: a worker that dies (abort, segfault, stack overflow, `exit`, SIGKILL,
+///   the OOM killer) fails only the job it was running, with [`JobError::WorkerDied`] and
+///   its exit code or signal. A new worker takes its place and the queued jobs wait for it.
+/// - **Timeouts**: a job that runs past its limit ([`JobOptions::timeout`](crate::JobOptions::timeout)
+///   or [`ProcessPoolBuilder::job_timeout`]) has its worker killed and replaced, and ends
+///   with [`JobError::TimedOut`].
+/// - **Cancellation**: [`JobHandle::cancel`](crate::JobHandle::cancel) removes a queued
+///   job; it stops a running one by killing and replacing its worker.
+/// - **Recycling**: [`ProcessPoolBuilder::max_tasks_per_child`] retires a worker after N
+///   jobs; [`ProcessPoolBuilder::max_worker_memory`] replaces a worker that grows past a
+///   ceiling, failing its job with [`JobError::MemoryLimit`].
+/// - **Start-up failures**: a worker that fails to start is retried with a doubling
+///   back-off (50 ms, 100 ms, ...). If the initializer panics, the entry hook is missing,
+///   or a slot fails to start a worker five times in a row, the pool reports itself broken:
+///   queued and later jobs end with [`JobError::PoolBroken`] naming the cause. It never
+///   respawns in a loop.
+/// - **Hostile input**: the socket lives in a fresh `0700` directory with mode `0600` (never
+///   an abstract-namespace name) and is removed with the pool; every connection must
+///   present the pool's random 32-byte secret within the handshake deadline. Frames have a
+///   maximum size checked before anything is allocated; a corrupt frame drops the
+///   connection, fails the job it carried and replaces the worker. An argument that cannot
+///   be encoded, or a result that cannot be decoded, fails only its own job.
+/// - **Parent death**: a worker exits when its socket closes, and on Linux the kernel kills
+///   it when the pool's supervisor thread dies (`PR_SET_PDEATHSIG`), so a SIGKILLed parent
+///   leaves no orphans.
+/// - **Drop**: dropping the last handle terminates and reaps every worker (it blocks for
+///   the few milliseconds that takes) and removes the socket: queued and running jobs end
+///   with [`JobError::ShutDown`]. Call [`shutdown`](crate::ExecutorExt::shutdown) first to
+///   let them finish.
+///
+/// [`stats`](Executor::stats) counts workers alive and busy, jobs queued, running,
+/// completed and failed, and respawns; worker start, exit, death, respawn, timeout and kill
+/// are reported as `tracing` events.
 ///
 /// # Examples
 ///
@@ -104,6 +129,10 @@ pub struct ProcessPoolBuilder {
     max_tasks_per_child: Option<usize>,
     max_frame_size: usize,
     handshake_timeout: Duration,
+    job_timeout: Option<Duration>,
+    max_worker_memory: Option<u64>,
+    #[cfg(test)]
+    stall_handshake: bool,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -114,6 +143,10 @@ impl Default for ProcessPoolBuilder {
             max_tasks_per_child: None,
             max_frame_size: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
+            job_timeout: None,
+            max_worker_memory: None,
+            #[cfg(test)]
+            stall_handshake: false,
         }
     }
 }
@@ -155,6 +188,26 @@ impl ProcessPoolBuilder {
     /// seconds.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A time limit for every job that does not set its own (see
+    /// [`JobOptions::timeout`](crate::JobOptions::timeout)), counted from when a worker
+    /// starts the job: a job that runs longer has its worker killed and replaced, and ends
+    /// with [`JobError::TimedOut`]. The default is no limit.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// A ceiling on each worker's resident memory, in bytes. A worker found over it while
+    /// running a job is killed and replaced, and the job ends with
+    /// [`JobError::MemoryLimit`]; a worker found over it after a job (memory a job leaked)
+    /// is retired and replaced. The pool reads the worker's resident set (`VmRSS`, Linux)
+    /// every 20 ms while a job runs, so a job that allocates very fast can overshoot
+    /// before it is caught. The default is no limit.
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.max_worker_memory = Some(bytes);
         self
     }
 
@@ -210,6 +263,10 @@ impl ProcessPoolBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             max_frame: self.max_frame_size,
             handshake_timeout: self.handshake_timeout,
+            job_timeout: self.job_timeout,
+            max_worker_memory: self.max_worker_memory,
+            #[cfg(test)]
+            stall_handshake: self.stall_handshake,
         }));
         let supervisor = supervisor::start(core.clone())?;
         Ok(ProcessPoolExecutor {
@@ -259,13 +316,17 @@ impl Executor for ProcessPoolExecutor {
         let queued = QueuedJob {
             call: job.call,
             state: state.clone(),
+            timeout: job.options.resolve_timeout(core.config.job_timeout),
         };
         match core.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),
             // A broken pool closes its queue: report why rather than "shut down".
             Err(queued) => match core.broken.get() {
                 Some(error) => Ok(Self::completed(error.clone())),
-                None => Err(ErasedJob { call: queued.call }),
+                None => Err(ErasedJob {
+                    call: queued.call,
+                    options: job.options,
+                }),
             },
         }
     }
@@ -276,6 +337,12 @@ impl Executor for ProcessPoolExecutor {
 
     fn is_shutdown(&self) -> bool {
         self.inner.core.queue.is_closed()
+    }
+
+    fn stats(&self) -> PoolStats {
+        let core = &self.inner.core;
+        core.counters
+            .snapshot(core.config.max_workers, core.queue.len())
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {
@@ -341,5 +408,104 @@ impl fmt::Debug for ProcessPoolExecutor {
             .field("shut_down", &core.queue.is_closed())
             .field("broken", &core.broken.get().is_some())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Broken frames from real workers (see `worker::fault`): the connection is dropped,
+    //! the job fails with a protocol error, and the pool replaces the worker.
+
+    use super::worker::fault;
+    use crate::{ExecutorExt, JobError, ProcessPoolExecutor};
+    use std::time::Duration;
+
+    fn reply_with(mode: u8) -> u32 {
+        fault::NEXT_REPLY.store(mode, std::sync::atomic::Ordering::SeqCst);
+        std::process::id()
+    }
+
+    fn pid(_: ()) -> u32 {
+        std::process::id()
+    }
+
+    /// Runs `f` on its own thread and fails if it takes longer than a minute.
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("did not finish within a minute")
+    }
+
+    fn broken_reply_fails_the_job_and_the_worker_is_replaced(mode: u8, expect: &str) {
+        let expect = expect.to_owned();
+        bounded(move || {
+            let pool = ProcessPoolExecutor::builder()
+                .max_workers(1)
+                .build()
+                .unwrap();
+            let first = pool.submit(pid, ()).wait().unwrap();
+            let err = pool.submit(reply_with, mode).wait().unwrap_err();
+            match &err {
+                JobError::Protocol { reason } => assert!(reason.contains(&expect), "{reason}"),
+                other => panic!("expected a protocol error, got {other:?}"),
+            }
+            let replacement = pool.submit(pid, ()).wait().unwrap();
+            assert_ne!(
+                first, replacement,
+                "the worker that sent garbage was replaced"
+            );
+        });
+    }
+
+    #[test]
+    fn a_worker_that_never_handshakes_hits_the_deadline() {
+        bounded(|| {
+            let mut builder = ProcessPoolExecutor::builder()
+                .max_workers(1)
+                .handshake_timeout(Duration::from_millis(100));
+            builder.stall_handshake = true;
+            let pool = builder.build().unwrap();
+            let err = pool.submit(pid, ()).wait().unwrap_err();
+            assert!(err.is_pool_broken(), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("did not complete its handshake within 100ms"),
+                "{text}"
+            );
+            assert!(text.contains("5 times in a row"), "{text}");
+        });
+    }
+
+    #[test]
+    fn a_corrupt_frame_fails_only_its_job() {
+        broken_reply_fails_the_job_and_the_worker_is_replaced(fault::CORRUPT, "corrupt frame");
+    }
+
+    #[test]
+    fn a_frame_cut_short_by_the_workers_exit_is_a_worker_death() {
+        bounded(|| {
+            let pool = ProcessPoolExecutor::builder()
+                .max_workers(1)
+                .build()
+                .unwrap();
+            let err = pool
+                .submit(reply_with, fault::TRUNCATED)
+                .wait()
+                .unwrap_err();
+            match err {
+                JobError::WorkerDied { exit } => assert_eq!(exit.code(), Some(0)),
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+            assert_eq!(pool.submit(pid, ()).wait().map(|_| ()), Ok(()));
+        });
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_without_allocating() {
+        broken_reply_fails_the_job_and_the_worker_is_replaced(
+            fault::OVERSIZED,
+            "exceeds the maximum frame size",
+        );
     }
 }

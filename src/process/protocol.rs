@@ -245,6 +245,12 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         }
     }
 
+    /// The raw stream, for tests that write broken frames.
+    #[cfg(test)]
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     pub(crate) fn send(&mut self, message: &Out) -> Result<(), ProtocolError> {
         self.codec.encode_ref(message, &mut self.write_buf)?;
         let result = self
@@ -254,6 +260,24 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         self.write_buf.clear();
         result.map_err(ProtocolError::Io)
     }
+}
+
+/// Feeds arbitrary bytes to both sides' decoders, as a fuzzer does: any mix of messages,
+/// "need more" and errors is fine; a panic or a huge allocation is a bug.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    fn drain<In: DeserializeOwned, Out>(mut codec: Codec<In, Out>, data: &[u8]) {
+        let mut buf = BytesMut::from(data);
+        while let Ok(Some(_)) = codec.decode_eof(&mut buf) {}
+    }
+    drain(
+        Codec::<FromWorker, ToWorker>::new(HANDSHAKE_MAX_FRAME),
+        data,
+    );
+    drain(
+        Codec::<ToWorker, FromWorker>::new(HANDSHAKE_MAX_FRAME),
+        data,
+    );
 }
 
 #[cfg(test)]

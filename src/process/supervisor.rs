@@ -16,6 +16,7 @@ use crate::handle::JobState;
 use crate::job::{Call, ImageId};
 use crate::queue::{JobQueue, Queued};
 use crate::raw::{self, Target};
+use crate::stats::Counters;
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -44,6 +45,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a worker told to shut down (or that closed its socket) may take to exit
 /// before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker whose connection broke may take to be seen exiting before it is
+/// treated as alive and misbehaving.
+const BROKEN_GRACE: Duration = Duration::from_secs(1);
+/// How often a running worker's resident memory is read when the pool has a limit.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
 
 /// The pool's settings, fixed at build time.
 #[derive(Debug, Clone)]
@@ -53,12 +59,19 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) max_frame: usize,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) max_worker_memory: Option<u64>,
+    /// Tests only: start workers that never handshake.
+    #[cfg(test)]
+    pub(crate) stall_handshake: bool,
 }
 
 /// A job waiting for a worker.
 pub(crate) struct QueuedJob {
     pub(crate) call: Box<dyn Call>,
     pub(crate) state: Arc<JobState>,
+    /// The job's time limit, the pool's default already applied.
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl Queued for QueuedJob {
@@ -77,6 +90,7 @@ pub(crate) struct Core {
     pub(crate) terminated: watch::Sender<bool>,
     /// Set once if the pool cannot run jobs; new submissions end with it.
     pub(crate) broken: OnceLock<JobError>,
+    pub(crate) counters: Counters,
 }
 
 impl Core {
@@ -87,6 +101,7 @@ impl Core {
             kill: CancellationToken::new(),
             terminated: watch::channel(false).0,
             broken: OnceLock::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -298,10 +313,16 @@ impl Supervisor {
     }
 
     async fn run_slot(self: Arc<Self>, slot: usize) {
+        let counters = &self.core.counters;
         let mut failures = 0_u32;
+        let mut first = true;
         loop {
             if self.core.kill.is_cancelled() || self.core.queue.is_drained() {
                 return;
+            }
+            if !std::mem::take(&mut first) {
+                counters.respawns.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(slot, "starting a replacement worker");
             }
             let worker = match self.start_worker().await {
                 Ok(worker) => {
@@ -330,9 +351,11 @@ impl Supervisor {
                     }
                 }
             };
-            match self.serve(slot, worker).await {
-                Next::Respawn => tracing::debug!(slot, "replacing worker"),
-                Next::Stop => return,
+            counters.workers_alive.fetch_add(1, Ordering::Relaxed);
+            let next = self.serve(slot, worker).await;
+            counters.workers_alive.fetch_sub(1, Ordering::Relaxed);
+            if let Next::Stop = next {
+                return;
             }
         }
     }
@@ -363,17 +386,21 @@ impl Supervisor {
             secret: self.secret,
             socket: self.socket.clone(),
         };
-        let mut child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .env(WORKER_ENV, spec.encode())
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                StartError::Transient(format!(
-                    "could not start a worker process from {}: {e}",
-                    self.exe.display()
-                ))
-            })?;
+            .kill_on_drop(true);
+        #[cfg(test)]
+        if self.core.config.stall_handshake {
+            command.env(super::worker::fault::STALL_ENV, "1");
+        }
+        let mut child = command.spawn().map_err(|e| {
+            StartError::Transient(format!(
+                "could not start a worker process from {}: {e}",
+                self.exe.display()
+            ))
+        })?;
         let pid = child.id().unwrap_or(0);
         let timeout = self.core.config.handshake_timeout;
         let mut handshake = handshake;
@@ -485,6 +512,17 @@ impl Supervisor {
                 return next;
             }
             worker.tasks += 1;
+            if let Some((limit, resident)) = self.over_memory_limit(worker.pid) {
+                tracing::warn!(
+                    slot,
+                    pid = worker.pid,
+                    limit,
+                    resident,
+                    "retiring a worker over the memory limit"
+                );
+                retire(&mut worker, &self.core.kill).await;
+                return Next::Respawn;
+            }
             if max_tasks.is_some_and(|max| worker.tasks >= max) {
                 tracing::debug!(
                     slot,
@@ -498,13 +536,31 @@ impl Supervisor {
         }
     }
 
+    /// `Some((limit, resident))` if the pool has a memory limit and the worker is over it.
+    fn over_memory_limit(&self, pid: u32) -> Option<(u64, u64)> {
+        let limit = self.core.config.max_worker_memory?;
+        let resident = resident_bytes(pid)?;
+        (resident > limit).then_some((limit, resident))
+    }
+
     /// Runs one started job on `worker` and completes it. `None` means the worker is fine
     /// and serves on; `Some(next)` means it is gone.
     async fn run_job(&self, slot: usize, worker: &mut Worker, job: QueuedJob) -> Option<Next> {
-        let QueuedJob { call, state } = job;
+        let counters = &self.core.counters;
+        let busy = Busy::new(counters);
+        let QueuedJob {
+            call,
+            state,
+            timeout,
+        } = job;
+        // Idle again before the caller is woken, so the stats it reads agree.
+        let finish = |result| {
+            busy.release();
+            counters.finish(&state, result);
+        };
         let mut input = Vec::new();
         if let Err(e) = call.encode_input(&mut input) {
-            state.complete(Err(e));
+            finish(Err(e));
             return None;
         }
         let target = call.target();
@@ -514,37 +570,69 @@ impl Supervisor {
         let Worker {
             child, conn, pid, ..
         } = worker;
+        let pid = *pid;
         match conn.send(ToWorker::Run { id, target, input }).await {
             Ok(()) => {}
             Err(ProtocolError::MessageTooLarge { size, max }) => {
-                state.complete(Err(JobError::TooLarge { size, max }));
+                finish(Err(JobError::TooLarge { size, max }));
                 return None;
             }
             Err(e) => {
-                let exit = stop(child, &self.core.kill).await;
-                tracing::warn!(slot, pid, %exit, error = %e, "worker died before taking its job");
-                state.complete(Err(JobError::WorkerDied { exit }));
+                let error = broken_connection(child, &self.core.kill, e.to_string()).await;
+                tracing::warn!(slot, pid, %error, "lost a worker before it took its job");
+                finish(Err(error));
                 return Some(Next::Respawn);
             }
         }
+        let deadline = async {
+            match timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let memory_limit = async {
+            if self.core.config.max_worker_memory.is_none() {
+                return std::future::pending().await;
+            }
+            let mut poll = tokio::time::interval(MEMORY_POLL);
+            loop {
+                poll.tick().await;
+                if let Some(over) = self.over_memory_limit(pid) {
+                    return over;
+                }
+            }
+        };
         let answer = tokio::select! {
             biased;
             _ = self.core.kill.cancelled() => {
                 reap(child).await;
-                state.complete(Err(JobError::ShutDown));
+                finish(Err(JobError::ShutDown));
                 return Some(Next::Stop);
             }
             _ = state.stop_requested() => {
                 reap(child).await;
-                tracing::info!(slot, pid, "killed worker to cancel its running job");
-                state.complete(Err(JobError::Cancelled));
+                tracing::info!(slot, pid, "killed a worker to cancel its running job");
+                finish(Err(JobError::Cancelled));
                 return Some(Next::Respawn);
             }
             message = conn.next() => message,
             status = child.wait() => {
                 let exit = exit_info(status);
                 tracing::warn!(slot, pid, %exit, "worker died while running a job");
-                state.complete(Err(JobError::WorkerDied { exit }));
+                finish(Err(JobError::WorkerDied { exit }));
+                return Some(Next::Respawn);
+            }
+            () = deadline => {
+                reap(child).await;
+                let timeout = timeout.unwrap_or_default();
+                tracing::warn!(slot, pid, ?timeout, "job timed out; killed its worker");
+                finish(Err(JobError::TimedOut(timeout)));
+                return Some(Next::Respawn);
+            }
+            (limit, resident) = memory_limit => {
+                reap(child).await;
+                tracing::warn!(slot, pid, limit, resident, "killed a worker over the memory limit");
+                finish(Err(JobError::MemoryLimit { limit, resident }));
                 return Some(Next::Respawn);
             }
         };
@@ -558,24 +646,68 @@ impl Supervisor {
                     Some(error) => Err(error),
                     None => decoder(&output),
                 };
-                state.complete(result);
+                finish(result);
                 None
             }
-            None => {
-                let exit = stop(child, &self.core.kill).await;
-                tracing::warn!(slot, pid, %exit, "worker died while running a job");
-                state.complete(Err(JobError::WorkerDied { exit }));
+            None | Some(Err(ProtocolError::Io(_) | ProtocolError::Truncated)) => {
+                let reason = describe(answer);
+                let error = broken_connection(child, &self.core.kill, reason).await;
+                tracing::warn!(slot, pid, %error, "worker died while running a job");
+                finish(Err(error));
                 Some(Next::Respawn)
             }
             other => {
                 let reason = describe(other);
                 reap(child).await;
-                tracing::warn!(slot, pid, %reason, "killed worker after a protocol error");
-                state.complete(Err(JobError::Protocol { reason }));
+                tracing::warn!(slot, pid, %reason, "killed a worker after a protocol error");
+                finish(Err(JobError::Protocol { reason }));
                 Some(Next::Respawn)
             }
         }
     }
+}
+
+/// Counts a worker as busy until released (or dropped, on any early return).
+struct Busy<'a> {
+    counters: &'a Counters,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Busy<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        counters.workers_busy.fetch_add(1, Ordering::Relaxed);
+        Busy {
+            counters,
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::Relaxed) {
+            self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The resident memory of a process, in bytes (`VmRSS` from `/proc/<pid>/status`). `None`
+/// where there is no such file to read.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -608,13 +740,44 @@ async fn reap(child: &mut Child) {
 /// Waits for a worker that is exiting (or should), killing it after a grace period, or at
 /// once if the pool is being killed.
 async fn stop(child: &mut Child, kill: &CancellationToken) -> ExitInfo {
-    tokio::select! {
-        status = child.wait() => return exit_info(status),
-        _ = tokio::time::sleep(EXIT_GRACE) => {}
-        _ = kill.cancelled() => {}
+    match exited_within(child, kill, EXIT_GRACE).await {
+        Some(exit) => exit,
+        None => {
+            let _ = child.start_kill();
+            exit_info(child.wait().await)
+        }
     }
-    let _ = child.start_kill();
-    exit_info(child.wait().await)
+}
+
+/// How a worker ended, if it exits by itself within `grace` (and the pool is not being
+/// killed meanwhile); `None` if it is still running.
+async fn exited_within(
+    child: &mut Child,
+    kill: &CancellationToken,
+    grace: Duration,
+) -> Option<ExitInfo> {
+    tokio::select! {
+        status = child.wait() => Some(exit_info(status)),
+        _ = tokio::time::sleep(grace) => None,
+        _ = kill.cancelled() => None,
+    }
+}
+
+/// What a broken connection to a worker running a job means: if the worker exits (it
+/// usually already has: a reset or a frame cut short is what a death looks like from
+/// here), it died; if it lives on, it broke the protocol, and it is killed.
+async fn broken_connection(
+    child: &mut Child,
+    kill: &CancellationToken,
+    reason: String,
+) -> JobError {
+    match exited_within(child, kill, BROKEN_GRACE).await {
+        Some(exit) => JobError::WorkerDied { exit },
+        None => {
+            reap(child).await;
+            JobError::Protocol { reason }
+        }
+    }
 }
 
 /// Asks a worker to exit and waits for it.

@@ -24,6 +24,10 @@ pub(crate) fn run(spec: Spec) -> ! {
         std::process::exit(EXIT_ORPHANED);
     }
     crate::job::install_worker_panic_hook();
+    #[cfg(test)]
+    if std::env::var_os(fault::STALL_ENV).is_some() {
+        std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
+    }
     let code = match serve(&spec) {
         Ok(()) => 0,
         Err(e) => {
@@ -90,6 +94,10 @@ fn serve(spec: &Spec) -> Result<(), String> {
                 out.clear();
                 let outcome = raw::run_shipped(&proof, target, &input, &mut out);
                 drop(input);
+                #[cfg(test)]
+                if fault::inject(conn.stream_mut()) {
+                    continue;
+                }
                 send_done(&mut conn, id, outcome, std::mem::take(&mut out))?;
             }
             Some(other @ ToWorker::Welcome { .. }) => {
@@ -131,5 +139,41 @@ pub(crate) fn report_hook_missing(spec: &Spec) {
             worker_id: spec.worker_id,
             secret: spec.secret,
         });
+    }
+}
+
+/// Fault injection for the crate's own tests (compiled only into the unit-test binary,
+/// whose workers are that same binary): a job sets [`fault::NEXT_REPLY`], and the worker
+/// answers it with a broken frame instead of its result.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    pub(crate) static NEXT_REPLY: AtomicU8 = AtomicU8::new(NONE);
+    pub(crate) const NONE: u8 = 0;
+    /// A frame of the right length whose body is not a message.
+    pub(crate) const CORRUPT: u8 = 1;
+    /// A header promising 1000 bytes, 10 bytes, then the worker exits.
+    pub(crate) const TRUNCATED: u8 = 2;
+    /// A header claiming a 4 GiB frame.
+    pub(crate) const OVERSIZED: u8 = 3;
+    /// Set on one worker's command (never on the test process), it makes that worker stall
+    /// before connecting.
+    pub(crate) const STALL_ENV: &str = "PROCPOOL_TEST_STALL_HANDSHAKE";
+
+    /// Writes the requested broken frame; `true` if it did.
+    pub(crate) fn inject(stream: &mut impl Write) -> bool {
+        let frame: &[u8] = match NEXT_REPLY.swap(NONE, Ordering::SeqCst) {
+            CORRUPT => &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff],
+            TRUNCATED => &[0, 0, 0x03, 0xe8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            OVERSIZED => &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+            _ => return false,
+        };
+        let _ = stream.write_all(frame).and_then(|()| stream.flush());
+        if frame[3] == 0xe8 {
+            std::process::exit(0); // the rest of the frame never comes
+        }
+        true
     }
 }

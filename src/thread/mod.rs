@@ -1,16 +1,21 @@
 //! [`ThreadPoolExecutor`]: jobs run on a fixed set of OS threads of this process, with no
 //! serialization. This module isolates the threads, their queue and their shutdown.
 
+mod timer;
+
 use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobHandle, JobState};
 use crate::job::{Call, ErasedJob, Output};
 use crate::queue::{JobQueue, Queued};
+use crate::stats::{Counters, PoolStats};
 use async_trait::async_trait;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use timer::Timer;
 
 /// A pool of OS threads that runs jobs in this process: for blocking I/O, for work too
 /// light to pay for a process hop, and for closures that cannot be sent to another
@@ -28,6 +33,12 @@ use std::time::Duration;
 ///   `None` because the application's panic hook is left alone), and the thread keeps
 ///   serving.
 /// - A running job cannot be stopped: [`JobHandle::cancel`] only removes queued jobs.
+/// - A job past its time limit ([`JobOptions::timeout`](crate::JobOptions::timeout) or
+///   [`ThreadPoolBuilder::job_timeout`]) ends with [`JobError::TimedOut`] at once, but its
+///   thread runs on until the function returns (the result is discarded), and it takes no
+///   other job meanwhile.
+/// - A job that aborts, segfaults or calls `exit` takes the whole process with it: use a
+///   [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) for such work.
 /// - Dropping the last handle to the pool does not block: queued jobs end with
 ///   [`JobError::ShutDown`], running jobs finish, and then the threads exit.
 ///
@@ -61,6 +72,7 @@ pub struct ThreadPoolBuilder {
     thread_name: String,
     stack_size: Option<usize>,
     initializer: Option<fn()>,
+    job_timeout: Option<Duration>,
 }
 
 struct Inner {
@@ -74,11 +86,16 @@ struct Shared {
     initializer: Option<fn()>,
     /// Set once if the initializer panicked: every job then fails with it.
     broken: OnceLock<JobError>,
+    counters: Arc<Counters>,
+    job_timeout: Option<Duration>,
+    /// Started with the first job that has a time limit.
+    timer: OnceLock<std::io::Result<Timer>>,
 }
 
 struct Task {
     state: Arc<JobState>,
     body: Body,
+    options: crate::options::JobOptions,
 }
 
 enum Body {
@@ -105,6 +122,7 @@ impl Default for ThreadPoolBuilder {
             thread_name: "procpool-thread".to_owned(),
             stack_size: None,
             initializer: None,
+            job_timeout: None,
         }
     }
 }
@@ -139,6 +157,15 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// A time limit for every job that does not set its own (see
+    /// [`JobOptions::timeout`](crate::JobOptions::timeout)): the job's handle yields
+    /// [`JobError::TimedOut`] when it passes, but its thread cannot be stopped and runs on
+    /// until the function returns. The default is no limit.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
     /// Starts the threads.
     ///
     /// # Errors
@@ -157,6 +184,9 @@ impl ThreadPoolBuilder {
             alive,
             initializer: self.initializer,
             broken: OnceLock::new(),
+            counters: Arc::new(Counters::default()),
+            job_timeout: self.job_timeout,
+            timer: OnceLock::new(),
         });
         for i in 0..max_workers {
             let mut builder = std::thread::Builder::new().name(self.thread_name.clone());
@@ -189,9 +219,14 @@ impl Shared {
             );
             let _ = self.broken.set(JobError::PoolBroken { reason });
         }
+        self.counters.workers_alive.fetch_add(1, Relaxed);
         while let Some(task) = self.queue.pop_blocking() {
             if !task.state.try_start(false) {
                 continue; // cancelled while queued
+            }
+            self.counters.workers_busy.fetch_add(1, Relaxed);
+            if let Some(timeout) = task.options.resolve_timeout(self.job_timeout) {
+                self.schedule_timeout(&task.state, timeout);
             }
             let result = match self.broken.get() {
                 Some(error) => Err(error.clone()),
@@ -201,9 +236,24 @@ impl Shared {
                         .map_err(|payload| JobError::from_panic_payload(&*payload)),
                 },
             };
-            task.state.complete(result);
+            // Idle again before the caller is woken, so the stats it reads agree.
+            self.counters.workers_busy.fetch_sub(1, Relaxed);
+            self.counters.finish(&task.state, result);
         }
+        self.counters.workers_alive.fetch_sub(1, Relaxed);
         self.alive.send_modify(|n| *n -= 1);
+    }
+
+    fn schedule_timeout(&self, job: &Arc<JobState>, timeout: Duration) {
+        match self
+            .timer
+            .get_or_init(|| Timer::start(self.counters.clone()))
+        {
+            Ok(timer) => timer.schedule(job, timeout),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the timeout thread; jobs run without time limits")
+            }
+        }
     }
 }
 
@@ -246,23 +296,25 @@ impl ThreadPoolExecutor {
         R: Send + 'static,
     {
         let body = Body::Closure(Box::new(move || Box::new(f()) as Output));
-        let handle = match self.push(body) {
+        let handle = match self.push(body, crate::options::JobOptions::new()) {
             Ok(handle) => handle,
             Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
         };
         JobHandle::from_erased(handle)
     }
 
-    fn push(&self, body: Body) -> Result<ErasedHandle, Body> {
+    fn push(&self, body: Body, options: crate::options::JobOptions) -> Result<ErasedHandle, Task> {
         let state = JobState::new();
         let task = Task {
             state: state.clone(),
             body,
+            options,
         };
-        match self.inner.shared.queue.push(task) {
-            Ok(()) => Ok(ErasedHandle::new(state)),
-            Err(task) => Err(task.body),
-        }
+        self.inner
+            .shared
+            .queue
+            .push(task)
+            .map(|()| ErasedHandle::new(state))
     }
 }
 
@@ -271,10 +323,14 @@ impl sealed::Sealed for ThreadPoolExecutor {}
 #[async_trait]
 impl Executor for ThreadPoolExecutor {
     fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
-        self.push(Body::Job(job.call)).map_err(|body| match body {
-            Body::Job(call) => ErasedJob { call },
-            Body::Closure(_) => unreachable!("execute pushes jobs, not closures"),
-        })
+        self.push(Body::Job(job.call), job.options)
+            .map_err(|task| match task.body {
+                Body::Job(call) => ErasedJob {
+                    call,
+                    options: task.options,
+                },
+                Body::Closure(_) => unreachable!("execute pushes jobs, not closures"),
+            })
     }
 
     fn max_workers(&self) -> usize {
@@ -283,6 +339,13 @@ impl Executor for ThreadPoolExecutor {
 
     fn is_shutdown(&self) -> bool {
         self.inner.shared.queue.is_closed()
+    }
+
+    fn stats(&self) -> PoolStats {
+        let shared = &self.inner.shared;
+        shared
+            .counters
+            .snapshot(self.inner.max_workers, shared.queue.len())
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {

@@ -125,3 +125,27 @@ pub fn read_pid(pid_file: &str) -> i32 {
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// The socket path of a worker's pool, read from the environment it was started with.
+pub fn socket_of(worker: u32) -> PathBuf {
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let entry = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"PROCPOOL_WORKER="))
+        .expect("workers are started with PROCPOOL_WORKER");
+    let spec = String::from_utf8(entry.to_vec()).unwrap();
+    spec.splitn(5, ';').nth(4).unwrap().into()
+}
+
+/// The error a job gets from a two-worker process pool built with `init`.
+pub async fn error_with_initializer(init: fn()) -> procpool::JobError {
+    use procpool::ExecutorExt;
+    let pool = procpool::ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .initializer(init)
+        .build()
+        .unwrap();
+    let err = bounded("job", pool.submit(double, 1)).await.unwrap_err();
+    assert!(err.is_pool_broken(), "{err:?}");
+    err
+}

@@ -1,0 +1,87 @@
+//! [`PoolStats`], a snapshot of a pool's workers and jobs, and the counters behind it.
+
+use crate::handle::JobState;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A snapshot of a pool: its workers and its jobs, from [`Executor::stats`](crate::Executor::stats).
+///
+/// Counters are read one by one without a lock, so a snapshot taken while jobs move may be
+/// off by the few jobs that moved meanwhile. It serializes (to JSON, say) for a status page.
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{Executor, ExecutorExt, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(2)?;
+/// pool.submit(|x: u32| x + 1, 1).wait()?;
+/// let stats = pool.stats();
+/// assert_eq!(stats.max_workers, 2);
+/// assert_eq!(stats.jobs_completed, 1);
+/// # Ok::<(), procpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The configured number of workers.
+    pub max_workers: usize,
+    /// Workers (threads or processes) that are up and able to take jobs.
+    pub workers_alive: usize,
+    /// Workers running a job right now.
+    pub workers_busy: usize,
+    /// Jobs waiting for a worker. Jobs cancelled while queued are counted until a worker
+    /// skips them.
+    pub jobs_queued: usize,
+    /// Jobs running right now.
+    pub jobs_running: usize,
+    /// Jobs that ran and returned a result (a `map` chunk counts as one job).
+    pub jobs_completed: u64,
+    /// Jobs that started but ended with an error: a panic, a dead worker, a timeout, a
+    /// cancellation while running, a shutdown.
+    pub jobs_failed: u64,
+    /// Workers started to replace one that died, was killed or was retired.
+    pub respawns: u64,
+}
+
+/// The live counters a pool updates; [`Counters::snapshot`] reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) workers_alive: AtomicUsize,
+    pub(crate) workers_busy: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) respawns: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, max_workers: usize, jobs_queued: usize) -> PoolStats {
+        let busy = self.workers_busy.load(Ordering::Relaxed);
+        PoolStats {
+            max_workers,
+            workers_alive: self.workers_alive.load(Ordering::Relaxed),
+            workers_busy: busy,
+            jobs_queued,
+            jobs_running: busy,
+            jobs_completed: self.completed.load(Ordering::Relaxed),
+            jobs_failed: self.failed.load(Ordering::Relaxed),
+            respawns: self.respawns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends a running job with `result` and counts it, unless something (a timeout, a
+    /// cancellation) ended it first. Returns whether this call ended it.
+    pub(crate) fn finish(
+        &self,
+        state: &JobState,
+        result: Result<crate::job::Output, crate::JobError>,
+    ) -> bool {
+        let counter = if result.is_ok() {
+            &self.completed
+        } else {
+            &self.failed
+        };
+        state.complete_then(result, || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+}

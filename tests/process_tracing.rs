@@ -1,0 +1,95 @@
+//! The process pool reports worker start, death, respawn, timeout and kill as `tracing`
+//! events. Its own test binary: it installs a global subscriber that records them.
+
+mod common;
+
+use common::*;
+use procpool::{ExecutorExt, JobOptions, ProcessPoolExecutor};
+use std::sync::Mutex;
+use std::time::Duration;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records every event's message.
+struct Recorder;
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        EVENTS.lock().unwrap().push(message.0);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+fn seen(text: &str) -> bool {
+    EVENTS.lock().unwrap().iter().any(|m| m.contains(text))
+}
+
+#[tokio::test]
+async fn lifecycle_events_are_reported() {
+    tracing::subscriber::set_global_default(Recorder).unwrap();
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .build()
+        .unwrap();
+    bounded("start", pool.submit(double, 1)).await.unwrap();
+    assert!(seen("worker started"));
+
+    // Death and respawn.
+    let gate = Gate::new();
+    let pid_file = gate.sibling("pid");
+    let victim = pool.submit(report_pid_then_wait, (pid_file.clone(), gate.path()));
+    let pid = bounded_sync("victim", move || read_pid(&pid_file));
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        bounded("victim", victim)
+            .await
+            .unwrap_err()
+            .is_worker_died()
+    );
+    bounded("respawned", pool.submit(double, 2)).await.unwrap();
+    assert!(seen("worker died while running a job"));
+    assert!(seen("starting a replacement worker"));
+
+    // Timeout, and cancellation (a kill).
+    let options = JobOptions::new().timeout(Duration::from_millis(50));
+    let timed = pool.submit_with(wait_for_gate, Gate::new().path(), options);
+    assert!(bounded("timeout", timed).await.unwrap_err().is_timeout());
+    assert!(seen("job timed out; killed its worker"));
+    let gate = Gate::new();
+    let pid_file = gate.sibling("pid");
+    let running = pool.submit(report_pid_then_wait, (pid_file.clone(), gate.path()));
+    bounded_sync("start", move || read_pid(&pid_file));
+    assert!(running.cancel());
+    assert!(bounded("cancel", running).await.unwrap_err().is_cancelled());
+    assert!(seen("killed a worker to cancel its running job"));
+
+    bounded("shutdown", pool.shutdown()).await;
+    assert!(seen("worker exited"));
+}
