@@ -84,8 +84,9 @@ pub(crate) trait Call: Send + 'static {
     fn run_here(self: Box<Self>) -> Result<Output, JobError>;
     /// Where the worker finds the function.
     fn target(&self) -> Target;
-    /// Appends the encoded argument(s) to `out`.
-    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError>;
+    /// Appends the encoded argument(s) to `out`. May move the argument out (a byte buffer
+    /// is handed over without a copy): call it once, just before the job is shipped.
+    fn encode_input(&mut self, out: &mut Vec<u8>) -> Result<(), JobError>;
     /// How to decode the worker's answer.
     fn decoder(&self) -> Decoder;
     /// The argument(s), given back when a submission is refused.
@@ -116,7 +117,16 @@ where
         Target::single(self.f)
     }
 
-    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError> {
+    fn encode_input(&mut self, out: &mut Vec<u8>) -> Result<(), JobError> {
+        if let Some(bytes) = (&mut self.arg as &mut dyn Any).downcast_mut::<Vec<u8>>() {
+            // A byte buffer travels as raw bytes, handed over rather than copied.
+            if out.is_empty() {
+                std::mem::swap(out, bytes);
+            } else {
+                out.extend_from_slice(bytes);
+            }
+            return Ok(());
+        }
         encode_into(&self.arg, out).map_err(JobError::Encode)
     }
 
@@ -160,7 +170,7 @@ where
         Target::chunk(self.f)
     }
 
-    fn encode_input(&self, out: &mut Vec<u8>) -> Result<(), JobError> {
+    fn encode_input(&mut self, out: &mut Vec<u8>) -> Result<(), JobError> {
         let count = u32::try_from(self.args.len())
             .map_err(|_| JobError::Encode("a chunk holds at most 2^32 - 1 items".into()))?;
         out.extend_from_slice(&count.to_le_bytes());
@@ -206,9 +216,27 @@ fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()
 }
 
 fn decode_single<R: DeserializeOwned + Send + 'static>(bytes: &[u8]) -> Result<Output, JobError> {
+    if is_byte_buffer::<R>() {
+        return Ok(Box::new(bytes.to_vec()));
+    }
     postcard::from_bytes::<R>(bytes)
         .map(|r| Box::new(r) as Output)
         .map_err(|e| JobError::Decode(format!("result: {e}")))
+}
+
+/// Whether `T` is `Vec<u8>`, which a single job's argument or result ships as raw bytes:
+/// serde would encode it element by element. Both sides decide by the same concrete type,
+/// so they always agree on the format.
+fn is_byte_buffer<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<Vec<u8>>()
+}
+
+/// Converts between two names of the same type (checked by the caller with `TypeId`).
+fn same_type<T: 'static, U: 'static>(value: T) -> U {
+    let boxed: Box<dyn Any> = Box::new(value);
+    *boxed
+        .downcast::<U>()
+        .unwrap_or_else(|_| unreachable!("callers compare TypeIds first"))
 }
 
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(
@@ -366,17 +394,32 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
 }
 
 /// The body of the `single` trampoline: decode `A`, call `f`, encode `R` into `out`.
-pub(crate) fn run_single<A: DeserializeOwned, R: Serialize>(
+pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     f: fn(A) -> R,
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let arg = match catch(|| postcard::from_bytes::<A>(input)) {
-        Ok(Ok(arg)) => arg,
-        Ok(Err(e)) => return Outcome::Decode(e.to_string()),
-        Err((message, _)) => return Outcome::Decode(format!("Deserialize panicked: {message}")),
+    let arg = if is_byte_buffer::<A>() {
+        same_type::<Vec<u8>, A>(input.to_vec())
+    } else {
+        match catch(|| postcard::from_bytes::<A>(input)) {
+            Ok(Ok(arg)) => arg,
+            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Err((message, _)) => {
+                return Outcome::Decode(format!("Deserialize panicked: {message}"));
+            }
+        }
     };
     match catch(move || f(arg)) {
+        Ok(r) if is_byte_buffer::<R>() => {
+            let bytes = same_type::<R, Vec<u8>>(r);
+            if out.is_empty() {
+                *out = bytes; // handed over, not copied
+            } else {
+                out.extend_from_slice(&bytes);
+            }
+            Outcome::Ok
+        }
         Ok(r) => match catch(|| encode_into(&r, out)) {
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(e)) => Outcome::Encode(e),
@@ -557,7 +600,7 @@ mod tests {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let job = ErasedJob::chunk(f, args);
+        let mut job = ErasedJob::chunk(f, args);
         let mut input = Vec::new();
         job.call.encode_input(&mut input).unwrap();
         let mut out = Vec::new();

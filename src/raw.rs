@@ -121,8 +121,8 @@ impl Target {
 /// `f` must be the address of a `fn(A) -> R` in this image (see the module's invariant).
 unsafe fn single<A, R>(f: usize, input: &[u8], out: &mut Vec<u8>) -> Outcome
 where
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     // SAFETY: by this function's contract `f` is the address of a `fn(A) -> R` of this
     // image; function pointers and `usize` have the same size on every supported target.

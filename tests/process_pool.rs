@@ -444,3 +444,41 @@ async fn a_connection_without_the_pools_secret_is_dropped() {
         Ok(10)
     );
 }
+
+fn reverse_bytes(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.reverse();
+    bytes
+}
+
+fn tagged((tag, bytes): (u8, Vec<u8>)) -> (u8, usize) {
+    (tag, bytes.len())
+}
+
+#[tokio::test]
+async fn byte_buffers_take_the_raw_path_and_agree_everywhere() {
+    use futures::TryStreamExt;
+    let pool = pool(1);
+    // Single jobs ship Vec<u8> as raw bytes, empty ones included.
+    assert_eq!(
+        bounded("empty", pool.submit(reverse_bytes, Vec::new())).await,
+        Ok(Vec::new())
+    );
+    assert_eq!(
+        bounded("bytes", pool.submit(reverse_bytes, vec![1, 2, 3])).await,
+        Ok(vec![3, 2, 1])
+    );
+    // Inside other types, and inside map chunks, they go through serde as usual.
+    assert_eq!(
+        bounded("tuple", pool.submit(tagged, (7, vec![0; 10]))).await,
+        Ok((7, 10))
+    );
+    let chunks: Vec<Vec<u8>> = bounded(
+        "map",
+        pool.map(reverse_bytes, vec![vec![1, 2], vec![], vec![9]])
+            .chunk_size(2)
+            .try_collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(chunks, vec![vec![2, 1], vec![], vec![9]]);
+}

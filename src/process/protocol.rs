@@ -203,7 +203,13 @@ pub(crate) struct BlockingConn<S, In, Out> {
     codec: Codec<In, Out>,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Where reads land before they join `read_buf`: initialized once, so that no read
+    /// has to zero memory first.
+    scratch: Box<[u8]>,
 }
+
+/// Bytes read per `read` call at most.
+const SCRATCH: usize = 256 * 1024;
 
 impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, Out> {
     pub(crate) fn new(stream: S, max_frame: usize) -> Self {
@@ -212,6 +218,7 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
             codec: Codec::new(max_frame),
             read_buf: BytesMut::with_capacity(64 * 1024),
             write_buf: BytesMut::with_capacity(64 * 1024),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
         }
     }
 
@@ -225,23 +232,18 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
             if let Some(message) = self.codec.decode(&mut self.read_buf)? {
                 return Ok(Some(message));
             }
-            let len = self.read_buf.len();
-            // The codec reserves room for a frame whose header it has read: read into all
-            // of it at once.
-            let room = (self.read_buf.capacity() - len).max(64 * 1024);
-            self.read_buf.resize(len + room, 0);
             let n = loop {
-                match self.stream.read(&mut self.read_buf[len..]) {
+                match self.stream.read(&mut self.scratch) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
+                    other => break other?,
                 }
             };
-            self.read_buf
-                .truncate(len + n.as_ref().copied().unwrap_or(0));
-            match n? {
-                0 => return self.codec.decode_eof(&mut self.read_buf),
-                _ => continue,
+            if n == 0 {
+                return self.codec.decode_eof(&mut self.read_buf);
             }
+            // The codec has reserved room for a frame whose header it read, so a large
+            // frame does not make this reallocate as it arrives.
+            self.read_buf.extend_from_slice(&self.scratch[..n]);
         }
     }
 

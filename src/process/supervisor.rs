@@ -549,7 +549,7 @@ impl Supervisor {
         let counters = &self.core.counters;
         let busy = Busy::new(counters);
         let QueuedJob {
-            call,
+            mut call,
             state,
             timeout,
         } = job;
