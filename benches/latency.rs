@@ -1,12 +1,13 @@
-//! W1 (shared/bench/WORKLOADS.md): one sequential round trip of a `u64 -> u64` job, on each
-//! executor, beside the floor of a bare Unix-socket ping-pong of 16 bytes.
+//! W1 (shared/bench/WORKLOADS.md): one sequential round trip of a `u64 -> u64` job on each
+//! executor, beside the floor: a 16-byte ping-pong with a child process over a bare Unix
+//! socket.
 //!
 //! `cargo bench --bench latency`
 
-use criterion::{Criterion, criterion_group, criterion_main};
+mod floor;
+
+use criterion::{Criterion, criterion_group};
 use procpool::{ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 
 fn identity(x: u64) -> u64 {
     x
@@ -15,29 +16,15 @@ fn identity(x: u64) -> u64 {
 fn w1_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("w1_round_trip");
 
-    let (mut near, mut far) = UnixStream::pair().unwrap();
-    let echo = std::thread::spawn(move || {
-        let mut buf = [0_u8; 16];
-        while far.read_exact(&mut buf).is_ok() {
-            if far.write_all(&buf).is_err() {
-                break;
-            }
-        }
-    });
+    let floor = floor::Floor::new().unwrap();
+    let (child, mut stream) = floor.peer().unwrap();
+    let mut back = Vec::new();
     group.bench_function("socket_floor", |b| {
-        let mut buf = [7_u8; 16];
-        b.iter(|| {
-            near.write_all(&buf).unwrap();
-            near.read_exact(&mut buf).unwrap();
-        })
+        b.iter(|| floor::round_trip(&mut stream, &[7; 16], &mut back).unwrap())
     });
-    drop(near);
-    echo.join().unwrap();
+    floor::reap(child);
 
-    let processes = ProcessPoolExecutor::builder()
-        .max_workers(2)
-        .build()
-        .unwrap();
+    let processes = ProcessPoolExecutor::new(2).unwrap();
     let mut x = 0_u64;
     group.bench_function("process_pool", |b| {
         b.iter(|| {
@@ -55,7 +42,8 @@ fn w1_latency(c: &mut Criterion) {
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
+        .max_blocking_threads(2)
         .enable_all()
         .build()
         .unwrap();
@@ -70,4 +58,11 @@ fn w1_latency(c: &mut Criterion) {
 }
 
 criterion_group!(benches, w1_latency);
-criterion_main!(benches);
+
+fn main() {
+    floor::serve_if_echo_child();
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

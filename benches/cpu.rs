@@ -1,0 +1,89 @@
+//! W4 (shared/bench/WORKLOADS.md), scaled down to primes below 1,000,000 (78,498 of them) in
+//! 64 ranges: sequential, then each executor with 1 and 2 workers, and rayon.
+//!
+//! `cargo bench --bench cpu`
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+
+const LIMIT: u64 = 1_000_000;
+const EXPECTED: u64 = 78_498;
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn count_primes((lo, hi): (u64, u64)) -> u64 {
+    (lo..hi).filter(|&n| is_prime(n)).count() as u64
+}
+
+fn ranges() -> Vec<(u64, u64)> {
+    (0..64)
+        .map(|i| (LIMIT * i / 64, LIMIT * (i + 1) / 64))
+        .collect()
+}
+
+fn w4_scaling(c: &mut Criterion) {
+    let ranges = ranges();
+    let mut group = c.benchmark_group("w4_primes_1m");
+    group.sample_size(10);
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            assert_eq!(
+                ranges.iter().map(|&r| count_primes(r)).sum::<u64>(),
+                EXPECTED
+            )
+        })
+    });
+    for workers in [1, 2] {
+        let pools: [(&str, Box<dyn Executor>); 2] = [
+            (
+                "threads",
+                Box::new(ThreadPoolExecutor::new(workers).unwrap()),
+            ),
+            (
+                "processes",
+                Box::new(ProcessPoolExecutor::new(workers).unwrap()),
+            ),
+        ];
+        for (name, pool) in pools {
+            pool.submit(count_primes, (0, 1)).wait().unwrap();
+            group.bench_with_input(BenchmarkId::new(name, workers), &pool, |b, pool| {
+                b.iter(|| {
+                    let handles: Vec<_> = ranges
+                        .iter()
+                        .map(|&r| pool.submit(count_primes, r))
+                        .collect();
+                    let total: u64 = handles.into_iter().map(|h| h.wait().unwrap()).sum();
+                    assert_eq!(total, EXPECTED);
+                })
+            });
+        }
+        let rayon = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .build()
+            .unwrap();
+        group.bench_with_input(BenchmarkId::new("rayon", workers), &rayon, |b, rayon| {
+            b.iter(|| {
+                use rayon::prelude::*;
+                let total: u64 =
+                    rayon.install(|| ranges.par_iter().map(|&r| count_primes(r)).sum());
+                assert_eq!(total, EXPECTED);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, w4_scaling);
+criterion_main!(benches);
