@@ -721,6 +721,11 @@ fn print_report(report: &Report) {
             println!("{line}");
         }
     }
+    for py in ["py_ppe", "py_mp_pool"] {
+        if let Some(speedup) = report.get("W4", py, "speedup") {
+            println!("\n  ({py} W4 speedup over its own sequential run: {speedup:.2})");
+        }
+    }
     if let Some(shutdown) = report.get("W5", "processes", "shutdown_ms") {
         println!("\n  (process pool shutdown: {shutdown:.2} ms)");
     }
