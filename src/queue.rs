@@ -21,6 +21,9 @@ pub(crate) struct JobQueue<T> {
 struct Inner<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// Threads blocked in `pop_blocking`: a push wakes one only if there is one (a condvar
+    /// notification is a system call even when nobody waits).
+    sleepers: usize,
 }
 
 impl<T: Queued> JobQueue<T> {
@@ -29,6 +32,7 @@ impl<T: Queued> JobQueue<T> {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
+                sleepers: 0,
             }),
             available: Condvar::new(),
             notify: tokio::sync::Notify::new(),
@@ -46,8 +50,11 @@ impl<T: Queued> JobQueue<T> {
             return Err(item);
         }
         inner.items.push_back(item);
+        let sleepers = inner.sleepers;
         drop(inner);
-        self.available.notify_one();
+        if sleepers > 0 {
+            self.available.notify_one();
+        }
         self.notify.notify_one();
         Ok(())
     }
@@ -63,10 +70,12 @@ impl<T: Queued> JobQueue<T> {
             if inner.closed {
                 return None;
             }
+            inner.sleepers += 1;
             inner = self
                 .available
                 .wait(inner)
                 .unwrap_or_else(PoisonError::into_inner);
+            inner.sleepers -= 1;
         }
     }
 
@@ -163,6 +172,32 @@ mod tests {
         queue.close(None);
         assert!(queue.pop_blocking().is_some());
         assert!(futures::executor::block_on(queue.pop()).is_none());
+    }
+
+    #[test]
+    fn a_sleeping_blocking_popper_is_woken_by_push() {
+        let queue = Arc::new(JobQueue::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let popper = {
+            let queue = queue.clone();
+            std::thread::spawn(move || tx.send(queue.pop_blocking().is_some()).unwrap())
+        };
+        // Push only once the popper is asleep, so that the wake-up path is the one tested.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while queue.lock().sleepers == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the popper never slept"
+            );
+            std::thread::yield_now();
+        }
+        assert!(queue.push(Item(JobState::new())).is_ok());
+        let popped = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("pop_blocking() was not woken by push()");
+        assert!(popped);
+        popper.join().unwrap();
+        assert_eq!(queue.lock().sleepers, 0);
     }
 
     #[test]
