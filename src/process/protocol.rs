@@ -1,5 +1,10 @@
 //! The wire protocol between a pool and its worker processes: the messages, and the codec
-//! that frames them (a `u32` big-endian length, then a postcard body).
+//! that frames them.
+//!
+//! A frame is a `u32` big-endian length, then the postcard encoding of one message, then
+//! the message's payload as raw bytes (a job's argument or result; empty for the others).
+//! Keeping payloads out of the postcard body lets a payload be written straight from its
+//! buffer and sliced out of the read buffer without a copy.
 //!
 //! Frames longer than the negotiated maximum are refused before anything is allocated for
 //! them; short, corrupt or unexpected frames are errors, never panics. During the handshake
@@ -8,14 +13,14 @@
 
 use crate::job::{ImageId, Outcome};
 use crate::raw::Target;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 /// The frame limit before a peer has proven it knows the pool's secret.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// Bytes of the per-pool secret.
@@ -48,13 +53,8 @@ pub(crate) enum FromWorker {
         message: String,
         location: Option<String>,
     },
-    /// The answer to `Run { id, .. }`.
-    Done {
-        id: u64,
-        outcome: Outcome,
-        #[serde(with = "serde_bytes")]
-        output: Vec<u8>,
-    },
+    /// The answer to `Run { id, .. }`; the frame's payload is the encoded result.
+    Done { id: u64, outcome: Outcome },
 }
 
 impl FromWorker {
@@ -81,13 +81,8 @@ pub(crate) enum ToWorker {
         initializer: Option<Target>,
         max_frame: u64,
     },
-    /// Run one job (or one chunk of a `map`).
-    Run {
-        id: u64,
-        target: Target,
-        #[serde(with = "serde_bytes")]
-        input: Vec<u8>,
-    },
+    /// Run one job (or one chunk of a `map`); the frame's payload is the encoded argument.
+    Run { id: u64, target: Target },
     /// Finish: exit after the current job.
     Shutdown,
 }
@@ -133,52 +128,74 @@ impl<In, Out> Codec<In, Out> {
     }
 }
 
+/// One decoded frame: a message and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame<M> {
+    pub(crate) message: M,
+    pub(crate) payload: Bytes,
+}
+
+impl<M> Frame<M> {
+    /// A frame without payload.
+    #[cfg(test)]
+    pub(crate) fn bare(message: M) -> Frame<M> {
+        Frame {
+            message,
+            payload: Bytes::new(),
+        }
+    }
+}
+
 impl<In: DeserializeOwned, Out> Decoder for Codec<In, Out> {
-    type Item = In;
+    type Item = Frame<In>;
     type Error = ProtocolError;
 
     /// `Ok(None)` means "need more bytes".
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
-        match self.frames.decode(src) {
-            Ok(Some(frame)) => postcard::from_bytes(&frame)
-                .map(Some)
-                .map_err(|e| ProtocolError::Corrupt(e.to_string())),
-            Ok(None) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(ProtocolError::FrameTooLarge {
-                max: self.max_frame,
-            }),
-            Err(e) => Err(ProtocolError::Io(e)),
-        }
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<In>>, ProtocolError> {
+        let mut frame = match self.frames.decode(src) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(ProtocolError::FrameTooLarge {
+                    max: self.max_frame,
+                });
+            }
+            Err(e) => return Err(ProtocolError::Io(e)),
+        };
+        let (message, rest) = postcard::take_from_bytes::<In>(&frame)
+            .map_err(|e| ProtocolError::Corrupt(e.to_string()))?;
+        let consumed = frame.len() - rest.len();
+        // The payload is the rest of the frame: split off, not copied.
+        let payload = frame.split_off(consumed).freeze();
+        Ok(Some(Frame { message, payload }))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame<In>>, ProtocolError> {
         match self.decode(src)? {
-            Some(message) => Ok(Some(message)),
+            Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
             None => Err(ProtocolError::Truncated),
         }
     }
 }
 
-impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
-    type Error = ProtocolError;
-
-    fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.encode_ref(&message, dst)
-    }
-}
+/// Payloads up to this size are copied into the frame and sent with one write; larger
+/// ones are written straight from their buffer after the head.
+pub(crate) const INLINE_PAYLOAD: usize = 64 * 1024;
 
 impl<In, Out: Serialize> Codec<In, Out> {
-    /// Appends one frame to `dst`; on error `dst` is left as it was.
-    pub(crate) fn encode_ref(
+    /// Appends a frame's header and message for a payload of `payload_len` bytes, which
+    /// the caller writes right after; on error `dst` is left as it was.
+    pub(crate) fn encode_head(
         &mut self,
         message: &Out,
+        payload_len: usize,
         dst: &mut BytesMut,
     ) -> Result<(), ProtocolError> {
         let start = dst.len();
         dst.put_u32(0);
         let written = postcard::to_io(message, dst.writer()).map(drop);
-        let size = dst.len() - start - HEADER;
+        let size = dst.len() - start - HEADER + payload_len;
         if let Err(e) = written {
             dst.truncate(start);
             return Err(ProtocolError::Corrupt(format!(
@@ -193,6 +210,18 @@ impl<In, Out: Serialize> Codec<In, Out> {
             });
         }
         dst[start..start + HEADER].copy_from_slice(&(size as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Appends a whole frame (head and payload) to `dst`; on error `dst` is left as it was.
+    pub(crate) fn encode_frame(
+        &mut self,
+        message: &Out,
+        payload: &[u8],
+        dst: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
+        self.encode_head(message, payload.len(), dst)?;
+        dst.extend_from_slice(payload);
         Ok(())
     }
 }
@@ -226,8 +255,8 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         self.codec.set_max_frame(max_frame);
     }
 
-    /// The next message, or `None` when the peer closed the connection between frames.
-    pub(crate) fn recv(&mut self) -> Result<Option<In>, ProtocolError> {
+    /// The next frame, or `None` when the peer closed the connection between frames.
+    pub(crate) fn recv(&mut self) -> Result<Option<Frame<In>>, ProtocolError> {
         loop {
             if let Some(message) = self.codec.decode(&mut self.read_buf)? {
                 return Ok(Some(message));
@@ -254,11 +283,25 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
     }
 
     pub(crate) fn send(&mut self, message: &Out) -> Result<(), ProtocolError> {
-        self.codec.encode_ref(message, &mut self.write_buf)?;
-        let result = self
-            .stream
-            .write_all(&self.write_buf)
-            .and_then(|()| self.stream.flush());
+        self.send_with(message, &[])
+    }
+
+    /// Sends `message` with `payload`: one write for a small payload; the head, then the
+    /// payload straight from its buffer, for a large one.
+    pub(crate) fn send_with(&mut self, message: &Out, payload: &[u8]) -> Result<(), ProtocolError> {
+        let inline = payload.len() <= INLINE_PAYLOAD;
+        if inline {
+            self.codec
+                .encode_frame(message, payload, &mut self.write_buf)?;
+        } else {
+            self.codec
+                .encode_head(message, payload.len(), &mut self.write_buf)?;
+        }
+        let mut result = self.stream.write_all(&self.write_buf);
+        if !inline {
+            result = result.and_then(|()| self.stream.write_all(payload));
+        }
+        let result = result.and_then(|()| self.stream.flush());
         self.write_buf.clear();
         result.map_err(ProtocolError::Io)
     }
@@ -290,11 +333,17 @@ mod tests {
     type ParentCodec = Codec<FromWorker, ToWorker>;
     type WorkerCodec = Codec<ToWorker, FromWorker>;
 
-    fn done(id: u64, output: Vec<u8>) -> FromWorker {
+    fn done(id: u64) -> FromWorker {
         FromWorker::Done {
             id,
             outcome: Outcome::Ok,
-            output,
+        }
+    }
+
+    fn frame(message: FromWorker, payload: &[u8]) -> Frame<FromWorker> {
+        Frame {
+            message,
+            payload: Bytes::copy_from_slice(payload),
         }
     }
 
@@ -302,7 +351,7 @@ mod tests {
     fn frames_arrive_whole_from_partial_input() {
         let mut bytes = BytesMut::new();
         WorkerCodec::new(1 << 20)
-            .encode(done(7, vec![1, 2, 3]), &mut bytes)
+            .encode_frame(&done(7), &[1, 2, 3], &mut bytes)
             .unwrap();
         let full = bytes.clone();
         let mut parent = ParentCodec::new(1 << 20);
@@ -313,7 +362,7 @@ mod tests {
             if i + 1 < full.len() {
                 assert_eq!(decoded, None, "frame decoded early at byte {i}");
             } else {
-                assert_eq!(decoded, Some(done(7, vec![1, 2, 3])));
+                assert_eq!(decoded, Some(frame(done(7), &[1, 2, 3])));
             }
         }
     }
@@ -350,14 +399,14 @@ mod tests {
     fn truncated_frame_at_eof_is_an_error() {
         let mut bytes = BytesMut::new();
         WorkerCodec::new(1024)
-            .encode(FromWorker::Ready, &mut bytes)
+            .encode_frame(&FromWorker::Ready, &[], &mut bytes)
             .unwrap();
         bytes.put_u32(100);
         bytes.put_slice(b"short");
         let mut parent = ParentCodec::new(1024);
         assert_eq!(
             parent.decode_eof(&mut bytes).unwrap(),
-            Some(FromWorker::Ready)
+            Some(Frame::bare(FromWorker::Ready))
         );
         assert!(matches!(
             parent.decode_eof(&mut bytes),
@@ -366,12 +415,21 @@ mod tests {
     }
 
     #[test]
-    fn encoding_over_the_limit_fails_and_leaves_the_buffer_alone() {
+    fn a_payload_over_the_limit_fails_and_leaves_the_buffer_alone() {
         let mut worker = WorkerCodec::new(64);
         let mut buf = BytesMut::new();
-        worker.encode(FromWorker::Ready, &mut buf).unwrap();
+        worker
+            .encode_frame(&FromWorker::Ready, &[], &mut buf)
+            .unwrap();
         let before = buf.clone();
-        let err = worker.encode(done(1, vec![0; 100]), &mut buf).unwrap_err();
+        let err = worker
+            .encode_frame(&done(1), &[0; 100], &mut buf)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::MessageTooLarge { max: 64, .. }
+        ));
+        let err = worker.encode_head(&done(1), 100, &mut buf).unwrap_err();
         assert!(matches!(
             err,
             ProtocolError::MessageTooLarge { max: 64, .. }
@@ -379,33 +437,42 @@ mod tests {
         assert_eq!(buf, before);
     }
 
-    #[test]
-    fn blocking_conn_reads_back_to_back_frames_and_eof() {
-        let mut wire = BytesMut::new();
-        let mut worker = WorkerCodec::new(1 << 20);
-        worker.encode(done(1, vec![9; 100_000]), &mut wire).unwrap();
-        worker.encode(FromWorker::Ready, &mut wire).unwrap();
-        let stream = std::io::Cursor::new(wire.to_vec());
-        let mut conn: BlockingConn<_, FromWorker, ToWorker> =
-            BlockingConn::new(ReadOnly(stream), 1 << 20);
-        assert_eq!(conn.recv().unwrap(), Some(done(1, vec![9; 100_000])));
-        assert_eq!(conn.recv().unwrap(), Some(FromWorker::Ready));
-        assert_eq!(conn.recv().unwrap(), None);
-    }
+    /// An in-memory pipe: what is written can be read back.
+    struct Pipe(std::io::Cursor<Vec<u8>>, Vec<u8>);
 
-    struct ReadOnly<R>(R);
-    impl<R: Read> Read for ReadOnly<R> {
+    impl Read for Pipe {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             self.0.read(buf)
         }
     }
-    impl<R> Write for ReadOnly<R> {
+    impl Write for Pipe {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.1.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn blocking_conn_sends_small_and_large_payloads_and_reads_them_back() {
+        let large = vec![9_u8; INLINE_PAYLOAD + 1000]; // written after its head
+        let mut sender: BlockingConn<_, ToWorker, FromWorker> =
+            BlockingConn::new(Pipe(Default::default(), Vec::new()), 1 << 20);
+        sender.send_with(&done(1), &large).unwrap();
+        sender.send_with(&done(2), &[1, 2]).unwrap();
+        sender.send(&FromWorker::Ready).unwrap();
+        let wire = std::mem::take(&mut sender.stream_mut().1);
+        let mut receiver: BlockingConn<_, FromWorker, ToWorker> =
+            BlockingConn::new(Pipe(std::io::Cursor::new(wire), Vec::new()), 1 << 20);
+        assert_eq!(receiver.recv().unwrap(), Some(frame(done(1), &large)));
+        assert_eq!(receiver.recv().unwrap(), Some(frame(done(2), &[1, 2])));
+        assert_eq!(
+            receiver.recv().unwrap(),
+            Some(Frame::bare(FromWorker::Ready))
+        );
+        assert_eq!(receiver.recv().unwrap(), None);
     }
 
     fn arb_outcome() -> impl Strategy<Value = Outcome> {
@@ -418,47 +485,41 @@ mod tests {
         ]
     }
 
-    fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
-        prop_oneof![
+    fn arb_frame() -> impl Strategy<Value = Frame<FromWorker>> {
+        let message = prop_oneof![
             Just(FromWorker::Ready),
-            (
-                any::<u64>(),
-                arb_outcome(),
-                proptest::collection::vec(any::<u8>(), 0..2048)
-            )
-                .prop_map(|(id, outcome, output)| FromWorker::Done {
-                    id,
-                    outcome,
-                    output
-                }),
+            (any::<u64>(), arb_outcome())
+                .prop_map(|(id, outcome)| FromWorker::Done { id, outcome }),
             (any::<u64>(), any::<[u8; SECRET_LEN]>())
                 .prop_map(|(worker_id, secret)| FromWorker::HookMissing { worker_id, secret }),
             (".*", proptest::option::of(".*"))
                 .prop_map(|(message, location)| FromWorker::InitFailed { message, location }),
-        ]
+        ];
+        (message, proptest::collection::vec(any::<u8>(), 0..2048))
+            .prop_map(|(message, payload)| frame(message, &payload))
     }
 
     proptest! {
         #[test]
         fn round_trip_in_arbitrary_splits(
-            messages in proptest::collection::vec(arb_from_worker(), 1..8),
+            frames in proptest::collection::vec(arb_frame(), 1..8),
             split in 1usize..64,
         ) {
             let mut wire = BytesMut::new();
             let mut worker = WorkerCodec::new(1 << 20);
-            for m in &messages {
-                worker.encode(m.clone(), &mut wire).unwrap();
+            for f in &frames {
+                worker.encode_frame(&f.message, &f.payload, &mut wire).unwrap();
             }
             let mut parent = ParentCodec::new(1 << 20);
             let mut buf = BytesMut::new();
             let mut decoded = Vec::new();
             for piece in wire.chunks(split) {
                 buf.extend_from_slice(piece);
-                while let Some(m) = parent.decode(&mut buf).unwrap() {
-                    decoded.push(m);
+                while let Some(f) = parent.decode(&mut buf).unwrap() {
+                    decoded.push(f);
                 }
             }
-            prop_assert_eq!(decoded, messages);
+            prop_assert_eq!(decoded, frames);
             prop_assert!(buf.is_empty());
         }
 

@@ -9,7 +9,8 @@
 
 use super::entry::{Spec, WORKER_ENV};
 use super::protocol::{
-    Codec, FromWorker, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, ProtocolError, SECRET_LEN, ToWorker,
+    Codec, Frame, FromWorker, HANDSHAKE_MAX_FRAME, INLINE_PAYLOAD, PROTOCOL_VERSION, ProtocolError,
+    SECRET_LEN, ToWorker,
 };
 use crate::error::{Error, ExitInfo, JobError};
 use crate::handle::JobState;
@@ -17,7 +18,7 @@ use crate::job::{Call, ImageId};
 use crate::queue::{JobQueue, Queued};
 use crate::raw::{self, Target};
 use crate::stats::Counters;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -28,6 +29,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio_util::codec::Framed;
@@ -259,7 +261,7 @@ impl Supervisor {
                 return;
             }
         };
-        match first {
+        match first.message {
             FromWorker::Hello {
                 version,
                 worker_id,
@@ -444,7 +446,7 @@ impl Supervisor {
             initializer: self.core.config.initializer.map(Target::initializer),
             max_frame: self.core.config.max_frame as u64,
         };
-        if let Err(e) = conn.send(welcome).await {
+        if let Err(e) = send(&mut conn, &welcome, &[]).await {
             reap(&mut child).await;
             return Err(StartError::Transient(format!("worker {pid}: {e}")));
         }
@@ -456,13 +458,19 @@ impl Supervisor {
             }
         };
         match ready {
-            Some(Ok(FromWorker::Ready)) => Ok(Worker {
+            Some(Ok(Frame {
+                message: FromWorker::Ready,
+                ..
+            })) => Ok(Worker {
                 child,
                 conn,
                 pid,
                 tasks: 0,
             }),
-            Some(Ok(FromWorker::InitFailed { message, location })) => {
+            Some(Ok(Frame {
+                message: FromWorker::InitFailed { message, location },
+                ..
+            })) => {
                 reap(&mut child).await;
                 let at = location.map(|l| format!(" (at {l})")).unwrap_or_default();
                 Err(StartError::Fatal(format!(
@@ -571,7 +579,9 @@ impl Supervisor {
             child, conn, pid, ..
         } = worker;
         let pid = *pid;
-        match conn.send(ToWorker::Run { id, target, input }).await {
+        let sent = send(conn, &ToWorker::Run { id, target }, &input).await;
+        drop(input);
+        match sent {
             Ok(()) => {}
             Err(ProtocolError::MessageTooLarge { size, max }) => {
                 finish(Err(JobError::TooLarge { size, max }));
@@ -637,14 +647,17 @@ impl Supervisor {
             }
         };
         match answer {
-            Some(Ok(FromWorker::Done {
-                id: answered,
-                outcome,
-                output,
+            Some(Ok(Frame {
+                message:
+                    FromWorker::Done {
+                        id: answered,
+                        outcome,
+                    },
+                payload,
             })) if answered == id => {
                 let result = match outcome.into_error() {
                     Some(error) => Err(error),
-                    None => decoder(&output),
+                    None => decoder(&payload),
                 };
                 finish(result);
                 None
@@ -720,15 +733,35 @@ fn exit_info(status: std::io::Result<std::process::ExitStatus>) -> ExitInfo {
 }
 
 /// A short description of an unexpected read result, for errors and logs.
-fn describe(message: Option<Result<FromWorker, ProtocolError>>) -> String {
+fn describe(message: Option<Result<Frame<FromWorker>, ProtocolError>>) -> String {
     match message {
         None => "connection closed".into(),
         Some(Err(e)) => e.to_string(),
-        Some(Ok(FromWorker::Done { id, .. })) => {
-            format!("an answer to job {id}, which it was not running")
-        }
-        Some(Ok(m)) => format!("unexpected message {}", m.name()),
+        Some(Ok(Frame {
+            message: FromWorker::Done { id, .. },
+            ..
+        })) => format!("an answer to job {id}, which it was not running"),
+        Some(Ok(frame)) => format!("unexpected message {}", frame.message.name()),
     }
+}
+
+/// Sends `message` with `payload`: one write for a small payload; the head, then the
+/// payload straight from the job's buffer, for a large one (no copy into a frame).
+async fn send(conn: &mut Conn, message: &ToWorker, payload: &[u8]) -> Result<(), ProtocolError> {
+    let mut head = bytes::BytesMut::new();
+    let inline = payload.len() <= INLINE_PAYLOAD;
+    if inline {
+        conn.codec_mut().encode_frame(message, payload, &mut head)?;
+    } else {
+        conn.codec_mut()
+            .encode_head(message, payload.len(), &mut head)?;
+    }
+    let stream = conn.get_mut();
+    stream.write_all(&head).await?;
+    if !inline {
+        stream.write_all(payload).await?;
+    }
+    Ok(())
 }
 
 /// Kills a worker and waits for it, so that it leaves no zombie.
@@ -782,7 +815,7 @@ async fn broken_connection(
 
 /// Asks a worker to exit and waits for it.
 async fn retire(worker: &mut Worker, kill: &CancellationToken) {
-    let _ = worker.conn.send(ToWorker::Shutdown).await;
+    let _ = send(&mut worker.conn, &ToWorker::Shutdown, &[]).await;
     let exit = stop(&mut worker.child, kill).await;
     tracing::debug!(pid = worker.pid, %exit, "worker exited");
 }

@@ -65,7 +65,7 @@ fn serve(spec: &Spec) -> Result<(), String> {
         probe: raw::probe_offset(),
     })
     .map_err(protocol)?;
-    let (proof, initializer) = match conn.recv().map_err(protocol)? {
+    let (proof, initializer) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
         Some(ToWorker::Welcome {
             image,
             probe,
@@ -88,19 +88,22 @@ fn serve(spec: &Spec) -> Result<(), String> {
     }
     conn.send(&FromWorker::Ready).map_err(protocol)?;
     loop {
-        match conn.recv().map_err(protocol)? {
-            None | Some(ToWorker::Shutdown) => return Ok(()),
-            Some(ToWorker::Run { id, target, input }) => {
+        let Some(frame) = conn.recv().map_err(protocol)? else {
+            return Ok(());
+        };
+        match frame.message {
+            ToWorker::Shutdown => return Ok(()),
+            ToWorker::Run { id, target } => {
                 out.clear();
-                let outcome = raw::run_shipped(&proof, target, &input, &mut out);
-                drop(input);
+                let outcome = raw::run_shipped(&proof, target, &frame.payload, &mut out);
+                drop(frame.payload);
                 #[cfg(test)]
                 if fault::inject(conn.stream_mut()) {
                     continue;
                 }
-                send_done(&mut conn, id, outcome, std::mem::take(&mut out))?;
+                send_done(&mut conn, id, outcome, &out)?;
             }
-            Some(other @ ToWorker::Welcome { .. }) => {
+            other @ ToWorker::Welcome { .. } => {
                 return Err(format!("unexpected message {other:?}"));
             }
         }
@@ -108,24 +111,16 @@ fn serve(spec: &Spec) -> Result<(), String> {
 }
 
 /// Sends a job's answer; a result too large for a frame becomes an error for that job.
-fn send_done(conn: &mut Conn, id: u64, outcome: Outcome, output: Vec<u8>) -> Result<(), String> {
-    let size = output.len();
-    match conn.send(&FromWorker::Done {
-        id,
-        outcome,
-        output,
-    }) {
+fn send_done(conn: &mut Conn, id: u64, outcome: Outcome, output: &[u8]) -> Result<(), String> {
+    match conn.send_with(&FromWorker::Done { id, outcome }, output) {
         Err(ProtocolError::MessageTooLarge { max, .. }) => {
             let outcome = Outcome::Encode(format!(
-                "the result is {size} bytes, over the maximum frame size of {max} bytes: \
-                 raise ProcessPoolBuilder::max_frame_size or return less per job"
+                "the result is {} bytes, over the maximum frame size of {max} bytes: \
+                 raise ProcessPoolBuilder::max_frame_size or return less per job",
+                output.len()
             ));
-            conn.send(&FromWorker::Done {
-                id,
-                outcome,
-                output: Vec::new(),
-            })
-            .map_err(|e| e.to_string())
+            conn.send(&FromWorker::Done { id, outcome })
+                .map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.to_string()),
     }
