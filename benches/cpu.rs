@@ -5,36 +5,15 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+use workloads::{count_primes, ranges};
+
+mod workloads;
 
 const LIMIT: u64 = 1_000_000;
 const EXPECTED: u64 = 78_498;
 
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
-fn count_primes((lo, hi): (u64, u64)) -> u64 {
-    (lo..hi).filter(|&n| is_prime(n)).count() as u64
-}
-
-fn ranges() -> Vec<(u64, u64)> {
-    (0..64)
-        .map(|i| (LIMIT * i / 64, LIMIT * (i + 1) / 64))
-        .collect()
-}
-
 fn w4_scaling(c: &mut Criterion) {
-    let ranges = ranges();
+    let ranges = ranges(LIMIT, 64);
     let mut group = c.benchmark_group("w4_primes_1m");
     group.sample_size(10);
     group.bench_function("sequential", |b| {

@@ -103,3 +103,18 @@ pub fn reap(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `criterion_main!` for benches that compare with the floor: the bench binary is also
+/// the echo child, so `main` checks for that first.
+#[macro_export]
+macro_rules! criterion_main_with_floor {
+    ($group:ident) => {
+        fn main() {
+            floor::serve_if_echo_child();
+            $group();
+            criterion::Criterion::default()
+                .configure_from_args()
+                .final_summary();
+        }
+    };
+}

@@ -4,14 +4,13 @@
 //!
 //! `cargo bench --bench latency`
 
+#[macro_use]
 mod floor;
+mod workloads;
 
 use criterion::{Criterion, criterion_group};
 use procpool::{ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-
-fn identity(x: u64) -> u64 {
-    x
-}
+use workloads::ident;
 
 fn w1_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("w1_round_trip");
@@ -29,7 +28,7 @@ fn w1_latency(c: &mut Criterion) {
     group.bench_function("process_pool", |b| {
         b.iter(|| {
             x += 1;
-            assert_eq!(processes.submit(identity, x).wait(), Ok(x));
+            assert_eq!(processes.submit(ident, x).wait(), Ok(x));
         })
     });
 
@@ -37,7 +36,7 @@ fn w1_latency(c: &mut Criterion) {
     group.bench_function("thread_pool", |b| {
         b.iter(|| {
             x += 1;
-            assert_eq!(threads.submit(identity, x).wait(), Ok(x));
+            assert_eq!(threads.submit(ident, x).wait(), Ok(x));
         })
     });
 
@@ -50,7 +49,7 @@ fn w1_latency(c: &mut Criterion) {
     group.bench_function("tokio_spawn_blocking", |b| {
         b.iter(|| {
             x += 1;
-            let got = runtime.block_on(runtime.spawn_blocking(move || identity(x)));
+            let got = runtime.block_on(runtime.spawn_blocking(move || ident(x)));
             assert_eq!(got.unwrap(), x);
         })
     });
@@ -59,10 +58,4 @@ fn w1_latency(c: &mut Criterion) {
 
 criterion_group!(benches, w1_latency);
 
-fn main() {
-    floor::serve_if_echo_child();
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-}
+criterion_main_with_floor!(benches);

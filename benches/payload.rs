@@ -3,14 +3,13 @@
 //!
 //! `cargo bench --bench payload`
 
+#[macro_use]
 mod floor;
+mod workloads;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use procpool::{ExecutorExt, ProcessPoolExecutor};
-
-fn echo(bytes: Vec<u8>) -> Vec<u8> {
-    bytes
-}
+use workloads::echo;
 
 fn w6_payload(c: &mut Criterion) {
     let mut group = c.benchmark_group("w6_echo");
@@ -39,10 +38,4 @@ fn w6_payload(c: &mut Criterion) {
 
 criterion_group!(benches, w6_payload);
 
-fn main() {
-    floor::serve_if_echo_child();
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-}
+criterion_main_with_floor!(benches);

@@ -4,15 +4,14 @@
 //!
 //! `cargo bench --bench startup`
 
+#[macro_use]
 mod floor;
+mod workloads;
 
 use criterion::{Criterion, criterion_group};
 use futures::executor::block_on;
 use procpool::{ExecutorExt, ProcessPoolExecutor};
-
-fn identity(x: u64) -> u64 {
-    x
-}
+use workloads::ident;
 
 fn w5_startup(c: &mut Criterion) {
     let mut group = c.benchmark_group("w5_start_2_workers");
@@ -20,7 +19,7 @@ fn w5_startup(c: &mut Criterion) {
     group.bench_function("process_pool_first_result_and_shutdown", |b| {
         b.iter(|| {
             let pool = ProcessPoolExecutor::new(2).unwrap();
-            assert_eq!(pool.submit(identity, 7).wait(), Ok(7));
+            assert_eq!(pool.submit(ident, 7).wait(), Ok(7));
             block_on(pool.shutdown());
         })
     });
@@ -39,10 +38,4 @@ fn w5_startup(c: &mut Criterion) {
 
 criterion_group!(benches, w5_startup);
 
-fn main() {
-    floor::serve_if_echo_child();
-    benches();
-    criterion::Criterion::default()
-        .configure_from_args()
-        .final_summary();
-}
+criterion_main_with_floor!(benches);

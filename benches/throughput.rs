@@ -8,13 +8,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use futures::TryStreamExt;
 use futures::executor::block_on;
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+use workloads::double;
+
+mod workloads;
 
 const W2_N: u64 = 100_000;
 const W3_N: u64 = 1_000_000;
-
-fn double(x: u64) -> u64 {
-    x * 2
-}
 
 fn pools(workers: usize) -> [(&'static str, Box<dyn Executor>); 2] {
     [

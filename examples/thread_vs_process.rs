@@ -30,36 +30,11 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 // ---------------------------------------------------------------- job functions
 
-fn ident(x: u64) -> u64 {
-    x
-}
+#[path = "../benches/workloads.rs"]
+mod workloads;
+use workloads::{count_primes, double, echo, ident, ranges};
 
-fn double(x: u64) -> u64 {
-    x * 2
-}
-
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
-fn count_primes((lo, hi): (u64, u64)) -> u64 {
-    (lo..hi).filter(|&n| is_prime(n)).count() as u64
-}
-
-fn echo(bytes: Vec<u8>) -> Vec<u8> {
-    bytes
-}
-
+/// W6: the checksum job.
 fn checksum(bytes: Vec<u8>) -> (u64, u32) {
     (bytes.len() as u64, crc32fast::hash(&bytes))
 }
@@ -347,12 +322,6 @@ async fn w2_w3(report: &mut Report) -> Result<()> {
 }
 
 // ---------------------------------------------------------------- W4 CPU-bound
-
-fn ranges(limit: u64, count: u64) -> Vec<(u64, u64)> {
-    (0..count)
-        .map(|i| (limit * i / count, limit * (i + 1) / count))
-        .collect()
-}
 
 async fn primes_on(pool: &dyn Executor, ranges: &[(u64, u64)]) -> Result<(u64, f64)> {
     pool.submit(ident, 0).await?; // workers up
