@@ -220,7 +220,12 @@ async fn w2_w3(report: &mut Report) -> Result<()> {
         ensure(sum == W2_SUM, || format!("W2 {name}: sum {sum}"))?;
         report.add("W2", name, "jobs_per_s", W2_N as f64 / secs);
 
-        for (variant, chunk) in [("chunk 1000", Some(1000)), ("auto chunk", None)] {
+        for (variant, chunk) in [
+            ("chunk 1000", Some(1000)),
+            ("chunk 10000", Some(10_000)),
+            ("chunk 100000", Some(100_000)),
+            ("auto chunk", None),
+        ] {
             let start = Instant::now();
             let map = pool.map(double, 0..W3_N);
             let map = match chunk {

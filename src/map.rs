@@ -12,11 +12,53 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-/// The largest chunk the automatic chunk size picks.
-const MAX_AUTO_CHUNK: usize = 4096;
-/// The chunk size when the input's length is unknown.
-const UNKNOWN_LEN_CHUNK: usize = 32;
+/// The first chunk size when `chunk_size` is not set (at most this; less for short input).
+const FIRST_AUTO_CHUNK: usize = 64;
+/// The largest chunk the automatic size grows to.
+const MAX_AUTO_CHUNK: usize = 1 << 16;
+/// How long the automatic size aims for one chunk to take, submission to result: long
+/// enough to amortize a round trip to a worker, short enough to balance uneven items.
+const AUTO_CHUNK_TARGET: Duration = Duration::from_millis(2);
+
+/// The automatic chunk size: starts small and moves towards chunks that take
+/// [`AUTO_CHUNK_TARGET`], growing at most 4x and shrinking at most 2x per finished chunk.
+#[derive(Debug, Clone, Copy)]
+struct AutoChunk {
+    size: usize,
+    /// With a known input length: a ceiling that leaves every worker a few chunks.
+    ceiling: usize,
+}
+
+impl AutoChunk {
+    fn new(len_hint: Option<usize>, workers: usize) -> AutoChunk {
+        let ceiling = match len_hint {
+            Some(len) => (len / (2 * workers.max(1))).clamp(1, MAX_AUTO_CHUNK),
+            None => MAX_AUTO_CHUNK,
+        };
+        AutoChunk {
+            size: FIRST_AUTO_CHUNK.min(ceiling),
+            ceiling,
+        }
+    }
+
+    /// Learns from a chunk of `items` that took `elapsed` from submission to result.
+    fn observe(&mut self, items: usize, elapsed: Duration) {
+        if items == 0 {
+            return;
+        }
+        let per_item = elapsed.as_secs_f64() / items as f64;
+        let wanted = if per_item > 0.0 {
+            AUTO_CHUNK_TARGET.as_secs_f64() / per_item
+        } else {
+            f64::INFINITY
+        };
+        let lo = (self.size / 2).max(1) as f64;
+        let hi = self.size.saturating_mul(4) as f64;
+        self.size = (wanted.clamp(lo, hi) as usize).clamp(1, self.ceiling);
+    }
+}
 
 /// A stream of `Result<R, JobError>`, one per input item, from
 /// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
@@ -36,13 +78,14 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     f: fn(A) -> R,
     source: Pin<Box<S>>,
     source_done: bool,
-    size_hint: Option<usize>,
     chunk_size: Option<usize>,
+    auto: AutoChunk,
     max_in_flight: Option<usize>,
     options: JobOptions,
     ordered: bool,
     pending: Vec<A>,
-    in_flight: VecDeque<(ErasedHandle, usize)>,
+    /// Submitted chunks: handle, number of items, when submitted.
+    in_flight: VecDeque<(ErasedHandle, usize, Instant)>,
     ready: VecDeque<Result<R, JobError>>,
 }
 
@@ -85,8 +128,8 @@ where
             f,
             source: Box::pin(source),
             source_done: false,
-            size_hint,
             chunk_size: None,
+            auto: AutoChunk::new(size_hint, executor.max_workers()),
             max_in_flight: None,
             options: JobOptions::new(),
             ordered,
@@ -100,8 +143,10 @@ where
     /// amortize the per-job cost (a socket round trip on the process pool); smaller ones
     /// balance uneven items better. A size of 0 is taken as 1.
     ///
-    /// The default is automatic: a quarter of the input's length per worker when the input
-    /// tells its length (`Iterator::size_hint`), at most 4096; 32 when it does not.
+    /// The default is automatic and adaptive: chunks start at 64 items (fewer for a short
+    /// input) and grow or shrink, as results come back, towards chunks that take about
+    /// 2 ms each, at most 65,536 items and, when the input tells its length
+    /// (`Iterator::size_hint`), at most half its length per worker.
     pub fn chunk_size(mut self, size: usize) -> Self {
         self.chunk_size = Some(size.max(1));
         self
@@ -123,10 +168,7 @@ where
     }
 
     fn effective_chunk_size(&self) -> usize {
-        self.chunk_size.unwrap_or_else(|| match self.size_hint {
-            Some(len) => (len / (4 * self.executor.max_workers().max(1))).clamp(1, MAX_AUTO_CHUNK),
-            None => UNKNOWN_LEN_CHUNK,
-        })
+        self.chunk_size.unwrap_or(self.auto.size)
     }
 
     fn effective_max_in_flight(&self) -> usize {
@@ -142,7 +184,7 @@ where
             Ok(handle) => handle,
             Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
         };
-        self.in_flight.push_back((handle, len));
+        self.in_flight.push_back((handle, len, Instant::now()));
     }
 
     /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
@@ -225,7 +267,7 @@ where
             }
             let finished = if this.ordered {
                 match this.in_flight.front_mut() {
-                    Some((handle, _)) => match handle.poll_output(cx) {
+                    Some((handle, _, _)) => match handle.poll_output(cx) {
                         Poll::Ready(output) => Some((0, output)),
                         Poll::Pending => None,
                     },
@@ -235,17 +277,20 @@ where
                 this.in_flight
                     .iter_mut()
                     .enumerate()
-                    .find_map(|(i, (handle, _))| match handle.poll_output(cx) {
+                    .find_map(|(i, (handle, _, _))| match handle.poll_output(cx) {
                         Poll::Ready(output) => Some((i, output)),
                         Poll::Pending => None,
                     })
             };
             match finished {
                 Some((index, output)) => {
-                    let (_, len) = this
+                    let (_, len, submitted) = this
                         .in_flight
                         .remove(index)
                         .expect("index of a polled chunk is valid");
+                    if output.is_ok() {
+                        this.auto.observe(len, submitted.elapsed());
+                    }
                     this.unpack(output, len);
                 }
                 None => return Poll::Pending,
@@ -256,7 +301,7 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let buffered = self.ready.len()
             + self.pending.len()
-            + self.in_flight.iter().map(|(_, len)| len).sum::<usize>();
+            + self.in_flight.iter().map(|(_, len, _)| len).sum::<usize>();
         let (lo, hi) = if self.source_done {
             (0, Some(0))
         } else {
@@ -272,7 +317,7 @@ impl<E: ?Sized, S, A, R> Unpin for Map<'_, E, S, A, R> {}
 
 impl<E: ?Sized, S, A, R> Drop for Map<'_, E, S, A, R> {
     fn drop(&mut self) {
-        for (handle, _) in &self.in_flight {
+        for (handle, _, _) in &self.in_flight {
             handle.state.fail_queued(JobError::Cancelled);
         }
     }
@@ -282,10 +327,48 @@ impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Map")
             .field("ordered", &self.ordered)
-            .field("chunk_size", &self.chunk_size)
+            .field("chunk_size", &self.chunk_size.unwrap_or(self.auto.size))
             .field("chunks_in_flight", &self.in_flight.len())
             .field("results_ready", &self.ready.len())
             .field("source_done", &self.source_done)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_chunks_grow_for_cheap_items_within_bounds() {
+        let mut auto = AutoChunk::new(Some(10_000_000), 2);
+        assert_eq!(auto.size, FIRST_AUTO_CHUNK);
+        // 64 items in 100 us: 2 ms wants 1280, but growth is at most 4x per chunk.
+        auto.observe(64, Duration::from_micros(100));
+        assert_eq!(auto.size, 256);
+        for _ in 0..20 {
+            auto.observe(auto.size, Duration::from_micros(100));
+        }
+        assert_eq!(auto.size, MAX_AUTO_CHUNK, "never past the cap");
+    }
+
+    #[test]
+    fn auto_chunks_shrink_for_slow_items_and_respect_short_inputs() {
+        let mut auto = AutoChunk::new(None, 2);
+        auto.observe(64, Duration::from_secs(1)); // 16 ms per item
+        assert_eq!(auto.size, 32, "shrinks at most 2x per chunk");
+        for _ in 0..10 {
+            auto.observe(auto.size, Duration::from_secs(1));
+        }
+        assert_eq!(auto.size, 1);
+        let short = AutoChunk::new(Some(10), 2);
+        assert_eq!(
+            (short.size, short.ceiling),
+            (2, 2),
+            "each worker gets a few chunks"
+        );
+        let mut tiny = AutoChunk::new(Some(1), 4);
+        tiny.observe(1, Duration::ZERO);
+        assert_eq!(tiny.size, 1);
     }
 }
