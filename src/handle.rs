@@ -177,6 +177,11 @@ impl ErasedHandle {
         ErasedHandle { state }
     }
 
+    /// The handle of a job that ended before it was queued (refused, or unrunnable).
+    pub(crate) fn failed(error: JobError) -> ErasedHandle {
+        ErasedHandle::new(JobState::completed(Err(error)))
+    }
+
     pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
         match self.state.poll_done(cx) {
             Poll::Pending => Poll::Pending,
@@ -242,9 +247,7 @@ impl<R: 'static> JobHandle<R> {
 
     /// A handle whose job was refused because the executor is shut down.
     pub(crate) fn shut_down() -> JobHandle<R> {
-        JobHandle::from_erased(ErasedHandle::new(JobState::completed(Err(
-            JobError::ShutDown,
-        ))))
+        JobHandle::from_erased(ErasedHandle::failed(JobError::ShutDown))
     }
 
     /// Cancels the job, if it has not finished.
@@ -287,15 +290,8 @@ impl<R: 'static> JobHandle<R> {
     /// Blocks the current thread until the job ends or `timeout` passes. On timeout the
     /// handle comes back in `Err`, and the job goes on.
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, JobError>, Self> {
-        let deadline = futures_timer::Delay::new(timeout);
-        let finished = futures::executor::block_on(async {
-            let ready = futures::future::poll_fn(|cx| self.raw.state.poll_done(cx));
-            futures::pin_mut!(ready, deadline);
-            matches!(
-                futures::future::select(ready, deadline).await,
-                futures::future::Either::Left(_)
-            )
-        });
+        let ready = futures::future::poll_fn(|cx| self.raw.state.poll_done(cx));
+        let finished = futures::executor::block_on(crate::wait::within(ready, Some(timeout)));
         if finished {
             Ok(futures::executor::block_on(&mut self))
         } else {

@@ -3,7 +3,7 @@
 
 use crate::error::JobError;
 use crate::executor::Executor;
-use crate::handle::{ErasedHandle, JobState};
+use crate::handle::ErasedHandle;
 use crate::job::ErasedJob;
 use crate::options::JobOptions;
 use futures::Stream;
@@ -182,7 +182,7 @@ where
         let job = ErasedJob::chunk(self.f, items).with_options(self.options);
         let handle = match self.executor.execute(job) {
             Ok(handle) => handle,
-            Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
+            Err(_) => ErasedHandle::failed(JobError::ShutDown),
         };
         self.in_flight.push_back((handle, len, Instant::now()));
     }

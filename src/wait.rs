@@ -158,14 +158,22 @@ where
         };
         if met { Poll::Ready(()) } else { Poll::Pending }
     });
-    match timeout {
-        Some(timeout) => {
-            let delay = futures_timer::Delay::new(timeout);
-            futures::pin_mut!(condition);
-            futures::future::select(condition, delay).await;
-        }
-        None => condition.await,
-    }
+    within(condition, timeout).await;
     let (done, pending) = handles.into_iter().partition(JobHandle::is_finished);
     Waited { done, pending }
+}
+
+/// Awaits `future` for at most `timeout` (forever when `None`), on a runtime-agnostic
+/// timer. `true` if it finished in time.
+pub(crate) async fn within(future: impl Future<Output = ()>, timeout: Option<Duration>) -> bool {
+    let Some(timeout) = timeout else {
+        future.await;
+        return true;
+    };
+    futures::pin_mut!(future);
+    let delay = futures_timer::Delay::new(timeout);
+    matches!(
+        futures::future::select(future, delay).await,
+        futures::future::Either::Left(_)
+    )
 }

@@ -13,7 +13,7 @@ use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobState};
 use crate::job::ErasedJob;
 use crate::stats::PoolStats;
-use crate::thread::wait_or_timeout;
+use crate::wait::within;
 use async_trait::async_trait;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -294,10 +294,6 @@ impl ProcessPoolExecutor {
             .max_workers(max_workers)
             .build()
     }
-
-    fn completed(error: JobError) -> ErasedHandle {
-        ErasedHandle::new(JobState::completed(Err(error)))
-    }
 }
 
 impl sealed::Sealed for ProcessPoolExecutor {}
@@ -307,10 +303,10 @@ impl Executor for ProcessPoolExecutor {
     fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
         let core = &self.inner.core;
         if let Some(error) = core.broken.get() {
-            return Ok(Self::completed(error.clone()));
+            return Ok(ErasedHandle::failed(error.clone()));
         }
         if let Err(error) = crate::job::check_shippable(&job.call.target()) {
-            return Ok(Self::completed(error));
+            return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
         let queued = QueuedJob {
@@ -322,7 +318,7 @@ impl Executor for ProcessPoolExecutor {
             Ok(()) => Ok(ErasedHandle::new(state)),
             // A broken pool closes its queue: report why rather than "shut down".
             Err(queued) => match core.broken.get() {
-                Some(error) => Ok(Self::completed(error.clone())),
+                Some(error) => Ok(ErasedHandle::failed(error.clone())),
                 None => Err(ErasedJob {
                     call: queued.call,
                     options: job.options,
@@ -362,20 +358,12 @@ impl Executor for ProcessPoolExecutor {
                 let _ = terminated.wait_for(|&done| done).await;
             }
         };
-        match options.timeout {
-            None => {
-                terminated().await;
-                true
-            }
-            Some(timeout) => {
-                if wait_or_timeout(terminated(), timeout).await {
-                    return true;
-                }
-                core.kill.cancel();
-                terminated().await;
-                false
-            }
+        if within(terminated(), options.timeout).await {
+            return true;
         }
+        core.kill.cancel();
+        terminated().await;
+        false
     }
 }
 

@@ -298,7 +298,7 @@ impl ThreadPoolExecutor {
         let body = Body::Closure(Box::new(move || Box::new(f()) as Output));
         let handle = match self.push(body, crate::options::JobOptions::new()) {
             Ok(handle) => handle,
-            Err(_) => ErasedHandle::new(JobState::completed(Err(JobError::ShutDown))),
+            Err(_) => ErasedHandle::failed(JobError::ShutDown),
         };
         JobHandle::from_erased(handle)
     }
@@ -362,27 +362,8 @@ impl Executor for ThreadPoolExecutor {
             // The sender lives in `Shared`, which `self` keeps alive: `wait_for` cannot fail.
             let _ = alive.wait_for(|&n| n == 0).await;
         };
-        match options.timeout {
-            None => {
-                all_exited.await;
-                true
-            }
-            Some(timeout) => wait_or_timeout(all_exited, timeout).await,
-        }
+        crate::wait::within(all_exited, options.timeout).await
     }
-}
-
-/// `true` if `future` finished before `timeout`.
-pub(crate) async fn wait_or_timeout(
-    future: impl std::future::Future<Output = ()>,
-    timeout: Duration,
-) -> bool {
-    futures::pin_mut!(future);
-    let delay = futures_timer::Delay::new(timeout);
-    matches!(
-        futures::future::select(future, delay).await,
-        futures::future::Either::Left(_)
-    )
 }
 
 impl Drop for Inner {
