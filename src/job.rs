@@ -474,7 +474,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned, R: Serialize>(
 }
 
 /// The body of the `init` trampoline: runs a worker initializer.
-pub(crate) fn run_initializer(f: fn()) -> Outcome {
+pub(crate) fn run_initializer(f: impl FnOnce()) -> Outcome {
     match catch(f) {
         Ok(()) => Outcome::Ok,
         Err((message, location)) => Outcome::Panicked { message, location },

@@ -85,6 +85,7 @@ mod process;
 mod queue;
 #[allow(unsafe_code)]
 mod raw;
+mod state;
 mod stats;
 mod thread;
 mod wait;
@@ -96,6 +97,7 @@ pub use job::ErasedJob;
 pub use map::Map;
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
+pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
 pub use stats::PoolStats;
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};

@@ -15,7 +15,7 @@
 //!
 //! Both transmutes below are sound only if **the worker runs the very same image as the
 //! parent that computed the offsets**, and the offsets were computed by [`Target::single`],
-//! [`Target::chunk`] or [`Target::initializer`] for the same `(A, R)` the trampoline is
+//! [`Target::chunk`], [`Target::initializer`] or [`Target::state`] for the same `(A, R)` the trampoline is
 //! instantiated with. The second half holds by construction: those constructors are the
 //! only way to make a [`Target`] in the parent, and they pair each trampoline with a
 //! function of the matching type. The first half is checked by the worker itself in
@@ -69,8 +69,8 @@ type Trampoline = unsafe fn(usize, &[u8], &mut Vec<u8>) -> Outcome;
 
 /// What a worker needs to call one function: two offsets from [`anchor`].
 ///
-/// Only [`Target::single`], [`Target::chunk`] and [`Target::initializer`] create one in
-/// the parent; the worker receives them over the wire.
+/// Only [`Target::single`], [`Target::chunk`], [`Target::initializer`] and [`Target::state`]
+/// create one in the parent; the worker receives them over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Target {
     trampoline: i64,
@@ -106,6 +106,14 @@ impl Target {
     pub(crate) fn initializer(f: fn()) -> Target {
         Target {
             trampoline: offset_of(init as Trampoline as usize),
+            function: offset_of(f as usize),
+        }
+    }
+
+    /// The target that builds a worker-local state with `f()` and installs it.
+    pub(crate) fn state<S: 'static>(f: fn() -> S) -> Target {
+        Target {
+            trampoline: offset_of(state::<S> as Trampoline as usize),
             function: offset_of(f as usize),
         }
     }
@@ -153,6 +161,16 @@ unsafe fn init(f: usize, _input: &[u8], _out: &mut Vec<u8>) -> Outcome {
     crate::job::run_initializer(f)
 }
 
+/// # Safety
+///
+/// `f` must be the address of a `fn() -> S` in this image (see the module's invariant).
+unsafe fn state<S: 'static>(f: usize, _input: &[u8], _out: &mut Vec<u8>) -> Outcome {
+    // SAFETY: `f` is the address of a `fn() -> S` of this image, paired with this
+    // trampoline by `Target::state::<S>`.
+    let f = unsafe { std::mem::transmute::<usize, fn() -> S>(f) };
+    crate::job::run_initializer(move || crate::state::build_and_install(f))
+}
+
 /// Proof that the parent runs the same executable image as this worker.
 ///
 /// The only constructor is [`VerifiedParent::verify`], which compares the identity and
@@ -187,7 +205,7 @@ pub(crate) fn run_shipped(
 ) -> Outcome {
     let [trampoline, function] = target.addresses();
     // SAFETY: `_proof` shows the parent runs this same image, so the offsets it computed
-    // with `Target::{single, chunk, initializer}` land on the same trampoline and function
+    // with `Target::{single, chunk, initializer, state}` land on the same trampoline and function
     // here, and those constructors pair each trampoline with a function of its type.
     let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline) };
     // SAFETY: the trampoline's contract (`function` is a function of the type it expects)

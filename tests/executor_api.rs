@@ -472,3 +472,137 @@ fn handles_and_pools_have_the_auto_traits_users_need() {
     send_sync::<JobError>();
     send_sync::<procpool::Error>();
 }
+
+/// A worker-local state that records which build made it.
+struct Lexicon {
+    serial: usize,
+    words: Vec<&'static str>,
+}
+
+static LEXICON_BUILDS: AtomicUsize = AtomicUsize::new(0);
+
+fn build_lexicon() -> Lexicon {
+    Lexicon {
+        serial: LEXICON_BUILDS.fetch_add(1, Ordering::SeqCst),
+        words: vec!["good", "great", "fine"],
+    }
+}
+
+fn build_offset() -> u64 {
+    1000
+}
+
+/// Returns (worker identity, the serial of its lexicon, a count read through two states).
+fn lexicon_job(text: String) -> (String, usize, u64) {
+    let worker = format!("{}/{:?}", std::process::id(), std::thread::current().id());
+    let (serial, hits) = procpool::with_worker_state(|lex: &Lexicon| {
+        let hits = text.split(' ').filter(|w| lex.words.contains(w)).count();
+        (lex.serial, hits as u64)
+    });
+    let offset = procpool::with_worker_state(|o: &u64| *o);
+    (worker, serial, offset + hits)
+}
+
+fn panicking_state() -> Lexicon {
+    panic!("lexicon file missing")
+}
+
+fn pools_with_state(workers: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
+    vec![
+        (
+            "threads",
+            Box::new(
+                ThreadPoolExecutor::builder()
+                    .max_workers(workers)
+                    .worker_state(build_lexicon)
+                    .worker_state(build_offset)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "processes",
+            Box::new(
+                ProcessPoolExecutor::builder()
+                    .max_workers(workers)
+                    .worker_state(build_lexicon)
+                    .worker_state(build_offset)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn worker_state_is_built_once_per_worker_and_read_by_jobs() {
+    for (name, pool) in pools_with_state(2) {
+        let texts = (0..200).map(|i| format!("a good {} great day", i % 3));
+        let results: Vec<(String, usize, u64)> = bounded(
+            name,
+            pool.map(lexicon_job, texts).chunk_size(3).try_collect(),
+        )
+        .await
+        .unwrap();
+        assert!(results.iter().all(|r| r.2 == 1002), "{name}: {results:?}");
+        let mut serial_of = std::collections::HashMap::new();
+        for (worker, serial, _) in &results {
+            let first = *serial_of.entry(worker.clone()).or_insert(*serial);
+            assert_eq!(first, *serial, "{name}: {worker} rebuilt its state");
+        }
+        assert!(
+            (1..=2).contains(&serial_of.len()),
+            "{name}: {} workers",
+            serial_of.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_worker_state_fails_the_job_naming_the_type() {
+    for (name, pool) in pools(1) {
+        let err = bounded(name, pool.submit(lexicon_job, "good".into()))
+            .await
+            .unwrap_err();
+        match &err {
+            JobError::Panicked { message, .. } => {
+                assert!(message.contains("Lexicon"), "{name}: {message}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_state_builder_breaks_the_pool_with_its_message() {
+    let pools: Vec<(&str, Box<dyn Executor>)> = vec![
+        (
+            "threads",
+            Box::new(
+                ThreadPoolExecutor::builder()
+                    .max_workers(1)
+                    .worker_state(panicking_state)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "processes",
+            Box::new(
+                ProcessPoolExecutor::builder()
+                    .max_workers(1)
+                    .worker_state(panicking_state)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+    ];
+    for (name, pool) in pools {
+        let err = bounded(name, pool.submit(double, 1)).await.unwrap_err();
+        assert!(err.is_pool_broken(), "{name}: {err:?}");
+        assert!(
+            err.to_string().contains("lexicon file missing"),
+            "{name}: {err}"
+        );
+    }
+}

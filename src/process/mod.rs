@@ -12,6 +12,7 @@ use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobState};
 use crate::job::ErasedJob;
+use crate::raw::Target;
 use crate::stats::PoolStats;
 use crate::wait::within;
 use async_trait::async_trait;
@@ -125,7 +126,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct ProcessPoolBuilder {
     max_workers: Option<usize>,
-    initializer: Option<fn()>,
+    initializers: Vec<Target>,
     max_tasks_per_child: Option<usize>,
     max_frame_size: usize,
     handshake_timeout: Duration,
@@ -139,7 +140,7 @@ impl Default for ProcessPoolBuilder {
     fn default() -> Self {
         ProcessPoolBuilder {
             max_workers: None,
-            initializer: None,
+            initializers: Vec::new(),
             max_tasks_per_child: None,
             max_frame_size: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
@@ -162,8 +163,46 @@ impl ProcessPoolBuilder {
     /// A function each worker runs once, before its first job (Python's `initializer`).
     /// If it panics, the pool is broken: jobs end with [`JobError::PoolBroken`] naming the
     /// panic, and no worker is respawned. The default is none.
+    ///
+    /// Initializers and [`worker_state`](Self::worker_state) builders run in the order
+    /// they were added.
     pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializer = Some(f);
+        self.initializers.push(Target::initializer(f));
+        self
+    }
+
+    /// Builds a worker-local state once in each worker, before its first job, with
+    /// `build()`; jobs read it with [`with_worker_state`](crate::with_worker_state). Use
+    /// it for what is costly to make and must not travel with every job: a model, a
+    /// lexicon, a compiled regex set, a connection. Each worker process has its own value,
+    /// so `S` needs neither `Send` nor `Sync`, nor `serde`.
+    ///
+    /// Several states of different types may be added; a panic in `build` breaks the pool
+    /// as a panicking [`initializer`](Self::initializer) does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::{ExecutorExt, ProcessPoolExecutor};
+    ///
+    /// struct Table(Vec<u64>);
+    ///
+    /// fn squares() -> Table {
+    ///     Table((0..1000).map(|n| n * n).collect())
+    /// }
+    ///
+    /// fn lookup(n: usize) -> u64 {
+    ///     procpool::with_worker_state(|t: &Table| t.0[n])
+    /// }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ProcessPoolExecutor::builder().worker_state(squares).build()?;
+    /// assert_eq!(pool.submit(lookup, 12).await?, 144);
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn worker_state<S: 'static>(mut self, build: fn() -> S) -> Self {
+        self.initializers.push(Target::state(build));
         self
     }
 
@@ -259,7 +298,7 @@ impl ProcessPoolBuilder {
         }
         let core = Arc::new(Core::new(Config {
             max_workers,
-            initializer: self.initializer,
+            initializers: self.initializers,
             max_tasks_per_child: self.max_tasks_per_child,
             max_frame: self.max_frame_size,
             handshake_timeout: self.handshake_timeout,

@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 /// The frame limit before a peer has proven it knows the pool's secret.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// Bytes of the per-pool secret.
@@ -46,9 +46,9 @@ pub(crate) enum FromWorker {
         worker_id: u64,
         secret: [u8; SECRET_LEN],
     },
-    /// The initializer (if any) ran; jobs may come.
+    /// The initializers (if any) ran; jobs may come.
     Ready,
-    /// The initializer panicked; the worker exits.
+    /// An initializer panicked; the worker exits.
     InitFailed {
         message: String,
         location: Option<String>,
@@ -74,11 +74,12 @@ impl FromWorker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
     /// The answer to `Hello`: the parent's identity (the worker checks it runs the same
-    /// image), the initializer to run, and the frame limit from now on.
+    /// image), the initializers to run in order (plain ones and worker-state builders),
+    /// and the frame limit from now on.
     Welcome {
         image: ImageId,
         probe: i64,
-        initializer: Option<Target>,
+        initializers: Vec<Target>,
         max_frame: u64,
     },
     /// Run one job (or one chunk of a `map`); the frame's payload is the encoded argument.

@@ -57,7 +57,7 @@ const MEMORY_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) max_workers: usize,
-    pub(crate) initializer: Option<fn()>,
+    pub(crate) initializers: Vec<Target>,
     pub(crate) max_tasks_per_child: Option<usize>,
     pub(crate) max_frame: usize,
     pub(crate) handshake_timeout: Duration,
@@ -443,7 +443,7 @@ impl Supervisor {
         let welcome = ToWorker::Welcome {
             image: self.image.clone(),
             probe: raw::probe_offset(),
-            initializer: self.core.config.initializer.map(Target::initializer),
+            initializers: self.core.config.initializers.clone(),
             max_frame: self.core.config.max_frame as u64,
         };
         if let Err(e) = send(&mut conn, &welcome, &[]).await {

@@ -65,26 +65,29 @@ fn serve(spec: &Spec) -> Result<(), String> {
         probe: raw::probe_offset(),
     })
     .map_err(protocol)?;
-    let (proof, initializer) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
+    let (proof, initializers) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
         Some(ToWorker::Welcome {
             image,
             probe,
-            initializer,
+            initializers,
             max_frame,
         }) => {
             let proof = VerifiedParent::verify(&image, probe)?;
             conn.set_max_frame(usize::try_from(max_frame).unwrap_or(usize::MAX));
-            (proof, initializer)
+            (proof, initializers)
         }
         None => return Ok(()), // the pool went away during the handshake
         Some(other) => return Err(format!("expected Welcome, got {other:?}")),
     };
     let mut out = Vec::new();
-    let init_outcome = initializer.map(|init| raw::run_shipped(&proof, init, &[], &mut out));
-    if let Some(Outcome::Panicked { message, location }) = init_outcome {
-        conn.send(&FromWorker::InitFailed { message, location })
-            .map_err(protocol)?;
-        return Ok(());
+    for init in initializers {
+        if let Outcome::Panicked { message, location } =
+            raw::run_shipped(&proof, init, &[], &mut out)
+        {
+            conn.send(&FromWorker::InitFailed { message, location })
+                .map_err(protocol)?;
+            return Ok(());
+        }
     }
     conn.send(&FromWorker::Ready).map_err(protocol)?;
     loop {

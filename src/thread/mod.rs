@@ -71,8 +71,18 @@ pub struct ThreadPoolBuilder {
     max_workers: Option<usize>,
     thread_name: String,
     stack_size: Option<usize>,
-    initializer: Option<fn()>,
+    initializers: Vec<Initializer>,
     job_timeout: Option<Duration>,
+}
+
+/// An initializer of each thread: a plain `fn()` or a worker-state builder.
+#[derive(Clone)]
+struct Initializer(Arc<dyn Fn() + Send + Sync>);
+
+impl fmt::Debug for Initializer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Initializer")
+    }
 }
 
 struct Inner {
@@ -83,8 +93,8 @@ struct Inner {
 struct Shared {
     queue: JobQueue<Task>,
     alive: tokio::sync::watch::Sender<usize>,
-    initializer: Option<fn()>,
-    /// Set once if the initializer panicked: every job then fails with it.
+    initializers: Vec<Initializer>,
+    /// Set once if an initializer panicked: every job then fails with it.
     broken: OnceLock<JobError>,
     counters: Arc<Counters>,
     job_timeout: Option<Duration>,
@@ -121,7 +131,7 @@ impl Default for ThreadPoolBuilder {
             max_workers: None,
             thread_name: "procpool-thread".to_owned(),
             stack_size: None,
-            initializer: None,
+            initializers: Vec::new(),
             job_timeout: None,
         }
     }
@@ -152,8 +162,27 @@ impl ThreadPoolBuilder {
     /// A function each thread runs once, before its first job (Python's `initializer`).
     /// If it panics, the pool is broken: every job ends with [`JobError::PoolBroken`]
     /// naming the panic. The default is none.
+    ///
+    /// Initializers and [`worker_state`](Self::worker_state) builders run in the order
+    /// they were added.
     pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializer = Some(f);
+        self.initializers.push(Initializer(Arc::new(f)));
+        self
+    }
+
+    /// Builds a worker-local state once on each thread, before its first job, with
+    /// `build()`; jobs (and [`spawn`](ThreadPoolExecutor::spawn)ed closures) read it with
+    /// [`with_worker_state`](crate::with_worker_state). Each thread has its own value, so
+    /// reading it takes no lock, and `S` needs neither `Send` nor `Sync`. The same
+    /// `build` and job functions work on a [`ProcessPoolExecutor`](crate::ProcessPoolExecutor)
+    /// (see [`ProcessPoolBuilder::worker_state`](crate::ProcessPoolBuilder::worker_state)).
+    ///
+    /// A panic in `build` breaks the pool as a panicking [`initializer`](Self::initializer)
+    /// does.
+    pub fn worker_state<S: 'static>(mut self, build: fn() -> S) -> Self {
+        self.initializers.push(Initializer(Arc::new(move || {
+            crate::state::build_and_install(build)
+        })));
         self
     }
 
@@ -182,7 +211,7 @@ impl ThreadPoolBuilder {
         let shared = Arc::new(Shared {
             queue: JobQueue::new(),
             alive,
-            initializer: self.initializer,
+            initializers: self.initializers,
             broken: OnceLock::new(),
             counters: Arc::new(Counters::default()),
             job_timeout: self.job_timeout,
@@ -212,12 +241,15 @@ impl ThreadPoolBuilder {
 
 impl Shared {
     fn run_worker(&self) {
-        if let Some(Err(payload)) = self.initializer.map(catch_unwind) {
-            let reason = format!(
-                "the thread pool's initializer panicked: {}",
-                crate::error::panic_message(&*payload)
-            );
-            let _ = self.broken.set(JobError::PoolBroken { reason });
+        for init in &self.initializers {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(&*init.0)) {
+                let reason = format!(
+                    "the thread pool's initializer panicked: {}",
+                    crate::error::panic_message(&*payload)
+                );
+                let _ = self.broken.set(JobError::PoolBroken { reason });
+                break;
+            }
         }
         self.counters.workers_alive.fetch_add(1, Relaxed);
         while let Some(task) = self.queue.pop_blocking() {
