@@ -331,8 +331,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         S: Stream<Item = A>,
     {
-        let hint = items.size_hint().1;
-        Map::new(self, f, items, hint, true)
+        Map::new(self, f, items, true)
     }
 
     /// Like [`map_unordered`](ExecutorExt::map_unordered), over the items of a [`Stream`].
@@ -342,8 +341,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         S: Stream<Item = A>,
     {
-        let hint = items.size_hint().1;
-        Map::new(self, f, items, hint, false)
+        Map::new(self, f, items, false)
     }
 
     /// Waits for every queued and running job, then stops the workers (Python's

@@ -94,7 +94,7 @@ pub use error::{Error, ExitInfo, JobError, SubmitError};
 pub use executor::{Executor, ExecutorExt, ShutdownOptions};
 pub use handle::{ErasedHandle, JobHandle};
 pub use job::ErasedJob;
-pub use map::Map;
+pub use map::{Map, Progress};
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};

@@ -84,9 +84,51 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     options: JobOptions,
     ordered: bool,
     pending: Vec<A>,
-    /// Submitted chunks: handle, number of items, when submitted.
-    in_flight: VecDeque<(ErasedHandle, usize, Instant)>,
+    in_flight: VecDeque<InFlight>,
     ready: VecDeque<Result<R, JobError>>,
+    /// Items pulled from the source so far.
+    pulled: u64,
+    progress: Progress,
+    on_progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
+}
+
+/// A submitted chunk.
+struct InFlight {
+    handle: ErasedHandle,
+    /// Its number of items.
+    len: usize,
+    submitted: Instant,
+    /// Its output, once finished (an ordered map holds it until the chunks before it are
+    /// done).
+    output: Option<Result<crate::job::Output, JobError>>,
+}
+
+/// How far a [`Map`] has come: the items whose results are known, and the input's length
+/// when known. From [`Map::progress`] and [`Map::on_progress`].
+///
+/// `completed` counts an item as soon as the worker's answer for its chunk arrives, failed
+/// items included, even if an ordered map still holds it back behind slower chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Items whose results are known.
+    pub completed: u64,
+    /// The number of items: known from the start when the input tells its exact length
+    /// (`size_hint`, as ranges, `Vec`s and most adapters do), otherwise once the input is
+    /// exhausted.
+    pub total: Option<u64>,
+}
+
+impl Progress {
+    /// `completed / total`, between 0 and 1, once the total is known.
+    pub fn fraction(&self) -> Option<f64> {
+        self.total.map(|total| {
+            if total == 0 {
+                1.0
+            } else {
+                self.completed as f64 / total as f64
+            }
+        })
+    }
 }
 
 impl<'a, E, I, A, R> Map<'a, E, futures::stream::Iter<I>, A, R>
@@ -96,16 +138,15 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    /// A map over an iterator, whose `size_hint` sizes the automatic chunks.
+    /// A map over an iterator, whose `size_hint` sizes the automatic chunks and gives the
+    /// progress total.
     pub(crate) fn from_iter(
         executor: &'a E,
         f: fn(A) -> R,
         items: impl IntoIterator<IntoIter = I>,
         ordered: bool,
     ) -> Self {
-        let items = items.into_iter();
-        let hint = items.size_hint().1;
-        Map::new(executor, f, futures::stream::iter(items), hint, ordered)
+        Map::new(executor, f, futures::stream::iter(items), ordered)
     }
 }
 
@@ -116,26 +157,86 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    pub(crate) fn new(
-        executor: &'a E,
-        f: fn(A) -> R,
-        source: S,
-        size_hint: Option<usize>,
-        ordered: bool,
-    ) -> Self {
+    pub(crate) fn new(executor: &'a E, f: fn(A) -> R, source: S, ordered: bool) -> Self {
+        let (lower, upper) = source.size_hint();
+        let total = match upper {
+            Some(upper) if upper == lower => Some(upper as u64),
+            _ => None,
+        };
         Map {
             executor,
             f,
             source: Box::pin(source),
             source_done: false,
             chunk_size: None,
-            auto: AutoChunk::new(size_hint, executor.max_workers()),
+            auto: AutoChunk::new(upper, executor.max_workers()),
             max_in_flight: None,
             options: JobOptions::new(),
             ordered,
             pending: Vec::new(),
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
+            pulled: 0,
+            progress: Progress {
+                completed: 0,
+                total,
+            },
+            on_progress: None,
+        }
+    }
+
+    /// How far the map has come. See also [`on_progress`](Self::on_progress).
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// Calls `callback` with the new [`Progress`] each time a chunk's results arrive, and
+    /// when the input's length becomes known: the hook for a progress bar, with no polling
+    /// of the pool. The callback runs inside the stream's `poll_next`, so it must be quick
+    /// (a progress bar update is).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::TryStreamExt;
+    /// use procpool::{ExecutorExt, Progress, ThreadPoolExecutor};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// fn square(n: u64) -> u64 {
+    ///     n * n
+    /// }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ThreadPoolExecutor::new(2)?;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let squares: Vec<u64> = pool
+    ///     .map(square, 0..1000)
+    ///     .chunk_size(100)
+    ///     .on_progress(move |p: Progress| log.lock().unwrap().push(p))
+    ///     .try_collect()
+    ///     .await?;
+    /// assert_eq!(squares.len(), 1000);
+    /// let seen = seen.lock().unwrap();
+    /// let last = seen.last().unwrap();
+    /// assert_eq!((last.completed, last.total), (1000, Some(1000)));
+    /// assert!(seen.windows(2).all(|w| w[0].completed <= w[1].completed));
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// With [`indicatif`](https://docs.rs/indicatif), the callback is
+    /// `move |p| { bar.set_length(p.total.unwrap_or(0)); bar.set_position(p.completed) }`
+    /// (`examples/sentiment.rs` does this).
+    pub fn on_progress(mut self, mut callback: impl FnMut(Progress) + Send + 'a) -> Self {
+        callback(self.progress);
+        self.on_progress = Some(Box::new(callback));
+        self
+    }
+
+    fn report(&mut self) {
+        if let Some(callback) = &mut self.on_progress {
+            callback(self.progress);
         }
     }
 
@@ -184,7 +285,12 @@ where
             Ok(handle) => handle,
             Err(_) => ErasedHandle::failed(JobError::ShutDown),
         };
-        self.in_flight.push_back((handle, len, Instant::now()));
+        self.in_flight.push_back(InFlight {
+            handle,
+            len,
+            submitted: Instant::now(),
+            output: None,
+        });
     }
 
     /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
@@ -194,6 +300,7 @@ where
         while !self.source_done && self.in_flight.len() < max {
             match self.source.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
+                    self.pulled += 1;
                     if self.pending.capacity() == 0 {
                         self.pending.reserve_exact(chunk);
                     }
@@ -206,6 +313,10 @@ where
                     self.source_done = true;
                     if !self.pending.is_empty() {
                         self.submit_pending();
+                    }
+                    if self.progress.total != Some(self.pulled) {
+                        self.progress.total = Some(self.pulled);
+                        self.report();
                     }
                 }
                 Poll::Pending => {
@@ -265,33 +376,38 @@ where
                     Poll::Pending // the source will wake us
                 };
             }
-            let finished = if this.ordered {
-                match this.in_flight.front_mut() {
-                    Some((handle, _, _)) => match handle.poll_output(cx) {
-                        Poll::Ready(output) => Some((0, output)),
-                        Poll::Pending => None,
-                    },
-                    None => None,
+            // Poll every unfinished chunk, so that progress is timely (and the stream is
+            // woken) whichever chunk finishes first.
+            let mut finished_items = 0;
+            for chunk in this.in_flight.iter_mut().filter(|c| c.output.is_none()) {
+                if let Poll::Ready(output) = chunk.handle.poll_output(cx) {
+                    if output.is_ok() {
+                        this.auto.observe(chunk.len, chunk.submitted.elapsed());
+                    }
+                    finished_items += chunk.len as u64;
+                    chunk.output = Some(output);
                 }
-            } else {
+            }
+            if finished_items > 0 {
+                this.progress.completed += finished_items;
+                this.report();
+            }
+            let next = if this.ordered {
                 this.in_flight
-                    .iter_mut()
-                    .enumerate()
-                    .find_map(|(i, (handle, _, _))| match handle.poll_output(cx) {
-                        Poll::Ready(output) => Some((i, output)),
-                        Poll::Pending => None,
-                    })
+                    .front()
+                    .filter(|c| c.output.is_some())
+                    .map(|_| 0)
+            } else {
+                this.in_flight.iter().position(|c| c.output.is_some())
             };
-            match finished {
-                Some((index, output)) => {
-                    let (_, len, submitted) = this
+            match next {
+                Some(index) => {
+                    let chunk = this
                         .in_flight
                         .remove(index)
-                        .expect("index of a polled chunk is valid");
-                    if output.is_ok() {
-                        this.auto.observe(len, submitted.elapsed());
-                    }
-                    this.unpack(output, len);
+                        .expect("index of a finished chunk is valid");
+                    let output = chunk.output.expect("the chunk is finished");
+                    this.unpack(output, chunk.len);
                 }
                 None => return Poll::Pending,
             }
@@ -301,7 +417,7 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let buffered = self.ready.len()
             + self.pending.len()
-            + self.in_flight.iter().map(|(_, len, _)| len).sum::<usize>();
+            + self.in_flight.iter().map(|c| c.len).sum::<usize>();
         let (lo, hi) = if self.source_done {
             (0, Some(0))
         } else {
@@ -317,8 +433,8 @@ impl<E: ?Sized, S, A, R> Unpin for Map<'_, E, S, A, R> {}
 
 impl<E: ?Sized, S, A, R> Drop for Map<'_, E, S, A, R> {
     fn drop(&mut self) {
-        for (handle, _, _) in &self.in_flight {
-            handle.state.fail_queued(JobError::Cancelled);
+        for chunk in &self.in_flight {
+            chunk.handle.state.fail_queued(JobError::Cancelled);
         }
     }
 }
@@ -331,6 +447,7 @@ impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
             .field("chunks_in_flight", &self.in_flight.len())
             .field("results_ready", &self.ready.len())
             .field("source_done", &self.source_done)
+            .field("progress", &self.progress)
             .finish_non_exhaustive()
     }
 }

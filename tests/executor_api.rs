@@ -606,3 +606,103 @@ async fn a_panicking_state_builder_breaks_the_pool_with_its_message() {
         );
     }
 }
+
+/// Waits on the gate when one is given, then doubles.
+fn gated_double((gate, x): (Option<String>, u64)) -> u64 {
+    if let Some(gate) = gate {
+        assert!(wait_until_exists(&gate), "gate never opened");
+    }
+    x * 2
+}
+
+#[tokio::test]
+async fn map_progress_counts_every_item_and_knows_the_total() {
+    use procpool::Progress;
+    use std::sync::Mutex;
+    for (name, pool) in pools(2) {
+        for ordered in [true, false] {
+            let seen = Arc::new(Mutex::new(Vec::<Progress>::new()));
+            let log = seen.clone();
+            let map = if ordered {
+                pool.map(fail_on_seven, 0..1000)
+            } else {
+                pool.map_unordered(fail_on_seven, 0..1000)
+            };
+            assert_eq!(map.progress().total, Some(1000), "{name}: a range tells");
+            let results: Vec<_> = bounded(
+                name,
+                map.chunk_size(64)
+                    .on_progress(move |p| log.lock().unwrap().push(p))
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+            assert_eq!(results.len(), 1000);
+            let seen = seen.lock().unwrap();
+            assert_eq!(
+                seen[0],
+                Progress {
+                    completed: 0,
+                    total: Some(1000)
+                }
+            );
+            assert_eq!(
+                seen.last().unwrap().completed,
+                1000,
+                "{name}: failed items count"
+            );
+            assert!(
+                seen.windows(2).all(|w| w[0].completed < w[1].completed),
+                "{name}: one call per chunk, increasing: {seen:?}"
+            );
+        }
+        // A stream of unknown length: the total appears when it ends.
+        let source = futures::stream::iter(0..100_u64).filter(|_| async { true });
+        let mut map = pool.map_stream(double, source).chunk_size(10);
+        assert_eq!(map.progress().total, None, "{name}");
+        let mut count = 0;
+        while let Some(result) = bounded(name, map.next()).await {
+            result.unwrap();
+            count += 1;
+        }
+        assert_eq!(count, 100);
+        assert_eq!(
+            map.progress(),
+            Progress {
+                completed: 100,
+                total: Some(100)
+            },
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ordered_map_progress_counts_chunks_finished_behind_a_slow_one() {
+    use std::sync::atomic::AtomicU64;
+    for (name, pool) in pools(2) {
+        let gate = Gate::new();
+        let items = (0..40_u64).map(|i| (if i == 0 { Some(gate.path()) } else { None }, i));
+        let completed = Arc::new(AtomicU64::new(0));
+        let counter = completed.clone();
+        let mut map = pool
+            .map(gated_double, items)
+            .chunk_size(1)
+            .max_in_flight(40)
+            .on_progress(move |p| counter.store(p.completed, Ordering::SeqCst));
+        // Item 0 is blocked on its gate, so the ordered stream can yield nothing, yet the
+        // other 39 items finish and are counted.
+        let counted = async {
+            while completed.load(Ordering::SeqCst) < 39 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            first = map.next() => panic!("{name}: yielded {first:?} before item 0 could run"),
+            () = bounded(name, counted) => {}
+        }
+        gate.open();
+        let first = bounded(name, map.next()).await;
+        assert_eq!(first, Some(Ok(0)), "{name}");
+        assert_eq!(map.progress().completed, 40, "{name}");
+    }
+}
