@@ -143,8 +143,8 @@ where
 /// `f` must be the address of a `fn(A) -> R` in this image (see the module's invariant).
 unsafe fn chunk<A, R>(f: usize, input: &[u8], out: &mut Vec<u8>) -> Outcome
 where
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     // SAFETY: as in `single`: `f` is the address of a `fn(A) -> R` of this image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
