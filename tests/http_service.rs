@@ -1,0 +1,294 @@
+//! Runs `examples/tokio_service.rs` as a real process on `127.0.0.1:0` and talks HTTP to it:
+//! correct results, `/health` answering while CPU-heavy requests run, 503 with
+//! `Retry-After` under overload, and a graceful shutdown on SIGTERM that drains and exits 0.
+
+mod common;
+
+use common::bounded;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request heavy enough (seconds in a debug build, a fraction of one in release) to
+/// still run while the test makes its other requests; and its answer.
+const HEAVY_BELOW: u64 = 2_000_000;
+const HEAVY_COUNT: u64 = 148_933;
+
+/// The example's binary, built (if need be) with the profile and target directory of
+/// this test.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/..
+    let target_dir = profile_dir.parent().unwrap();
+    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "tokio_service",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().unwrap() == "release" {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building the example failed");
+    profile_dir.join("examples").join("tokio_service")
+}
+
+/// The running service; killed if a test fails before shutting it down.
+struct Service {
+    child: Child,
+    addr: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Service {
+    fn start(args: &[&str]) -> Service {
+        let mut child = Command::new(example_binary())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the example");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Service {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        get(&self.addr, path).await.expect("request failed")
+    }
+
+    /// Sends SIGTERM (with kill(1), to keep `unsafe` out of the tests).
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "sending SIGTERM");
+    }
+
+    /// Waits for the process to exit, with a bound; returns its status and the rest of
+    /// its standard output.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + common::BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut rest = String::new();
+                std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
+                return (status, rest);
+            }
+            assert!(Instant::now() < deadline, "the service did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 GET over a fresh connection (`Connection: close`).
+async fn get(addr: &str, path: &str) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// Polls `/stats` until `requests_in_flight` reaches `n`.
+async fn until_in_flight(service: &Service, n: u64) {
+    bounded("requests to start", async {
+        loop {
+            let stats = service.get("/stats").await.json();
+            if stats["requests_in_flight"] == n && stats["pool"]["jobs_running"] == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn answers_primes_health_and_stats_correctly() {
+    let service = Service::start(&[
+        "--workers",
+        "2",
+        "--max-in-flight",
+        "16",
+        "--max-below",
+        "10000000",
+    ]);
+    let answer = service.get("/primes?below=100000").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["count"], 9592);
+    let many: Vec<_> = (0..16_u64)
+        .map(|i| {
+            let addr = service.addr.clone();
+            tokio::spawn(async move { get(&addr, &format!("/primes?below={}", 1000 * i)).await })
+        })
+        .collect();
+    let expected = [
+        0, 168, 303, 430, 550, 669, 783, 900, 1007, 1117, 1229, 1335, 1438, 1547, 1652, 1754,
+    ];
+    for (i, task) in many.into_iter().enumerate() {
+        let answer = bounded("a request", task).await.unwrap().unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["count"], expected[i], "below {}", 1000 * i);
+    }
+    let bad = service.get("/primes?below=20000000").await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(service.get("/primes?below=x").await.status, 400);
+    let health = service.get("/health").await;
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    let stats = service.get("/stats").await.json();
+    assert_eq!(stats["pool"]["max_workers"], 2);
+    assert_eq!(stats["max_in_flight"], 16);
+    assert_eq!(stats["served"], 17, "{stats}");
+    assert_eq!(stats["pool"]["jobs_completed"], 17, "{stats}");
+    service.terminate();
+    let (status, _) = service.wait();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
+    let service = Service::start(&["--workers", "2", "--max-in-flight", "2"]);
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = service.addr.clone();
+            tokio::spawn(async move { get(&addr, &format!("/primes?below={HEAVY_BELOW}")).await })
+        })
+        .collect();
+    until_in_flight(&service, 2).await;
+
+    // /health answers while both workers are busy with CPU-heavy requests.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let start = Instant::now();
+        let health = service.get("/health").await;
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(health.status, 200);
+    }
+    // Overload: both permits are held, so every further heavy request is turned away.
+    for _ in 0..6 {
+        let busy = service.get(&format!("/primes?below={HEAVY_BELOW}")).await;
+        assert_eq!(busy.status, 503, "{busy:?}");
+        assert_eq!(busy.header("retry-after"), Some("1"), "{busy:?}");
+    }
+    let stats = service.get("/stats").await.json();
+    assert_eq!(stats["rejected"], 6, "{stats}");
+    assert!(
+        heavy.iter().all(|task| !task.is_finished()) && stats["pool"]["jobs_running"] == 2,
+        "the heavy requests must still run after the /health and 503 answers \
+         (or this test proves nothing): {stats}"
+    );
+    println!("slowest /health while both workers were busy: {slowest:?}");
+
+    // SIGTERM: no new connections, the two requests in progress finish, exit 0.
+    service.terminate();
+    bounded("the listener to close", async {
+        while get(&service.addr, "/health").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for task in heavy {
+        let answer = bounded("a heavy request", task).await.unwrap().unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["count"], HEAVY_COUNT);
+    }
+    let (status, output) = service.wait();
+    assert!(status.success(), "{status:?}: {output}");
+    assert!(
+        output.contains("drained: 2 requests served, 6 rejected"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_its_job() {
+    let service = Service::start(&["--workers", "2"]);
+    let mut stream = TcpStream::connect(&service.addr).await.unwrap();
+    let request = format!("GET /primes?below={HEAVY_BELOW} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    until_in_flight(&service, 1).await;
+    drop(stream);
+    let stats = bounded("the job to be cancelled", async {
+        loop {
+            let stats = service.get("/stats").await.json();
+            if stats["requests_in_flight"] == 0 && stats["pool"]["jobs_running"] == 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats["pool"]["jobs_completed"], 0, "the job ran to its end: {stats}");
+    assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
+    service.terminate();
+    assert!(service.wait().0.success());
+}
