@@ -287,7 +287,10 @@ async fn a_client_that_disconnects_cancels_its_job() {
         }
     })
     .await;
-    assert_eq!(stats["pool"]["jobs_completed"], 0, "the job ran to its end: {stats}");
+    assert_eq!(
+        stats["pool"]["jobs_completed"], 0,
+        "the job ran to its end: {stats}"
+    );
     assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
     service.terminate();
     assert!(service.wait().0.success());
