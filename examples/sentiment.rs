@@ -160,7 +160,7 @@ impl Counts {
 fn progress_bar(name: &str, n: u64) -> ProgressBar {
     let bar = ProgressBar::new(n);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>20} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+        ProgressStyle::with_template("{prefix:>20} [{bar:40}] {human_pos}/{human_len} ({elapsed})")
             .expect("a valid template")
             .progress_chars("=> "),
     );
