@@ -305,7 +305,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        Map::from_iter(self, f, items, true)
+        Map::new(self, f, futures::stream::iter(items), true)
     }
 
     /// Like [`map`](ExecutorExt::map), but yields each result as soon as it is ready
@@ -320,7 +320,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        Map::from_iter(self, f, items, false)
+        Map::new(self, f, futures::stream::iter(items), false)
     }
 
     /// Like [`map`](ExecutorExt::map), over the items of a [`Stream`] (pulled only as fast

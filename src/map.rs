@@ -131,25 +131,6 @@ impl Progress {
     }
 }
 
-impl<'a, E, I, A, R> Map<'a, E, futures::stream::Iter<I>, A, R>
-where
-    E: Executor + ?Sized,
-    I: Iterator<Item = A>,
-    A: Serialize + DeserializeOwned + Send + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
-    /// A map over an iterator, whose `size_hint` sizes the automatic chunks and gives the
-    /// progress total.
-    pub(crate) fn from_iter(
-        executor: &'a E,
-        f: fn(A) -> R,
-        items: impl IntoIterator<IntoIter = I>,
-        ordered: bool,
-    ) -> Self {
-        Map::new(executor, f, futures::stream::iter(items), ordered)
-    }
-}
-
 impl<'a, E, S, A, R> Map<'a, E, S, A, R>
 where
     E: Executor + ?Sized,
@@ -157,6 +138,8 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
+    /// A map over `source`, whose `size_hint` sizes the automatic chunks and, when exact,
+    /// gives the progress total.
     pub(crate) fn new(executor: &'a E, f: fn(A) -> R, source: S, ordered: bool) -> Self {
         let (lower, upper) = source.size_hint();
         let total = match upper {
