@@ -9,6 +9,9 @@
 //! by every d with d*d <= n. Every count must agree (348,513 below 5,000,000); the example
 //! exits with an error if they do not.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
 use std::time::{Duration, Instant};
 
@@ -39,40 +42,6 @@ fn ranges(n: u64, chunks: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-struct Args {
-    n: u64,
-    chunks: u64,
-    workers: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        n: 5_000_000,
-        chunks: 64,
-        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--n" => args.n = value()?.parse().map_err(|e| format!("--n: {e}"))?,
-            "--chunks" => args.chunks = value()?.parse().map_err(|e| format!("--chunks: {e}"))?,
-            "--workers" => {
-                args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?
-            }
-            "-h" | "--help" => {
-                println!("usage: primes [--n N] [--chunks C] [--workers W]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
-    }
-    if args.chunks == 0 || args.workers == 0 {
-        return Err("--chunks and --workers must be at least 1".into());
-    }
-    Ok(args)
-}
-
 /// Submits one job per range and sums the counts; the pool is warmed up first so that the
 /// time is the computation, not the start-up.
 async fn run_on(
@@ -94,46 +63,48 @@ async fn run_on(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
-    let ranges = ranges(args.n, args.chunks);
+    let mut flags = support::Flags::parse("primes [--n N] [--chunks C] [--workers W]")?;
+    let n: u64 = flags.get("n", 5_000_000)?;
+    let chunks: u64 = flags.get("chunks", 64)?;
+    let workers: usize = flags.get("workers", support::cpus())?;
+    flags.finish()?;
+    if chunks == 0 || workers == 0 {
+        return Err("--chunks and --workers must be at least 1".into());
+    }
+    let ranges = ranges(n, chunks);
     println!(
-        "counting primes below {} in {} chunks, {} workers\n",
-        args.n,
-        ranges.len(),
-        args.workers
+        "counting primes below {n} in {} chunks, {workers} workers\n",
+        ranges.len()
     );
 
     let start = Instant::now();
     let sequential: u64 = ranges.iter().map(|&r| count_primes(r)).sum();
     let sequential_time = start.elapsed();
 
-    let threads = ThreadPoolExecutor::new(args.workers)?;
+    let threads = ThreadPoolExecutor::new(workers)?;
     let (thread_count, thread_time) = run_on(&threads, &ranges).await?;
     threads.shutdown().await;
 
     let start = Instant::now();
     let processes = ProcessPoolExecutor::builder()
-        .max_workers(args.workers)
+        .max_workers(workers)
         .build()?;
     let (process_count, process_time) = run_on(&processes, &ranges).await?;
     let process_total = start.elapsed();
     processes.shutdown().await;
 
-    println!(
-        "{:<22} {:>12} {:>9} {:>10}",
-        "executor", "time", "speedup", "primes"
+    support::print_timings(
+        "primes",
+        &[
+            ("sequential", sequential_time, sequential.to_string()),
+            ("ThreadPoolExecutor", thread_time, thread_count.to_string()),
+            (
+                "ProcessPoolExecutor",
+                process_time,
+                process_count.to_string(),
+            ),
+        ],
     );
-    for (name, time, count) in [
-        ("sequential", sequential_time, sequential),
-        ("ThreadPoolExecutor", thread_time, thread_count),
-        ("ProcessPoolExecutor", process_time, process_count),
-    ] {
-        let speedup = sequential_time.as_secs_f64() / time.as_secs_f64();
-        println!(
-            "{name:<22} {:>9.1} ms {speedup:>8.2}x {count:>10}",
-            time.as_secs_f64() * 1e3
-        );
-    }
     println!(
         "\n(process pool including start-up and warm-up: {:.1} ms)",
         process_total.as_secs_f64() * 1e3
@@ -145,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    if args.n == 5_000_000 && sequential != 348_513 {
+    if n == 5_000_000 && sequential != 348_513 {
         return Err(
             format!("expected 348,513 primes below 5,000,000, counted {sequential}").into(),
         );

@@ -61,17 +61,23 @@ pub fn cpus() -> usize {
 }
 
 /// Prints a table of executors with their time and speedup over the first row, plus one
-/// extra column.
+/// extra column (at least 10 wide, wider if its values need it).
 pub fn print_timings(extra: &str, rows: &[(&str, Duration, String)]) {
+    let width = rows
+        .iter()
+        .map(|r| r.2.len())
+        .chain([extra.len(), 10])
+        .max()
+        .unwrap_or(10);
     println!(
-        "{:<22} {:>12} {:>9} {extra:>12}",
+        "{:<22} {:>12} {:>9} {extra:>width$}",
         "executor", "time", "speedup"
     );
     let base = rows.first().map_or(1.0, |r| r.1.as_secs_f64());
     for (name, time, value) in rows {
         let speedup = base / time.as_secs_f64();
         println!(
-            "{name:<22} {:>9.1} ms {speedup:>8.2}x {value:>12}",
+            "{name:<22} {:>9.1} ms {speedup:>8.2}x {value:>width$}",
             time.as_secs_f64() * 1e3
         );
     }
