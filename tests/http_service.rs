@@ -158,18 +158,30 @@ async fn get(addr: &str, path: &str) -> std::io::Result<Response> {
     })
 }
 
-/// Polls `/stats` until `requests_in_flight` reaches `n`.
-async fn until_in_flight(service: &Service, n: u64) {
-    bounded("requests to start", async {
+/// Polls `/stats` until `ready` holds for it, and returns those stats.
+async fn stats_when(
+    service: &Service,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    bounded(what, async {
         loop {
             let stats = service.get("/stats").await.json();
-            if stats["requests_in_flight"] == n && stats["pool"]["jobs_running"] == n {
-                return;
+            if ready(&stats) {
+                return stats;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await
+}
+
+/// Waits until `n` requests hold a permit and `n` jobs run.
+async fn until_in_flight(service: &Service, n: u64) {
+    stats_when(service, "requests to start", |stats| {
+        stats["requests_in_flight"] == n && stats["pool"]["jobs_running"] == n
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -277,14 +289,8 @@ async fn a_client_that_disconnects_cancels_its_job() {
     stream.write_all(request.as_bytes()).await.unwrap();
     until_in_flight(&service, 1).await;
     drop(stream);
-    let stats = bounded("the job to be cancelled", async {
-        loop {
-            let stats = service.get("/stats").await.json();
-            if stats["requests_in_flight"] == 0 && stats["pool"]["jobs_running"] == 0 {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let stats = stats_when(&service, "the job to be cancelled", |stats| {
+        stats["requests_in_flight"] == 0 && stats["pool"]["jobs_running"] == 0
     })
     .await;
     assert_eq!(
