@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use procpool::{Executor, ExecutorExt, JobError, ProcessPoolExecutor};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WORKERS: usize = 3;
@@ -58,9 +58,9 @@ async fn random_kills_under_load_lose_nothing_and_leave_nothing() {
     let handles: Vec<_> = (0..JOBS).map(|i| pool.submit(work, i)).collect();
 
     let done = Arc::new(AtomicBool::new(false));
-    let kills = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(Mutex::new(Vec::new()));
     let killer = {
-        let (done, kills) = (done.clone(), kills.clone());
+        let (done, killed) = (done.clone(), killed.clone());
         std::thread::spawn(move || {
             let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
             while !done.load(Ordering::SeqCst) {
@@ -73,13 +73,13 @@ async fn random_kills_under_load_lose_nothing_and_leave_nothing() {
                     continue;
                 }
                 let victim = victims[(seed % victims.len() as u64) as usize];
-                let killed = std::process::Command::new("kill")
+                let success = std::process::Command::new("kill")
                     .args(["-9", &victim.to_string()])
                     .stderr(std::process::Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success());
-                if killed {
-                    kills.fetch_add(1, Ordering::SeqCst);
+                if success {
+                    killed.lock().unwrap().push(victim);
                 }
             }
         })
@@ -104,7 +104,8 @@ async fn random_kills_under_load_lose_nothing_and_leave_nothing() {
             Err(other) => panic!("job {i} ended with an unexpected error: {other:?}"),
         }
     }
-    let kills = kills.load(Ordering::SeqCst);
+    let killed = std::mem::take(&mut *killed.lock().unwrap());
+    let kills = killed.len();
     eprintln!("{JOBS} jobs: {ok} results, {died} worker deaths, {kills} kills");
     assert_eq!(ok + died, JOBS as usize, "every job ended exactly once");
     assert!(
@@ -113,9 +114,12 @@ async fn random_kills_under_load_lose_nothing_and_leave_nothing() {
     );
     assert!(died <= kills, "more deaths ({died}) than kills ({kills})");
 
-    // The pool gets back to full size and keeps serving.
+    // The pool gets back to full size and keeps serving. A kill can land after the last
+    // result, so first wait until the pool has reaped every worker killed (a worker it
+    // has not noticed dead yet could still be handed the next job).
     let deadline = Instant::now() + BOUND;
-    while pool.stats().workers_alive < WORKERS {
+    while pool.stats().workers_alive < WORKERS || children().iter().any(|pid| killed.contains(pid))
+    {
         assert!(
             Instant::now() < deadline,
             "pool never got back to size: {:?}",
