@@ -66,6 +66,17 @@ impl JobState {
             .is_ok()
     }
 
+    /// Lets a later `cancel()` stop this claimed job: it is running now.
+    pub(crate) fn make_stoppable(&self) {
+        self.stoppable.store(true, Ordering::Release);
+    }
+
+    /// Ends a job that is queued or claimed but never ran with `error`; `false` if it had
+    /// already ended.
+    pub(crate) fn abandon(&self, error: JobError) -> bool {
+        self.end(QUEUED, Err(error.clone()), || {}) || self.end(RUNNING, Err(error), || {})
+    }
+
     /// Ends a running job with `result`. Returns `false` if it had already ended (a
     /// timeout or a cancellation got there first), in which case nothing changes.
     #[cfg(test)]
@@ -260,6 +271,10 @@ impl<R: 'static> JobHandle<R> {
     /// - A running job on a [`ThreadPoolExecutor`](crate::ThreadPoolExecutor) cannot be
     ///   stopped (Rust cannot kill a thread); it runs to the end and the handle yields its
     ///   result.
+    /// - A short job already **handed to a worker process** but waiting behind the job it
+    ///   runs (the pool streams short jobs ahead, a millisecond's worth at most, so that
+    ///   workers never wait for the parent) counts as started, as in Python's call queue:
+    ///   `cancel()` returns `false` and the job runs. Once it runs, `cancel()` stops it.
     ///
     /// Returns `true` if the cancellation took effect: the job ends with
     /// [`JobError::Cancelled`], unless a running job delivers its result in the same

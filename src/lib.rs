@@ -149,7 +149,12 @@
 //!   [`JobError::TimedOut`] / [`JobError::MemoryLimit`]; a process worker is killed and
 //!   replaced. A thread cannot be stopped: its future fails, the thread runs on.
 //! - **Cancellation:** [`JobError::Cancelled`]. A queued job never starts; a running
-//!   process job is stopped by killing its worker.
+//!   process job is stopped by killing its worker. A short job already streamed to a
+//!   worker behind the one it runs counts as started (as in Python's call queue):
+//!   `cancel()` returns `false` until it runs.
+//! - **Jobs behind a lost worker:** the jobs streamed to a worker behind the one it runs
+//!   have not started; if the worker dies, times out or is stopped, they go back to the
+//!   front of the queue and run on another worker. Only the job it was running fails.
 //! - **Data:** an argument or result that fails to (de)serialize, or exceeds
 //!   [`ProcessPoolBuilder::max_frame_size`], fails that job with [`JobError::Encode`],
 //!   [`JobError::Decode`] or [`JobError::TooLarge`]; a function that cannot be shipped

@@ -21,6 +21,8 @@ pub(crate) struct JobQueue<T> {
 struct Inner<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// The error the queue was closed with, if any: jobs requeued later end with it.
+    failed: Option<JobError>,
     /// Threads blocked in `pop_blocking`: a push wakes one only if there is one (a condvar
     /// notification is a system call even when nobody waits).
     sleepers: usize,
@@ -32,6 +34,7 @@ impl<T: Queued> JobQueue<T> {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
+                failed: None,
                 sleepers: 0,
             }),
             available: Condvar::new(),
@@ -57,6 +60,37 @@ impl<T: Queued> JobQueue<T> {
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Puts jobs that were taken but never ran back at the front, in their order, even if
+    /// the queue has been closed meanwhile (a graceful close still drains them). If it was
+    /// closed with an error, they end with that error instead.
+    pub(crate) fn requeue_front(&self, jobs: Vec<T>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(error) = inner.failed.clone() {
+            drop(inner);
+            for job in jobs {
+                job.state().abandon(error.clone());
+            }
+            return;
+        }
+        for job in jobs.into_iter().rev() {
+            inner.items.push_front(job);
+        }
+        let sleepers = inner.sleepers;
+        drop(inner);
+        if sleepers > 0 {
+            self.available.notify_all();
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes the oldest job if there is one, without waiting.
+    pub(crate) fn try_pop(&self) -> Option<T> {
+        self.lock().items.pop_front()
     }
 
     /// Takes the oldest job, blocking while the queue is empty and open. `None` once it is
@@ -111,8 +145,11 @@ impl<T: Queued> JobQueue<T> {
         let drained: Vec<T> = {
             let mut inner = self.lock();
             inner.closed = true;
-            match fail_with {
-                Some(_) => inner.items.drain(..).collect(),
+            match &fail_with {
+                Some(error) => {
+                    inner.failed.get_or_insert_with(|| error.clone());
+                    inner.items.drain(..).collect()
+                }
                 None => Vec::new(),
             }
         };
@@ -120,7 +157,7 @@ impl<T: Queued> JobQueue<T> {
         self.notify.notify_waiters();
         if let Some(error) = fail_with {
             for item in drained {
-                item.state().fail_queued(error.clone());
+                item.state().abandon(error.clone());
             }
         }
     }

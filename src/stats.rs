@@ -51,9 +51,16 @@ pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) respawns: AtomicU64,
+    /// Jobs sent to a worker that wait behind the job it runs (process pool).
+    pub(crate) windowed: AtomicUsize,
 }
 
 impl Counters {
+    /// Jobs that left the queue for a worker but have not started.
+    pub(crate) fn waiting(&self) -> usize {
+        self.windowed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn snapshot(&self, max_workers: usize, jobs_queued: usize) -> PoolStats {
         let busy = self.workers_busy.load(Ordering::Relaxed);
         PoolStats {

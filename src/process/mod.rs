@@ -352,6 +352,7 @@ impl Executor for ProcessPoolExecutor {
             call: job.call,
             state: state.clone(),
             timeout: job.options.resolve_timeout(core.config.job_timeout),
+            encoded: None,
         };
         match core.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),
@@ -376,8 +377,10 @@ impl Executor for ProcessPoolExecutor {
 
     fn stats(&self) -> PoolStats {
         let core = &self.inner.core;
-        core.counters
-            .snapshot(core.config.max_workers, core.queue.len())
+        core.counters.snapshot(
+            core.config.max_workers,
+            core.queue.len() + core.counters.waiting(),
+        )
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {
@@ -534,5 +537,181 @@ mod tests {
             fault::OVERSIZED,
             "exceeds the maximum frame size",
         );
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    //! Jobs that wait in a worker's socket behind the one it runs: they go back to the
+    //! queue untouched when the worker is lost, a cancelled one is discarded, and a large
+    //! one never waits there. These use the pool's internals to see jobs waiting.
+
+    use crate::{ExecutorExt, JobError, ProcessPoolExecutor};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    const BOUND: Duration = Duration::from_secs(60);
+
+    /// Runs `f` on its own thread and fails if it takes longer than [`BOUND`].
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(BOUND).expect("did not finish in time")
+    }
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    /// Waits until `path` exists (for at most [`BOUND`]), then returns `x`.
+    fn wait_for(path: PathBuf) -> u64 {
+        let deadline = Instant::now() + BOUND;
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        7
+    }
+
+    /// Waits until `path` exists, then aborts its worker.
+    fn wait_then_abort(path: PathBuf) -> u64 {
+        wait_for(path);
+        std::process::abort()
+    }
+
+    fn len(bytes: Vec<u8>) -> usize {
+        bytes.len()
+    }
+
+    /// A pool of one worker that has run enough tiny jobs to pipeline them.
+    fn warm_pool() -> ProcessPoolExecutor {
+        let pool = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .build()
+            .unwrap();
+        for x in 0..200 {
+            assert_eq!(pool.submit(double, x).wait(), Ok(2 * x));
+        }
+        pool
+    }
+
+    /// Polls until `jobs` jobs wait behind the running one in the worker (and none in the
+    /// queue).
+    fn until_waiting_in_worker(pool: &ProcessPoolExecutor, jobs: usize) {
+        let core = &pool.inner.core;
+        let deadline = Instant::now() + BOUND;
+        while core.counters.waiting() != jobs || core.queue.len() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {jobs} jobs waiting in the worker: {} there, {} queued",
+                core.counters.waiting(),
+                core.queue.len()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn open(gate: &Path) {
+        std::fs::write(gate, b"").unwrap();
+    }
+
+    #[test]
+    fn jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere() {
+        bounded(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let gate = dir.path().join("gate");
+            let pool = warm_pool();
+            let fatal = pool.submit(wait_then_abort, gate.clone());
+            let behind: Vec<_> = (0..10).map(|x| pool.submit(double, x)).collect();
+            until_waiting_in_worker(&pool, 10);
+            open(&gate);
+            match fatal.wait() {
+                Err(JobError::WorkerDied { exit }) => assert_eq!(exit.signal(), Some(6)),
+                other => panic!("expected the worker to die, got {other:?}"),
+            }
+            for (x, handle) in (0..).zip(behind) {
+                assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the fatal one");
+            }
+            let stats = crate::Executor::stats(&pool);
+            assert_eq!(stats.respawns, 1, "{stats:?}");
+            assert_eq!(stats.jobs_failed, 1, "{stats:?}");
+            assert_eq!(stats.jobs_queued, 0, "{stats:?}");
+        });
+    }
+
+    #[test]
+    fn a_job_waiting_in_a_worker_counts_as_started() {
+        bounded(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let gate = dir.path().join("gate");
+            let pool = warm_pool();
+            let running = pool.submit(wait_for, gate.clone());
+            let waiting = pool.submit(double, 1);
+            until_waiting_in_worker(&pool, 1);
+            // Handed to the worker, it can no longer be removed (as with Python's call
+            // queue), and it is not running yet, so it cannot be stopped either.
+            assert!(!waiting.cancel());
+            open(&gate);
+            assert_eq!(running.wait(), Ok(7));
+            assert_eq!(waiting.wait(), Ok(2));
+            let stats = crate::Executor::stats(&pool);
+            assert_eq!(stats.respawns, 0, "{stats:?}");
+            assert_eq!(stats.jobs_completed, 202, "{stats:?}");
+        });
+    }
+
+    #[test]
+    fn a_running_job_with_jobs_waiting_behind_it_can_still_be_stopped() {
+        bounded(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let never = dir.path().join("never");
+            let pool = warm_pool();
+            let running = pool.submit(wait_for, never.clone());
+            let behind: Vec<_> = (0..5).map(|x| pool.submit(double, x)).collect();
+            until_waiting_in_worker(&pool, 5);
+            assert!(running.cancel());
+            assert_eq!(running.wait(), Err(JobError::Cancelled));
+            for (x, handle) in (0..).zip(behind) {
+                assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the cancelled one");
+            }
+            assert_eq!(crate::Executor::stats(&pool).respawns, 1);
+        });
+    }
+
+    #[test]
+    fn a_large_argument_never_waits_behind_a_running_job() {
+        bounded(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let gate = dir.path().join("gate");
+            let pool = warm_pool();
+            let running = pool.submit(wait_for, gate.clone());
+            let small = pool.submit(double, 1);
+            until_waiting_in_worker(&pool, 1);
+            let large = pool.submit(len, vec![1_u8; 1 << 20]);
+            let last = pool.submit(double, 2);
+            // The large job is taken and handed back; the worker takes nothing more until
+            // its line is empty.
+            let core = &pool.inner.core;
+            let deadline = Instant::now() + BOUND;
+            while core.queue.len() != 2 {
+                assert!(Instant::now() < deadline, "the queue never settled");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(core.counters.waiting(), 1);
+            open(&gate);
+            assert_eq!(running.wait(), Ok(7));
+            assert_eq!(small.wait(), Ok(2));
+            assert_eq!(large.wait(), Ok(1 << 20));
+            assert_eq!(last.wait(), Ok(4));
+        });
+    }
+
+    #[test]
+    fn the_window_follows_job_time() {
+        use super::supervisor::window_for;
+        assert_eq!(window_for(None), 1);
+        assert_eq!(window_for(Some(Duration::from_secs(1))), 1);
+        assert_eq!(window_for(Some(Duration::from_micros(250))), 4);
+        assert_eq!(window_for(Some(Duration::from_micros(1))), 32);
+        assert_eq!(window_for(Some(Duration::ZERO)), 32);
     }
 }

@@ -4,8 +4,9 @@
 //! It owns the listening socket (in a private `0700` directory, mode `0600`), one task per
 //! worker slot, and an accept loop that authenticates each connection (the per-pool
 //! secret, the protocol version, the executable image) and hands it to the slot that
-//! started that worker. A slot task starts its worker, serves it jobs from the shared
-//! queue one at a time, and replaces it when it dies, is cancelled or is retired.
+//! started that worker. A slot task starts its worker, streams it jobs from the shared
+//! queue (short ones several per write, a small window ahead of the one it runs), and
+//! replaces it when it dies, is cancelled or is retired.
 
 use super::entry::{Spec, WORKER_ENV};
 use super::protocol::{
@@ -14,7 +15,7 @@ use super::protocol::{
 };
 use crate::error::{Error, ExitInfo, JobError};
 use crate::handle::JobState;
-use crate::job::{Call, ImageId};
+use crate::job::{Call, ImageId, Outcome};
 use crate::queue::{JobQueue, Queued};
 use crate::raw::{self, Target};
 use crate::stats::Counters;
@@ -23,12 +24,12 @@ use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
@@ -52,6 +53,13 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const BROKEN_GRACE: Duration = Duration::from_secs(1);
 /// How often a running worker's resident memory is read when the pool has a limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// The most jobs one worker holds at once: the one it runs and those waiting behind it.
+const MAX_WINDOW: usize = 32;
+/// About how much work (by the worker's recent job times) may be queued in one worker.
+const PIPELINE_SPAN: Duration = Duration::from_millis(1);
+/// The most argument bytes that may wait behind a running job, well under a socket's
+/// buffer, so that writing them never blocks while the worker writes its answer.
+const WINDOW_BYTES: usize = 64 * 1024;
 
 /// The pool's settings, fixed at build time.
 #[derive(Debug, Clone)]
@@ -74,6 +82,9 @@ pub(crate) struct QueuedJob {
     pub(crate) state: Arc<JobState>,
     /// The job's time limit, the pool's default already applied.
     pub(crate) timeout: Option<Duration>,
+    /// The argument, already encoded: set when a job that was sent to a worker but never
+    /// started comes back to the queue.
+    pub(crate) encoded: Option<Vec<u8>>,
 }
 
 impl Queued for QueuedJob {
@@ -489,59 +500,330 @@ impl Supervisor {
     }
 
     /// Serves jobs to one worker until it must be replaced or the pool stops.
+    ///
+    /// Jobs are pipelined: while the worker runs the head job, up to [`MAX_WINDOW`] short,
+    /// small jobs may wait behind it in its socket, written together, so that the worker
+    /// never idles waiting for the parent. The worker runs them strictly in order, so only
+    /// the head has started: a job behind it that is cancelled is discarded when it comes
+    /// up, and if the worker is lost the jobs behind the head go back to the front of the
+    /// queue, untouched.
     async fn serve(&self, slot: usize, mut worker: Worker) -> Next {
-        let max_tasks = self.core.config.max_tasks_per_child;
+        let mut line = Line::new(&self.core.counters);
+        let mut draining = false;
+        // A job too large to wait behind the running one went back to the queue: take
+        // nothing more until the line is empty, so that it comes next (here or elsewhere).
+        let mut hold = false;
         loop {
-            let job = tokio::select! {
-                biased;
-                _ = self.core.kill.cancelled() => {
+            hold &= !line.is_empty();
+            let room = if draining || hold {
+                0
+            } else {
+                self.room(&line, &worker)
+            };
+            let event = {
+                let deadline = line.head_deadline();
+                let head_timer = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let running = line.running();
+                let stop = async {
+                    match &running {
+                        Some(state) => state.stop_requested().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let pid = worker.pid;
+                let busy = !line.is_empty();
+                let memory_limit = async {
+                    if !busy || self.core.config.max_worker_memory.is_none() {
+                        return std::future::pending().await;
+                    }
+                    let mut poll = tokio::time::interval(MEMORY_POLL);
+                    loop {
+                        poll.tick().await;
+                        if let Some(over) = self.over_memory_limit(pid) {
+                            return over;
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = self.core.kill.cancelled() => Event::Killed,
+                    () = stop => Event::Stop,
+                    message = worker.conn.next() => Event::Message(message),
+                    () = head_timer => Event::HeadTimer,
+                    (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
+                    job = self.core.queue.pop(), if room > 0 => Event::Job(job),
+                    status = worker.child.wait() => Event::Exited(exit_info(status)),
+                }
+            };
+            let lost = match event {
+                Event::Killed => {
                     reap(&mut worker.child).await;
+                    line.fail_all(JobError::ShutDown);
                     return Next::Stop;
                 }
-                job = self.core.queue.pop() => job,
-                status = worker.child.wait() => {
-                    tracing::warn!(slot, pid = worker.pid, exit = %exit_info(status), "idle worker exited");
-                    return Next::Respawn;
+                Event::Job(None) => {
+                    // The queue is closed and empty: finish what was sent, then retire.
+                    draining = true;
+                    None
                 }
-                message = worker.conn.next() => {
-                    tracing::warn!(slot, pid = worker.pid, message = %describe(message), "idle worker sent an unexpected message");
+                Event::Job(Some(job)) => {
+                    let mut batch = vec![job];
+                    while batch.len() < room {
+                        match self.core.queue.try_pop() {
+                            Some(job) => batch.push(job),
+                            None => break,
+                        }
+                    }
+                    match self.send_batch(slot, &mut worker, &mut line, batch).await {
+                        Ok(held) => {
+                            hold = held;
+                            None
+                        }
+                        Err(error) => Some(error),
+                    }
+                }
+                Event::Message(Some(Ok(Frame {
+                    message: FromWorker::Done { id, outcome },
+                    payload,
+                }))) if line.head_id() == Some(id) => {
+                    line.answer(outcome, &payload);
+                    worker.tasks += 1;
+                    if let Some((limit, resident)) = self.over_memory_limit(worker.pid) {
+                        tracing::warn!(
+                            slot,
+                            pid = worker.pid,
+                            limit,
+                            resident,
+                            "retiring a worker over the memory limit"
+                        );
+                        self.requeue(line.take_waiting());
+                        retire(&mut worker, &self.core.kill).await;
+                        return Next::Respawn;
+                    }
+                    None
+                }
+                Event::Message(
+                    message @ (None | Some(Err(ProtocolError::Io(_) | ProtocolError::Truncated))),
+                ) => {
+                    let reason = describe(message);
+                    if line.is_empty() {
+                        tracing::warn!(slot, pid = worker.pid, %reason, "lost an idle worker");
+                        reap(&mut worker.child).await;
+                        return Next::Respawn;
+                    }
+                    Some(broken_connection(&mut worker.child, &self.core.kill, reason).await)
+                }
+                Event::Message(other) => {
+                    let reason = describe(other);
                     reap(&mut worker.child).await;
-                    return Next::Respawn;
+                    tracing::warn!(slot, pid = worker.pid, %reason, "killed a worker after a protocol error");
+                    Some(JobError::Protocol { reason })
+                }
+                Event::Exited(exit) => {
+                    if line.is_empty() {
+                        tracing::warn!(slot, pid = worker.pid, %exit, "idle worker exited");
+                        return Next::Respawn;
+                    }
+                    Some(JobError::WorkerDied { exit })
+                }
+                Event::Stop => {
+                    reap(&mut worker.child).await;
+                    tracing::info!(
+                        slot,
+                        pid = worker.pid,
+                        "killed a worker to cancel its running job"
+                    );
+                    Some(JobError::Cancelled)
+                }
+                Event::HeadTimer => {
+                    reap(&mut worker.child).await;
+                    match line.head_timeout() {
+                        Some(timeout) => {
+                            tracing::warn!(
+                                slot,
+                                pid = worker.pid,
+                                ?timeout,
+                                "job timed out; killed its worker"
+                            );
+                            Some(JobError::TimedOut(timeout))
+                        }
+                        None => {
+                            tracing::info!(
+                                slot,
+                                pid = worker.pid,
+                                "killed a worker stuck on a cancelled job"
+                            );
+                            Some(JobError::Cancelled)
+                        }
+                    }
+                }
+                Event::OverMemory { limit, resident } => {
+                    reap(&mut worker.child).await;
+                    tracing::warn!(
+                        slot,
+                        pid = worker.pid,
+                        limit,
+                        resident,
+                        "killed a worker over the memory limit"
+                    );
+                    Some(JobError::MemoryLimit { limit, resident })
                 }
             };
-            let Some(job) = job else {
-                retire(&mut worker, &self.core.kill).await;
-                return Next::Stop;
+            if let Some(error) = lost {
+                // The worker is gone: its running job ends with `error`; the jobs behind it
+                // never started and go back to the queue.
+                if let JobError::WorkerDied { exit } = &error {
+                    let jobs = line.len();
+                    tracing::warn!(slot, pid = worker.pid, %exit, jobs, "worker died while running a job");
+                }
+                line.fail_head(error);
+                self.requeue(line.take_waiting());
+                return Next::Respawn;
+            }
+            if line.is_empty() {
+                if draining {
+                    retire(&mut worker, &self.core.kill).await;
+                    return Next::Stop;
+                }
+                if self
+                    .core
+                    .config
+                    .max_tasks_per_child
+                    .is_some_and(|max| worker.tasks >= max)
+                {
+                    tracing::debug!(
+                        slot,
+                        pid = worker.pid,
+                        tasks = worker.tasks,
+                        "retiring worker"
+                    );
+                    retire(&mut worker, &self.core.kill).await;
+                    return Next::Respawn;
+                }
+            }
+            line.promote();
+        }
+    }
+
+    /// How many more jobs `worker` may be sent now.
+    fn room(&self, line: &Line<'_>, worker: &Worker) -> usize {
+        let sent = worker.tasks + line.len();
+        let left = match self.core.config.max_tasks_per_child {
+            Some(max) => max.saturating_sub(sent),
+            None => usize::MAX,
+        };
+        line.room().min(left)
+    }
+
+    /// Puts jobs that never started back at the front of the queue, in order.
+    fn requeue(&self, jobs: Vec<QueuedJob>) {
+        if !jobs.is_empty() {
+            tracing::debug!(
+                jobs = jobs.len(),
+                "requeued jobs a lost worker never started"
+            );
+            self.core.queue.requeue_front(jobs);
+        }
+    }
+
+    /// Encodes `batch` and writes it to the worker in one go (a large payload goes after
+    /// its head, straight from its buffer). Jobs that cannot go in this write go back to
+    /// the front of the queue; `Ok(true)` says one was held back for being too large to
+    /// wait behind the running job, so this worker should take no more until its line is
+    /// empty. `Err` is the error that lost the worker.
+    async fn send_batch(
+        &self,
+        slot: usize,
+        worker: &mut Worker,
+        line: &mut Line<'_>,
+        batch: Vec<QueuedJob>,
+    ) -> Result<bool, JobError> {
+        let counters = &self.core.counters;
+        let mut out = bytes::BytesMut::new();
+        let mut large = false;
+        let mut held = false;
+        let mut jobs = batch.into_iter();
+        while let Some(mut job) = jobs.next() {
+            let input = match job.encoded.take() {
+                Some(input) => input, // claimed when it was first sent
+                None => {
+                    // Claimed now: from here on, as for a job handed to Python's call
+                    // queue, the job counts as started and `cancel()` no longer removes
+                    // it; it becomes stoppable once the worker runs it.
+                    if !job.state.try_start(false) {
+                        continue; // cancelled while queued
+                    }
+                    let mut input = Vec::new();
+                    if let Err(e) = job.call.encode_input(&mut input) {
+                        counters.finish(&job.state, Err(e));
+                        continue;
+                    }
+                    input
+                }
             };
-            if !job.state.try_start(true) {
-                continue; // cancelled while queued
+            let behind = !line.is_empty() || !out.is_empty();
+            if behind && (input.len() > INLINE_PAYLOAD || line.bytes() + input.len() > WINDOW_BYTES)
+            {
+                // Too large to wait in the socket: it will lead a later write. Writing it
+                // behind a running job could fill both directions of the socket at once.
+                job.encoded = Some(input);
+                self.core
+                    .queue
+                    .requeue_front(std::iter::once(job).chain(jobs).collect());
+                held = true;
+                break;
             }
-            if let Some(next) = self.run_job(slot, &mut worker, job).await {
-                return next;
+            let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+            let message = ToWorker::Run {
+                id,
+                target: job.call.target(),
+            };
+            let codec = worker.conn.codec_mut();
+            let encoded = if input.len() <= INLINE_PAYLOAD {
+                codec.encode_frame(&message, &input, &mut out)
+            } else {
+                codec.encode_head(&message, input.len(), &mut out)
+            };
+            match encoded {
+                Ok(()) => {}
+                Err(ProtocolError::MessageTooLarge { size, max }) => {
+                    counters.finish(&job.state, Err(JobError::TooLarge { size, max }));
+                    continue;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    counters.finish(&job.state, Err(JobError::Protocol { reason }));
+                    continue;
+                }
             }
-            worker.tasks += 1;
-            if let Some((limit, resident)) = self.over_memory_limit(worker.pid) {
-                tracing::warn!(
-                    slot,
-                    pid = worker.pid,
-                    limit,
-                    resident,
-                    "retiring a worker over the memory limit"
-                );
-                retire(&mut worker, &self.core.kill).await;
-                return Next::Respawn;
-            }
-            if max_tasks.is_some_and(|max| worker.tasks >= max) {
-                tracing::debug!(
-                    slot,
-                    pid = worker.pid,
-                    tasks = worker.tasks,
-                    "retiring worker"
-                );
-                retire(&mut worker, &self.core.kill).await;
-                return Next::Respawn;
+            large = input.len() > INLINE_PAYLOAD;
+            line.push(id, job, input);
+            if large {
+                // Nothing goes after a large payload in this write.
+                self.core.queue.requeue_front(jobs.collect());
+                break;
             }
         }
+        if out.is_empty() {
+            return Ok(held);
+        }
+        let stream = worker.conn.get_mut();
+        let mut written = stream.write_all(&out).await;
+        if let (Ok(()), true, Some(payload)) = (&written, large, line.last_input()) {
+            written = stream.write_all(payload).await;
+        }
+        let Err(error) = written else {
+            return Ok(held);
+        };
+        // The jobs of this write never started (they go back to the queue); an older
+        // head may have been running.
+        tracing::warn!(slot, pid = worker.pid, %error, "lost a worker while writing to it");
+        Err(broken_connection(&mut worker.child, &self.core.kill, error.to_string()).await)
     }
 
     /// `Some((limit, resident))` if the pool has a memory limit and the worker is over it.
@@ -550,161 +832,187 @@ impl Supervisor {
         let resident = resident_bytes(pid)?;
         (resident > limit).then_some((limit, resident))
     }
-
-    /// Runs one started job on `worker` and completes it. `None` means the worker is fine
-    /// and serves on; `Some(next)` means it is gone.
-    async fn run_job(&self, slot: usize, worker: &mut Worker, job: QueuedJob) -> Option<Next> {
-        let counters = &self.core.counters;
-        let busy = Busy::new(counters);
-        let QueuedJob {
-            mut call,
-            state,
-            timeout,
-        } = job;
-        // Idle again before the caller is woken, so the stats it reads agree.
-        let finish = |result| {
-            busy.release();
-            counters.finish(&state, result);
-        };
-        let mut input = Vec::new();
-        if let Err(e) = call.encode_input(&mut input) {
-            finish(Err(e));
-            return None;
-        }
-        let target = call.target();
-        let decoder = call.decoder();
-        drop(call); // the argument is encoded: free it now
-        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let Worker {
-            child, conn, pid, ..
-        } = worker;
-        let pid = *pid;
-        let sent = send(conn, &ToWorker::Run { id, target }, &input).await;
-        drop(input);
-        match sent {
-            Ok(()) => {}
-            Err(ProtocolError::MessageTooLarge { size, max }) => {
-                finish(Err(JobError::TooLarge { size, max }));
-                return None;
-            }
-            Err(e) => {
-                let error = broken_connection(child, &self.core.kill, e.to_string()).await;
-                tracing::warn!(slot, pid, %error, "lost a worker before it took its job");
-                finish(Err(error));
-                return Some(Next::Respawn);
-            }
-        }
-        let deadline = async {
-            match timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
-        let memory_limit = async {
-            if self.core.config.max_worker_memory.is_none() {
-                return std::future::pending().await;
-            }
-            let mut poll = tokio::time::interval(MEMORY_POLL);
-            loop {
-                poll.tick().await;
-                if let Some(over) = self.over_memory_limit(pid) {
-                    return over;
-                }
-            }
-        };
-        let answer = tokio::select! {
-            biased;
-            _ = self.core.kill.cancelled() => {
-                reap(child).await;
-                finish(Err(JobError::ShutDown));
-                return Some(Next::Stop);
-            }
-            _ = state.stop_requested() => {
-                reap(child).await;
-                tracing::info!(slot, pid, "killed a worker to cancel its running job");
-                finish(Err(JobError::Cancelled));
-                return Some(Next::Respawn);
-            }
-            message = conn.next() => message,
-            status = child.wait() => {
-                let exit = exit_info(status);
-                tracing::warn!(slot, pid, %exit, "worker died while running a job");
-                finish(Err(JobError::WorkerDied { exit }));
-                return Some(Next::Respawn);
-            }
-            () = deadline => {
-                reap(child).await;
-                let timeout = timeout.unwrap_or_default();
-                tracing::warn!(slot, pid, ?timeout, "job timed out; killed its worker");
-                finish(Err(JobError::TimedOut(timeout)));
-                return Some(Next::Respawn);
-            }
-            (limit, resident) = memory_limit => {
-                reap(child).await;
-                tracing::warn!(slot, pid, limit, resident, "killed a worker over the memory limit");
-                finish(Err(JobError::MemoryLimit { limit, resident }));
-                return Some(Next::Respawn);
-            }
-        };
-        match answer {
-            Some(Ok(Frame {
-                message:
-                    FromWorker::Done {
-                        id: answered,
-                        outcome,
-                    },
-                payload,
-            })) if answered == id => {
-                let result = match outcome.into_error() {
-                    Some(error) => Err(error),
-                    None => decoder(&payload),
-                };
-                finish(result);
-                None
-            }
-            None | Some(Err(ProtocolError::Io(_) | ProtocolError::Truncated)) => {
-                let reason = describe(answer);
-                let error = broken_connection(child, &self.core.kill, reason).await;
-                tracing::warn!(slot, pid, %error, "worker died while running a job");
-                finish(Err(error));
-                Some(Next::Respawn)
-            }
-            other => {
-                let reason = describe(other);
-                reap(child).await;
-                tracing::warn!(slot, pid, %reason, "killed a worker after a protocol error");
-                finish(Err(JobError::Protocol { reason }));
-                Some(Next::Respawn)
-            }
-        }
-    }
 }
 
-/// Counts a worker as busy until released (or dropped, on any early return).
-struct Busy<'a> {
+/// What woke a worker's serving loop.
+enum Event {
+    Killed,
+    Stop,
+    Message(Option<Result<Frame<FromWorker>, ProtocolError>>),
+    Exited(ExitInfo),
+    HeadTimer,
+    OverMemory { limit: u64, resident: u64 },
+    Job(Option<QueuedJob>),
+}
+
+/// A job written to a worker and not yet answered.
+struct Sent {
+    id: u64,
+    /// Its encoded argument is kept in `job.encoded` while it waits behind the head, so
+    /// that it can go back to the queue as it is.
+    job: QueuedJob,
+}
+
+/// The jobs sent to one worker, in the order it runs them: the head (running since
+/// `head_started`) and the jobs waiting behind it in the socket. It keeps the pool's
+/// counters in step: waiting jobs count as queued, a running head as a busy worker.
+struct Line<'a> {
     counters: &'a Counters,
-    released: std::sync::atomic::AtomicBool,
+    sent: VecDeque<Sent>,
+    /// When the front job became the head; `None` until it does.
+    head_started: Option<Instant>,
+    /// Bytes of the arguments waiting behind the head.
+    bytes: usize,
+    /// A moving average of how long the worker's jobs take, as seen from here.
+    job_time: Option<Duration>,
 }
 
-impl<'a> Busy<'a> {
-    fn new(counters: &'a Counters) -> Self {
-        counters.workers_busy.fetch_add(1, Ordering::Relaxed);
-        Busy {
+impl<'a> Line<'a> {
+    fn new(counters: &'a Counters) -> Line<'a> {
+        Line {
             counters,
-            released: std::sync::atomic::AtomicBool::new(false),
+            sent: VecDeque::new(),
+            head_started: None,
+            bytes: 0,
+            job_time: None,
         }
     }
 
-    fn release(&self) {
-        if !self.released.swap(true, Ordering::Relaxed) {
-            self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
+    fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many more jobs may join the line now.
+    fn room(&self) -> usize {
+        window_for(self.job_time).saturating_sub(self.sent.len())
+    }
+
+    /// The running head, if any.
+    fn head(&self) -> Option<&Sent> {
+        self.head_started.and(self.sent.front())
+    }
+
+    fn head_id(&self) -> Option<u64> {
+        self.head().map(|s| s.id)
+    }
+
+    /// When the head's time limit runs out, if it has one.
+    fn head_deadline(&self) -> Option<Instant> {
+        Some(self.head_started? + self.head()?.job.timeout?)
+    }
+
+    fn head_timeout(&self) -> Option<Duration> {
+        self.head()?.job.timeout
+    }
+
+    /// The running head's completion cell (whose caller may ask to stop it).
+    fn running(&self) -> Option<Arc<JobState>> {
+        self.head().map(|s| s.job.state.clone())
+    }
+
+    /// Appends a claimed job just encoded into the worker's next write.
+    fn push(&mut self, id: u64, mut job: QueuedJob, input: Vec<u8>) {
+        self.bytes += input.len();
+        job.encoded = Some(input);
+        self.counters.windowed.fetch_add(1, Ordering::Relaxed);
+        self.sent.push_back(Sent { id, job });
+    }
+
+    /// The argument of the job sent last, while it waits.
+    fn last_input(&self) -> Option<&[u8]> {
+        self.sent.back()?.job.encoded.as_deref()
+    }
+
+    /// Makes the oldest job the head, if there is none: the worker is running it now, and
+    /// `cancel()` may stop it.
+    fn promote(&mut self) {
+        if self.head_started.is_some() {
+            return;
+        }
+        let Some(sent) = self.sent.front_mut() else {
+            return;
+        };
+        self.counters.windowed.fetch_sub(1, Ordering::Relaxed);
+        if let Some(input) = sent.job.encoded.take() {
+            self.bytes -= input.len(); // the worker has it: free it now
+        }
+        sent.job.state.make_stoppable();
+        self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
+        self.head_started = Some(Instant::now());
+    }
+
+    /// Takes the head off the line, idle again.
+    fn pop_head(&mut self) -> Option<(Sent, Duration)> {
+        let started = self.head_started.take()?;
+        let sent = self.sent.pop_front()?;
+        self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        Some((sent, started.elapsed()))
+    }
+
+    /// Completes the head with the worker's answer.
+    fn answer(&mut self, outcome: Outcome, payload: &[u8]) {
+        let Some((sent, took)) = self.pop_head() else {
+            return;
+        };
+        self.job_time = Some(match self.job_time {
+            Some(average) => (average * 7 + took) / 8,
+            None => took,
+        });
+        let result = match outcome.into_error() {
+            Some(error) => Err(error),
+            None => (sent.job.call.decoder())(payload),
+        };
+        self.counters.finish(&sent.job.state, result);
+    }
+
+    /// Ends the running head with `error` (the worker is gone).
+    fn fail_head(&mut self, error: JobError) {
+        if let Some((sent, _)) = self.pop_head() {
+            self.counters.finish(&sent.job.state, Err(error));
+        }
+    }
+
+    /// Takes the jobs waiting behind the head (none of them ran), to requeue them.
+    fn take_waiting(&mut self) -> Vec<QueuedJob> {
+        let start = usize::from(self.head_started.is_some());
+        let waiting: Vec<_> = self.sent.drain(start..).map(|s| s.job).collect();
+        self.counters
+            .windowed
+            .fetch_sub(waiting.len(), Ordering::Relaxed);
+        self.bytes = 0;
+        waiting
+    }
+
+    /// Ends every job in the line with `error`: the pool is being killed.
+    fn fail_all(&mut self, error: JobError) {
+        self.fail_head(error.clone());
+        for job in self.take_waiting() {
+            self.counters.finish(&job.state, Err(error.clone()));
         }
     }
 }
 
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.release();
+/// How many jobs a worker may hold (running and waiting) when its jobs take `job_time`:
+/// enough to cover about [`PIPELINE_SPAN`] of work, so that short jobs stream while long
+/// ones are handed out one at a time (and never wait behind each other while another
+/// worker idles).
+pub(crate) fn window_for(job_time: Option<Duration>) -> usize {
+    match job_time {
+        None => 1,
+        Some(t) => {
+            let fits = PIPELINE_SPAN.as_nanos() / t.as_nanos().max(1);
+            usize::try_from(fits)
+                .unwrap_or(MAX_WINDOW)
+                .clamp(1, MAX_WINDOW)
+        }
     }
 }
 
