@@ -76,7 +76,10 @@ impl fmt::Debug for ErasedJob {
 pub(crate) type Output = Box<dyn Any + Send>;
 
 /// Decodes a worker's answer into the job's [`Output`].
-pub(crate) type Decoder = fn(&[u8]) -> Result<Output, JobError>;
+///
+/// It owns the answer, so that a `Vec<u8>` result gathered in a buffer of its own is
+/// handed over rather than copied.
+pub(crate) type Decoder = fn(bytes::Bytes) -> Result<Output, JobError>;
 
 /// The monomorphized helpers of one job.
 pub(crate) trait Call: Send + 'static {
@@ -215,11 +218,14 @@ fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()
     })
 }
 
-fn decode_single<R: DeserializeOwned + Send + 'static>(bytes: &[u8]) -> Result<Output, JobError> {
+fn decode_single<R: DeserializeOwned + Send + 'static>(
+    bytes: bytes::Bytes,
+) -> Result<Output, JobError> {
     if is_byte_buffer::<R>() {
-        return Ok(Box::new(bytes.to_vec()));
+        // Without a copy when the answer has a buffer of its own (a large one does).
+        return Ok(Box::new(Vec::<u8>::from(bytes)));
     }
-    postcard::from_bytes::<R>(bytes)
+    postcard::from_bytes::<R>(&bytes)
         .map(|r| Box::new(r) as Output)
         .map_err(|e| JobError::Decode(format!("result: {e}")))
 }
@@ -267,6 +273,12 @@ fn same_type<T: 'static, U: 'static>(value: T) -> U {
 }
 
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(
+    bytes: bytes::Bytes,
+) -> Result<Output, JobError> {
+    decode_items::<R>(&bytes)
+}
+
+fn decode_items<R: DeserializeOwned + Send + 'static>(
     mut bytes: &[u8],
 ) -> Result<Output, JobError> {
     let mut results: Vec<Result<R, JobError>> = Vec::new();
@@ -301,8 +313,8 @@ fn decode_chunk<R: DeserializeOwned + Send + 'static>(
 /// Decodes arbitrary bytes as a chunk's answer and as a chunk's input, as a fuzzer does.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_decode(data: &[u8]) {
-    let _ = decode_chunk::<String>(data);
-    let _ = decode_chunk::<(u64, Vec<u8>)>(data);
+    let _ = decode_items::<String>(data);
+    let _ = decode_items::<(u64, Vec<u8>)>(data);
     let mut out = Vec::new();
     let _ = run_chunk(|s: String| s.len(), data, &mut out);
 }
@@ -424,11 +436,12 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
 /// The body of the `single` trampoline: decode `A`, call `f`, encode `R` into `out`.
 pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     f: fn(A) -> R,
-    input: &[u8],
+    input: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Outcome {
     let arg = if is_byte_buffer::<A>() {
-        same_type::<Vec<u8>, A>(input.to_vec())
+        // The argument's buffer is handed to the function, not copied.
+        same_type::<Vec<u8>, A>(std::mem::take(input))
     } else {
         match catch(|| postcard::from_bytes::<A>(input)) {
             Ok(Ok(arg)) => arg,
@@ -633,7 +646,7 @@ mod tests {
         job.call.encode_input(&mut input).unwrap();
         let mut out = Vec::new();
         assert_eq!(run_chunk(f, &input, &mut out), Outcome::Ok);
-        let decoded = (job.call.decoder())(&out).unwrap();
+        let decoded = (job.call.decoder())(out.into()).unwrap();
         *decoded.downcast::<Vec<Result<R, JobError>>>().unwrap()
     }
 
@@ -680,7 +693,7 @@ mod tests {
         let mut out = Vec::new();
         push_item(&mut out, TAG_OK, |o| encode_into(&7_i64, o));
         for cut in 0..out.len() {
-            let r = decode_chunk::<i64>(&out[..cut]);
+            let r = decode_items::<i64>(&out[..cut]);
             if cut == 0 {
                 assert!(r.is_ok());
             } else {

@@ -65,7 +65,7 @@ pub(crate) fn anchor_address() -> usize {
 
 /// The erased signature of every trampoline: the user function's address, the encoded
 /// input, and a buffer for the encoded output.
-type Trampoline = unsafe fn(usize, &[u8], &mut Vec<u8>) -> Outcome;
+type Trampoline = unsafe fn(usize, &mut Vec<u8>, &mut Vec<u8>) -> Outcome;
 
 /// What a worker needs to call one function: two offsets from [`anchor`].
 ///
@@ -127,7 +127,7 @@ impl Target {
 /// # Safety
 ///
 /// `f` must be the address of a `fn(A) -> R` in this image (see the module's invariant).
-unsafe fn single<A, R>(f: usize, input: &[u8], out: &mut Vec<u8>) -> Outcome
+unsafe fn single<A, R>(f: usize, input: &mut Vec<u8>, out: &mut Vec<u8>) -> Outcome
 where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
@@ -141,20 +141,21 @@ where
 /// # Safety
 ///
 /// `f` must be the address of a `fn(A) -> R` in this image (see the module's invariant).
-unsafe fn chunk<A, R>(f: usize, input: &[u8], out: &mut Vec<u8>) -> Outcome
+#[expect(clippy::ptr_arg, reason = "the signature is the shared `Trampoline`")]
+unsafe fn chunk<A, R>(f: usize, input: &mut Vec<u8>, out: &mut Vec<u8>) -> Outcome
 where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
     // SAFETY: as in `single`: `f` is the address of a `fn(A) -> R` of this image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
-    crate::job::run_chunk(f, input, out)
+    crate::job::run_chunk(f, &input[..], out)
 }
 
 /// # Safety
 ///
 /// `f` must be the address of a `fn()` in this image (see the module's invariant).
-unsafe fn init(f: usize, _input: &[u8], _out: &mut Vec<u8>) -> Outcome {
+unsafe fn init(f: usize, _input: &mut Vec<u8>, _out: &mut Vec<u8>) -> Outcome {
     // SAFETY: `f` is the address of a `fn()` of this image, paired with this trampoline by
     // `Target::initializer`.
     let f = unsafe { std::mem::transmute::<usize, fn()>(f) };
@@ -164,7 +165,7 @@ unsafe fn init(f: usize, _input: &[u8], _out: &mut Vec<u8>) -> Outcome {
 /// # Safety
 ///
 /// `f` must be the address of a `fn() -> S` in this image (see the module's invariant).
-unsafe fn state<S: 'static>(f: usize, _input: &[u8], _out: &mut Vec<u8>) -> Outcome {
+unsafe fn state<S: 'static>(f: usize, _input: &mut Vec<u8>, _out: &mut Vec<u8>) -> Outcome {
     // SAFETY: `f` is the address of a `fn() -> S` of this image, paired with this
     // trampoline by `Target::state::<S>`.
     let f = unsafe { std::mem::transmute::<usize, fn() -> S>(f) };
@@ -200,7 +201,7 @@ impl VerifiedParent {
 pub(crate) fn run_shipped(
     _proof: &VerifiedParent,
     target: Target,
-    input: &[u8],
+    input: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Outcome {
     let [trampoline, function] = target.addresses();
@@ -283,9 +284,9 @@ mod tests {
     fn shipped_call_round_trips_in_process() {
         let image = ImageId::current().unwrap();
         let proof = VerifiedParent::verify(&image, probe_offset()).unwrap();
-        let input = postcard::to_allocvec(&21_u32).unwrap();
+        let mut input = postcard::to_allocvec(&21_u32).unwrap();
         let mut out = Vec::new();
-        let outcome = run_shipped(&proof, Target::single(double), &input, &mut out);
+        let outcome = run_shipped(&proof, Target::single(double), &mut input, &mut out);
         assert_eq!(outcome, Outcome::Ok);
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
     }

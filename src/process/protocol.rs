@@ -4,7 +4,11 @@
 //! A frame is a `u32` big-endian length, then the postcard encoding of one message, then
 //! the message's payload as raw bytes (a job's argument or result; empty for the others).
 //! Keeping payloads out of the postcard body lets a payload be written straight from its
-//! buffer and sliced out of the read buffer without a copy.
+//! buffer and sliced out of the read buffer without a copy. The payload of a large frame
+//! (1 MiB and up) is gathered in a buffer of its own instead, allocated once its message
+//! has been read (the worker reads it there directly, into a recycled buffer), so that a
+//! `Vec<u8>` argument or result changes hands without a copy and the read buffer stays
+//! small.
 //!
 //! Frames longer than the negotiated maximum are refused before anything is allocated for
 //! them; short, corrupt or unexpected frames are errors, never panics. During the handshake
@@ -13,11 +17,12 @@
 
 use crate::job::{ImageId, Outcome};
 use crate::raw::Target;
+use bytes::Buf;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tokio_util::codec::Decoder;
 
 /// Bumped whenever a message changes shape.
 pub(crate) const PROTOCOL_VERSION: u32 = 3;
@@ -105,27 +110,97 @@ pub(crate) enum ProtocolError {
 
 /// Frames `Out` messages and parses `In` messages.
 pub(crate) struct Codec<In, Out> {
-    frames: LengthDelimitedCodec,
     max_frame: usize,
+    /// Frames at least this long have their payload gathered in a `Vec` of its own,
+    /// allocated once the message before it is read, rather than in the read buffer.
+    direct_from: usize,
+    /// How much of a large frame's body is read before its message is parsed.
+    message_peek: usize,
+    /// A large frame whose message is read and whose payload is arriving.
+    pending: Option<Pending<In>>,
+    /// A buffer to gather the next large payload in (the worker hands its last large one
+    /// back, so that a stream of large jobs reuses memory that is already mapped).
+    spare: Vec<u8>,
     _messages: PhantomData<fn(Out) -> In>,
 }
+
+/// A large frame in progress.
+struct Pending<In> {
+    message: In,
+    payload: Vec<u8>,
+    /// The payload's full length.
+    want: usize,
+}
+
+impl<In> Pending<In> {
+    fn missing(&self) -> usize {
+        self.want - self.payload.len()
+    }
+}
+
+/// Frames from this size up gather their payload directly ([`Codec::direct_from`]).
+const DIRECT_PAYLOAD: usize = 1 << 20;
+/// How much of a large frame's body is read before its message is parsed: a message
+/// (as opposed to its payload) is far shorter.
+const MESSAGE_PEEK: usize = 64 * 1024;
+/// Room kept in the read buffer while a large payload streams through it.
+const READ_ROOM: usize = 1 << 20;
 
 impl<In, Out> Codec<In, Out> {
     pub(crate) fn new(max_frame: usize) -> Self {
         Codec {
-            frames: LengthDelimitedCodec::builder()
-                .big_endian()
-                .length_field_type::<u32>()
-                .max_frame_length(max_frame)
-                .new_codec(),
             max_frame,
+            direct_from: DIRECT_PAYLOAD,
+            message_peek: MESSAGE_PEEK,
+            pending: None,
+            spare: Vec::new(),
             _messages: PhantomData,
         }
     }
 
     pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
-        self.frames.set_max_frame_length(max_frame);
         self.max_frame = max_frame;
+    }
+
+    /// Offers a used buffer for the next large payload; the larger one is kept.
+    pub(crate) fn recycle(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() >= self.direct_from && buffer.capacity() > self.spare.capacity() {
+            self.spare = buffer;
+        }
+    }
+
+    /// Starts gathering a large frame's payload once its message has arrived. `Ok(false)`
+    /// means the message is not all here yet.
+    fn start_large(&mut self, src: &mut BytesMut, len: usize) -> Result<bool, ProtocolError>
+    where
+        In: DeserializeOwned,
+    {
+        let available = &src[HEADER..src.len().min(HEADER + len)];
+        let peek = len.min(self.message_peek);
+        if available.len() < peek {
+            src.reserve(HEADER + peek - src.len());
+            return Ok(false);
+        }
+        let (message, rest) = match postcard::take_from_bytes::<In>(available) {
+            Ok(parsed) => parsed,
+            Err(postcard::Error::DeserializeUnexpectedEnd) if available.len() < len => {
+                src.reserve(READ_ROOM);
+                return Ok(false);
+            }
+            Err(e) => return Err(ProtocolError::Corrupt(e.to_string())),
+        };
+        let message_len = available.len() - rest.len();
+        src.advance(HEADER + message_len);
+        let want = len - message_len;
+        let mut payload = std::mem::take(&mut self.spare);
+        payload.clear();
+        payload.reserve_exact(want);
+        self.pending = Some(Pending {
+            message,
+            payload,
+            want,
+        });
+        Ok(true)
     }
 }
 
@@ -153,28 +228,61 @@ impl<In: DeserializeOwned, Out> Decoder for Codec<In, Out> {
 
     /// `Ok(None)` means "need more bytes".
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame<In>>, ProtocolError> {
-        let mut frame = match self.frames.decode(src) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+        if self.pending.is_none() {
+            let Some(head) = src.first_chunk::<HEADER>() else {
+                return Ok(None);
+            };
+            let len = u32::from_be_bytes(*head) as usize;
+            if len > self.max_frame {
                 return Err(ProtocolError::FrameTooLarge {
                     max: self.max_frame,
                 });
             }
-            Err(e) => return Err(ProtocolError::Io(e)),
+            if len < self.direct_from {
+                if src.len() < HEADER + len {
+                    src.reserve(HEADER + len - src.len());
+                    return Ok(None);
+                }
+                let mut frame = src.split_to(HEADER + len);
+                frame.advance(HEADER);
+                let (message, rest) = postcard::take_from_bytes::<In>(&frame)
+                    .map_err(|e| ProtocolError::Corrupt(e.to_string()))?;
+                let consumed = frame.len() - rest.len();
+                // The payload is the rest of the frame: split off, not copied.
+                let payload = frame.split_off(consumed).freeze();
+                return Ok(Some(Frame { message, payload }));
+            }
+            if !self.start_large(src, len)? {
+                return Ok(None);
+            }
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(None);
         };
-        let (message, rest) = postcard::take_from_bytes::<In>(&frame)
-            .map_err(|e| ProtocolError::Corrupt(e.to_string()))?;
-        let consumed = frame.len() - rest.len();
-        // The payload is the rest of the frame: split off, not copied.
-        let payload = frame.split_off(consumed).freeze();
-        Ok(Some(Frame { message, payload }))
+        let take = src.len().min(pending.missing());
+        pending.payload.extend_from_slice(&src[..take]);
+        src.advance(take);
+        if pending.missing() > 0 {
+            src.reserve(READ_ROOM.min(pending.missing()));
+            return Ok(None);
+        }
+        let Some(Pending {
+            message, payload, ..
+        }) = self.pending.take()
+        else {
+            return Ok(None);
+        };
+        // A `Vec` becomes `Bytes` without a copy.
+        Ok(Some(Frame {
+            message,
+            payload: Bytes::from(payload),
+        }))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame<In>>, ProtocolError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && self.pending.is_none() => Ok(None),
             None => Err(ProtocolError::Truncated),
         }
     }
@@ -262,6 +370,17 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
             if let Some(message) = self.codec.decode(&mut self.read_buf)? {
                 return Ok(Some(message));
             }
+            if let Some(pending) = self.codec.pending.as_mut() {
+                // A large payload: read it straight into its own buffer.
+                let missing = pending.missing();
+                let read = (&mut self.stream)
+                    .take(missing as u64)
+                    .read_to_end(&mut pending.payload)?;
+                if read < missing {
+                    return Err(ProtocolError::Truncated);
+                }
+                continue;
+            }
             let n = loop {
                 match self.stream.read(&mut self.scratch) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -275,6 +394,11 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
             // frame does not make this reallocate as it arrives.
             self.read_buf.extend_from_slice(&self.scratch[..n]);
         }
+    }
+
+    /// Offers a used buffer for the next large payload (see [`Codec::recycle`]).
+    pub(crate) fn recycle(&mut self, buffer: Vec<u8>) {
+        self.codec.recycle(buffer);
     }
 
     /// The raw stream, for tests that write broken frames.
@@ -476,6 +600,71 @@ mod tests {
         assert_eq!(receiver.recv().unwrap(), None);
     }
 
+    #[test]
+    fn a_large_payload_is_read_into_its_own_buffer_which_can_be_recycled() {
+        let large: Vec<u8> = (0..DIRECT_PAYLOAD + 4321).map(|i| i as u8).collect();
+        let mut sender: BlockingConn<_, ToWorker, FromWorker> =
+            BlockingConn::new(Pipe(Default::default(), Vec::new()), 4 << 20);
+        sender.send_with(&done(1), &large).unwrap();
+        sender.send_with(&done(2), &[7]).unwrap();
+        sender.send_with(&done(3), &large).unwrap();
+        let wire = std::mem::take(&mut sender.stream_mut().1);
+        let mut receiver: BlockingConn<_, FromWorker, ToWorker> =
+            BlockingConn::new(Pipe(std::io::Cursor::new(wire), Vec::new()), 4 << 20);
+        let first = receiver.recv().unwrap().unwrap();
+        assert_eq!(first, frame(done(1), &large));
+        assert!(
+            first.payload.is_unique(),
+            "a large payload has a buffer of its own"
+        );
+        let buffer = Vec::from(first.payload);
+        let address = buffer.as_ptr();
+        receiver.recycle(buffer);
+        assert_eq!(receiver.recv().unwrap(), Some(frame(done(2), &[7])));
+        let third = receiver.recv().unwrap().unwrap();
+        assert_eq!(third, frame(done(3), &large));
+        let reused = Vec::from(third.payload);
+        assert_eq!(reused.as_ptr(), address, "not recycled");
+        assert_eq!(receiver.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn a_large_frame_cut_short_is_truncated() {
+        let large = vec![5_u8; DIRECT_PAYLOAD + 10];
+        let mut sender: BlockingConn<_, ToWorker, FromWorker> =
+            BlockingConn::new(Pipe(Default::default(), Vec::new()), 4 << 20);
+        sender.send_with(&done(1), &large).unwrap();
+        let mut wire = std::mem::take(&mut sender.stream_mut().1);
+        wire.truncate(wire.len() - 1);
+        let mut receiver: BlockingConn<_, FromWorker, ToWorker> = BlockingConn::new(
+            Pipe(std::io::Cursor::new(wire.clone()), Vec::new()),
+            4 << 20,
+        );
+        assert!(matches!(receiver.recv(), Err(ProtocolError::Truncated)));
+        // The same through the async side's decoder.
+        let mut parent = ParentCodec::new(4 << 20);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert!(matches!(
+            parent.decode_eof(&mut buf),
+            Err(ProtocolError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn a_large_frame_over_the_limit_is_refused_before_its_message() {
+        let mut parent = ParentCodec::new(DIRECT_PAYLOAD);
+        let mut buf = BytesMut::new();
+        buf.put_u32(DIRECT_PAYLOAD as u32 + 1);
+        assert!(matches!(
+            parent.decode(&mut buf),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+        assert!(
+            buf.capacity() < DIRECT_PAYLOAD,
+            "allocated for a refused frame"
+        );
+    }
+
     fn arb_outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             Just(Outcome::Ok),
@@ -522,6 +711,34 @@ mod tests {
             }
             prop_assert_eq!(decoded, frames);
             prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn round_trip_through_direct_payloads_in_arbitrary_splits(
+            frames in proptest::collection::vec(arb_frame(), 1..8),
+            split in 1usize..64,
+            direct_from in 1usize..512,
+            message_peek in 1usize..64,
+        ) {
+            let mut wire = BytesMut::new();
+            let mut worker = WorkerCodec::new(1 << 20);
+            for f in &frames {
+                worker.encode_frame(&f.message, &f.payload, &mut wire).unwrap();
+            }
+            let mut parent = ParentCodec::new(1 << 20);
+            parent.direct_from = direct_from;
+            parent.message_peek = message_peek;
+            let mut buf = BytesMut::new();
+            let mut decoded = Vec::new();
+            for piece in wire.chunks(split) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = parent.decode(&mut buf).unwrap() {
+                    decoded.push(f);
+                }
+            }
+            prop_assert_eq!(decoded, frames);
+            prop_assert!(buf.is_empty());
+            prop_assert!(parent.pending.is_none());
         }
 
         #[test]

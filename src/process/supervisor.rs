@@ -591,7 +591,7 @@ impl Supervisor {
                     message: FromWorker::Done { id, outcome },
                     payload,
                 }))) if line.head_id() == Some(id) => {
-                    line.answer(outcome, &payload);
+                    line.answer(outcome, payload);
                     worker.tasks += 1;
                     if let Some((limit, resident)) = self.over_memory_limit(worker.pid) {
                         tracing::warn!(
@@ -958,7 +958,7 @@ impl<'a> Line<'a> {
     }
 
     /// Completes the head with the worker's answer.
-    fn answer(&mut self, outcome: Outcome, payload: &[u8]) {
+    fn answer(&mut self, outcome: Outcome, payload: bytes::Bytes) {
         let Some((sent, took)) = self.pop_head() else {
             return;
         };

@@ -12,6 +12,10 @@ use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, traits::Stre
 
 type Conn = BlockingConn<Stream, ToWorker, FromWorker>;
 
+/// Buffers from this size up are handed back to the connection for the next large
+/// payload rather than kept for small ones.
+const LARGE_BUFFER: usize = 1 << 20;
+
 /// Exit code of a worker that found its parent gone at start.
 const EXIT_ORPHANED: i32 = 3;
 /// Exit code of a worker that could not talk to its pool.
@@ -82,7 +86,7 @@ fn serve(spec: &Spec) -> Result<(), String> {
     let mut out = Vec::new();
     for init in initializers {
         if let Outcome::Panicked { message, location } =
-            raw::run_shipped(&proof, init, &[], &mut out)
+            raw::run_shipped(&proof, init, &mut Vec::new(), &mut out)
         {
             conn.send(&FromWorker::InitFailed { message, location })
                 .map_err(protocol)?;
@@ -90,6 +94,9 @@ fn serve(spec: &Spec) -> Result<(), String> {
         }
     }
     conn.send(&FromWorker::Ready).map_err(protocol)?;
+    // A small argument is copied here (the read buffer goes on holding the next frames);
+    // a large one arrives in a buffer of its own, which the job takes without a copy.
+    let mut small = Vec::new();
     loop {
         let Some(frame) = conn.recv().map_err(protocol)? else {
             return Ok(());
@@ -98,13 +105,29 @@ fn serve(spec: &Spec) -> Result<(), String> {
             ToWorker::Shutdown => return Ok(()),
             ToWorker::Run { id, target } => {
                 out.clear();
-                let outcome = raw::run_shipped(&proof, target, &frame.payload, &mut out);
-                drop(frame.payload);
+                let mut input = if frame.payload.is_unique() {
+                    Vec::from(frame.payload)
+                } else {
+                    small.clear();
+                    small.extend_from_slice(&frame.payload);
+                    drop(frame.payload);
+                    std::mem::take(&mut small)
+                };
+                let outcome = raw::run_shipped(&proof, target, &mut input, &mut out);
+                if input.capacity() < LARGE_BUFFER {
+                    small = input;
+                } else {
+                    conn.recycle(input);
+                }
                 #[cfg(test)]
                 if fault::inject(conn.stream_mut()) {
                     continue;
                 }
                 send_done(&mut conn, id, outcome, &out)?;
+                if out.capacity() >= LARGE_BUFFER {
+                    // Mapped already: the next large payload is read into it.
+                    conn.recycle(std::mem::take(&mut out));
+                }
             }
             other @ ToWorker::Welcome { .. } => {
                 return Err(format!("unexpected message {other:?}"));
