@@ -138,6 +138,24 @@ impl<In> Pending<In> {
     }
 }
 
+/// The socket buffer size asked for on both ends of a worker connection (the kernel caps it
+/// at `net.core.wmem_max` / `rmem_max`; the default is about 200 KiB). A large payload
+/// then crosses in a few large writes instead of hundreds of small ones, each waking the
+/// other side.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`SOCKET_BUFFER`]-sized send and receive buffers on `socket`. Best effort: a
+/// refusal only costs speed, so it is logged and ignored.
+pub(crate) fn widen_buffers(socket: &impl std::os::fd::AsFd) {
+    let socket = socket2::SockRef::from(socket);
+    let widened = socket
+        .set_send_buffer_size(SOCKET_BUFFER)
+        .and_then(|()| socket.set_recv_buffer_size(SOCKET_BUFFER));
+    if let Err(error) = widened {
+        tracing::debug!(%error, "could not widen a worker socket's buffers");
+    }
+}
+
 /// Frames from this size up gather their payload directly ([`Codec::direct_from`]).
 const DIRECT_PAYLOAD: usize = 1 << 20;
 /// How much of a large frame's body is read before its message is parsed: a message
@@ -626,6 +644,15 @@ mod tests {
         let reused = Vec::from(third.payload);
         assert_eq!(reused.as_ptr(), address, "not recycled");
         assert_eq!(receiver.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn widening_a_sockets_buffers_never_shrinks_them() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let before = socket2::SockRef::from(&a).send_buffer_size().unwrap();
+        widen_buffers(&a);
+        let after = socket2::SockRef::from(&a).send_buffer_size().unwrap();
+        assert!(after >= before, "{after} < {before}");
     }
 
     #[test]

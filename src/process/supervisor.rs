@@ -295,6 +295,8 @@ impl Supervisor {
                     )))
                 } else {
                     conn.codec_mut().set_max_frame(self.core.config.max_frame);
+                    let AsyncStream::UdSocket(socket) = conn.get_ref();
+                    super::protocol::widen_buffers(socket);
                     Ok((conn, pid))
                 };
                 self.deliver(worker_id, verdict);

@@ -54,6 +54,8 @@ fn connect(spec: &Spec) -> Result<Conn, String> {
             spec.socket.display()
         )
     })?;
+    let Stream::UdSocket(socket) = &stream;
+    super::protocol::widen_buffers(socket);
     Ok(BlockingConn::new(stream, HANDSHAKE_MAX_FRAME))
 }
 
