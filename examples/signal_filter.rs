@@ -15,7 +15,7 @@
 //! What to expect: each output costs about 100 additions but 16 bytes of traffic to and
 //! from a worker process (8 in, 8 out), so on a 2-core machine the process pool spends
 //! about as much time moving samples as computing, and threads, which share the signal,
-//! win. (Measured on 2 cores: threads 1.4-1.9x, processes 0.8-0.9x over sequential.) The
+//! win. (Measured on 2 cores: threads 1.8x, processes 1.0-1.1x over sequential.) The
 //! CPU-heavier `primes` example is where processes scale.
 
 #[path = "support/mod.rs"]
