@@ -12,6 +12,11 @@ pub(crate) trait Queued {
     fn state(&self) -> &JobState;
 }
 
+/// How many times an idle blocking popper looks again before it sleeps, and how long it
+/// pauses in between (a few microseconds in all).
+const SPINS: u32 = 8;
+const SPIN_PAUSES: u32 = 64;
+
 pub(crate) struct JobQueue<T> {
     inner: Mutex<Inner<T>>,
     available: Condvar,
@@ -97,12 +102,26 @@ impl<T: Queued> JobQueue<T> {
     /// closed and empty.
     pub(crate) fn pop_blocking(&self) -> Option<T> {
         let mut inner = self.lock();
+        let mut spins = 0;
         loop {
             if let Some(item) = inner.items.pop_front() {
                 return Some(item);
             }
             if inner.closed {
                 return None;
+            }
+            if spins < SPINS {
+                // A job often follows within a few microseconds (a caller submitting a
+                // batch): look again shortly rather than sleep and cost the submitter a
+                // wake-up system call for every job.
+                spins += 1;
+                drop(inner);
+                for _ in 0..SPIN_PAUSES {
+                    std::hint::spin_loop();
+                }
+                std::thread::yield_now();
+                inner = self.lock();
+                continue;
             }
             inner.sleepers += 1;
             inner = self
