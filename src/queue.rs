@@ -222,6 +222,32 @@ mod tests {
     }
 
     #[test]
+    fn requeued_jobs_go_first_in_order_even_after_a_graceful_close() {
+        let queue = JobQueue::new();
+        let (a, b, c) = (JobState::new(), JobState::new(), JobState::new());
+        assert!(queue.push(Item(c.clone())).is_ok());
+        queue.close(None);
+        queue.requeue_front(vec![Item(a.clone()), Item(b.clone())]);
+        for expected in [&a, &b, &c] {
+            let popped = queue.try_pop().expect("a job");
+            assert!(Arc::ptr_eq(&popped.0, expected));
+        }
+        assert!(queue.try_pop().is_none());
+        assert!(queue.is_drained());
+    }
+
+    #[test]
+    fn jobs_requeued_after_a_failing_close_end_with_its_error() {
+        let queue: JobQueue<Item> = JobQueue::new();
+        queue.close(Some(JobError::ShutDown));
+        let (queued, claimed) = (JobState::new(), JobState::new());
+        assert!(claimed.try_start(false)); // sent to a worker, never ran
+        queue.requeue_front(vec![Item(queued.clone()), Item(claimed.clone())]);
+        assert!(queued.is_done() && claimed.is_done());
+        assert!(queue.try_pop().is_none());
+    }
+
+    #[test]
     fn graceful_close_lets_poppers_drain() {
         let queue = JobQueue::new();
         assert!(queue.push(Item(JobState::new())).is_ok());
