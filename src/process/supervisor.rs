@@ -506,8 +506,8 @@ impl Supervisor {
     /// Jobs are pipelined: while the worker runs the head job, up to [`MAX_WINDOW`] short,
     /// small jobs may wait behind it in its socket, written together, so that the worker
     /// never idles waiting for the parent. The worker runs them strictly in order, so only
-    /// the head has started: a job behind it that is cancelled is discarded when it comes
-    /// up, and if the worker is lost the jobs behind the head go back to the front of the
+    /// the head has started: the jobs behind it count as started for `cancel()` (as in
+    /// Python's call queue), and if the worker is lost they go back to the front of the
     /// queue, untouched.
     async fn serve(&self, slot: usize, mut worker: Worker) -> Next {
         let mut line = Line::new(&self.core.counters);
@@ -644,25 +644,14 @@ impl Supervisor {
                 }
                 Event::HeadTimer => {
                     reap(&mut worker.child).await;
-                    match line.head_timeout() {
-                        Some(timeout) => {
-                            tracing::warn!(
-                                slot,
-                                pid = worker.pid,
-                                ?timeout,
-                                "job timed out; killed its worker"
-                            );
-                            Some(JobError::TimedOut(timeout))
-                        }
-                        None => {
-                            tracing::info!(
-                                slot,
-                                pid = worker.pid,
-                                "killed a worker stuck on a cancelled job"
-                            );
-                            Some(JobError::Cancelled)
-                        }
-                    }
+                    let timeout = line.head_timeout().unwrap_or_default();
+                    tracing::warn!(
+                        slot,
+                        pid = worker.pid,
+                        ?timeout,
+                        "job timed out; killed its worker"
+                    );
+                    Some(JobError::TimedOut(timeout))
                 }
                 Event::OverMemory { limit, resident } => {
                     reap(&mut worker.child).await;
