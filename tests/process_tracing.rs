@@ -90,6 +90,11 @@ async fn lifecycle_events_are_reported() {
     assert!(bounded("cancel", running).await.unwrap_err().is_cancelled());
     assert!(seen("killed a worker to cancel its running job"));
 
+    // A live worker for the shutdown to retire: a shutdown that lands before the killed
+    // worker's replacement starts has none (and starts none).
+    bounded("replacement", pool.submit(double, 3))
+        .await
+        .unwrap();
     bounded("shutdown", pool.shutdown()).await;
     assert!(seen("worker exited"));
 }
