@@ -58,13 +58,23 @@ impl<T: Queued> JobQueue<T> {
             return Err(item);
         }
         inner.items.push_back(item);
+        self.wake(inner, false);
+        Ok(())
+    }
+
+    /// Releases the lock after jobs were added, waking one popper of each kind (every
+    /// blocked thread with `all`, when several jobs came at once).
+    fn wake(&self, inner: MutexGuard<'_, Inner<T>>, all: bool) {
         let sleepers = inner.sleepers;
         drop(inner);
         if sleepers > 0 {
-            self.available.notify_one();
+            if all {
+                self.available.notify_all();
+            } else {
+                self.available.notify_one();
+            }
         }
         self.notify.notify_one();
-        Ok(())
     }
 
     /// Puts jobs that were taken but never ran back at the front, in their order, even if
@@ -85,12 +95,7 @@ impl<T: Queued> JobQueue<T> {
         for job in jobs.into_iter().rev() {
             inner.items.push_front(job);
         }
-        let sleepers = inner.sleepers;
-        drop(inner);
-        if sleepers > 0 {
-            self.available.notify_all();
-        }
-        self.notify.notify_one();
+        self.wake(inner, true);
     }
 
     /// Takes the oldest job if there is one, without waiting.

@@ -716,28 +716,41 @@ mod tests {
             .prop_map(|(message, payload)| frame(message, &payload))
     }
 
+    /// Encodes `frames` as a worker does and feeds them to `parent` in pieces of `split`
+    /// bytes: the frames it decoded, and what it left in its buffer.
+    fn decode_in_pieces(
+        frames: &[Frame<FromWorker>],
+        split: usize,
+        parent: &mut ParentCodec,
+    ) -> (Vec<Frame<FromWorker>>, BytesMut) {
+        let mut wire = BytesMut::new();
+        let mut worker = WorkerCodec::new(1 << 20);
+        for f in frames {
+            worker
+                .encode_frame(&f.message, &f.payload, &mut wire)
+                .unwrap();
+        }
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for piece in wire.chunks(split) {
+            buf.extend_from_slice(piece);
+            while let Some(f) = parent.decode(&mut buf).unwrap() {
+                decoded.push(f);
+            }
+        }
+        (decoded, buf)
+    }
+
     proptest! {
         #[test]
         fn round_trip_in_arbitrary_splits(
             frames in proptest::collection::vec(arb_frame(), 1..8),
             split in 1usize..64,
         ) {
-            let mut wire = BytesMut::new();
-            let mut worker = WorkerCodec::new(1 << 20);
-            for f in &frames {
-                worker.encode_frame(&f.message, &f.payload, &mut wire).unwrap();
-            }
             let mut parent = ParentCodec::new(1 << 20);
-            let mut buf = BytesMut::new();
-            let mut decoded = Vec::new();
-            for piece in wire.chunks(split) {
-                buf.extend_from_slice(piece);
-                while let Some(f) = parent.decode(&mut buf).unwrap() {
-                    decoded.push(f);
-                }
-            }
+            let (decoded, rest) = decode_in_pieces(&frames, split, &mut parent);
             prop_assert_eq!(decoded, frames);
-            prop_assert!(buf.is_empty());
+            prop_assert!(rest.is_empty());
         }
 
         #[test]
@@ -747,24 +760,12 @@ mod tests {
             direct_from in 1usize..512,
             message_peek in 1usize..64,
         ) {
-            let mut wire = BytesMut::new();
-            let mut worker = WorkerCodec::new(1 << 20);
-            for f in &frames {
-                worker.encode_frame(&f.message, &f.payload, &mut wire).unwrap();
-            }
             let mut parent = ParentCodec::new(1 << 20);
             parent.direct_from = direct_from;
             parent.message_peek = message_peek;
-            let mut buf = BytesMut::new();
-            let mut decoded = Vec::new();
-            for piece in wire.chunks(split) {
-                buf.extend_from_slice(piece);
-                while let Some(f) = parent.decode(&mut buf).unwrap() {
-                    decoded.push(f);
-                }
-            }
+            let (decoded, rest) = decode_in_pieces(&frames, split, &mut parent);
             prop_assert_eq!(decoded, frames);
-            prop_assert!(buf.is_empty());
+            prop_assert!(rest.is_empty());
             prop_assert!(parent.pending.is_none());
         }
 
