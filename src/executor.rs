@@ -17,7 +17,13 @@ use std::time::Duration;
 pub(crate) mod sealed {
     /// Keeps [`Executor`](super::Executor) implementable only by this crate's pools (and
     /// references and smart pointers to them): its job and handle types are opaque.
-    pub trait Sealed {}
+    pub trait Sealed {
+        /// Whether handing a job to a worker and getting its answer back costs a round
+        /// trip through another process: a map then keeps more small chunks in flight.
+        fn hand_off_is_a_round_trip(&self) -> bool {
+            false
+        }
+    }
 }
 
 /// A pool that runs jobs: the object-safe core that
@@ -145,9 +151,21 @@ impl ShutdownOptions {
     }
 }
 
-impl<E: Executor + ?Sized> sealed::Sealed for &E {}
-impl<E: Executor + ?Sized> sealed::Sealed for Box<E> {}
-impl<E: Executor + ?Sized> sealed::Sealed for Arc<E> {}
+impl<E: Executor + ?Sized> sealed::Sealed for &E {
+    fn hand_off_is_a_round_trip(&self) -> bool {
+        (**self).hand_off_is_a_round_trip()
+    }
+}
+impl<E: Executor + ?Sized> sealed::Sealed for Box<E> {
+    fn hand_off_is_a_round_trip(&self) -> bool {
+        (**self).hand_off_is_a_round_trip()
+    }
+}
+impl<E: Executor + ?Sized> sealed::Sealed for Arc<E> {
+    fn hand_off_is_a_round_trip(&self) -> bool {
+        (**self).hand_off_is_a_round_trip()
+    }
+}
 
 macro_rules! forward_executor {
     ($($ty:ty),*) => {$(

@@ -335,7 +335,11 @@ impl ProcessPoolExecutor {
     }
 }
 
-impl sealed::Sealed for ProcessPoolExecutor {}
+impl sealed::Sealed for ProcessPoolExecutor {
+    fn hand_off_is_a_round_trip(&self) -> bool {
+        true
+    }
+}
 
 #[async_trait]
 impl Executor for ProcessPoolExecutor {
