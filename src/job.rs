@@ -72,7 +72,8 @@ impl fmt::Debug for ErasedJob {
     }
 }
 
-/// What a job produced: `R` for a single job, `Vec<Result<R, JobError>>` for a chunk.
+/// What a job produced: `R` for a single job; for a chunk, `Vec<Result<R, JobError>>` on a
+/// thread pool and [`EncodedItems<R>`] on a process pool.
 pub(crate) type Output = Box<dyn Any + Send>;
 
 /// Decodes a worker's answer into the job's [`Output`].
@@ -310,30 +311,61 @@ fn same_type<T: 'static, U: 'static>(value: T) -> U {
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(
     bytes: bytes::Bytes,
 ) -> Result<Output, JobError> {
-    decode_items::<R>(&bytes)
+    Ok(Box::new(EncodedItems::<R>::new(bytes)?))
 }
 
-fn decode_items<R: DeserializeOwned + Send + 'static>(bytes: &[u8]) -> Result<Output, JobError> {
-    let Some((count, mut bytes)) = bytes.split_first_chunk::<4>() else {
-        return Err(JobError::Decode(
-            "chunk result shorter than its item count".into(),
-        ));
-    };
-    // Every item takes at least 5 bytes: a corrupt count cannot reserve more than that.
-    let count = (u32::from_le_bytes(*count) as usize).min(bytes.len() / 5);
-    let mut results: Vec<Result<R, JobError>> = Vec::with_capacity(count);
-    while !bytes.is_empty() {
-        let (tag, body, rest) = split_item(bytes)?;
-        bytes = rest;
-        let item = match tag {
+/// A process-pool chunk's answer, decoded one item at a time as the caller reads it: the
+/// results never exist as a `Vec<Result<R, JobError>>` (48 bytes or more per item, written
+/// by one thread and read by another), only as their compact encoding.
+///
+/// It yields exactly as many items as the answer's count says. If the answer turns out to
+/// be corrupt part-way, the item where that is found and every one after it is a
+/// [`JobError::Decode`].
+pub(crate) struct EncodedItems<R> {
+    bytes: bytes::Bytes,
+    /// Where the next item starts.
+    at: usize,
+    /// Items still to yield.
+    left: usize,
+    /// Set once the answer is found corrupt: the error every remaining item gets.
+    broken: Option<JobError>,
+    _results: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R> EncodedItems<R> {
+    /// Items still to yield, without the decoding bounds of `len()`.
+    pub(crate) fn remaining(&self) -> usize {
+        self.left
+    }
+}
+
+impl<R: DeserializeOwned + 'static> EncodedItems<R> {
+    fn new(bytes: bytes::Bytes) -> Result<Self, JobError> {
+        let Some(count) = bytes.first_chunk::<4>() else {
+            return Err(JobError::Decode(
+                "chunk result shorter than its item count".into(),
+            ));
+        };
+        Ok(EncodedItems {
+            left: u32::from_le_bytes(*count) as usize,
+            bytes,
+            at: 4,
+            broken: None,
+            _results: std::marker::PhantomData,
+        })
+    }
+
+    fn decode_next(&mut self) -> Result<Result<R, JobError>, JobError> {
+        let (tag, body, rest) = split_item(&self.bytes[self.at..])?;
+        self.at = self.bytes.len() - rest.len();
+        Ok(match tag {
             TAG_OK => take_value::<R>(body)
                 .map(|(value, _)| value)
                 .map_err(|e| JobError::Decode(format!("result: {e}"))),
-            TAG_PANICKED => {
-                let (message, location) = postcard::from_bytes::<(String, Option<String>)>(body)
-                    .map_err(|e| JobError::Decode(format!("panic report: {e}")))?;
-                Err(JobError::Panicked { message, location })
-            }
+            TAG_PANICKED => match postcard::from_bytes::<(String, Option<String>)>(body) {
+                Ok((message, location)) => Err(JobError::Panicked { message, location }),
+                Err(e) => Err(JobError::Decode(format!("panic report: {e}"))),
+            },
             TAG_RESULT_ENCODE => Err(JobError::Encode(format!(
                 "result (in the worker): {}",
                 decode_message(body)?
@@ -344,17 +376,42 @@ fn decode_items<R: DeserializeOwned + Send + 'static>(bytes: &[u8]) -> Result<Ou
                 decode_message(body)?
             ))),
             other => return Err(JobError::Decode(format!("unknown item tag {other}"))),
-        };
-        results.push(item);
+        })
     }
-    Ok(Box::new(results))
 }
+
+impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
+    type Item = Result<R, JobError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        if let Some(error) = &self.broken {
+            return Some(Err(error.clone()));
+        }
+        Some(self.decode_next().unwrap_or_else(|error| {
+            self.broken = Some(error.clone());
+            Err(error)
+        }))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> ExactSizeIterator for EncodedItems<R> {}
 
 /// Decodes arbitrary bytes as a chunk's answer and as a chunk's input, as a fuzzer does.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_decode(data: &[u8]) {
-    let _ = decode_items::<String>(data);
-    let _ = decode_items::<(u64, Vec<u8>)>(data);
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    if let Ok(items) = EncodedItems::<String>::new(bytes.clone()) {
+        // A corrupt count could claim 4 billion items: stop after the bytes could hold.
+        items.take(data.len() / 5 + 1).for_each(drop);
+    }
+    if let Ok(items) = EncodedItems::<(u64, Vec<u8>)>::new(bytes) {
+        items.take(data.len() / 5 + 1).for_each(drop);
+    }
     let mut out = Vec::new();
     let _ = run_chunk(|s: String| s.len(), data, &mut out);
 }
@@ -689,7 +746,13 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(run_chunk(f, &input, &mut out), Outcome::Ok);
         let decoded = (job.call.decoder())(out.into()).unwrap();
-        *decoded.downcast::<Vec<Result<R, JobError>>>().unwrap()
+        let items = decoded.downcast::<EncodedItems<R>>().unwrap();
+        assert_eq!(
+            items.len(),
+            job.call.items(),
+            "the answer counts every item"
+        );
+        items.collect()
     }
 
     #[test]
@@ -730,31 +793,71 @@ mod tests {
         assert_eq!(results[3], Ok(4));
     }
 
+    fn decode_i64s(bytes: &[u8]) -> Result<Vec<Result<i64, JobError>>, JobError> {
+        EncodedItems::<i64>::new(bytes::Bytes::copy_from_slice(bytes)).map(Iterator::collect)
+    }
+
     #[test]
     fn truncated_chunk_results_are_errors_not_panics() {
-        let mut out = 1_u32.to_le_bytes().to_vec();
+        let mut out = 2_u32.to_le_bytes().to_vec();
         push_item(&mut out, TAG_OK, |o| encode_into(&7_i64, o));
-        let whole = decode_items::<i64>(&out).unwrap();
-        let whole = whole.downcast::<Vec<Result<i64, JobError>>>().unwrap();
-        assert_eq!(*whole, vec![Ok(7)]);
+        let first_item_ends = out.len();
+        push_item(&mut out, TAG_OK, |o| encode_into(&-8_i64, o));
+        assert_eq!(decode_i64s(&out).unwrap(), vec![Ok(7), Ok(-8)]);
         for cut in 0..out.len() {
-            match decode_items::<i64>(&out[..cut]) {
-                // Cut between items: fewer results, which `Map` reports per missing item.
-                Ok(results) if cut == 4 => {
-                    let results = results.downcast::<Vec<Result<i64, JobError>>>().unwrap();
-                    assert!(results.is_empty());
-                }
-                Ok(_) => panic!("cut at {cut} must fail"),
-                Err(error) => assert!(matches!(error, JobError::Decode(_)), "{error}"),
+            let Ok(results) = decode_i64s(&out[..cut]) else {
+                assert!(cut < 4, "only a missing count fails the whole answer");
+                continue;
+            };
+            assert_eq!(
+                results.len(),
+                2,
+                "cut at {cut}: one result per counted item"
+            );
+            if cut >= first_item_ends {
+                assert_eq!(results[0], Ok(7), "cut at {cut}");
+            } else {
+                assert!(
+                    matches!(results[0], Err(JobError::Decode(_))),
+                    "cut at {cut}"
+                );
             }
+            assert!(
+                matches!(results[1], Err(JobError::Decode(_))),
+                "cut at {cut}"
+            );
         }
-        // A corrupt count reserves no more than the bytes can hold.
+        // An unknown tag breaks the answer from that item on.
+        let mut odd = out.clone();
+        odd[first_item_ends] = 99;
+        let results = decode_i64s(&odd).unwrap();
+        assert_eq!(results[0], Ok(7));
+        assert_eq!(
+            results[1],
+            Err(JobError::Decode("unknown item tag 99".into()))
+        );
+    }
+
+    #[test]
+    fn answers_decode_lazily_and_say_their_length() {
+        let mut out = 3_u32.to_le_bytes().to_vec();
+        for value in [1_i64, 2, 3] {
+            push_item(&mut out, TAG_OK, |o| encode_into(&value, o));
+        }
+        let mut items = EncodedItems::<i64>::new(out.into()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items.next(), Some(Ok(1)));
+        assert_eq!(items.size_hint(), (2, Some(2)));
+        assert_eq!(items.by_ref().collect::<Vec<_>>(), vec![Ok(2), Ok(3)]);
+        assert_eq!(items.next(), None);
+        // A corrupt count is only a length: the items past the bytes are errors, produced
+        // one at a time, never allocated up front.
         let mut lying = u32::MAX.to_le_bytes().to_vec();
         push_item(&mut lying, TAG_OK, |o| encode_into(&7_i64, o));
-        let results = decode_items::<i64>(&lying).unwrap();
-        let results = results.downcast::<Vec<Result<i64, JobError>>>().unwrap();
-        assert_eq!(*results, vec![Ok(7)]);
-        assert!(results.capacity() <= lying.len() / 5);
+        let mut items = EncodedItems::<i64>::new(lying.into()).unwrap();
+        assert_eq!(items.len(), u32::MAX as usize);
+        assert_eq!(items.next(), Some(Ok(7)));
+        assert!(matches!(items.next(), Some(Err(JobError::Decode(_)))));
     }
 
     #[test]

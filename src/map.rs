@@ -4,7 +4,7 @@
 use crate::error::JobError;
 use crate::executor::Executor;
 use crate::handle::ErasedHandle;
-use crate::job::ErasedJob;
+use crate::job::{EncodedItems, ErasedJob};
 use crate::options::JobOptions;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
@@ -102,11 +102,40 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     in_flight: VecDeque<InFlight>,
     /// The results of the last chunk taken from `in_flight`, handed out one by one
     /// without being copied again.
-    ready: std::vec::IntoIter<Result<R, JobError>>,
+    ready: Ready<R>,
     /// Items pulled from the source so far.
     pulled: u64,
     progress: Progress,
     on_progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
+}
+
+/// The results of the chunk being handed out, one by one.
+enum Ready<R> {
+    /// Already decoded: a thread pool's chunk, or a chunk that failed as a whole.
+    Decoded(std::vec::IntoIter<Result<R, JobError>>),
+    /// A process pool's answer, decoded as it is read.
+    Encoded(EncodedItems<R>),
+}
+
+impl<R> Ready<R> {
+    fn len(&self) -> usize {
+        match self {
+            Ready::Decoded(results) => results.len(),
+            Ready::Encoded(items) => items.remaining(),
+        }
+    }
+}
+
+impl<R: DeserializeOwned + 'static> Iterator for Ready<R> {
+    type Item = Result<R, JobError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Ready::Decoded(results) => results.next(),
+            Ready::Encoded(items) => items.next(),
+        }
+    }
 }
 
 /// A submitted chunk.
@@ -175,7 +204,7 @@ where
             ordered,
             pending: Vec::new(),
             in_flight: VecDeque::new(),
-            ready: Vec::new().into_iter(),
+            ready: Ready::Decoded(Vec::new().into_iter()),
             pulled: 0,
             progress: Progress {
                 completed: 0,
@@ -347,9 +376,16 @@ where
     fn unpack(&mut self, output: Result<crate::job::Output, JobError>, len: usize) {
         match output {
             Ok(boxed) => {
-                let mut results = *boxed
-                    .downcast::<Vec<Result<R, JobError>>>()
-                    .expect("procpool bug: chunk output has the wrong type");
+                let mut results = match boxed.downcast::<EncodedItems<R>>() {
+                    Ok(items) if items.len() == len => {
+                        self.ready = Ready::Encoded(*items);
+                        return;
+                    }
+                    Ok(items) => items.take(len).collect(),
+                    Err(boxed) => *boxed
+                        .downcast::<Vec<Result<R, JobError>>>()
+                        .expect("procpool bug: chunk output has the wrong type"),
+                };
                 let got = results.len();
                 if got != len {
                     let error = JobError::Decode(format!(
@@ -357,11 +393,11 @@ where
                     ));
                     results.resize_with(len, || Err(error.clone()));
                 }
-                self.ready = results.into_iter();
+                self.ready = Ready::Decoded(results.into_iter());
             }
             Err(error) => {
                 let failed: Vec<_> = (0..len).map(|_| Err(error.clone())).collect();
-                self.ready = failed.into_iter();
+                self.ready = Ready::Decoded(failed.into_iter());
             }
         }
     }
