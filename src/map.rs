@@ -373,47 +373,11 @@ where
         }
     }
 
-    fn unpack(&mut self, output: Result<crate::job::Output, JobError>, len: usize) {
-        match output {
-            Ok(boxed) => {
-                let mut results = match boxed.downcast::<EncodedItems<R>>() {
-                    Ok(items) if items.len() == len => {
-                        self.ready = Ready::Encoded(*items);
-                        return;
-                    }
-                    Ok(items) => items.take(len).collect(),
-                    Err(boxed) => *boxed
-                        .downcast::<Vec<Result<R, JobError>>>()
-                        .expect("procpool bug: chunk output has the wrong type"),
-                };
-                let got = results.len();
-                if got != len {
-                    let error = JobError::Decode(format!(
-                        "the worker answered {got} results for a chunk of {len} items"
-                    ));
-                    results.resize_with(len, || Err(error.clone()));
-                }
-                self.ready = Ready::Decoded(results.into_iter());
-            }
-            Err(error) => {
-                let failed: Vec<_> = (0..len).map(|_| Err(error.clone())).collect();
-                self.ready = Ready::Decoded(failed.into_iter());
-            }
-        }
-    }
-}
-
-impl<E, S, A, R> Stream for Map<'_, E, S, A, R>
-where
-    E: Executor + ?Sized,
-    S: Stream<Item = A>,
-    A: Serialize + DeserializeOwned + Send + 'static,
-    R: Serialize + DeserializeOwned + Send + 'static,
-{
-    type Item = Result<R, JobError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
+    /// Hands out the next finished chunk's first result, submitting and polling chunks
+    /// as needed: [`poll_next`](Stream::poll_next) once the current chunk's results are out.
+    #[inline(never)]
+    fn poll_chunks(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<R, JobError>>> {
+        let this = self;
         loop {
             if let Some(item) = this.ready.next() {
                 return Poll::Ready(Some(item));
@@ -461,6 +425,55 @@ where
                 }
                 None => return Poll::Pending,
             }
+        }
+    }
+
+    fn unpack(&mut self, output: Result<crate::job::Output, JobError>, len: usize) {
+        match output {
+            Ok(boxed) => {
+                let mut results = match boxed.downcast::<EncodedItems<R>>() {
+                    Ok(items) if items.len() == len => {
+                        self.ready = Ready::Encoded(*items);
+                        return;
+                    }
+                    Ok(items) => items.take(len).collect(),
+                    Err(boxed) => *boxed
+                        .downcast::<Vec<Result<R, JobError>>>()
+                        .expect("procpool bug: chunk output has the wrong type"),
+                };
+                let got = results.len();
+                if got != len {
+                    let error = JobError::Decode(format!(
+                        "the worker answered {got} results for a chunk of {len} items"
+                    ));
+                    results.resize_with(len, || Err(error.clone()));
+                }
+                self.ready = Ready::Decoded(results.into_iter());
+            }
+            Err(error) => {
+                let failed: Vec<_> = (0..len).map(|_| Err(error.clone())).collect();
+                self.ready = Ready::Decoded(failed.into_iter());
+            }
+        }
+    }
+}
+
+impl<E, S, A, R> Stream for Map<'_, E, S, A, R>
+where
+    E: Executor + ?Sized,
+    S: Stream<Item = A>,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, JobError>;
+
+    #[inline]
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // The path taken for all but one item per chunk: kept small enough to inline.
+        match this.ready.next() {
+            Some(item) => Poll::Ready(Some(item)),
+            None => this.poll_chunks(cx),
         }
     }
 
