@@ -219,6 +219,30 @@ async fn map_pulls_items_only_as_chunks_fit_in_flight() {
 }
 
 #[tokio::test]
+async fn the_default_in_flight_bound_is_deeper_on_processes_for_small_chunks() {
+    const CHUNK: usize = 10;
+    // Threads: 2 chunks per worker. Processes: 32,768 items per worker, at most 16 chunks
+    // per worker, as `Map::max_in_flight` documents.
+    for ((name, pool), chunks) in pools(2).into_iter().zip([4, 32]) {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let source = Counted {
+            inner: 0..10_000_u64,
+            pulled: pulled.clone(),
+        };
+        let mut stream = pool.map(double, source).chunk_size(CHUNK);
+        // The first poll fills every slot before any chunk can be taken back, so the first
+        // result finds exactly the bound's worth of items pulled.
+        assert_eq!(bounded(name, stream.next()).await, Some(Ok(0)), "{name}");
+        assert_eq!(pulled.load(Ordering::SeqCst), chunks * CHUNK, "{name}");
+        let mut sum = 0;
+        while let Some(item) = bounded(name, stream.next()).await {
+            sum += item.unwrap();
+        }
+        assert_eq!(sum, 10_000 * 9_999, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn cancelling_a_queued_job_means_it_never_runs() {
     for (name, pool) in pools(1) {
         let gate = Gate::new();
