@@ -151,24 +151,14 @@ impl ShutdownOptions {
     }
 }
 
-impl<E: Executor + ?Sized> sealed::Sealed for &E {
-    fn hand_off_is_a_round_trip(&self) -> bool {
-        (**self).hand_off_is_a_round_trip()
-    }
-}
-impl<E: Executor + ?Sized> sealed::Sealed for Box<E> {
-    fn hand_off_is_a_round_trip(&self) -> bool {
-        (**self).hand_off_is_a_round_trip()
-    }
-}
-impl<E: Executor + ?Sized> sealed::Sealed for Arc<E> {
-    fn hand_off_is_a_round_trip(&self) -> bool {
-        (**self).hand_off_is_a_round_trip()
-    }
-}
-
 macro_rules! forward_executor {
     ($($ty:ty),*) => {$(
+        impl<E: Executor + ?Sized> sealed::Sealed for $ty {
+            fn hand_off_is_a_round_trip(&self) -> bool {
+                (**self).hand_off_is_a_round_trip()
+            }
+        }
+
         #[async_trait]
         impl<E: Executor + ?Sized> Executor for $ty {
             fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {

@@ -577,7 +577,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let Some((count, mut rest)) = input.split_first_chunk::<4>() else {
         return Outcome::Decode("chunk shorter than its item count".into());
     };
-    // The answer starts with the same count, so that the caller can size its results.
+    // The answer starts with the same count: the caller hands out exactly that many results.
     out.extend_from_slice(count);
     let count = u32::from_le_bytes(*count);
     for _ in 0..count {
