@@ -28,12 +28,18 @@ const ITEMS_IN_FLIGHT_PER_WORKER: usize = 32_768;
 /// The default in-flight bound's range, in chunks per worker.
 const CHUNKS_IN_FLIGHT_PER_WORKER: (usize, usize) = (2, 16);
 
-/// The default of [`Map::max_in_flight`] on a process pool, for chunks of `chunk` items.
-fn default_in_flight(chunk: usize, workers: usize) -> usize {
+/// The default of [`Map::max_in_flight`] for chunks of `chunk` items: the least chunks per
+/// worker where handing out a chunk is cheap (threads), and where it costs a round trip
+/// (processes) enough chunks to keep [`ITEMS_IN_FLIGHT_PER_WORKER`] items out.
+fn default_in_flight(chunk: usize, workers: usize, round_trip: bool) -> usize {
     let (min, max) = CHUNKS_IN_FLIGHT_PER_WORKER;
-    let per_worker = ITEMS_IN_FLIGHT_PER_WORKER
-        .div_ceil(chunk.max(1))
-        .clamp(min, max);
+    let per_worker = if round_trip {
+        ITEMS_IN_FLIGHT_PER_WORKER
+            .div_ceil(chunk.max(1))
+            .clamp(min, max)
+    } else {
+        min
+    };
     per_worker * workers.max(1)
 }
 
@@ -311,12 +317,11 @@ where
 
     fn effective_max_in_flight(&self) -> usize {
         self.max_in_flight.unwrap_or_else(|| {
-            let workers = self.executor.max_workers();
-            if self.executor.hand_off_is_a_round_trip() {
-                default_in_flight(self.effective_chunk_size(), workers)
-            } else {
-                2 * workers.max(1)
-            }
+            default_in_flight(
+                self.effective_chunk_size(),
+                self.executor.max_workers(),
+                self.executor.hand_off_is_a_round_trip(),
+            )
         })
     }
 
@@ -377,14 +382,13 @@ where
     /// as needed: [`poll_next`](Stream::poll_next) once the current chunk's results are out.
     #[inline(never)]
     fn poll_chunks(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<R, JobError>>> {
-        let this = self;
         loop {
-            if let Some(item) = this.ready.next() {
+            if let Some(item) = self.ready.next() {
                 return Poll::Ready(Some(item));
             }
-            this.fill(cx);
-            if this.in_flight.is_empty() {
-                return if this.source_done {
+            self.fill(cx);
+            if self.in_flight.is_empty() {
+                return if self.source_done {
                     Poll::Ready(None)
                 } else {
                     Poll::Pending // the source will wake us
@@ -393,35 +397,35 @@ where
             // Poll every unfinished chunk, so that progress is timely (and the stream is
             // woken) whichever chunk finishes first.
             let mut finished_items = 0;
-            for chunk in this.in_flight.iter_mut().filter(|c| c.output.is_none()) {
+            for chunk in self.in_flight.iter_mut().filter(|c| c.output.is_none()) {
                 if let Poll::Ready(output) = chunk.handle.poll_output(cx) {
                     if output.is_ok() {
-                        this.auto.observe(chunk.len, chunk.submitted.elapsed());
+                        self.auto.observe(chunk.len, chunk.submitted.elapsed());
                     }
                     finished_items += chunk.len as u64;
                     chunk.output = Some(output);
                 }
             }
             if finished_items > 0 {
-                this.progress.completed += finished_items;
-                this.report();
+                self.progress.completed += finished_items;
+                self.report();
             }
-            let next = if this.ordered {
-                this.in_flight
+            let next = if self.ordered {
+                self.in_flight
                     .front()
                     .filter(|c| c.output.is_some())
                     .map(|_| 0)
             } else {
-                this.in_flight.iter().position(|c| c.output.is_some())
+                self.in_flight.iter().position(|c| c.output.is_some())
             };
             match next {
                 Some(index) => {
-                    let chunk = this
+                    let chunk = self
                         .in_flight
                         .remove(index)
                         .expect("index of a finished chunk is valid");
                     let output = chunk.output.expect("the chunk is finished");
-                    this.unpack(output, chunk.len);
+                    self.unpack(output, chunk.len);
                 }
                 None => return Poll::Pending,
             }
@@ -534,20 +538,35 @@ mod tests {
 
     #[test]
     fn the_default_in_flight_bound_follows_the_chunk_size() {
-        assert_eq!(default_in_flight(1, 2), 32, "at most 16 chunks per worker");
-        assert_eq!(default_in_flight(1000, 2), 32);
-        assert_eq!(default_in_flight(4096, 2), 16, "32,768 items per worker");
-        assert_eq!(default_in_flight(10_000, 2), 8);
         assert_eq!(
-            default_in_flight(MAX_AUTO_CHUNK, 2),
+            default_in_flight(1, 2, true),
+            32,
+            "at most 16 chunks per worker"
+        );
+        assert_eq!(default_in_flight(1000, 2, true), 32);
+        assert_eq!(
+            default_in_flight(4096, 2, true),
+            16,
+            "32,768 items per worker"
+        );
+        assert_eq!(default_in_flight(10_000, 2, true), 8);
+        assert_eq!(
+            default_in_flight(MAX_AUTO_CHUNK, 2, true),
             4,
             "at least 2 per worker"
         );
         assert_eq!(
-            default_in_flight(MAX_AUTO_CHUNK, 0),
+            default_in_flight(MAX_AUTO_CHUNK, 0, true),
             2,
             "a pool reports 1+ workers"
         );
+        for chunk in [1, 1000, MAX_AUTO_CHUNK] {
+            assert_eq!(
+                default_in_flight(chunk, 2, false),
+                4,
+                "threads: 2 per worker"
+            );
+        }
     }
 
     #[test]
