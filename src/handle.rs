@@ -84,9 +84,10 @@ impl JobState {
         self.end(RUNNING, result, || {})
     }
 
-    /// Like [`complete`](Self::complete), running `on_end` (bookkeeping such as the pool's
+    /// Ends a running job with `result`, running `on_end` (bookkeeping such as the pool's
     /// counters) after the result is stored and before anyone is woken, so that whoever
-    /// sees the result also sees the bookkeeping.
+    /// sees the result also sees the bookkeeping. Returns `false` if the job had already
+    /// ended, in which case nothing changes and `on_end` does not run.
     pub(crate) fn complete_then(
         &self,
         result: Result<Output, JobError>,
