@@ -84,6 +84,15 @@ impl Report {
             .push((workload.into(), executor.into(), metric.into(), value));
     }
 
+    /// Adds, for every figure of the first run, its median over all `runs`.
+    fn add_medians(&mut self, runs: &[Report]) {
+        let Some(first) = runs.first() else { return };
+        for (w, e, m, _) in &first.rows {
+            let mut values: Vec<f64> = runs.iter().filter_map(|r| r.get(w, e, m)).collect();
+            self.add(w, e, m, median(&mut values));
+        }
+    }
+
     fn get(&self, workload: &str, executor: &str, metric: &str) -> Option<f64> {
         self.rows
             .iter()
@@ -640,19 +649,19 @@ fn print_report(report: &Report) {
         (
             "W2",
             "jobs_per_s",
-            "submit throughput: jobs/s (higher is better)",
+            "submit throughput: jobs/s, median over runs (higher is better)",
             false,
         ),
         (
             "W3",
             "items_per_s",
-            "map throughput: items/s (higher is better)",
+            "map throughput: items/s, median over runs (higher is better)",
             false,
         ),
         (
             "W4",
             "seconds",
-            "CPU-bound primes below 5,000,000: seconds (lower is better)",
+            "CPU-bound primes below 5,000,000: seconds, median over runs (lower is better)",
             true,
         ),
         (
@@ -734,8 +743,22 @@ fn main() -> Result<()> {
     );
     let mut report = Report::default();
     w1(&mut report, reps)?;
-    block_on(w2_w3(&mut report))?;
-    block_on(w4(&mut report))?;
+    // A throughput run lasts milliseconds, and one W4 run a second: take the median of
+    // several, each executor in turn in every one, as for W1.
+    let mut runs = Vec::new();
+    for _ in 0..reps.max(3) {
+        let mut run = Report::default();
+        block_on(w2_w3(&mut run))?;
+        runs.push(run);
+    }
+    report.add_medians(&runs);
+    let mut runs = Vec::new();
+    for _ in 0..reps.max(3) {
+        let mut run = Report::default();
+        block_on(w4(&mut run))?;
+        runs.push(run);
+    }
+    report.add_medians(&runs);
     block_on(w5(&mut report, if settings.quick { 3 } else { 10 }))?;
     // 64 MiB round trips vary with the kernel's page handling: take 3 even when quick.
     block_on(w6(&mut report, reps.max(3)))?;
