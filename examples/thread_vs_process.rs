@@ -84,13 +84,26 @@ impl Report {
             .push((workload.into(), executor.into(), metric.into(), value));
     }
 
-    /// Adds, for every figure of the first run, its median over all `runs`.
-    fn add_medians(&mut self, runs: &[Report]) {
-        let Some(first) = runs.first() else { return };
+    /// Runs `workload` `reps` times and adds the median of each of its figures.
+    fn add_medians_of(
+        &mut self,
+        reps: usize,
+        mut workload: impl FnMut(&mut Report) -> Result<()>,
+    ) -> Result<()> {
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            let mut run = Report::default();
+            workload(&mut run)?;
+            runs.push(run);
+        }
+        let Some(first) = runs.first() else {
+            return Ok(());
+        };
         for (w, e, m, _) in &first.rows {
             let mut values: Vec<f64> = runs.iter().filter_map(|r| r.get(w, e, m)).collect();
             self.add(w, e, m, median(&mut values));
         }
+        Ok(())
     }
 
     fn get(&self, workload: &str, executor: &str, metric: &str) -> Option<f64> {
@@ -745,20 +758,8 @@ fn main() -> Result<()> {
     w1(&mut report, reps)?;
     // A throughput run lasts milliseconds, and one W4 run a second: take the median of
     // several, each executor in turn in every one, as for W1.
-    let mut runs = Vec::new();
-    for _ in 0..reps.max(3) {
-        let mut run = Report::default();
-        block_on(w2_w3(&mut run))?;
-        runs.push(run);
-    }
-    report.add_medians(&runs);
-    let mut runs = Vec::new();
-    for _ in 0..reps.max(3) {
-        let mut run = Report::default();
-        block_on(w4(&mut run))?;
-        runs.push(run);
-    }
-    report.add_medians(&runs);
+    report.add_medians_of(reps.max(3), |run| block_on(w2_w3(run)))?;
+    report.add_medians_of(reps.max(3), |run| block_on(w4(run)))?;
     block_on(w5(&mut report, if settings.quick { 3 } else { 10 }))?;
     // 64 MiB round trips vary with the kernel's page handling: take 3 even when quick.
     block_on(w6(&mut report, reps.max(3)))?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// A short job's answer usually comes back within this time. Watching keeps the waiting
 /// thread's CPU awake and lets the pool's threads and the worker share the other CPUs, so
 /// that nobody waits for a sleeping CPU to wake up. On a 2-core VM this cut the median
-/// round trip of `submit(..).wait()` from about 75 µs to about 20 µs (see the CHANGELOG).
+/// round trip of `submit(..).wait()` from about 80 µs to about 20 µs (see the CHANGELOG).
 /// A longer job costs the waiting thread at most this much CPU before it sleeps.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
