@@ -403,12 +403,10 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
         // The common case, small enough to inline into the caller's loop: a result that
         // decodes. Anything else takes the general path below, which decodes it again.
         if self.broken.is_none()
-            && let Some((&TAG_OK, rest)) = self.bytes[self.at..].split_first()
-            && let Some((len, rest)) = rest.split_first_chunk::<4>()
-            && let Some(body) = rest.get(..u32::from_le_bytes(*len) as usize)
+            && let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..])
             && let Ok((value, _)) = take_value::<R>(body)
         {
-            self.at += 5 + body.len();
+            self.at = self.bytes.len() - rest.len();
             return Some(Ok(value));
         }
         Some(self.next_in_general())
@@ -440,6 +438,8 @@ fn decode_message(body: &[u8]) -> Result<String, JobError> {
     postcard::from_bytes::<String>(body).map_err(|e| JobError::Decode(format!("message: {e}")))
 }
 
+/// Splits one item (tag, `u32 LE` length, body) off the front of `bytes`.
+#[inline]
 fn split_item(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), JobError> {
     let truncated = || JobError::Decode("truncated chunk result".into());
     let (&tag, rest) = bytes.split_first().ok_or_else(truncated)?;

@@ -227,8 +227,8 @@ where
 
     /// Calls `callback` with the current [`Progress`] at once, then with the new one each
     /// time a chunk's results arrive and when the input's length becomes known: the hook
-    /// for a progress bar, with no polling of the pool. The callback runs inside the stream's `poll_next`, so it must be quick
-    /// (a progress bar update is).
+    /// for a progress bar, with no polling of the pool. The callback runs inside the
+    /// stream's `poll_next`, so it must be quick (a progress bar update is).
     ///
     /// # Examples
     ///
