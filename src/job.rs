@@ -13,6 +13,12 @@
 //! error that kept the argument from encoding (tag 1). The answer is, per item, a tag byte,
 //! `len: u32 LE` and `len` bytes: so that one item that fails to encode or decode fails
 //! only itself.
+//!
+//! Plain types (integers, floats, `bool`: see [`crate::plain`]) are packed instead, in a
+//! fixed number of little-endian bytes: a chunk of plain `A` is `count` followed by
+//! `count` packed values, with no tags (encoding one cannot fail); in the answer, an item
+//! of plain `R` that succeeded is its tag followed by the packed value, with no length
+//! (other items are as above).
 
 use crate::error::JobError;
 use crate::raw::Target;
@@ -177,6 +183,14 @@ where
     fn encode_input(&mut self, out: &mut Vec<u8>) -> Result<(), JobError> {
         let count = u32::try_from(self.args.len())
             .map_err(|_| JobError::Encode("a chunk holds at most 2^32 - 1 items".into()))?;
+        if let Some(width) = crate::plain::width::<A>() {
+            out.reserve(4 + self.args.len() * width);
+            out.extend_from_slice(&count.to_le_bytes());
+            for arg in &self.args {
+                crate::plain::put(arg, out);
+            }
+            return Ok(());
+        }
         // Room for a tag and a small item each, so that the buffer rarely grows by copying.
         let guess = 1 + std::mem::size_of::<A>().clamp(1, 16);
         out.reserve(4 + self.args.len().saturating_mul(guess));
@@ -370,12 +384,17 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     }
 
     fn decode_next(&mut self) -> Result<Result<R, JobError>, JobError> {
-        let (tag, body, rest) = split_item(&self.bytes[self.at..])?;
+        let (tag, body, rest) = split_item(&self.bytes[self.at..], crate::plain::width::<R>())?;
         self.at = self.bytes.len() - rest.len();
         Ok(match tag {
-            TAG_OK => take_value::<R>(body)
-                .map(|(value, _)| value)
-                .map_err(|e| JobError::Decode(format!("result: {e}"))),
+            TAG_OK => match crate::plain::width::<R>() {
+                Some(_) => crate::plain::get::<R>(body).ok_or_else(|| {
+                    JobError::Decode(format!("result: not a `{}`", std::any::type_name::<R>()))
+                }),
+                None => take_value::<R>(body)
+                    .map(|(value, _)| value)
+                    .map_err(|e| JobError::Decode(format!("result: {e}"))),
+            },
             TAG_PANICKED => match postcard::from_bytes::<(String, Option<String>)>(body) {
                 Ok((message, location)) => Err(JobError::Panicked { message, location }),
                 Err(e) => Err(JobError::Decode(format!("panic report: {e}"))),
@@ -402,12 +421,20 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
         self.left = self.left.checked_sub(1)?;
         // The common case, small enough to inline into the caller's loop: a result that
         // decodes. Anything else takes the general path below, which decodes it again.
-        if self.broken.is_none()
-            && let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..])
-            && let Ok((value, _)) = take_value::<R>(body)
-        {
-            self.at = self.bytes.len() - rest.len();
-            return Some(Ok(value));
+        if self.broken.is_none() {
+            if let Some(width) = crate::plain::width::<R>() {
+                if let Some((&TAG_OK, rest)) = self.bytes[self.at..].split_first()
+                    && let Some(value) = crate::plain::get::<R>(rest)
+                {
+                    self.at += 1 + width;
+                    return Some(Ok(value));
+                }
+            } else if let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..], None)
+                && let Ok((value, _)) = take_value::<R>(body)
+            {
+                self.at = self.bytes.len() - rest.len();
+                return Some(Ok(value));
+            }
         }
         Some(self.next_in_general())
     }
@@ -427,22 +454,42 @@ pub(crate) fn fuzz_decode(data: &[u8]) {
         // A corrupt count could claim 4 billion items: stop after the bytes could hold.
         items.take(data.len() / 5 + 1).for_each(drop);
     }
-    if let Ok(items) = EncodedItems::<(u64, Vec<u8>)>::new(bytes) {
+    if let Ok(items) = EncodedItems::<(u64, Vec<u8>)>::new(bytes.clone()) {
         items.take(data.len() / 5 + 1).for_each(drop);
+    }
+    // Packed plain values: a tag and a fixed width per item, no length.
+    if let Ok(items) = EncodedItems::<u64>::new(bytes.clone()) {
+        items.take(data.len() + 1).for_each(drop);
+    }
+    if let Ok(items) = EncodedItems::<bool>::new(bytes) {
+        items.take(data.len() + 1).for_each(drop);
     }
     let mut out = Vec::new();
     let _ = run_chunk(|s: String| s.len(), data, &mut out);
+    out.clear();
+    let _ = run_chunk(|b: bool| u32::from(b), data, &mut out);
 }
 
 fn decode_message(body: &[u8]) -> Result<String, JobError> {
     postcard::from_bytes::<String>(body).map_err(|e| JobError::Decode(format!("message: {e}")))
 }
 
-/// Splits one item (tag, `u32 LE` length, body) off the front of `bytes`.
+/// Splits one item (tag, `u32 LE` length, body) off the front of `bytes`; with
+/// `plain_width`, a successful item is its tag and a packed value of that width.
 #[inline]
-fn split_item(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), JobError> {
+fn split_item(bytes: &[u8], plain_width: Option<usize>) -> Result<(u8, &[u8], &[u8]), JobError> {
     let truncated = || JobError::Decode("truncated chunk result".into());
     let (&tag, rest) = bytes.split_first().ok_or_else(truncated)?;
+    if tag > TAG_ARG_DECODE {
+        // Checked first: what follows an unknown tag has no known layout.
+        return Err(JobError::Decode(format!("unknown item tag {tag}")));
+    }
+    if let (TAG_OK, Some(width)) = (tag, plain_width) {
+        return match rest.split_at_checked(width) {
+            Some((body, rest)) => Ok((tag, body, rest)),
+            None => Err(truncated()),
+        };
+    }
     let len_bytes: [u8; 4] = rest
         .get(..4)
         .ok_or_else(truncated)?
@@ -600,6 +647,26 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     // The answer starts with the same count: the caller hands out exactly that many results.
     out.extend_from_slice(count);
     let count = u32::from_le_bytes(*count);
+    if let Some(width) = crate::plain::width::<A>() {
+        let packed = (count as usize).checked_mul(width);
+        if packed != Some(rest.len()) {
+            return Outcome::Decode(format!(
+                "a chunk of {count} packed `{}` holds {} bytes",
+                std::any::type_name::<A>(),
+                rest.len()
+            ));
+        }
+        for arg in rest.chunks_exact(width) {
+            match crate::plain::get::<A>(arg) {
+                Some(arg) => run_item(f, arg, out),
+                None => {
+                    let message = format!("not a `{}`: {arg:?}", std::any::type_name::<A>());
+                    push_message_item(out, TAG_ARG_DECODE, &message);
+                }
+            }
+        }
+        return Outcome::Ok;
+    }
     for _ in 0..count {
         let Some((&tag, body)) = rest.split_first() else {
             return Outcome::Decode("chunk ends before its last item".into());
@@ -622,15 +689,34 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                 return Outcome::Decode(format!("Deserialize panicked: {message}"));
             }
         };
-        match catch(move || f(arg)) {
-            Ok(r) => push_item(out, TAG_OK, |o| match catch(|| encode_value(&r, o)) {
-                Ok(result) => result,
-                Err((message, _)) => Err(format!("Serialize panicked: {message}")),
-            }),
-            Err(report) => push_item(out, TAG_PANICKED, |o| encode_into(&report, o)),
-        }
+        run_item(f, arg, out);
     }
     Outcome::Ok
+}
+
+/// Runs one item of a chunk and appends its answer: the result, or why it failed.
+#[inline]
+fn run_item<A, R: Serialize + 'static>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) {
+    match catch(move || f(arg)) {
+        Ok(r) => push_result(out, &r),
+        Err(report) => push_item(out, TAG_PANICKED, |o| encode_into(&report, o)),
+    }
+}
+
+/// Appends a successful item's answer: its tag and its packed value if `R` is plain, else
+/// its tag, length and encoding (or the error that kept it from encoding).
+#[inline]
+fn push_result<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
+    let start = out.len();
+    out.push(TAG_OK);
+    if crate::plain::put(r, out) {
+        return;
+    }
+    out.truncate(start);
+    push_item(out, TAG_OK, |o| match catch(|| encode_value(r, o)) {
+        Ok(result) => result,
+        Err((message, _)) => Err(format!("Serialize panicked: {message}")),
+    });
 }
 
 /// The body of the `init` trampoline: runs a worker initializer.
@@ -813,19 +899,26 @@ mod tests {
         assert_eq!(results[3], Ok(4));
     }
 
-    fn decode_i64s(bytes: &[u8]) -> Result<Vec<Result<i64, JobError>>, JobError> {
-        EncodedItems::<i64>::new(bytes::Bytes::copy_from_slice(bytes)).map(Iterator::collect)
+    fn decode_all<R: DeserializeOwned + 'static>(
+        bytes: &[u8],
+    ) -> Result<Vec<Result<R, JobError>>, JobError> {
+        EncodedItems::<R>::new(bytes::Bytes::copy_from_slice(bytes)).map(Iterator::collect)
     }
 
-    #[test]
-    fn truncated_chunk_results_are_errors_not_panics() {
+    /// Cuts a two-item answer at every byte: each cut gives one result per counted item,
+    /// the first intact while its bytes are, and an unknown tag breaks the rest.
+    fn truncations_are_errors<R>(first: R, second: R)
+    where
+        R: Serialize + DeserializeOwned + PartialEq + fmt::Debug + Clone + 'static,
+    {
         let mut out = 2_u32.to_le_bytes().to_vec();
-        push_item(&mut out, TAG_OK, |o| encode_into(&7_i64, o));
+        push_result(&mut out, &first);
         let first_item_ends = out.len();
-        push_item(&mut out, TAG_OK, |o| encode_into(&-8_i64, o));
-        assert_eq!(decode_i64s(&out).unwrap(), vec![Ok(7), Ok(-8)]);
+        push_result(&mut out, &second);
+        let whole: Vec<Result<R, JobError>> = vec![Ok(first.clone()), Ok(second)];
+        assert_eq!(decode_all::<R>(&out).unwrap(), whole);
         for cut in 0..out.len() {
-            let Ok(results) = decode_i64s(&out[..cut]) else {
+            let Ok(results) = decode_all::<R>(&out[..cut]) else {
                 assert!(cut < 4, "only a missing count fails the whole answer");
                 continue;
             };
@@ -835,7 +928,7 @@ mod tests {
                 "cut at {cut}: one result per counted item"
             );
             if cut >= first_item_ends {
-                assert_eq!(results[0], Ok(7), "cut at {cut}");
+                assert_eq!(results[0], Ok(first.clone()), "cut at {cut}");
             } else {
                 assert!(
                     matches!(results[0], Err(JobError::Decode(_))),
@@ -850,8 +943,8 @@ mod tests {
         // An unknown tag breaks the answer from that item on.
         let mut odd = out.clone();
         odd[first_item_ends] = 99;
-        let results = decode_i64s(&odd).unwrap();
-        assert_eq!(results[0], Ok(7));
+        let results = decode_all::<R>(&odd).unwrap();
+        assert_eq!(results[0], Ok(first));
         assert_eq!(
             results[1],
             Err(JobError::Decode("unknown item tag 99".into()))
@@ -859,10 +952,16 @@ mod tests {
     }
 
     #[test]
+    fn truncated_chunk_results_are_errors_not_panics() {
+        truncations_are_errors(7_i64, -8); // packed
+        truncations_are_errors(String::from("seven"), String::from("eight")); // with lengths
+    }
+
+    #[test]
     fn answers_decode_lazily_and_say_their_length() {
         let mut out = 3_u32.to_le_bytes().to_vec();
         for value in [1_i64, 2, 3] {
-            push_item(&mut out, TAG_OK, |o| encode_into(&value, o));
+            push_result(&mut out, &value);
         }
         let mut items = EncodedItems::<i64>::new(out.into()).unwrap();
         assert_eq!(items.len(), 3);
@@ -873,11 +972,102 @@ mod tests {
         // A corrupt count is only a length: the items past the bytes are errors, produced
         // one at a time, never allocated up front.
         let mut lying = u32::MAX.to_le_bytes().to_vec();
-        push_item(&mut lying, TAG_OK, |o| encode_into(&7_i64, o));
+        push_result(&mut lying, &7_i64);
         let mut items = EncodedItems::<i64>::new(lying.into()).unwrap();
         assert_eq!(items.len(), u32::MAX as usize);
         assert_eq!(items.next(), Some(Ok(7)));
         assert!(matches!(items.next(), Some(Err(JobError::Decode(_)))));
+    }
+
+    fn describe(x: u16) -> String {
+        format!("#{x}")
+    }
+
+    fn measure(s: String) -> usize {
+        s.len()
+    }
+
+    fn negate(b: bool) -> bool {
+        !b
+    }
+
+    #[test]
+    fn plain_values_travel_packed_in_both_directions() {
+        let mut job = ErasedJob::chunk(square, vec![1, -2, i64::MAX]);
+        let mut input = Vec::new();
+        job.call.encode_input(&mut input).unwrap();
+        let mut expected = 3_u32.to_le_bytes().to_vec();
+        for x in [1_i64, -2, i64::MAX] {
+            expected.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(
+            input, expected,
+            "count, then the values: no tags, no lengths"
+        );
+
+        let mut out = Vec::new();
+        let two = [&2_u32.to_le_bytes()[..], &input[4..4 + 16]].concat();
+        assert_eq!(run_chunk(square, &two, &mut out), Outcome::Ok);
+        let mut answer = 2_u32.to_le_bytes().to_vec();
+        for x in [1_i64, 4] {
+            answer.push(TAG_OK);
+            answer.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(out, answer, "count, then a tag and a value per item");
+        assert_eq!(decode_all::<i64>(&out).unwrap(), vec![Ok(1), Ok(4)]);
+    }
+
+    #[test]
+    fn plain_and_serde_items_mix_in_one_chunk() {
+        let described = run_chunk_locally(describe, vec![0, 7, u16::MAX]);
+        assert_eq!(
+            described,
+            vec![Ok("#0".into()), Ok("#7".into()), Ok("#65535".into())]
+        );
+        let measured = run_chunk_locally(measure, vec![String::new(), "abc".into()]);
+        assert_eq!(measured, vec![Ok(0), Ok(3)]);
+        assert_eq!(
+            run_chunk_locally(negate, vec![true, false]),
+            vec![Ok(false), Ok(true)]
+        );
+    }
+
+    #[test]
+    fn a_corrupt_packed_chunk_is_an_error_not_a_panic() {
+        // Two items announced, one and a half sent: the whole chunk fails to decode.
+        let mut input = 2_u32.to_le_bytes().to_vec();
+        input.extend_from_slice(&[0; 12]);
+        let outcome = run_chunk(square, &input, &mut Vec::new());
+        assert!(
+            matches!(&outcome, Outcome::Decode(m) if m.contains("holds 12 bytes")),
+            "{outcome:?}"
+        );
+        // A count so large that count * width overflows is refused the same way.
+        let huge = u32::MAX.to_le_bytes().to_vec();
+        assert!(matches!(
+            run_chunk(square, &huge, &mut Vec::new()),
+            Outcome::Decode(_)
+        ));
+        // A byte that is no bool fails only its own item.
+        let mut out = Vec::new();
+        let input = [3, 0, 0, 0, 1, 2, 0];
+        assert_eq!(run_chunk(negate, &input, &mut out), Outcome::Ok);
+        let results = decode_all::<bool>(&out).unwrap();
+        assert_eq!(results[0], Ok(false));
+        assert!(
+            matches!(&results[1], Err(JobError::Decode(m)) if m.contains("not a `bool`")),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2], Ok(true));
+        // A packed result that is no bool is a decoding error for that item only.
+        let answer = [2, 0, 0, 0, TAG_OK, 5, TAG_OK, 1];
+        let results = decode_all::<bool>(&answer).unwrap();
+        assert!(
+            matches!(&results[0], Err(JobError::Decode(_))),
+            "{results:?}"
+        );
+        assert_eq!(results[1], Ok(true));
     }
 
     #[test]

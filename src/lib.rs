@@ -224,6 +224,7 @@ mod handle;
 mod job;
 mod map;
 mod options;
+mod plain;
 mod process;
 mod queue;
 #[allow(unsafe_code)]

@@ -133,6 +133,57 @@ async fn a_failing_item_fails_only_itself_inside_a_chunk() {
     }
 }
 
+fn sign_of(x: f64) -> i8 {
+    if x.is_nan() {
+        0
+    } else if x < 0.0 {
+        -1
+    } else {
+        1
+    }
+}
+
+fn widen(x: i8) -> isize {
+    isize::from(x) * 1_000_000
+}
+
+fn odd(x: u16) -> bool {
+    x % 2 == 1
+}
+
+fn flip(b: bool) -> f32 {
+    if b { -1.5 } else { 2.5 }
+}
+
+#[tokio::test]
+async fn plain_values_of_every_width_round_trip_through_map() {
+    // Integers, floats and bools travel packed between processes (not through serde):
+    // check each width in both directions, on both pools.
+    let floats = vec![-2.5, 0.0, f64::INFINITY, f64::NAN, -0.0, f64::MIN];
+    for (name, pool) in pools(2) {
+        let signs: Vec<i8> = bounded(name, pool.map(sign_of, floats.clone()).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(signs, vec![-1, 1, 1, 0, 1, -1], "{name}");
+        let wide: Vec<isize> = bounded(name, pool.map(widen, i8::MIN..=i8::MAX).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            wide,
+            (-128..=127).map(|x| x * 1_000_000).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let odds: Vec<bool> = bounded(name, pool.map(odd, [0, 1, u16::MAX]).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(odds, vec![false, true, true], "{name}");
+        let flipped: Vec<f32> = bounded(name, pool.map(flip, [true, false]).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(flipped, vec![-1.5, 2.5], "{name}");
+    }
+}
+
 #[tokio::test]
 async fn map_unordered_yields_every_item_once() {
     for (name, pool) in pools(2) {
