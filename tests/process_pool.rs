@@ -482,3 +482,34 @@ async fn byte_buffers_take_the_raw_path_and_agree_everywhere() {
     .unwrap();
     assert_eq!(chunks, vec![vec![2, 1], vec![], vec![9]]);
 }
+
+#[tokio::test]
+async fn short_jobs_of_one_function_do_not_open_a_window_for_another() {
+    use futures::TryStreamExt;
+    // Both workers run many short jobs: each would take a long line of more short jobs.
+    let pool = pool(2);
+    let warm: Vec<u64> = bounded(
+        "warm-up",
+        pool.map(double, 0..2000).chunk_size(1).try_collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm.len(), 2000);
+    // Two jobs of a function neither worker has timed yet, submitted together: each must
+    // go to a worker of its own, not wait in the line of the first one's worker. Both
+    // report their pid while the gate is still closed only if they run side by side.
+    let gate = Gate::new();
+    let files = [gate.sibling("first"), gate.sibling("second")];
+    let handles: Vec<_> = files
+        .iter()
+        .map(|file| pool.submit(report_pid_then_wait, (file.clone(), gate.path())))
+        .collect();
+    let pids = bounded_sync("both long jobs to start before the gate opens", move || {
+        files.map(|file| read_pid(&file))
+    });
+    assert_ne!(pids[0], pids[1], "the two jobs ran on one worker");
+    gate.open();
+    for handle in handles {
+        bounded("a gated job", handle).await.unwrap();
+    }
+}

@@ -550,7 +550,7 @@ mod pipeline_tests {
     //! queue untouched when the worker is lost, a cancelled one is discarded, and a large
     //! one never waits there. These use the pool's internals to see jobs waiting.
 
-    use crate::{ExecutorExt, JobError, ProcessPoolExecutor};
+    use crate::{ExecutorExt, JobError, JobHandle, ProcessPoolExecutor};
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
@@ -567,33 +567,57 @@ mod pipeline_tests {
         x * 2
     }
 
-    /// Waits until `path` exists (for at most [`BOUND`]), then returns `x`.
-    fn wait_for(path: PathBuf) -> u64 {
+    /// Waits until `path` exists (for at most [`BOUND`]), then returns 7, or aborts its
+    /// worker if `abort`. One function for every gated job, so that the warm-up times it.
+    fn gated((path, abort): (PathBuf, bool)) -> u64 {
         let deadline = Instant::now() + BOUND;
         while !path.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        if abort {
+            std::process::abort();
+        }
         7
     }
 
-    /// Waits until `path` exists, then aborts its worker.
-    fn wait_then_abort(path: PathBuf) -> u64 {
-        wait_for(path);
-        std::process::abort()
+    // The pool times jobs per function pointer, and a small function may have a copy of
+    // its own in each codegen unit that takes its address: every job of these tests is
+    // submitted through the two helpers below, so that the warm-up times the same copies.
+
+    /// Submits `double(x)`.
+    #[inline(never)]
+    fn submit_double(pool: &ProcessPoolExecutor, x: u64) -> JobHandle<u64> {
+        pool.submit(double, x)
+    }
+
+    /// Submits a job that waits for `path`, then aborts its worker if `abort`.
+    #[inline(never)]
+    fn submit_gated(pool: &ProcessPoolExecutor, path: PathBuf, abort: bool) -> JobHandle<u64> {
+        pool.submit(gated, (path, abort))
     }
 
     fn len(bytes: Vec<u8>) -> usize {
         bytes.len()
     }
 
-    /// A pool of one worker that has run enough tiny jobs to pipeline them.
+    /// A pool of one worker that has run enough tiny jobs to pipeline them: of `double`,
+    /// and of `gated` on a path that exists, so that a gated job is expected to be short
+    /// and jobs are sent to wait behind it. Submitted all at once, they stream, and their
+    /// times are the worker's, not those of a round trip to an idle worker.
     fn warm_pool() -> ProcessPoolExecutor {
         let pool = ProcessPoolExecutor::builder()
             .max_workers(1)
             .build()
             .unwrap();
-        for x in 0..200 {
-            assert_eq!(pool.submit(double, x).wait(), Ok(2 * x));
+        let handles: Vec<_> = (0..100)
+            .map(|x| {
+                let open = submit_gated(&pool, std::env::temp_dir(), false);
+                (submit_double(&pool, x), open)
+            })
+            .collect();
+        for (x, (doubled, open)) in (0..).zip(handles) {
+            assert_eq!(doubled.wait(), Ok(2 * x));
+            assert_eq!(open.wait(), Ok(7));
         }
         pool
     }
@@ -624,8 +648,8 @@ mod pipeline_tests {
             let dir = tempfile::tempdir().unwrap();
             let gate = dir.path().join("gate");
             let pool = warm_pool();
-            let fatal = pool.submit(wait_then_abort, gate.clone());
-            let behind: Vec<_> = (0..10).map(|x| pool.submit(double, x)).collect();
+            let fatal = submit_gated(&pool, gate.clone(), true);
+            let behind: Vec<_> = (0..10).map(|x| submit_double(&pool, x)).collect();
             until_waiting_in_worker(&pool, 10);
             open(&gate);
             match fatal.wait() {
@@ -648,8 +672,8 @@ mod pipeline_tests {
             let dir = tempfile::tempdir().unwrap();
             let gate = dir.path().join("gate");
             let pool = warm_pool();
-            let running = pool.submit(wait_for, gate.clone());
-            let waiting = pool.submit(double, 1);
+            let running = submit_gated(&pool, gate.clone(), false);
+            let waiting = submit_double(&pool, 1);
             until_waiting_in_worker(&pool, 1);
             // Handed to the worker, it can no longer be removed (as with Python's call
             // queue), and it is not running yet, so it cannot be stopped either.
@@ -669,8 +693,8 @@ mod pipeline_tests {
             let dir = tempfile::tempdir().unwrap();
             let never = dir.path().join("never");
             let pool = warm_pool();
-            let running = pool.submit(wait_for, never.clone());
-            let behind: Vec<_> = (0..5).map(|x| pool.submit(double, x)).collect();
+            let running = submit_gated(&pool, never.clone(), false);
+            let behind: Vec<_> = (0..5).map(|x| submit_double(&pool, x)).collect();
             until_waiting_in_worker(&pool, 5);
             assert!(running.cancel());
             assert_eq!(running.wait(), Err(JobError::Cancelled));
@@ -687,11 +711,11 @@ mod pipeline_tests {
             let dir = tempfile::tempdir().unwrap();
             let gate = dir.path().join("gate");
             let pool = warm_pool();
-            let running = pool.submit(wait_for, gate.clone());
-            let small = pool.submit(double, 1);
+            let running = submit_gated(&pool, gate.clone(), false);
+            let small = submit_double(&pool, 1);
             until_waiting_in_worker(&pool, 1);
             let large = pool.submit(len, vec![1_u8; 1 << 20]);
-            let last = pool.submit(double, 2);
+            let last = submit_double(&pool, 2);
             // The large job is taken and handed back; the worker takes nothing more until
             // its line is empty.
             let core = &pool.inner.core;

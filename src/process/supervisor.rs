@@ -57,6 +57,8 @@ const MEMORY_POLL: Duration = Duration::from_millis(20);
 const MAX_WINDOW: usize = 32;
 /// About how much work (by the worker's recent job times) may be queued in one worker.
 const PIPELINE_SPAN: Duration = Duration::from_millis(1);
+/// How many functions a worker's line keeps job times for.
+const TIMED_FUNCTIONS: usize = 8;
 /// The most argument bytes that may wait behind a running job, well under a socket's
 /// buffer, so that writing them never blocks while the worker writes its answer.
 const WINDOW_BYTES: usize = 64 * 1024;
@@ -505,22 +507,25 @@ impl Supervisor {
     ///
     /// Jobs are pipelined: while the worker runs the head job, up to [`MAX_WINDOW`] short,
     /// small jobs may wait behind it in its socket, written together, so that the worker
-    /// never idles waiting for the parent. The worker runs them strictly in order, so only
+    /// never idles waiting for the parent. How many is decided per function from its
+    /// job times here ([`Line::room`]): a function not timed yet only goes to an idle
+    /// worker. The worker runs them strictly in order, so only
     /// the head has started: the jobs behind it count as started for `cancel()` (as in
     /// Python's call queue), and if the worker is lost they go back to the front of the
     /// queue, untouched.
     async fn serve(&self, slot: usize, mut worker: Worker) -> Next {
         let mut line = Line::new(&self.core.counters);
         let mut draining = false;
-        // A job too large to wait behind the running one went back to the queue: take
-        // nothing more until the line is empty, so that it comes next (here or elsewhere).
+        // A job too large to wait behind the running one, or of a function with no room
+        // in the line, went back to the queue: take nothing more until the line is empty,
+        // so that it comes next (here or elsewhere).
         let mut hold = false;
         loop {
             hold &= !line.is_empty();
             let room = if draining || hold {
                 0
             } else {
-                self.room(&line, &worker)
+                self.room(&line, &worker, None)
             };
             let event = {
                 let deadline = line.head_deadline();
@@ -574,19 +579,35 @@ impl Supervisor {
                     None
                 }
                 Event::Job(Some(job)) => {
-                    let mut batch = vec![job];
-                    while batch.len() < room {
-                        match self.core.queue.try_pop() {
-                            Some(job) => batch.push(job),
-                            None => break,
+                    // The room was for more of the function sent last: a job of another
+                    // function gets its own window, which may be none while the line
+                    // holds anything (a function not timed yet goes alone). It then goes
+                    // back to the queue, for an idle worker or for this one once idle.
+                    let target = job.call.target();
+                    let room = self.room(&line, &worker, Some(target));
+                    if room == 0 {
+                        self.core.queue.requeue_front(vec![job]);
+                        hold = true;
+                        None
+                    } else {
+                        let mut batch = vec![job];
+                        while batch.len() < room {
+                            match self.core.queue.try_pop() {
+                                Some(next) if next.call.target() == target => batch.push(next),
+                                Some(other) => {
+                                    self.core.queue.requeue_front(vec![other]);
+                                    break;
+                                }
+                                None => break,
+                            }
                         }
-                    }
-                    match self.send_batch(slot, &mut worker, &mut line, batch).await {
-                        Ok(held) => {
-                            hold = held;
-                            None
+                        match self.send_batch(slot, &mut worker, &mut line, batch).await {
+                            Ok(held) => {
+                                hold = held;
+                                None
+                            }
+                            Err(error) => Some(error),
                         }
-                        Err(error) => Some(error),
                     }
                 }
                 Event::Message(Some(Ok(Frame {
@@ -702,13 +723,15 @@ impl Supervisor {
     }
 
     /// How many more jobs `worker` may be sent now.
-    fn room(&self, line: &Line<'_>, worker: &Worker) -> usize {
+    /// How many more jobs of `target`'s function (by default, of the one sent last)
+    /// `worker` may be sent now.
+    fn room(&self, line: &Line<'_>, worker: &Worker, target: Option<Target>) -> usize {
         let sent = worker.tasks + line.len();
         let left = match self.core.config.max_tasks_per_child {
             Some(max) => max.saturating_sub(sent),
             None => usize::MAX,
         };
-        line.room().min(left)
+        line.room(target).min(left)
     }
 
     /// Puts jobs that never started back at the front of the queue, in order.
@@ -770,10 +793,8 @@ impl Supervisor {
                 break;
             }
             let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let message = ToWorker::Run {
-                id,
-                target: job.call.target(),
-            };
+            let target = job.call.target();
+            let message = ToWorker::Run { id, target };
             let codec = worker.conn.codec_mut();
             let encoded = if input.len() <= INLINE_PAYLOAD {
                 codec.encode_frame(&message, &input, &mut out)
@@ -793,7 +814,7 @@ impl Supervisor {
                 }
             }
             large = input.len() > INLINE_PAYLOAD;
-            line.push(id, job, input);
+            line.push(id, target, job, input);
             if large {
                 // Nothing goes after a large payload in this write.
                 self.core.queue.requeue_front(jobs.collect());
@@ -839,6 +860,11 @@ enum Event {
 /// A job written to a worker and not yet answered.
 struct Sent {
     id: u64,
+    /// The function it runs.
+    target: Target,
+    /// How long it was expected to take when it was sent (`None`: its function was not
+    /// timed yet), counted in the line's [`Line::work`] until it leaves.
+    estimate: Option<Duration>,
     /// Its encoded argument is kept in `job.encoded` while it waits behind the head, so
     /// that it can go back to the queue as it is.
     job: QueuedJob,
@@ -854,8 +880,18 @@ struct Line<'a> {
     head_started: Option<Instant>,
     /// Bytes of the arguments waiting behind the head.
     bytes: usize,
-    /// A moving average of how long the worker's jobs take, as seen from here.
-    job_time: Option<Duration>,
+    /// How long this worker's jobs take, per function (a moving average, as seen from
+    /// here), for the few functions it ran last, most recent first. A function's jobs are
+    /// windowed by their own times: short jobs of one function must not open a window
+    /// for the first jobs of a long one, which would then wait behind each other in one
+    /// worker while another idles.
+    job_times: Vec<(Target, Duration)>,
+    /// The function of the job sent last: the one the serving loop makes room for.
+    last_target: Option<Target>,
+    /// The expected work of the jobs in the line: the sum of their known estimates, and
+    /// how many have none.
+    work: Duration,
+    untimed: usize,
 }
 
 impl<'a> Line<'a> {
@@ -865,7 +901,10 @@ impl<'a> Line<'a> {
             sent: VecDeque::new(),
             head_started: None,
             bytes: 0,
-            job_time: None,
+            job_times: Vec::new(),
+            last_target: None,
+            work: Duration::ZERO,
+            untimed: 0,
         }
     }
 
@@ -881,9 +920,51 @@ impl<'a> Line<'a> {
         self.bytes
     }
 
-    /// How many more jobs may join the line now.
-    fn room(&self) -> usize {
-        window_for(self.job_time).saturating_sub(self.sent.len())
+    /// How long `target`'s jobs take here, if this worker has timed them.
+    fn job_time(&self, target: Target) -> Option<Duration> {
+        let (_, time) = self.job_times.iter().find(|(timed, _)| *timed == target)?;
+        Some(*time)
+    }
+
+    /// How many more jobs of `target`'s function (by default the one sent last) may join
+    /// the line now: as many as [`window_for`] their job time when the line is empty;
+    /// behind other jobs, as many as fit with them in [`PIPELINE_SPAN`] of expected work.
+    /// Nothing joins a line that holds a job of unknown length, and a job of unknown
+    /// length joins only an empty line.
+    fn room(&self, target: Option<Target>) -> usize {
+        let time = target.or(self.last_target).and_then(|t| self.job_time(t));
+        if self.sent.is_empty() {
+            return window_for(time);
+        }
+        let (0, Some(time)) = (self.untimed, time) else {
+            return 0;
+        };
+        let free = PIPELINE_SPAN.saturating_sub(self.work);
+        let fits = usize::try_from(free.as_nanos() / time.as_nanos().max(1)).unwrap_or(usize::MAX);
+        fits.min(MAX_WINDOW.saturating_sub(self.sent.len()))
+    }
+
+    /// Counts `estimate` in or out of the line's expected work.
+    fn count_work(&mut self, estimate: Option<Duration>, joins: bool) {
+        match (estimate, joins) {
+            (Some(e), true) => self.work += e,
+            (Some(e), false) => self.work = self.work.saturating_sub(e),
+            (None, true) => self.untimed += 1,
+            (None, false) => self.untimed -= 1,
+        }
+    }
+
+    /// Records that one of `target`'s jobs took `took`.
+    fn observe(&mut self, target: Target, took: Duration) {
+        let average = match self.job_times.iter().position(|(t, _)| *t == target) {
+            Some(i) => {
+                let (_, average) = self.job_times.remove(i);
+                (average * 7 + took) / 8
+            }
+            None => took,
+        };
+        self.job_times.truncate(TIMED_FUNCTIONS - 1);
+        self.job_times.insert(0, (target, average));
     }
 
     /// The running head, if any.
@@ -910,11 +991,19 @@ impl<'a> Line<'a> {
     }
 
     /// Appends a claimed job just encoded into the worker's next write.
-    fn push(&mut self, id: u64, mut job: QueuedJob, input: Vec<u8>) {
+    fn push(&mut self, id: u64, target: Target, mut job: QueuedJob, input: Vec<u8>) {
         self.bytes += input.len();
         job.encoded = Some(input);
         self.counters.windowed.fetch_add(1, Ordering::Relaxed);
-        self.sent.push_back(Sent { id, job });
+        self.last_target = Some(target);
+        let estimate = self.job_time(target);
+        self.count_work(estimate, true);
+        self.sent.push_back(Sent {
+            id,
+            target,
+            estimate,
+            job,
+        });
     }
 
     /// The argument of the job sent last, while it waits.
@@ -944,6 +1033,7 @@ impl<'a> Line<'a> {
     fn pop_head(&mut self) -> Option<(Sent, Duration)> {
         let started = self.head_started.take()?;
         let sent = self.sent.pop_front()?;
+        self.count_work(sent.estimate, false);
         self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
         Some((sent, started.elapsed()))
     }
@@ -953,10 +1043,7 @@ impl<'a> Line<'a> {
         let Some((sent, took)) = self.pop_head() else {
             return;
         };
-        self.job_time = Some(match self.job_time {
-            Some(average) => (average * 7 + took) / 8,
-            None => took,
-        });
+        self.observe(sent.target, took);
         let result = match outcome.into_error() {
             Some(error) => Err(error),
             None => (sent.job.call.decoder())(payload),
@@ -974,7 +1061,14 @@ impl<'a> Line<'a> {
     /// Takes the jobs waiting behind the head (none of them ran), to requeue them.
     fn take_waiting(&mut self) -> Vec<QueuedJob> {
         let start = usize::from(self.head_started.is_some());
-        let waiting: Vec<_> = self.sent.drain(start..).map(|s| s.job).collect();
+        let drained: Vec<Sent> = self.sent.drain(start..).collect();
+        let waiting: Vec<_> = drained
+            .into_iter()
+            .map(|sent| {
+                self.count_work(sent.estimate, false);
+                sent.job
+            })
+            .collect();
         self.counters
             .windowed
             .fetch_sub(waiting.len(), Ordering::Relaxed);
