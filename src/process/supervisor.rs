@@ -507,12 +507,11 @@ impl Supervisor {
     ///
     /// Jobs are pipelined: while the worker runs the head job, up to [`MAX_WINDOW`] short,
     /// small jobs may wait behind it in its socket, written together, so that the worker
-    /// never idles waiting for the parent. How many is decided per function from its
-    /// job times here ([`Line::room`]): a function not timed yet only goes to an idle
-    /// worker. The worker runs them strictly in order, so only
-    /// the head has started: the jobs behind it count as started for `cancel()` (as in
-    /// Python's call queue), and if the worker is lost they go back to the front of the
-    /// queue, untouched.
+    /// never idles waiting for the parent. How many is decided per function from its job
+    /// times here ([`Line::room`]): a function not timed yet only goes to an idle worker.
+    /// The worker runs them strictly in order, so only the head has started: the jobs
+    /// behind it count as started for `cancel()` (as in Python's call queue), and if the
+    /// worker is lost they go back to the front of the queue, untouched.
     async fn serve(&self, slot: usize, mut worker: Worker) -> Next {
         let mut line = Line::new(&self.core.counters);
         let mut draining = false;
@@ -601,7 +600,8 @@ impl Supervisor {
                                 None => break,
                             }
                         }
-                        match self.send_batch(slot, &mut worker, &mut line, batch).await {
+                        let sent = self.send_batch(slot, &mut worker, &mut line, target, batch);
+                        match sent.await {
                             Ok(held) => {
                                 hold = held;
                                 None
@@ -722,7 +722,6 @@ impl Supervisor {
         }
     }
 
-    /// How many more jobs `worker` may be sent now.
     /// How many more jobs of `target`'s function (by default, of the one sent last)
     /// `worker` may be sent now.
     fn room(&self, line: &Line<'_>, worker: &Worker, target: Option<Target>) -> usize {
@@ -745,8 +744,8 @@ impl Supervisor {
         }
     }
 
-    /// Encodes `batch` and writes it to the worker in one go (a large payload goes after
-    /// its head, straight from its buffer). Jobs that cannot go in this write go back to
+    /// Encodes `batch` (jobs of `target`'s function) and writes it to the worker in one go
+    /// (a large payload goes after its head, straight from its buffer). Jobs that cannot go in this write go back to
     /// the front of the queue; `Ok(true)` says one was held back for being too large to
     /// wait behind the running job, so this worker should take no more until its line is
     /// empty. `Err` is the error that lost the worker.
@@ -755,6 +754,7 @@ impl Supervisor {
         slot: usize,
         worker: &mut Worker,
         line: &mut Line<'_>,
+        target: Target,
         batch: Vec<QueuedJob>,
     ) -> Result<bool, JobError> {
         let counters = &self.core.counters;
@@ -793,7 +793,6 @@ impl Supervisor {
                 break;
             }
             let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-            let target = job.call.target();
             let message = ToWorker::Run { id, target };
             let codec = worker.conn.codec_mut();
             let encoded = if input.len() <= INLINE_PAYLOAD {
