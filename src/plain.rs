@@ -13,105 +13,110 @@
 
 use std::any::{Any, TypeId};
 
-/// The width in bytes of a plain `T`'s packed encoding; `None` if `T` is not plain.
-#[inline(always)]
-pub(crate) fn width<T: 'static>() -> Option<usize> {
-    let t = TypeId::of::<T>();
-    let is = |other: TypeId| t == other;
-    if is(TypeId::of::<u64>())
-        || is(TypeId::of::<i64>())
-        || is(TypeId::of::<f64>())
-        || is(TypeId::of::<usize>())
-        || is(TypeId::of::<isize>())
-    {
-        Some(8)
-    } else if is(TypeId::of::<u32>()) || is(TypeId::of::<i32>()) || is(TypeId::of::<f32>()) {
-        Some(4)
-    } else if is(TypeId::of::<u16>()) || is(TypeId::of::<i16>()) {
-        Some(2)
-    } else if is(TypeId::of::<u8>()) || is(TypeId::of::<i8>()) || is(TypeId::of::<bool>()) {
-        Some(1)
-    } else {
-        None
-    }
+/// A type that packs into a fixed number of little-endian bytes.
+trait Plain: Sized + 'static {
+    const WIDTH: usize;
+    fn put(&self, out: &mut Vec<u8>);
+    /// `None` if `bytes` is shorter than [`WIDTH`](Plain::WIDTH) or is no value of the type.
+    fn get(bytes: &[u8]) -> Option<Self>;
 }
 
-/// Appends `value` packed if `T` is plain; returns whether it did.
-#[inline(always)]
-pub(crate) fn put<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
-    let any = value as &dyn Any;
-    if let Some(v) = any.downcast_ref::<u64>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<i64>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<f64>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(&v) = any.downcast_ref::<usize>() {
-        out.extend_from_slice(&(v as u64).to_le_bytes());
-    } else if let Some(&v) = any.downcast_ref::<isize>() {
-        out.extend_from_slice(&(v as i64).to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<u32>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<i32>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<f32>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<u16>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(v) = any.downcast_ref::<i16>() {
-        out.extend_from_slice(&v.to_le_bytes());
-    } else if let Some(&v) = any.downcast_ref::<u8>() {
-        out.push(v);
-    } else if let Some(&v) = any.downcast_ref::<i8>() {
-        out.push(v as u8);
-    } else if let Some(&v) = any.downcast_ref::<bool>() {
-        out.push(u8::from(v));
-    } else {
-        return false;
-    }
-    true
+/// Types packed as their own `to_le_bytes`.
+macro_rules! le_bytes {
+    ($($t:ty),*) => {$(
+        impl Plain for $t {
+            const WIDTH: usize = std::mem::size_of::<$t>();
+            #[inline(always)]
+            fn put(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn get(bytes: &[u8]) -> Option<Self> {
+                Some(<$t>::from_le_bytes(*bytes.first_chunk()?))
+            }
+        }
+    )*};
 }
 
-/// Reads a packed `T` from the first [`width`] bytes of `bytes`. `None` if `T` is not
-/// plain, if `bytes` is shorter than its width, or if they are not a value of `T` (a
-/// `bool` other than 0 or 1, a `usize` beyond this machine's range).
-#[inline(always)]
-pub(crate) fn get<T: 'static>(bytes: &[u8]) -> Option<T> {
-    let mut slot: Option<T> = None;
-    let any = &mut slot as &mut dyn Any;
-    if let Some(slot) = any.downcast_mut::<Option<u64>>() {
-        *slot = Some(u64::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<i64>>() {
-        *slot = Some(i64::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<f64>>() {
-        *slot = Some(f64::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<usize>>() {
-        *slot = usize::try_from(u64::from_le_bytes(*bytes.first_chunk()?)).ok();
-    } else if let Some(slot) = any.downcast_mut::<Option<isize>>() {
-        *slot = isize::try_from(i64::from_le_bytes(*bytes.first_chunk()?)).ok();
-    } else if let Some(slot) = any.downcast_mut::<Option<u32>>() {
-        *slot = Some(u32::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<i32>>() {
-        *slot = Some(i32::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<f32>>() {
-        *slot = Some(f32::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<u16>>() {
-        *slot = Some(u16::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<i16>>() {
-        *slot = Some(i16::from_le_bytes(*bytes.first_chunk()?));
-    } else if let Some(slot) = any.downcast_mut::<Option<u8>>() {
-        *slot = Some(*bytes.first()?);
-    } else if let Some(slot) = any.downcast_mut::<Option<i8>>() {
-        *slot = Some(*bytes.first()? as i8);
-    } else if let Some(slot) = any.downcast_mut::<Option<bool>>() {
-        *slot = match bytes.first()? {
+le_bytes!(u64, i64, f64, u32, i32, f32, u16, i16, u8, i8);
+
+/// `usize` and `isize` travel as 64 bits whatever this machine's width.
+macro_rules! as_64_bits {
+    ($($t:ty => $wide:ty),*) => {$(
+        impl Plain for $t {
+            const WIDTH: usize = 8;
+            #[inline(always)]
+            fn put(&self, out: &mut Vec<u8>) {
+                (*self as $wide).put(out);
+            }
+            #[inline(always)]
+            fn get(bytes: &[u8]) -> Option<Self> {
+                <$t>::try_from(<$wide>::get(bytes)?).ok()
+            }
+        }
+    )*};
+}
+
+as_64_bits!(usize => u64, isize => i64);
+
+impl Plain for bool {
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+    #[inline(always)]
+    fn get(bytes: &[u8]) -> Option<Self> {
+        match bytes.first()? {
             0 => Some(false),
             1 => Some(true),
             _ => None,
-        };
+        }
     }
-    slot
 }
+
+/// The entry points, for any `T`: each tries the plain types in turn by `TypeId`, from one
+/// list, so that the three always agree on which types are plain.
+macro_rules! dispatch {
+    ($($t:ty),*) => {
+        /// The width in bytes of a plain `T`'s packed encoding; `None` if `T` is not plain.
+        #[inline(always)]
+        pub(crate) fn width<T: 'static>() -> Option<usize> {
+            $(if TypeId::of::<T>() == TypeId::of::<$t>() {
+                return Some(<$t as Plain>::WIDTH);
+            })*
+            None
+        }
+
+        /// Appends `value` packed if `T` is plain; returns whether it did.
+        #[inline(always)]
+        pub(crate) fn put<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
+            let any = value as &dyn Any;
+            $(if let Some(v) = any.downcast_ref::<$t>() {
+                v.put(out);
+                return true;
+            })*
+            false
+        }
+
+        /// Reads a packed `T` from the first [`width`] bytes of `bytes`. `None` if `T` is
+        /// not plain, if `bytes` is shorter than its width, or if they are not a value of
+        /// `T` (a `bool` other than 0 or 1, a `usize` beyond this machine's range).
+        #[inline(always)]
+        pub(crate) fn get<T: 'static>(bytes: &[u8]) -> Option<T> {
+            let mut slot: Option<T> = None;
+            let any = &mut slot as &mut dyn Any;
+            $(if let Some(slot) = any.downcast_mut::<Option<$t>>() {
+                *slot = <$t as Plain>::get(bytes);
+            } else)* {}
+            slot
+        }
+    };
+}
+
+dispatch!(
+    u64, i64, f64, usize, isize, u32, i32, f32, u16, i16, u8, i8, bool
+);
 
 #[cfg(test)]
 mod tests {
