@@ -24,6 +24,26 @@ fn kill(pid: i32, signal: i32) {
     assert!(rc.success(), "kill -{signal} {pid} failed");
 }
 
+/// Submits one job per name that reports its worker's pid in a file of that name beside
+/// `gate`, then waits for the gate. Returns the handles and the pids, read while the gate is
+/// still closed: so every job is running at once, each on a worker of its own.
+fn start_blocked<const N: usize>(
+    pool: &ProcessPoolExecutor,
+    gate: &Gate,
+    names: [&str; N],
+) -> (Vec<procpool::JobHandle<u32>>, [u32; N]) {
+    let files = names.map(|name| gate.sibling(name));
+    let handles = files
+        .iter()
+        .map(|file| pool.submit(report_pid_then_wait, (file.clone(), gate.path())))
+        .collect();
+    let pids = bounded_sync(
+        "the blocked jobs to start before the gate opens",
+        move || files.map(|file| read_pid(&file) as u32),
+    );
+    (handles, pids)
+}
+
 fn panic_here(_: u32) -> u32 {
     panic!("worker-side failure")
 }
@@ -256,18 +276,7 @@ async fn dropping_the_pool_reaps_workers_and_removes_the_socket() {
     let pool = pool(2);
     let gate = Gate::new();
     // Two blocked jobs pin one job on each worker, so both pids are seen.
-    let files = [gate.sibling("a"), gate.sibling("b")];
-    let blocked: Vec<_> = files
-        .iter()
-        .map(|f| pool.submit(report_pid_then_wait, (f.clone(), gate.path())))
-        .collect();
-    let pids: Vec<u32> = files
-        .iter()
-        .map(|f| {
-            let f = f.clone();
-            bounded_sync("start", move || read_pid(&f)) as u32
-        })
-        .collect();
+    let (blocked, pids) = start_blocked(&pool, &gate, ["a", "b"]);
     let socket = socket_of(pids[0]);
     assert!(socket.exists(), "{}", socket.display());
     drop(pool);
@@ -499,14 +508,7 @@ async fn short_jobs_of_one_function_do_not_open_a_window_for_another() {
     // go to a worker of its own, not wait in the line of the first one's worker. Both
     // report their pid while the gate is still closed only if they run side by side.
     let gate = Gate::new();
-    let files = [gate.sibling("first"), gate.sibling("second")];
-    let handles: Vec<_> = files
-        .iter()
-        .map(|file| pool.submit(report_pid_then_wait, (file.clone(), gate.path())))
-        .collect();
-    let pids = bounded_sync("both long jobs to start before the gate opens", move || {
-        files.map(|file| read_pid(&file))
-    });
+    let (handles, pids) = start_blocked(&pool, &gate, ["first", "second"]);
     assert_ne!(pids[0], pids[1], "the two jobs ran on one worker");
     gate.open();
     for handle in handles {
