@@ -813,6 +813,12 @@ impl Supervisor {
                 }
             }
             large = input.len() > INLINE_PAYLOAD;
+            if line.is_empty() {
+                // It becomes the head: the worker runs it as soon as the bytes arrive, and
+                // may report back before this loop promotes it. `cancel()` must stop it
+                // from that moment (a stop request waits until it is promoted).
+                job.state.make_stoppable();
+            }
             line.push(id, target, job, input);
             if large {
                 // Nothing goes after a large payload in this write.
