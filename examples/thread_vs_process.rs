@@ -11,7 +11,9 @@
 //! tokio `spawn_blocking` (2 blocking threads), a rayon pool (2 threads), the floor (a bare
 //! Unix socket to a child process: this same program in echo mode), and Python's
 //! `concurrent.futures` / `multiprocessing` through `shared/bench/python_reference.py` when
-//! `python3` and the script are there. Figures are medians; compare ratios from one run.
+//! `python3` and the script are there. For W4 it also measures the machine's ceiling: the
+//! sequential run on both cores at once, which says how much of 2× two busy cores of this
+//! machine can give at all. Figures are medians; compare ratios from one run.
 //! Every workload checks its own result (the sums and counts in WORKLOADS.md) and the
 //! example exits with an error if one is wrong. It also writes an SVG chart of W4 speedup
 //! against worker count (`--svg PATH`, default `thread_vs_process.svg`).
@@ -364,6 +366,9 @@ async fn primes_on(pool: &dyn Executor, ranges: &[(u64, u64)]) -> Result<(u64, f
     Ok((count, start.elapsed().as_secs_f64()))
 }
 
+/// W4's row for the machine's ceiling (see [`w4`]).
+const CEILING: &str = "ceiling: 2 copies at once";
+
 async fn w4(report: &mut Report) -> Result<()> {
     let ranges = ranges(5_000_000, 64);
     let expect = 348_513;
@@ -373,6 +378,23 @@ async fn w4(report: &mut Report) -> Result<()> {
     ensure(count == expect, || format!("W4 sequential: {count} primes"))?;
     report.add("W4", "sequential", "seconds", sequential);
     report.add("W4", "sequential", "speedup", 1.0);
+    // The machine's own ceiling: the sequential run, once on each of WORKERS threads at
+    // the same time, with nothing to schedule or send. Busy cores slow each other down
+    // (shared caches and memory bandwidth, the host's other guests), so no executor can
+    // beat WORKERS × (time alone) / (time for all): reported as seconds per copy.
+    let start = Instant::now();
+    let counts: Vec<u64> = std::thread::scope(|scope| {
+        let copies: Vec<_> = (0..WORKERS)
+            .map(|_| scope.spawn(|| ranges.iter().map(|&r| count_primes(r)).sum::<u64>()))
+            .collect();
+        copies.into_iter().map(|c| c.join().unwrap_or(0)).collect()
+    });
+    let per_copy = start.elapsed().as_secs_f64() / WORKERS as f64;
+    ensure(counts.iter().all(|&c| c == expect), || {
+        format!("W4 ceiling: counts {counts:?}")
+    })?;
+    report.add("W4", CEILING, "seconds", per_copy);
+    report.add("W4", CEILING, "speedup", sequential / per_copy);
     for (name, pool) in pools()? {
         let (count, secs) = primes_on(pool.as_ref(), &ranges).await?;
         ensure(count == expect, || format!("W4 {name}: {count} primes"))?;

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// How long a blocking wait watches the job's state before it parks its thread.
@@ -108,6 +108,18 @@ impl JobState {
         self.end(RUNNING, result, on_end)
     }
 
+    /// Like [`complete_then`](Self::complete_then), but the handle's waker goes into
+    /// `wakes` instead of being woken now: a pool completing a run of jobs wakes their
+    /// awaiting task once, after the last, instead of once per job.
+    pub(crate) fn complete_deferred(
+        &self,
+        result: Result<Output, JobError>,
+        on_end: impl FnOnce(),
+        wakes: &mut Wakes,
+    ) -> bool {
+        self.end_with(RUNNING, result, on_end, |waker| wakes.defer(waker))
+    }
+
     /// Ends a job that is still queued with `error`. Returns `false` if it already started
     /// or ended, in which case nothing changes.
     pub(crate) fn fail_queued(&self, error: JobError) -> bool {
@@ -117,6 +129,17 @@ impl JobState {
     /// Moves `from -> DONE` and stores the result, under the result's lock so that whoever
     /// wins the exchange is the only writer and readers never see `DONE` without it.
     fn end(&self, from: u8, result: Result<Output, JobError>, on_end: impl FnOnce()) -> bool {
+        self.end_with(from, result, on_end, AtomicWaker::wake)
+    }
+
+    /// [`end`](Self::end), with `wake` deciding what becomes of the handle's waker.
+    fn end_with(
+        &self,
+        from: u8,
+        result: Result<Output, JobError>,
+        on_end: impl FnOnce(),
+        wake: impl FnOnce(&AtomicWaker),
+    ) -> bool {
         let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
         if self
             .state
@@ -128,7 +151,7 @@ impl JobState {
         *slot = Some(result);
         drop(slot);
         on_end();
-        self.waker.wake();
+        wake(&self.waker);
         true
     }
 
@@ -207,6 +230,40 @@ impl JobState {
                 *self.result.lock().unwrap_or_else(PoisonError::into_inner),
                 Some(Err(_))
             )
+    }
+}
+
+/// Wakers of completed jobs, held back so that a run of completions wakes each awaiting
+/// task once, when the run ends ([`flush`](Self::flush), or drop).
+///
+/// A caller awaiting its handles in order is otherwise woken by the first completion of a
+/// run, catches up while the rest complete, and is woken again for each: one thread
+/// wake-up per job instead of one per run.
+#[derive(Default)]
+pub(crate) struct Wakes(Vec<Waker>);
+
+impl Wakes {
+    /// Holds the waker registered in `cell`, if any, unless the last one held wakes the
+    /// same task.
+    fn defer(&mut self, cell: &AtomicWaker) {
+        if let Some(waker) = cell.take()
+            && !self.0.last().is_some_and(|last| last.will_wake(&waker))
+        {
+            self.0.push(waker);
+        }
+    }
+
+    /// Wakes every task held, once.
+    pub(crate) fn flush(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -402,6 +459,75 @@ impl<R> fmt::Debug for JobHandle<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A started job whose handle has been polled (and is pending) with a counting waker.
+    fn awaited(counter: &Arc<Counting>) -> (Arc<JobState>, ErasedHandle) {
+        let state = JobState::new();
+        assert!(state.try_start(false));
+        let handle = ErasedHandle::new(state.clone());
+        let waker = Waker::from(counter.clone());
+        assert!(
+            handle
+                .state
+                .poll_done(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        (state, handle)
+    }
+
+    #[test]
+    fn deferred_completions_wake_their_task_once_when_flushed() {
+        let counter = Arc::new(Counting(AtomicUsize::new(0)));
+        let jobs: Vec<_> = (0..3).map(|_| awaited(&counter)).collect();
+        let mut wakes = Wakes::default();
+        for (k, (state, _)) in jobs.iter().enumerate() {
+            assert!(state.complete_deferred(Ok(Box::new(k)), || {}, &mut wakes));
+        }
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "woken before the flush"
+        );
+        assert!(jobs.iter().all(|(state, _)| state.is_done()));
+        wakes.flush();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one task, one wake-up");
+        wakes.flush();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "a flush empties the list"
+        );
+    }
+
+    #[test]
+    fn deferred_wakes_reach_every_task_even_when_dropped() {
+        let first = Arc::new(Counting(AtomicUsize::new(0)));
+        let second = Arc::new(Counting(AtomicUsize::new(0)));
+        let (a, _ha) = awaited(&first);
+        let (b, _hb) = awaited(&second);
+        {
+            let mut wakes = Wakes::default();
+            assert!(a.complete_deferred(Ok(Box::new(1_u8)), || {}, &mut wakes));
+            assert!(b.complete_deferred(Ok(Box::new(2_u8)), || {}, &mut wakes));
+            assert!(
+                !a.complete_deferred(Ok(Box::new(3_u8)), || {}, &mut wakes),
+                "a job ends once"
+            );
+        }
+        assert_eq!(first.0.load(Ordering::SeqCst), 1);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn result_is_written_once_and_cancel_loses_to_start() {

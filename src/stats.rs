@@ -1,6 +1,6 @@
 //! [`PoolStats`], a snapshot of a pool's workers and jobs, and the counters behind it.
 
-use crate::handle::JobState;
+use crate::handle::{JobState, Wakes};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A snapshot of a pool: its workers and its jobs, from [`Executor::stats`](crate::Executor::stats).
@@ -82,13 +82,34 @@ impl Counters {
         state: &JobState,
         result: Result<crate::job::Output, crate::JobError>,
     ) -> bool {
-        let counter = if result.is_ok() {
-            &self.completed
-        } else {
-            &self.failed
-        };
+        let counter = self.outcome_counter(&result);
         state.complete_then(result, || {
             counter.fetch_add(1, Ordering::Relaxed);
         })
+    }
+
+    /// [`finish`](Self::finish), holding the handle's waker in `wakes` (see [`Wakes`]).
+    pub(crate) fn finish_deferred(
+        &self,
+        state: &JobState,
+        result: Result<crate::job::Output, crate::JobError>,
+        wakes: &mut Wakes,
+    ) -> bool {
+        let counter = self.outcome_counter(&result);
+        state.complete_deferred(
+            result,
+            || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            },
+            wakes,
+        )
+    }
+
+    fn outcome_counter<T, E>(&self, result: &Result<T, E>) -> &AtomicU64 {
+        if result.is_ok() {
+            &self.completed
+        } else {
+            &self.failed
+        }
     }
 }

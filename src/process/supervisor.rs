@@ -14,12 +14,12 @@ use super::protocol::{
     SECRET_LEN, ToWorker,
 };
 use crate::error::{Error, ExitInfo, JobError};
-use crate::handle::JobState;
+use crate::handle::{JobState, Wakes};
 use crate::job::{Call, ImageId, Outcome};
 use crate::queue::{JobQueue, Queued};
 use crate::raw::{self, Target};
 use crate::stats::Counters;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -519,6 +519,8 @@ impl Supervisor {
         // in the line, went back to the queue: take nothing more until the line is empty,
         // so that it comes next (here or elsewhere).
         let mut hold = false;
+        // A message read while draining answers, to handle next.
+        let mut carried: Option<Event> = None;
         loop {
             hold &= !line.is_empty();
             let room = if draining || hold {
@@ -526,7 +528,9 @@ impl Supervisor {
             } else {
                 self.room(&line, &worker, None)
             };
-            let event = {
+            let event = if let Some(event) = carried.take() {
+                event
+            } else {
                 let deadline = line.head_deadline();
                 let head_timer = async {
                     match deadline {
@@ -614,8 +618,30 @@ impl Supervisor {
                     message: FromWorker::Done { id, outcome },
                     payload,
                 }))) if line.head_id() == Some(id) => {
-                    line.answer(outcome, payload);
+                    // Answers that arrived together are completed together, without a
+                    // turn of the loop each, and their callers are woken once, after the
+                    // last: a caller awaiting in order is not woken once per job.
+                    let mut wakes = Wakes::default();
+                    line.answer(outcome, payload, &mut wakes);
                     worker.tasks += 1;
+                    while !line.is_empty() {
+                        line.promote();
+                        match worker.conn.next().now_or_never() {
+                            None => break,
+                            Some(Some(Ok(Frame {
+                                message: FromWorker::Done { id, outcome },
+                                payload,
+                            }))) if line.head_id() == Some(id) => {
+                                line.answer(outcome, payload, &mut wakes);
+                                worker.tasks += 1;
+                            }
+                            Some(other) => {
+                                carried = Some(Event::Message(other));
+                                break;
+                            }
+                        }
+                    }
+                    wakes.flush();
                     if let Some((limit, resident)) = self.over_memory_limit(worker.pid) {
                         tracing::warn!(
                             slot,
@@ -1043,8 +1069,8 @@ impl<'a> Line<'a> {
         Some((sent, started.elapsed()))
     }
 
-    /// Completes the head with the worker's answer.
-    fn answer(&mut self, outcome: Outcome, payload: bytes::Bytes) {
+    /// Completes the head with the worker's answer, holding its caller's waker in `wakes`.
+    fn answer(&mut self, outcome: Outcome, payload: bytes::Bytes, wakes: &mut Wakes) {
         let Some((sent, took)) = self.pop_head() else {
             return;
         };
@@ -1053,7 +1079,8 @@ impl<'a> Line<'a> {
             Some(error) => Err(error),
             None => (sent.job.call.decoder())(payload),
         };
-        self.counters.finish(&sent.job.state, result);
+        self.counters
+            .finish_deferred(&sent.job.state, result, wakes);
     }
 
     /// Ends the running head with `error` (the worker is gone).
