@@ -34,7 +34,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[path = "../benches/workloads.rs"]
 mod workloads;
-use workloads::{count_primes, double, echo, ident, ranges};
+use workloads::{count_primes, count_sequentially, double, echo, ident, ranges};
 
 /// W6: the checksum job.
 fn checksum(bytes: Vec<u8>) -> (u64, u32) {
@@ -373,7 +373,7 @@ async fn w4(report: &mut Report) -> Result<()> {
     let ranges = ranges(5_000_000, 64);
     let expect = 348_513;
     let start = Instant::now();
-    let count: u64 = ranges.iter().map(|&r| count_primes(r)).sum();
+    let count = count_sequentially(&ranges);
     let sequential = start.elapsed().as_secs_f64();
     ensure(count == expect, || format!("W4 sequential: {count} primes"))?;
     report.add("W4", "sequential", "seconds", sequential);
@@ -385,7 +385,7 @@ async fn w4(report: &mut Report) -> Result<()> {
     let start = Instant::now();
     let counts: Vec<u64> = std::thread::scope(|scope| {
         let copies: Vec<_> = (0..WORKERS)
-            .map(|_| scope.spawn(|| ranges.iter().map(|&r| count_primes(r)).sum::<u64>()))
+            .map(|_| scope.spawn(|| count_sequentially(&ranges)))
             .collect();
         copies.into_iter().map(|c| c.join().unwrap_or(0)).collect()
     });
@@ -438,7 +438,7 @@ async fn w4_scaling(quick: bool) -> Result<Vec<(usize, f64, f64)>> {
     let limit = if quick { 1_000_000 } else { 5_000_000 };
     let ranges = ranges(limit, 64);
     let start = Instant::now();
-    let expect: u64 = ranges.iter().map(|&r| count_primes(r)).sum();
+    let expect = count_sequentially(&ranges);
     let sequential = start.elapsed().as_secs_f64();
     let mut points = Vec::new();
     for workers in 1..=4 {
