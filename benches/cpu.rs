@@ -5,9 +5,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-use workloads::{count_primes, count_sequentially, ranges};
-
-mod workloads;
+use procpool_bench_support::workloads::{count_primes, count_sequentially, ranges};
 
 const LIMIT: u64 = 1_000_000;
 const EXPECTED: u64 = 78_498;

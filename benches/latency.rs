@@ -4,13 +4,10 @@
 //!
 //! `cargo bench --bench latency`
 
-#[macro_use]
-mod floor;
-mod workloads;
-
 use criterion::{Criterion, criterion_group};
 use procpool::{ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-use workloads::ident;
+use procpool_bench_support::workloads::ident;
+use procpool_bench_support::{criterion_main_with_floor, floor};
 
 fn w1_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("w1_round_trip");

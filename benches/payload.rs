@@ -3,13 +3,10 @@
 //!
 //! `cargo bench --bench payload`
 
-#[macro_use]
-mod floor;
-mod workloads;
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use procpool::{ExecutorExt, ProcessPoolExecutor};
-use workloads::echo;
+use procpool_bench_support::workloads::echo;
+use procpool_bench_support::{criterion_main_with_floor, floor};
 
 fn w6_payload(c: &mut Criterion) {
     let mut group = c.benchmark_group("w6_echo");

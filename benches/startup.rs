@@ -4,14 +4,11 @@
 //!
 //! `cargo bench --bench startup`
 
-#[macro_use]
-mod floor;
-mod workloads;
-
 use criterion::{Criterion, criterion_group};
 use futures::executor::block_on;
 use procpool::{ExecutorExt, ProcessPoolExecutor};
-use workloads::ident;
+use procpool_bench_support::workloads::ident;
+use procpool_bench_support::{criterion_main_with_floor, floor};
 
 fn w5_startup(c: &mut Criterion) {
     let mut group = c.benchmark_group("w5_start_2_workers");

@@ -8,9 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use futures::TryStreamExt;
 use futures::executor::block_on;
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-use workloads::double;
-
-mod workloads;
+use procpool_bench_support::workloads::double;
 
 const W2_N: u64 = 100_000;
 const W3_N: u64 = 1_000_000;

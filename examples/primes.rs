@@ -5,42 +5,17 @@
 //! cargo run --release --example primes -- [--n 5000000] [--chunks 64] [--workers <cpus>]
 //! ```
 //!
-//! `is_prime` is the reference workload W4 of `shared/bench/WORKLOADS.md`: trial division
-//! by every d with d*d <= n. Every count must agree (348,513 below 5,000,000); the example
-//! exits with an error if they do not.
+//! The job, `count_primes`, is the reference workload W4 of `shared/bench/WORKLOADS.md`
+//! (trial division by every d with d*d <= n), shared with the benches and
+//! `thread_vs_process`. Every count must agree (348,513 below 5,000,000); the example exits
+//! with an error if they do not.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+use procpool_bench_support::workloads::{count_primes, count_sequentially, ranges};
 use std::time::{Duration, Instant};
-
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
-/// Counts the primes in `[lo, hi)`: one job.
-fn count_primes((lo, hi): (u64, u64)) -> u64 {
-    (lo..hi).filter(|&n| is_prime(n)).count() as u64
-}
-
-/// `chunks` ranges of (almost) equal length covering `[0, n)`.
-fn ranges(n: u64, chunks: u64) -> Vec<(u64, u64)> {
-    (0..chunks)
-        .map(|i| (n * i / chunks, n * (i + 1) / chunks))
-        .filter(|(lo, hi)| lo < hi)
-        .collect()
-}
 
 /// Submits one job per range and sums the counts; the pool is warmed up first so that the
 /// time is the computation, not the start-up.
@@ -78,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let start = Instant::now();
-    let sequential: u64 = ranges.iter().map(|&r| count_primes(r)).sum();
+    let sequential = count_sequentially(&ranges);
     let sequential_time = start.elapsed();
 
     let threads = ThreadPoolExecutor::new(workers)?;

@@ -32,9 +32,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 // ---------------------------------------------------------------- job functions
 
-#[path = "../benches/workloads.rs"]
-mod workloads;
-use workloads::{count_primes, count_sequentially, double, echo, ident, ranges};
+use procpool_bench_support::workloads::{
+    count_primes, count_sequentially, double, echo, ident, ranges,
+};
 
 /// W6: the checksum job.
 fn checksum(bytes: Vec<u8>) -> (u64, u32) {
@@ -68,9 +68,7 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
 
 // ---------------------------------------------------------------- the floor
 
-#[path = "../benches/floor.rs"]
-mod floor;
-use floor::{Floor, reap, round_trip};
+use procpool_bench_support::floor::{self, Floor, reap, round_trip};
 
 // ---------------------------------------------------------------- results
 

@@ -1,6 +1,5 @@
 //! The job functions of the reference workloads (shared/bench/WORKLOADS.md), shared by the
-//! benches and the `thread_vs_process` example.
-#![allow(dead_code)] // each user takes a subset
+//! benches and the `thread_vs_process` and `primes` examples.
 
 /// W1, W5: the identity job.
 pub fn ident(x: u64) -> u64 {
@@ -37,10 +36,12 @@ pub fn count_sequentially(ranges: &[(u64, u64)]) -> u64 {
     ranges.iter().map(|&r| count_primes(r)).sum()
 }
 
-/// W4: `count` ranges of (almost) equal length covering `[0, limit)`.
+/// W4: `count` ranges of (almost) equal length covering `[0, limit)` (fewer when `limit`
+/// is smaller than `count`: no range is empty).
 pub fn ranges(limit: u64, count: u64) -> Vec<(u64, u64)> {
     (0..count)
         .map(|i| (limit * i / count, limit * (i + 1) / count))
+        .filter(|(lo, hi)| lo < hi)
         .collect()
 }
 

@@ -2,7 +2,6 @@
 //! socket. The peer is this same program, started again with [`ECHO_ENV`] set; it echoes
 //! each message (a `u64` LE length, then that many bytes). Shared by the benches and the
 //! `thread_vs_process` example.
-#![allow(dead_code)] // each user takes a subset
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -110,7 +109,7 @@ pub fn reap(mut child: Child) {
 macro_rules! criterion_main_with_floor {
     ($group:ident) => {
         fn main() {
-            floor::serve_if_echo_child();
+            $crate::floor::serve_if_echo_child();
             $group();
             criterion::Criterion::default()
                 .configure_from_args()
