@@ -1,7 +1,12 @@
 //! Error types: [`JobError`] for one job, [`Error`] for a pool, [`SubmitError`] for a
-//! rejected submission.
+//! rejected submission, and [`Cause`], an underlying error kept for `source()`.
+//!
+//! The messages are shared by every pool: they name settings (`max_frame_size`), not the
+//! builder of one backend.
 
+use crate::exit::ExitInfo;
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a job did not produce its result.
 ///
@@ -58,6 +63,10 @@ pub enum JobError {
     Protocol {
         /// What went wrong on the connection.
         reason: String,
+        /// The underlying error, when there is one (an I/O error, a message that does
+        /// not decode); also [`source()`](std::error::Error::source).
+        #[source]
+        cause: Option<Cause>,
     },
     /// The job ran longer than its time limit
     /// ([`JobOptions::timeout`](crate::JobOptions::timeout) or the pool's default). On a
@@ -66,13 +75,13 @@ pub enum JobError {
     #[error("job timed out after {0:?}")]
     TimedOut(std::time::Duration),
     /// The worker process running the job grew past the pool's memory limit and was killed
-    /// and replaced. Raise
-    /// [`ProcessPoolBuilder::max_worker_memory`](crate::ProcessPoolBuilder::max_worker_memory)
+    /// and replaced. Raise the pool's `max_worker_memory` (for instance
+    /// [`ProcessPoolBuilder::max_worker_memory`](crate::ProcessPoolBuilder::max_worker_memory))
     /// or make the job use less memory.
     #[error(
         "worker exceeded the pool's memory limit of {limit} bytes (resident: {resident} \
-         bytes) while running the job; raise ProcessPoolBuilder::max_worker_memory or use \
-         less memory per job"
+         bytes) while running the job; raise the pool's max_worker_memory or use less \
+         memory per job"
     )]
     MemoryLimit {
         /// The configured limit, in bytes.
@@ -92,12 +101,13 @@ pub enum JobError {
     /// could not decode the argument. Check that `Serialize` and `Deserialize` agree.
     #[error("could not decode the job's data: {0}")]
     Decode(String),
-    /// An argument or result is larger than the pool's maximum frame size. Raise
-    /// [`ProcessPoolBuilder::max_frame_size`](crate::ProcessPoolBuilder::max_frame_size) or
+    /// An argument or result is larger than the pool's maximum frame size. Raise the
+    /// pool's `max_frame_size` (for instance
+    /// [`ProcessPoolBuilder::max_frame_size`](crate::ProcessPoolBuilder::max_frame_size)) or
     /// send less data per job.
     #[error(
         "message of {size} bytes exceeds the maximum frame size of {max} bytes: \
-         raise ProcessPoolBuilder::max_frame_size or send less per job"
+         raise the pool's max_frame_size or send less per job"
     )]
     TooLarge {
         /// Size of the encoded message, in bytes.
@@ -166,6 +176,34 @@ impl JobError {
         matches!(self, JobError::PoolBroken { .. })
     }
 
+    /// `true` if the connection to the job's worker broke (see [`JobError::Protocol`]).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, JobError::Protocol { .. })
+    }
+
+    /// `true` if the job's argument or result could not be serialized (see
+    /// [`JobError::Encode`]).
+    pub fn is_encode(&self) -> bool {
+        matches!(self, JobError::Encode(_))
+    }
+
+    /// `true` if the job's data could not be deserialized (see [`JobError::Decode`]).
+    pub fn is_decode(&self) -> bool {
+        matches!(self, JobError::Decode(_))
+    }
+
+    /// `true` if an argument or result exceeded the pool's maximum frame size (see
+    /// [`JobError::TooLarge`]).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, JobError::TooLarge { .. })
+    }
+
+    /// `true` if the job's function cannot be shipped to a worker (see
+    /// [`JobError::Unshippable`]).
+    pub fn is_unshippable(&self) -> bool {
+        matches!(self, JobError::Unshippable { .. })
+    }
+
     /// The panic message, if the job panicked.
     pub fn panic_message(&self) -> Option<&str> {
         match self {
@@ -190,81 +228,6 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "Box<dyn Any> (a panic payload that is not a string)".to_owned()
-    }
-}
-
-/// How a worker process ended: its exit code or the signal that killed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitInfo {
-    code: Option<i32>,
-    signal: Option<i32>,
-}
-
-impl ExitInfo {
-    pub(crate) fn from_status(status: std::process::ExitStatus) -> ExitInfo {
-        #[cfg(unix)]
-        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
-        #[cfg(not(unix))]
-        let signal = None;
-        ExitInfo {
-            code: status.code(),
-            signal,
-        }
-    }
-
-    pub(crate) fn unknown() -> ExitInfo {
-        ExitInfo {
-            code: None,
-            signal: None,
-        }
-    }
-
-    /// The exit code, if the process exited by itself (`exit`, or returning from `main`).
-    pub fn code(&self) -> Option<i32> {
-        self.code
-    }
-
-    /// The number of the signal that killed the process (Unix only), such as 9 for
-    /// `SIGKILL` or 6 for `SIGABRT`.
-    pub fn signal(&self) -> Option<i32> {
-        self.signal
-    }
-}
-
-impl fmt::Display for ExitInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "exit code {code}"),
-            (None, Some(sig)) => match signal_name(sig) {
-                Some(name) => write!(f, "killed by signal {sig} ({name})"),
-                None => write!(f, "killed by signal {sig}"),
-            },
-            (None, None) => f.write_str("exit status unknown"),
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> Option<&'static str> {
-    #[cfg(unix)]
-    {
-        let name = match sig {
-            libc::SIGABRT => "SIGABRT",
-            libc::SIGBUS => "SIGBUS",
-            libc::SIGFPE => "SIGFPE",
-            libc::SIGILL => "SIGILL",
-            libc::SIGINT => "SIGINT",
-            libc::SIGKILL => "SIGKILL",
-            libc::SIGPIPE => "SIGPIPE",
-            libc::SIGSEGV => "SIGSEGV",
-            libc::SIGTERM => "SIGTERM",
-            _ => return None,
-        };
-        Some(name)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = sig;
-        None
     }
 }
 
@@ -338,23 +301,140 @@ impl<A> fmt::Display for SubmitError<A> {
 
 impl<A> std::error::Error for SubmitError<A> {}
 
+/// The error underneath a [`JobError`], kept so that [`source()`](std::error::Error::source)
+/// chains reach it (an I/O error on a worker's connection, say).
+///
+/// It is opaque: read it through its `Display` and its own `source()`. Two causes are equal
+/// when their messages are.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    pub(crate) fn new(error: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(error))
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+/// `error` and its chain of sources, as one line (`what: why: why`), for logs and for
+/// messages that cross a process boundary.
+pub(crate) fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn exit_info_display_names_signals_and_codes() {
-        let by_signal = ExitInfo {
-            code: None,
-            signal: Some(9),
+    fn a_protocol_error_keeps_its_cause() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let err = JobError::Protocol {
+            reason: "writing to the worker failed".into(),
+            cause: Some(Cause::new(io)),
         };
-        assert_eq!(by_signal.to_string(), "killed by signal 9 (SIGKILL)");
-        let by_code = ExitInfo {
-            code: Some(3),
-            signal: None,
-        };
-        assert_eq!(by_code.to_string(), "exit code 3");
-        assert_eq!(ExitInfo::unknown().to_string(), "exit status unknown");
+        assert!(err.is_protocol());
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some("reset by peer")
+        );
+        assert_eq!(
+            report(&err),
+            "lost the connection to the worker: writing to the worker failed: reset by peer"
+        );
+        assert_eq!(err.clone(), err, "equal to itself through its cause");
+    }
+
+    #[test]
+    fn every_variant_has_its_predicate() {
+        type Predicate = fn(&JobError) -> bool;
+        let cases: Vec<(JobError, Predicate)> = vec![
+            (
+                JobError::Panicked {
+                    message: "p".into(),
+                    location: None,
+                },
+                JobError::is_panic,
+            ),
+            (JobError::Cancelled, JobError::is_cancelled),
+            (
+                JobError::WorkerDied {
+                    exit: ExitInfo::unknown(),
+                },
+                JobError::is_worker_died,
+            ),
+            (
+                JobError::Protocol {
+                    reason: "r".into(),
+                    cause: None,
+                },
+                JobError::is_protocol,
+            ),
+            (
+                JobError::TimedOut(std::time::Duration::ZERO),
+                JobError::is_timeout,
+            ),
+            (
+                JobError::MemoryLimit {
+                    limit: 1,
+                    resident: 2,
+                },
+                JobError::is_memory_limit,
+            ),
+            (JobError::ShutDown, JobError::is_shutdown),
+            (JobError::Encode("e".into()), JobError::is_encode),
+            (JobError::Decode("d".into()), JobError::is_decode),
+            (
+                JobError::TooLarge { size: 2, max: 1 },
+                JobError::is_too_large,
+            ),
+            (
+                JobError::Unshippable { reason: "u".into() },
+                JobError::is_unshippable,
+            ),
+            (
+                JobError::PoolBroken { reason: "b".into() },
+                JobError::is_pool_broken,
+            ),
+        ];
+        for (i, (error, _)) in cases.iter().enumerate() {
+            for (j, (_, predicate)) in cases.iter().enumerate() {
+                assert_eq!(predicate(error), i == j, "{error:?}, predicate {j}");
+            }
+        }
     }
 
     #[test]

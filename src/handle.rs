@@ -21,9 +21,9 @@ use std::time::Duration;
 ///
 /// A short job's answer usually comes back within this time. Watching keeps the waiting
 /// thread's CPU awake and lets the pool's threads and the worker share the other CPUs, so
-/// that nobody waits for a sleeping CPU to wake up. On a 2-core VM this cut the median
-/// round trip of `submit(..).wait()` from about 80 µs to about 20 µs (see the CHANGELOG).
-/// A longer job costs the waiting thread at most this much CPU before it sleeps.
+/// that nobody waits for a sleeping CPU to wake up (the README's W1 figures show what
+/// that gives). A longer job costs the waiting thread at most this much CPU before it
+/// sleeps.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
 /// Checks of the state between two looks at the clock (and two `yield_now`s).
@@ -70,9 +70,9 @@ impl JobState {
     }
 
     /// Claims a queued job for running. `false` means it was cancelled meanwhile and must
-    /// not run. `stoppable` says whether a later `cancel()` may stop it while it runs.
-    pub(crate) fn try_start(&self, stoppable: bool) -> bool {
-        self.stoppable.store(stoppable, Ordering::Relaxed);
+    /// not run. A claimed job is not stoppable until the pool says so
+    /// ([`make_stoppable`](Self::make_stoppable)).
+    pub(crate) fn try_start(&self) -> bool {
         self.state
             .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -416,7 +416,7 @@ impl<R: 'static> JobHandle<R> {
         }
         let left = timeout.saturating_sub(start.elapsed());
         let ready = futures::future::poll_fn(|cx| self.raw.state.poll_done(cx));
-        let finished = futures::executor::block_on(crate::wait::within(ready, Some(left)));
+        let finished = futures::executor::block_on(within(ready, Some(left)));
         if finished {
             Ok(futures::executor::block_on(&mut self))
         } else {
@@ -456,6 +456,21 @@ impl<R> fmt::Debug for JobHandle<R> {
     }
 }
 
+/// Awaits `future` for at most `timeout` (forever when `None`), on a runtime-agnostic
+/// timer. `true` if it finished in time.
+pub(crate) async fn within(future: impl Future<Output = ()>, timeout: Option<Duration>) -> bool {
+    let Some(timeout) = timeout else {
+        future.await;
+        return true;
+    };
+    futures::pin_mut!(future);
+    let delay = futures_timer::Delay::new(timeout);
+    matches!(
+        futures::future::select(future, delay).await,
+        futures::future::Either::Left(_)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,7 +489,7 @@ mod tests {
     /// A started job whose handle has been polled (and is pending) with a counting waker.
     fn awaited(counter: &Arc<Counting>) -> (Arc<JobState>, ErasedHandle) {
         let state = JobState::new();
-        assert!(state.try_start(false));
+        assert!(state.try_start());
         let handle = ErasedHandle::new(state.clone());
         let waker = Waker::from(counter.clone());
         assert!(
@@ -532,7 +547,7 @@ mod tests {
     #[test]
     fn result_is_written_once_and_cancel_loses_to_start() {
         let state = JobState::new();
-        assert!(state.try_start(false));
+        assert!(state.try_start());
         assert!(
             !state.cancel(),
             "a running, unstoppable job cannot be cancelled"
@@ -547,7 +562,7 @@ mod tests {
     fn cancelled_queued_job_cannot_start() {
         let state = JobState::new();
         assert!(state.cancel());
-        assert!(!state.try_start(true));
+        assert!(!state.try_start());
         let handle = JobHandle::<u8>::from_erased(ErasedHandle::new(state));
         assert_eq!(handle.wait(), Err(JobError::Cancelled));
     }
@@ -555,7 +570,7 @@ mod tests {
     #[test]
     fn spinning_sees_a_result_stored_by_another_thread() {
         let state = JobState::new();
-        assert!(state.try_start(false));
+        assert!(state.try_start());
         let start = std::sync::Arc::new(std::sync::Barrier::new(2));
         let completer = {
             let (state, start) = (state.clone(), start.clone());
@@ -588,7 +603,7 @@ mod tests {
     #[test]
     fn wait_timeout_shorter_than_the_spin_times_out_then_waits_again() {
         let state = JobState::new();
-        assert!(state.try_start(false));
+        assert!(state.try_start());
         let handle = JobHandle::<u8>::from_erased(ErasedHandle::new(state.clone()));
         let handle = handle
             .wait_timeout(Duration::from_micros(10))
@@ -604,7 +619,8 @@ mod tests {
     #[test]
     fn cancelling_a_stoppable_running_job_signals_the_pool() {
         let state = JobState::new();
-        assert!(state.try_start(true));
+        assert!(state.try_start());
+        state.make_stoppable();
         assert!(state.cancel());
         futures::executor::block_on(state.stop_requested());
     }

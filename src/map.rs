@@ -4,8 +4,9 @@
 use crate::error::JobError;
 use crate::executor::Executor;
 use crate::handle::ErasedHandle;
-use crate::job::{EncodedItems, ErasedJob};
+use crate::job::ErasedJob;
 use crate::options::JobOptions;
+use crate::wire::items::EncodedItems;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
@@ -295,9 +296,9 @@ where
     /// follows the chunk size: about 32,768 items per worker, and between 2 and 16 chunks
     /// per worker. There, small chunks need many in flight: each costs a round trip to a
     /// worker process, and a worker that has finished its chunks would otherwise wait for
-    /// this stream to hand out the next one (on a 2-core machine, chunks of 100 items ran
-    /// about 4x faster with 32 in flight than with 4). Set it lower when single items are
-    /// large: chunks of one 1 MiB item keep up to 16 MiB per worker in flight by default.
+    /// this stream to hand out the next one ([the crate guide](crate#threads-or-processes)
+    /// shows how much that costs). Set it lower when single items are large: chunks of one 1 MiB item
+    /// keep up to 16 MiB per worker in flight by default.
     pub fn max_in_flight(mut self, chunks: usize) -> Self {
         self.max_in_flight = Some(chunks.max(1));
         self

@@ -246,7 +246,7 @@ mod tests {
         let queue: JobQueue<Item> = JobQueue::new();
         queue.close(Some(JobError::ShutDown));
         let (queued, claimed) = (JobState::new(), JobState::new());
-        assert!(claimed.try_start(false)); // sent to a worker, never ran
+        assert!(claimed.try_start()); // sent to a worker, never ran
         queue.requeue_front(vec![Item(queued.clone()), Item(claimed.clone())]);
         assert!(queued.is_done() && claimed.is_done());
         assert!(queue.try_pop().is_none());

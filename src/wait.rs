@@ -2,7 +2,7 @@
 //! [`JobHandle`]s.
 
 use crate::error::JobError;
-use crate::handle::JobHandle;
+use crate::handle::{JobHandle, within};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use std::fmt;
 use std::future::Future;
@@ -161,19 +161,4 @@ where
     within(condition, timeout).await;
     let (done, pending) = handles.into_iter().partition(JobHandle::is_finished);
     Waited { done, pending }
-}
-
-/// Awaits `future` for at most `timeout` (forever when `None`), on a runtime-agnostic
-/// timer. `true` if it finished in time.
-pub(crate) async fn within(future: impl Future<Output = ()>, timeout: Option<Duration>) -> bool {
-    let Some(timeout) = timeout else {
-        future.await;
-        return true;
-    };
-    futures::pin_mut!(future);
-    let delay = futures_timer::Delay::new(timeout);
-    matches!(
-        futures::future::select(future, delay).await,
-        futures::future::Either::Left(_)
-    )
 }

@@ -1,12 +1,21 @@
-//! How a process learns it is a worker: one environment variable, set by the pool when it
-//! starts the process, read by the entry hook before `main` (or by [`crate::init`]).
+//! How a process learns it is a worker and becomes one: one environment variable, set by
+//! the pool when it starts the process, read by the automatic entry hook before `main` or
+//! by [`crate::init`]. Both go through [`enter`].
 
-use super::protocol::SECRET_LEN;
+use super::launch::widen_buffers;
+use crate::wire::message::{HANDSHAKE_MAX_FRAME, SECRET_LEN};
+use crate::worker::{self, Identity};
+use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, traits::Stream as _};
 use std::path::PathBuf;
 
 /// The variable a pool sets on the processes it starts.
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
 const SPEC_VERSION: &str = "1";
+
+/// Exit code of a worker that found its parent gone at start.
+const EXIT_ORPHANED: i32 = 3;
+/// Exit code of a worker that could not talk to its pool.
+const EXIT_PROTOCOL: i32 = 70;
 
 /// What a worker needs to reach its pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +62,13 @@ impl Spec {
             socket,
         })
     }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            worker_id: self.worker_id,
+            secret: self.secret,
+        }
+    }
 }
 
 /// `true` if this process was started by a pool as a worker.
@@ -61,9 +77,99 @@ pub(crate) fn is_worker_process() -> bool {
 }
 
 /// The worker spec from the environment, if this process was started as a worker.
-pub(crate) fn take_spec() -> Option<Spec> {
+fn take_spec() -> Option<Spec> {
     let value = std::env::var_os(WORKER_ENV)?;
     Spec::parse(value.to_str()?)
+}
+
+/// If this process was started as a worker, becomes one and never returns; otherwise
+/// returns at once. The one entry of the hook (`before_main`) and of [`crate::init`].
+///
+/// The worker variable is removed first, so that programs a job starts (this executable
+/// among them) do not take the worker role: where that cannot be done soundly (another
+/// thread already runs), the worker says so on its standard error.
+pub(crate) fn enter(before_main: bool) {
+    let Some(spec) = take_spec() else {
+        return;
+    };
+    if !crate::sys::remove_env_if_alone(WORKER_ENV, before_main) {
+        eprintln!(
+            "procpool worker {}: other threads were running when the worker started, so \
+             {WORKER_ENV} stays set and programs that jobs start inherit it; call \
+             procpool::init() first thing in main",
+            std::process::id()
+        );
+    }
+    run(&spec)
+}
+
+/// Runs the worker loop for the pool `spec` names and exits the process.
+fn run(spec: &Spec) -> ! {
+    crate::sys::ignore_sigpipe();
+    if !crate::sys::die_with_parent(spec.parent_pid) {
+        std::process::exit(EXIT_ORPHANED);
+    }
+    crate::run::install_worker_panic_hook();
+    #[cfg(test)]
+    if std::env::var_os(worker::fault::STALL_ENV).is_some() {
+        std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
+    }
+    let served = connect(spec).and_then(|mut conn| worker::serve(&mut conn, &spec.identity()));
+    let code = match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("procpool worker {}: {e}", std::process::id());
+            EXIT_PROTOCOL
+        }
+    };
+    std::process::exit(code)
+}
+
+fn connect(spec: &Spec) -> Result<worker::Conn<Stream>, String> {
+    let name = spec
+        .socket
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| format!("bad socket path {}: {e}", spec.socket.display()))?;
+    let stream = Stream::connect(name).map_err(|e| {
+        format!(
+            "cannot connect to the pool at {}: {e}",
+            spec.socket.display()
+        )
+    })?;
+    let Stream::UdSocket(socket) = &stream;
+    widen_buffers(socket);
+    Ok(worker::Conn::new(stream, HANDSHAKE_MAX_FRAME))
+}
+
+/// Called when a worker process reached `main` and tried to build a pool: tells the parent
+/// why this worker will never answer, so that its error names the fix.
+pub(crate) fn report_hook_missing() {
+    let Some(spec) = take_spec() else {
+        return;
+    };
+    if let Ok(mut conn) = connect(&spec) {
+        let _ = conn.send(&crate::wire::message::FromWorker::HookMissing {
+            worker_id: spec.worker_id,
+            secret: spec.secret,
+        });
+    }
+}
+
+/// The automatic entry hook: a static constructor that runs before `main` and turns a
+/// process started as a worker into one, so that no user code runs in it.
+#[cfg(feature = "auto-init")]
+#[allow(unsafe_code)]
+#[ctor::ctor]
+unsafe fn procpool_enter_worker() {
+    enter(true);
+}
+
+/// A reference to the entry hook, so that linkers keep the object file that holds it.
+#[cfg(feature = "auto-init")]
+#[allow(unsafe_code)]
+pub(crate) fn entry_hook_address() -> usize {
+    procpool_enter_worker as unsafe fn() as usize
 }
 
 #[cfg(test)]

@@ -1,28 +1,28 @@
 //! [`ProcessPoolExecutor`]: jobs run in child processes (the same executable, re-started in
-//! worker mode), for CPU-bound and crash-prone work. This module isolates everything that
-//! crosses a process boundary: the builder, the supervisor, the wire protocol, the worker
-//! loop and the entry hook.
+//! worker mode), for CPU-bound and crash-prone work. This module is the local backend of
+//! the supervision core ([`crate::pool`]): the builder, how a child is started on a private
+//! socket and authenticated ([`launch`]), the pool's end of one child ([`child`]), and how
+//! a started process becomes a worker ([`entry`]).
 
+mod child;
 pub(crate) mod entry;
-mod protocol;
-mod supervisor;
-pub(crate) mod worker;
+mod launch;
 
-use crate::error::{Error, JobError};
+use crate::error::Error;
+#[cfg(doc)] // for the docs' links
+use crate::error::JobError;
 use crate::executor::{Executor, ShutdownOptions, sealed};
-use crate::handle::{ErasedHandle, JobState};
+use crate::handle::ErasedHandle;
 use crate::job::ErasedJob;
-use crate::raw::Target;
+use crate::pool::Pool;
+use crate::pool::core::Config;
+use crate::ship::Target;
 use crate::stats::PoolStats;
-use crate::wait::within;
 use async_trait::async_trait;
+use launch::{Launcher, Settings};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use supervisor::{Config, Core, QueuedJob};
-
-#[cfg(feature = "fuzzing")]
-pub(crate) use protocol::fuzz_decode;
 
 /// The default maximum frame size: 256 MiB.
 const DEFAULT_MAX_FRAME: usize = 256 << 20;
@@ -114,12 +114,7 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 /// ```
 #[derive(Clone)]
 pub struct ProcessPoolExecutor {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    core: Arc<Core>,
-    supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    inner: Arc<Pool>,
 }
 
 /// Builds a [`ProcessPoolExecutor`]; from [`ProcessPoolExecutor::builder`].
@@ -167,7 +162,7 @@ impl ProcessPoolBuilder {
     /// Initializers and [`worker_state`](Self::worker_state) builders run in the order
     /// they were added.
     pub fn initializer(mut self, f: fn()) -> Self {
-        self.initializers.push(Target::initializer(f));
+        self.initializers.push(crate::job::initializer_target(f));
         self
     }
 
@@ -202,7 +197,7 @@ impl ProcessPoolBuilder {
     /// # }).unwrap();
     /// ```
     pub fn worker_state<S: 'static>(mut self, build: fn() -> S) -> Self {
-        self.initializers.push(Target::state(build));
+        self.initializers.push(crate::job::state_target(build));
         self
     }
 
@@ -263,13 +258,11 @@ impl ProcessPoolBuilder {
     ///   a worker never starts workers of its own.
     pub fn build(self) -> Result<ProcessPoolExecutor, Error> {
         if entry::is_worker_process() {
-            if let Some(spec) = entry::take_spec() {
-                worker::report_hook_missing(&spec);
-            }
+            entry::report_hook_missing();
             return Err(Error::EntryHookMissing);
         }
         #[cfg(feature = "auto-init")]
-        std::hint::black_box(crate::raw::entry_hook_address());
+        std::hint::black_box(entry::entry_hook_address());
         let max_workers = match self.max_workers {
             Some(0) => {
                 return Err(Error::Config(
@@ -296,28 +289,51 @@ impl ProcessPoolBuilder {
                 "ProcessPoolBuilder::handshake_timeout must be longer than zero".into(),
             ));
         }
-        let core = Arc::new(Core::new(Config {
+        for target in &self.initializers {
+            if let Err(error) = crate::job::check_shippable(target) {
+                return Err(Error::Config(format!(
+                    "a ProcessPoolBuilder initializer or worker_state builder cannot run in a \
+                     worker: {error}"
+                )));
+            }
+        }
+        let config = Config {
             max_workers,
-            initializers: self.initializers,
             max_tasks_per_child: self.max_tasks_per_child,
             max_frame: self.max_frame_size,
-            handshake_timeout: self.handshake_timeout,
             job_timeout: self.job_timeout,
             max_worker_memory: self.max_worker_memory,
+        };
+        let settings = Settings {
+            initializers: self.initializers,
+            handshake_timeout: self.handshake_timeout,
+            max_frame: self.max_frame_size,
             #[cfg(test)]
             stall_handshake: self.stall_handshake,
-        }));
-        let supervisor = supervisor::start(core.clone())?;
+        };
+        let pool = Pool::start(config, || Launcher::new(settings))?;
         Ok(ProcessPoolExecutor {
-            inner: Arc::new(Inner {
-                core,
-                supervisor: Mutex::new(Some(supervisor)),
-            }),
+            inner: Arc::new(pool),
         })
     }
 }
 
+impl ProcessPoolBuilder {
+    /// Tests only: workers that never complete their handshake.
+    #[cfg(test)]
+    pub(crate) fn stall_handshake(mut self) -> Self {
+        self.stall_handshake = true;
+        self
+    }
+}
+
 impl ProcessPoolExecutor {
+    /// The pool's shared state, for the supervision core's own tests.
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &crate::pool::core::Core {
+        &self.inner.core
+    }
+
     /// A builder, with every setting at its default.
     pub fn builder() -> ProcessPoolBuilder {
         ProcessPoolBuilder::default()
@@ -344,31 +360,7 @@ impl sealed::Sealed for ProcessPoolExecutor {
 #[async_trait]
 impl Executor for ProcessPoolExecutor {
     fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
-        let core = &self.inner.core;
-        if let Some(error) = core.broken.get() {
-            return Ok(ErasedHandle::failed(error.clone()));
-        }
-        if let Err(error) = crate::job::check_shippable(&job.call.target()) {
-            return Ok(ErasedHandle::failed(error));
-        }
-        let state = JobState::new();
-        let queued = QueuedJob {
-            call: job.call,
-            state: state.clone(),
-            timeout: job.options.resolve_timeout(core.config.job_timeout),
-            encoded: None,
-        };
-        match core.queue.push(queued) {
-            Ok(()) => Ok(ErasedHandle::new(state)),
-            // A broken pool closes its queue: report why rather than "shut down".
-            Err(queued) => match core.broken.get() {
-                Some(error) => Ok(ErasedHandle::failed(error.clone())),
-                None => Err(ErasedJob {
-                    call: queued.call,
-                    options: job.options,
-                }),
-            },
-        }
+        self.inner.core.execute(job)
     }
 
     fn max_workers(&self) -> usize {
@@ -380,57 +372,18 @@ impl Executor for ProcessPoolExecutor {
     }
 
     fn stats(&self) -> PoolStats {
-        let core = &self.inner.core;
-        core.counters.snapshot(
-            core.config.max_workers,
-            core.queue.len() + core.counters.waiting(),
-        )
+        self.inner.core.stats()
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {
-        self.inner
-            .core
-            .queue
-            .close(cancel_queued.then_some(JobError::Cancelled));
+        self.inner.core.begin_shutdown(cancel_queued);
     }
 
     async fn shutdown_with(&self, options: ShutdownOptions) -> bool {
-        self.begin_shutdown(options.cancel_queued);
-        let core = &self.inner.core;
-        let terminated = || {
-            let mut terminated = core.terminated.subscribe();
-            async move {
-                // The sender lives in `core`, which `self` keeps alive.
-                let _ = terminated.wait_for(|&done| done).await;
-            }
-        };
-        if within(terminated(), options.timeout).await {
-            return true;
-        }
-        core.kill.cancel();
-        terminated().await;
-        false
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.core.queue.close(Some(JobError::ShutDown));
-        self.core.kill.cancel();
-        let supervisor = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(supervisor) = supervisor {
-            // An executor that runs tasks inside `wake()` could drop the last handle on the
-            // supervisor thread itself; it then finishes on its own, unjoined.
-            if supervisor.thread().id() != std::thread::current().id() {
-                // Killing and reaping the workers takes milliseconds: SIGKILL cannot be
-                // ignored.
-                let _ = supervisor.join();
-            }
-        }
+        self.inner
+            .core
+            .shutdown_with(options.cancel_queued, options.timeout)
+            .await
     }
 }
 
@@ -442,304 +395,5 @@ impl fmt::Debug for ProcessPoolExecutor {
             .field("shut_down", &core.queue.is_closed())
             .field("broken", &core.broken.get().is_some())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! Broken frames from real workers (see `worker::fault`): the connection is dropped,
-    //! the job fails with a protocol error, and the pool replaces the worker.
-
-    use super::worker::fault;
-    use crate::{ExecutorExt, JobError, ProcessPoolExecutor};
-    use std::time::Duration;
-
-    fn reply_with(mode: u8) -> u32 {
-        fault::NEXT_REPLY.store(mode, std::sync::atomic::Ordering::SeqCst);
-        std::process::id()
-    }
-
-    fn pid(_: ()) -> u32 {
-        std::process::id()
-    }
-
-    /// Runs `f` on its own thread and fails if it takes longer than a minute.
-    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(f()));
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("did not finish within a minute")
-    }
-
-    fn broken_reply_fails_the_job_and_the_worker_is_replaced(mode: u8, expect: &str) {
-        let expect = expect.to_owned();
-        bounded(move || {
-            let pool = ProcessPoolExecutor::builder()
-                .max_workers(1)
-                .build()
-                .unwrap();
-            let first = pool.submit(pid, ()).wait().unwrap();
-            let err = pool.submit(reply_with, mode).wait().unwrap_err();
-            match &err {
-                JobError::Protocol { reason } => assert!(reason.contains(&expect), "{reason}"),
-                other => panic!("expected a protocol error, got {other:?}"),
-            }
-            let replacement = pool.submit(pid, ()).wait().unwrap();
-            assert_ne!(
-                first, replacement,
-                "the worker that sent garbage was replaced"
-            );
-        });
-    }
-
-    #[test]
-    fn a_worker_that_never_handshakes_hits_the_deadline() {
-        bounded(|| {
-            let mut builder = ProcessPoolExecutor::builder()
-                .max_workers(1)
-                .handshake_timeout(Duration::from_millis(100));
-            builder.stall_handshake = true;
-            let pool = builder.build().unwrap();
-            let err = pool.submit(pid, ()).wait().unwrap_err();
-            assert!(err.is_pool_broken(), "{err:?}");
-            let text = err.to_string();
-            assert!(
-                text.contains("did not complete its handshake within 100ms"),
-                "{text}"
-            );
-            assert!(text.contains("5 times in a row"), "{text}");
-        });
-    }
-
-    #[test]
-    fn a_corrupt_frame_fails_only_its_job() {
-        broken_reply_fails_the_job_and_the_worker_is_replaced(fault::CORRUPT, "corrupt frame");
-    }
-
-    #[test]
-    fn a_frame_cut_short_by_the_workers_exit_is_a_worker_death() {
-        bounded(|| {
-            let pool = ProcessPoolExecutor::builder()
-                .max_workers(1)
-                .build()
-                .unwrap();
-            let err = pool
-                .submit(reply_with, fault::TRUNCATED)
-                .wait()
-                .unwrap_err();
-            match err {
-                JobError::WorkerDied { exit } => assert_eq!(exit.code(), Some(0)),
-                other => panic!("expected WorkerDied, got {other:?}"),
-            }
-            assert_eq!(pool.submit(pid, ()).wait().map(|_| ()), Ok(()));
-        });
-    }
-
-    #[test]
-    fn an_oversized_frame_is_refused_without_allocating() {
-        broken_reply_fails_the_job_and_the_worker_is_replaced(
-            fault::OVERSIZED,
-            "exceeds the maximum frame size",
-        );
-    }
-}
-
-#[cfg(test)]
-mod pipeline_tests {
-    //! Jobs that wait in a worker's socket behind the one it runs: they go back to the
-    //! queue untouched when the worker is lost, a cancelled one is discarded, and a large
-    //! one never waits there. These use the pool's internals to see jobs waiting.
-
-    use crate::{ExecutorExt, JobError, JobHandle, ProcessPoolExecutor};
-    use std::path::{Path, PathBuf};
-    use std::time::{Duration, Instant};
-
-    const BOUND: Duration = Duration::from_secs(60);
-
-    /// Runs `f` on its own thread and fails if it takes longer than [`BOUND`].
-    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(f()));
-        rx.recv_timeout(BOUND).expect("did not finish in time")
-    }
-
-    fn double(x: u64) -> u64 {
-        x * 2
-    }
-
-    /// Waits until `path` exists (for at most [`BOUND`]), then returns 7, or aborts its
-    /// worker if `abort`. One function for every gated job, so that the warm-up times it.
-    fn gated((path, abort): (PathBuf, bool)) -> u64 {
-        let deadline = Instant::now() + BOUND;
-        while !path.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if abort {
-            std::process::abort();
-        }
-        7
-    }
-
-    // The pool times jobs per function pointer, and a small function may have a copy of
-    // its own in each codegen unit that takes its address: every job of these tests is
-    // submitted through the two helpers below, so that the warm-up times the same copies.
-
-    /// Submits `double(x)`.
-    #[inline(never)]
-    fn submit_double(pool: &ProcessPoolExecutor, x: u64) -> JobHandle<u64> {
-        pool.submit(double, x)
-    }
-
-    /// Submits a job that waits for `path`, then aborts its worker if `abort`.
-    #[inline(never)]
-    fn submit_gated(pool: &ProcessPoolExecutor, path: PathBuf, abort: bool) -> JobHandle<u64> {
-        pool.submit(gated, (path, abort))
-    }
-
-    fn len(bytes: Vec<u8>) -> usize {
-        bytes.len()
-    }
-
-    /// A pool of one worker that has run enough tiny jobs to pipeline them: of `double`,
-    /// and of `gated` on a path that exists, so that a gated job is expected to be short
-    /// and jobs are sent to wait behind it. Submitted all at once, they stream, and their
-    /// times are the worker's, not those of a round trip to an idle worker.
-    fn warm_pool() -> ProcessPoolExecutor {
-        let pool = ProcessPoolExecutor::builder()
-            .max_workers(1)
-            .build()
-            .unwrap();
-        let handles: Vec<_> = (0..100)
-            .map(|x| {
-                let open = submit_gated(&pool, std::env::temp_dir(), false);
-                (submit_double(&pool, x), open)
-            })
-            .collect();
-        for (x, (doubled, open)) in (0..).zip(handles) {
-            assert_eq!(doubled.wait(), Ok(2 * x));
-            assert_eq!(open.wait(), Ok(7));
-        }
-        pool
-    }
-
-    /// Polls until `jobs` jobs wait behind the running one in the worker (and none in the
-    /// queue).
-    fn until_waiting_in_worker(pool: &ProcessPoolExecutor, jobs: usize) {
-        let core = &pool.inner.core;
-        let deadline = Instant::now() + BOUND;
-        while core.counters.waiting() != jobs || core.queue.len() != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "never saw {jobs} jobs waiting in the worker: {} there, {} queued",
-                core.counters.waiting(),
-                core.queue.len()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn open(gate: &Path) {
-        std::fs::write(gate, b"").unwrap();
-    }
-
-    #[test]
-    fn jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere() {
-        bounded(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let gate = dir.path().join("gate");
-            let pool = warm_pool();
-            let fatal = submit_gated(&pool, gate.clone(), true);
-            let behind: Vec<_> = (0..10).map(|x| submit_double(&pool, x)).collect();
-            until_waiting_in_worker(&pool, 10);
-            open(&gate);
-            match fatal.wait() {
-                Err(JobError::WorkerDied { exit }) => assert_eq!(exit.signal(), Some(6)),
-                other => panic!("expected the worker to die, got {other:?}"),
-            }
-            for (x, handle) in (0..).zip(behind) {
-                assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the fatal one");
-            }
-            let stats = crate::Executor::stats(&pool);
-            assert_eq!(stats.respawns, 1, "{stats:?}");
-            assert_eq!(stats.jobs_failed, 1, "{stats:?}");
-            assert_eq!(stats.jobs_queued, 0, "{stats:?}");
-        });
-    }
-
-    #[test]
-    fn a_job_waiting_in_a_worker_counts_as_started() {
-        bounded(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let gate = dir.path().join("gate");
-            let pool = warm_pool();
-            let running = submit_gated(&pool, gate.clone(), false);
-            let waiting = submit_double(&pool, 1);
-            until_waiting_in_worker(&pool, 1);
-            // Handed to the worker, it can no longer be removed (as with Python's call
-            // queue), and it is not running yet, so it cannot be stopped either.
-            assert!(!waiting.cancel());
-            open(&gate);
-            assert_eq!(running.wait(), Ok(7));
-            assert_eq!(waiting.wait(), Ok(2));
-            let stats = crate::Executor::stats(&pool);
-            assert_eq!(stats.respawns, 0, "{stats:?}");
-            assert_eq!(stats.jobs_completed, 202, "{stats:?}");
-        });
-    }
-
-    #[test]
-    fn a_running_job_with_jobs_waiting_behind_it_can_still_be_stopped() {
-        bounded(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let never = dir.path().join("never");
-            let pool = warm_pool();
-            let running = submit_gated(&pool, never.clone(), false);
-            let behind: Vec<_> = (0..5).map(|x| submit_double(&pool, x)).collect();
-            until_waiting_in_worker(&pool, 5);
-            assert!(running.cancel());
-            assert_eq!(running.wait(), Err(JobError::Cancelled));
-            for (x, handle) in (0..).zip(behind) {
-                assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the cancelled one");
-            }
-            assert_eq!(crate::Executor::stats(&pool).respawns, 1);
-        });
-    }
-
-    #[test]
-    fn a_large_argument_never_waits_behind_a_running_job() {
-        bounded(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let gate = dir.path().join("gate");
-            let pool = warm_pool();
-            let running = submit_gated(&pool, gate.clone(), false);
-            let small = submit_double(&pool, 1);
-            until_waiting_in_worker(&pool, 1);
-            let large = pool.submit(len, vec![1_u8; 1 << 20]);
-            let last = submit_double(&pool, 2);
-            // The large job is taken and handed back; the worker takes nothing more until
-            // its line is empty.
-            let core = &pool.inner.core;
-            let deadline = Instant::now() + BOUND;
-            while core.queue.len() != 2 {
-                assert!(Instant::now() < deadline, "the queue never settled");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            assert_eq!(core.counters.waiting(), 1);
-            open(&gate);
-            assert_eq!(running.wait(), Ok(7));
-            assert_eq!(small.wait(), Ok(2));
-            assert_eq!(large.wait(), Ok(1 << 20));
-            assert_eq!(last.wait(), Ok(4));
-        });
-    }
-
-    #[test]
-    fn the_window_follows_job_time() {
-        use super::supervisor::window_for;
-        assert_eq!(window_for(None), 1);
-        assert_eq!(window_for(Some(Duration::from_secs(1))), 1);
-        assert_eq!(window_for(Some(Duration::from_micros(250))), 4);
-        assert_eq!(window_for(Some(Duration::from_micros(1))), 32);
-        assert_eq!(window_for(Some(Duration::ZERO)), 32);
     }
 }

@@ -253,7 +253,7 @@ impl Shared {
         }
         self.counters.workers_alive.fetch_add(1, Relaxed);
         while let Some(task) = self.queue.pop_blocking() {
-            if !task.state.try_start(false) {
+            if !task.state.try_start() {
                 continue; // cancelled while queued
             }
             self.counters.workers_busy.fetch_add(1, Relaxed);
@@ -394,7 +394,7 @@ impl Executor for ThreadPoolExecutor {
             // The sender lives in `Shared`, which `self` keeps alive: `wait_for` cannot fail.
             let _ = alive.wait_for(|&n| n == 0).await;
         };
-        crate::wait::within(all_exited, options.timeout).await
+        crate::handle::within(all_exited, options.timeout).await
     }
 }
 

@@ -3,9 +3,9 @@
 //!
 //! A chunk carries one value per item in each direction. With items as small as an
 //! integer, serde's varints and the per-item length around them cost more than the job
-//! itself: on W3 (`x -> x*2` over a million `u64`s in chunks of 1,000) they were about half
-//! of the parent's and the workers' instructions (issue 4). A packed value is written with
-//! one store and read with one load.
+//! itself (profiles of `x -> x * 2` over `u64`s showed them as about half of the parent's
+//! and the workers' instructions). A packed value is written with one store and read with
+//! one load.
 //!
 //! Both ends of a chunk are monomorphized for the same `A` and `R` (a worker is this same
 //! executable), so they always agree on which layout an item has. Which types are plain is

@@ -1,74 +1,41 @@
-//! The worker loop: what a child process runs instead of the program's `main`. It is plain
-//! blocking code (no runtime): connect, handshake, run the initializer, then answer jobs
-//! one at a time until the pool says `Shutdown` or closes the connection.
+//! The worker loop: what a worker runs instead of the program's `main`, over any blocking
+//! link to its pool (the local backend gives it a Unix socket). It is plain blocking code
+//! with no runtime: introduce itself, check the parent's image, run the initializers, then
+//! answer jobs one at a time until the pool says `Shutdown` or closes the link.
 
-use super::entry::Spec;
-use super::protocol::{
-    BlockingConn, FromWorker, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, ProtocolError, ToWorker,
-};
-use crate::job::{ImageId, Outcome};
-use crate::raw::{self, VerifiedParent};
-use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, traits::Stream as _};
+use crate::run::Outcome;
+use crate::ship::{self, ImageId, VerifiedParent};
+use crate::wire::blocking::BlockingConn;
+use crate::wire::frame::ProtocolError;
+use crate::wire::message::{FromWorker, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
+use std::io::{Read, Write};
 
-type Conn = BlockingConn<Stream, ToWorker, FromWorker>;
+/// The worker's end of a link.
+pub(crate) type Conn<S> = BlockingConn<S, ToWorker, FromWorker>;
 
 /// Buffers from this size up are handed back to the connection for the next large
 /// payload rather than kept for small ones.
 const LARGE_BUFFER: usize = 1 << 20;
 
-/// Exit code of a worker that found its parent gone at start.
-const EXIT_ORPHANED: i32 = 3;
-/// Exit code of a worker that could not talk to its pool.
-const EXIT_PROTOCOL: i32 = 70;
-
-/// Runs the worker loop and exits the process; never returns to the caller.
-pub(crate) fn run(spec: Spec) -> ! {
-    raw::ignore_sigpipe();
-    if !raw::die_with_parent(spec.parent_pid) {
-        std::process::exit(EXIT_ORPHANED);
-    }
-    crate::job::install_worker_panic_hook();
-    #[cfg(test)]
-    if std::env::var_os(fault::STALL_ENV).is_some() {
-        std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
-    }
-    let code = match serve(&spec) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("procpool worker {}: {e}", std::process::id());
-            EXIT_PROTOCOL
-        }
-    };
-    std::process::exit(code)
+/// What a worker says of itself in its `Hello`: which start of the pool it answers, and
+/// the secret that proves the pool started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) worker_id: u64,
+    pub(crate) secret: [u8; SECRET_LEN],
 }
 
-fn connect(spec: &Spec) -> Result<Conn, String> {
-    let name = spec
-        .socket
-        .as_path()
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| format!("bad socket path {}: {e}", spec.socket.display()))?;
-    let stream = Stream::connect(name).map_err(|e| {
-        format!(
-            "cannot connect to the pool at {}: {e}",
-            spec.socket.display()
-        )
-    })?;
-    let Stream::UdSocket(socket) = &stream;
-    super::protocol::widen_buffers(socket);
-    Ok(BlockingConn::new(stream, HANDSHAKE_MAX_FRAME))
-}
-
-fn serve(spec: &Spec) -> Result<(), String> {
-    let mut conn = connect(spec)?;
-    let protocol = |e: ProtocolError| e.to_string();
+/// Serves the pool at the other end of `conn` until it sends `Shutdown` or closes the link
+/// (both `Ok`); `Err` says why the worker could not go on.
+pub(crate) fn serve<S: Read + Write>(conn: &mut Conn<S>, me: &Identity) -> Result<(), String> {
+    let protocol = |e: ProtocolError| crate::error::report(&e);
     conn.send(&FromWorker::Hello {
         version: PROTOCOL_VERSION,
-        worker_id: spec.worker_id,
+        worker_id: me.worker_id,
         pid: std::process::id(),
-        secret: spec.secret,
-        image: ImageId::current()?,
-        probe: raw::probe_offset(),
+        secret: me.secret,
+        image: ImageId::current().map_err(|e| e.to_string())?,
+        probe: ship::probe_offset(),
     })
     .map_err(protocol)?;
     let (proof, initializers) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
@@ -88,7 +55,7 @@ fn serve(spec: &Spec) -> Result<(), String> {
     let mut out = Vec::new();
     for init in initializers {
         if let Outcome::Panicked { message, location } =
-            raw::run_shipped(&proof, init, &mut Vec::new(), &mut out)
+            ship::run_shipped(&proof, init, &mut Vec::new(), &mut out)
         {
             conn.send(&FromWorker::InitFailed { message, location })
                 .map_err(protocol)?;
@@ -115,7 +82,7 @@ fn serve(spec: &Spec) -> Result<(), String> {
                     drop(frame.payload);
                     std::mem::take(&mut small)
                 };
-                let outcome = raw::run_shipped(&proof, target, &mut input, &mut out);
+                let outcome = ship::run_shipped(&proof, target, &mut input, &mut out);
                 if input.capacity() < LARGE_BUFFER {
                     small = input;
                 } else {
@@ -125,7 +92,7 @@ fn serve(spec: &Spec) -> Result<(), String> {
                 if fault::inject(conn.stream_mut()) {
                     continue;
                 }
-                send_done(&mut conn, id, outcome, &out)?;
+                send_done(conn, id, outcome, &out)?;
                 if out.capacity() >= LARGE_BUFFER {
                     // Mapped already: the next large payload is read into it.
                     conn.recycle(std::mem::take(&mut out));
@@ -139,29 +106,23 @@ fn serve(spec: &Spec) -> Result<(), String> {
 }
 
 /// Sends a job's answer; a result too large for a frame becomes an error for that job.
-fn send_done(conn: &mut Conn, id: u64, outcome: Outcome, output: &[u8]) -> Result<(), String> {
+fn send_done<S: Read + Write>(
+    conn: &mut Conn<S>,
+    id: u64,
+    outcome: Outcome,
+    output: &[u8],
+) -> Result<(), String> {
     match conn.send_with(&FromWorker::Done { id, outcome }, output) {
         Err(ProtocolError::MessageTooLarge { max, .. }) => {
             let outcome = Outcome::Encode(format!(
-                "the result is {} bytes, over the maximum frame size of {max} bytes: \
-                 raise ProcessPoolBuilder::max_frame_size or return less per job",
+                "the result is {} bytes, over the maximum frame size of {max} bytes: raise \
+                 the pool's max_frame_size or return less per job",
                 output.len()
             ));
             conn.send(&FromWorker::Done { id, outcome })
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::error::report(&e))
         }
-        other => other.map_err(|e| e.to_string()),
-    }
-}
-
-/// Called when a worker process reached `main` and tried to build a pool: tells the parent
-/// why this worker will never answer, so that its error names the fix.
-pub(crate) fn report_hook_missing(spec: &Spec) {
-    if let Ok(mut conn) = connect(spec) {
-        let _ = conn.send(&FromWorker::HookMissing {
-            worker_id: spec.worker_id,
-            secret: spec.secret,
-        });
+        other => other.map_err(|e| crate::error::report(&e)),
     }
 }
 
@@ -175,12 +136,14 @@ pub(crate) mod fault {
 
     pub(crate) static NEXT_REPLY: AtomicU8 = AtomicU8::new(NONE);
     pub(crate) const NONE: u8 = 0;
-    /// A frame of the right length whose body is not a message.
+    /// A frame of the right length whose message is not a message.
     pub(crate) const CORRUPT: u8 = 1;
     /// A header promising 1000 bytes, 10 bytes, then the worker exits.
     pub(crate) const TRUNCATED: u8 = 2;
     /// A header claiming a 4 GiB frame.
     pub(crate) const OVERSIZED: u8 = 3;
+    /// A header whose message is longer than its frame.
+    pub(crate) const MESSAGE_OVERRUN: u8 = 4;
     /// Set on one worker's command (never on the test process), it makes that worker stall
     /// before connecting.
     pub(crate) const STALL_ENV: &str = "PROCPOOL_TEST_STALL_HANDSHAKE";
@@ -188,9 +151,10 @@ pub(crate) mod fault {
     /// Writes the requested broken frame; `true` if it did.
     pub(crate) fn inject(stream: &mut impl Write) -> bool {
         let frame: &[u8] = match NEXT_REPLY.swap(NONE, Ordering::SeqCst) {
-            CORRUPT => &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff],
-            TRUNCATED => &[0, 0, 0x03, 0xe8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            CORRUPT => &[0, 0, 0, 4, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff],
+            TRUNCATED => &[0, 0, 0x03, 0xe8, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
             OVERSIZED => &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+            MESSAGE_OVERRUN => &[0, 0, 0, 4, 0, 0, 0, 9, 1, 2, 3, 4],
             _ => return false,
         };
         let _ = stream.write_all(frame).and_then(|()| stream.flush());

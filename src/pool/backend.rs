@@ -1,0 +1,176 @@
+//! The boundary between supervision and a set of workers: what the shared core needs of a
+//! backend ([`Backend`]) and of each worker it starts ([`WorkerLink`]).
+//!
+//! The core (the queue, slots, back-off and break policy, per-function windows, batching,
+//! draining answers, timeouts, cancellation, recycling, memory ceilings, stats, tracing)
+//! is written once, against these two traits. A backend knows how workers come to exist
+//! and how bytes reach them: the local backend ([`crate::process`]) starts child processes
+//! of this executable on a private Unix socket; another could reach ranks of an MPI job.
+//! Nothing on this side of the boundary names a child process, a pid, a socket path or
+//! `/proc`.
+//!
+//! # A worker's life, as the core sees it
+//!
+//! ```text
+//! slot:  backend.start(slot, kill) ─▶ link            (handshake done, initializers run)
+//!        loop {
+//!            link.send(Run frames [, large payload])   (a window of jobs, in one write)
+//!            link.recv() ─▶ Frame(Done) ...            (answers, in the order sent)
+//!                        ─▶ Closed | Broken | Exited   (the worker is lost)
+//!        }
+//!        link.kill() or Shutdown + link.exited()       (stopped, or retired)
+//!        backend.start(slot, kill) ─▶ a new link       (if the backend can respawn)
+//! ```
+//!
+//! Two implementations exist: the local backend ([`crate::process`]), whose links are
+//! child processes on a Unix socket, and one made of threads in the core's own tests,
+//! which cannot stop a running job and shows what the core then promises instead.
+
+use crate::exit::{ExitInfo, WorkerId};
+use crate::wire::frame::{Frame, ProtocolError};
+use crate::wire::message::FromWorker;
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What a backend's workers can do, which decides what the core promises for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caps {
+    /// A lost or retired worker can be replaced. Without it, a slot whose worker is lost
+    /// stays empty, and the pool breaks once every slot is.
+    pub(crate) respawn: bool,
+    /// [`WorkerLink::kill`] stops a running job. Without it, `cancel()` of a running job
+    /// returns `false`, and a job past its time limit fails while its worker is retired
+    /// (it stops taking jobs and leaves when the job ends).
+    pub(crate) stop_running: bool,
+    /// [`Backend::resident_memory`] answers, so that a memory ceiling can be enforced.
+    pub(crate) memory: bool,
+}
+
+/// Why a worker did not start.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// It will fail the same way again (an initializer panics, the entry hook is missing,
+    /// another image answered): the pool breaks with this reason.
+    Fatal(String),
+    /// It may work next time (the worker could not be started, exited early, did not
+    /// answer in time): the slot backs off and tries again.
+    Transient(String),
+    /// The pool is being killed.
+    Killed,
+}
+
+/// What a worker's link delivered.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// A whole frame.
+    Frame(Frame<FromWorker>),
+    /// The link closed between two frames.
+    Closed,
+    /// The link broke: a frame that does not decode, one cut short, an I/O error.
+    Broken(ProtocolError),
+    /// The worker is gone, and the link has nothing more to deliver.
+    Exited(ExitInfo),
+}
+
+/// A set of workers: starts one for a slot and says what they can do.
+///
+/// # Contract
+///
+/// - [`start`](Backend::start) returns a worker that has completed its handshake: it
+///   runs the pool's own image, has run the pool's initializers and is ready for `Run`
+///   frames. It returns [`StartError::Killed`] soon after `kill` is cancelled, and leaves
+///   nothing behind when it fails (a half-started worker is stopped and reaped).
+/// - Several slots start workers at once; `start` takes `&self` and must allow that.
+/// - [`caps`](Backend::caps) is the same for the backend's whole life.
+/// - [`background`](Backend::background) is polled on the supervision thread for as long
+///   as the pool runs, and dropped when it stops: work the backend does for all its
+///   workers (the local backend accepts their connections there).
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// A started worker.
+    type Link: WorkerLink;
+
+    /// What this backend's workers can do.
+    fn caps(&self) -> Caps;
+
+    /// Starts a worker for slot `slot` and waits until it is ready for jobs.
+    fn start(
+        &self,
+        slot: usize,
+        kill: &CancellationToken,
+    ) -> impl Future<Output = Result<Self::Link, StartError>> + Send;
+
+    /// The resident memory of `worker`, in bytes, if known (see [`Caps::memory`]).
+    fn resident_memory(&self, worker: WorkerId) -> Option<u64>;
+
+    /// The backend's own work for as long as the pool runs; by default none.
+    fn background(self: Arc<Self>) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// One started worker: frames in and out, how it ended, how to stop it.
+///
+/// # Contract
+///
+/// - Frames are bytes built by [`crate::wire::frame::put_frame`]; [`send`](Self::send)
+///   writes them in order, then the payload left over for the last one, and the worker
+///   receives them as written. It fails only if the link is broken.
+/// - The worker answers `Run` frames with `Done` frames in the order it received them,
+///   and runs one job at a time: the jobs behind the first have not started.
+/// - [`recv`](Self::recv) and [`exited`](Self::exited) are cancel-safe: dropping their
+///   future loses nothing, so that the core can wait on them beside timers and the queue.
+///   `recv` delivers every frame the worker wrote before it reports
+///   [`Received::Exited`].
+/// - [`kill`](Self::kill) stops the worker and returns once it is gone (the local backend:
+///   SIGKILL and reap). A backend that cannot stop a running worker
+///   ([`Caps::stop_running`] off) detaches it instead: it must take no further job.
+/// - Dropping a link stops its worker.
+pub(crate) trait WorkerLink: Send + 'static {
+    /// Who the worker is, for errors, stats and tracing.
+    fn id(&self) -> WorkerId;
+
+    /// Writes `frames`, then `payload`, to the worker.
+    fn send(
+        &mut self,
+        frames: &[u8],
+        payload: &[u8],
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+
+    /// The next thing the link has for the pool.
+    fn recv(&mut self) -> impl Future<Output = Received> + Send;
+
+    /// Resolves when the worker has ended, with how.
+    fn exited(&mut self) -> impl Future<Output = ExitInfo> + Send;
+
+    /// Stops the worker now and waits until it is gone, with how it ended (unknown for a
+    /// detached worker).
+    fn kill(&mut self) -> impl Future<Output = ExitInfo> + Send;
+}
+
+impl Received {
+    /// What the next item of a framed byte stream means for the pool: a frame, the link
+    /// broken, or (at its end) closed.
+    pub(crate) fn from_stream(item: Option<Result<Frame<FromWorker>, ProtocolError>>) -> Received {
+        match item {
+            Some(Ok(frame)) => Received::Frame(frame),
+            Some(Err(error)) => Received::Broken(error),
+            None => Received::Closed,
+        }
+    }
+
+    /// A short description of something the pool did not expect, for errors and logs
+    /// (without a possibly huge payload).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Received::Frame(Frame {
+                message: FromWorker::Done { id, .. },
+                ..
+            }) => format!("an answer to job {id}, which it was not running"),
+            Received::Frame(frame) => format!("unexpected message {}", frame.message.name()),
+            Received::Closed => "connection closed".into(),
+            Received::Broken(error) => crate::error::report(error),
+            Received::Exited(exit) => format!("the worker exited ({exit})"),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What a pool's handles and its supervision share: the settings, the queue, the counters,
+//! and whether the pool is stopping or broken. Every executor built on the supervision core
+//! takes and refuses jobs here.
+
+use crate::error::JobError;
+use crate::handle::{ErasedHandle, JobState, within};
+use crate::job::{Call, ErasedJob};
+use crate::queue::{JobQueue, Queued};
+use crate::stats::{Counters, PoolStats};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The supervision settings of a pool, fixed when it is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_workers: usize,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    /// The largest frame either side accepts.
+    pub(crate) max_frame: usize,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) max_worker_memory: Option<u64>,
+}
+
+/// A job waiting for a worker.
+pub(crate) struct QueuedJob {
+    pub(crate) call: Box<dyn Call>,
+    pub(crate) state: Arc<JobState>,
+    /// The job's time limit, the pool's default already applied.
+    pub(crate) timeout: Option<Duration>,
+    /// The argument, already encoded: set when a job that was sent to a worker but never
+    /// started comes back to the queue.
+    pub(crate) encoded: Option<Vec<u8>>,
+}
+
+impl Queued for QueuedJob {
+    fn state(&self) -> &JobState {
+        &self.state
+    }
+}
+
+/// The state a pool's handles and its supervision thread share.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) queue: JobQueue<QueuedJob>,
+    /// Cancelled to stop everything now: drop, or a shutdown whose timeout ran out.
+    pub(crate) kill: CancellationToken,
+    /// Becomes `true` when supervision has stopped every worker and released the backend.
+    pub(crate) terminated: watch::Sender<bool>,
+    /// Set once if the pool cannot run jobs; new submissions end with it.
+    pub(crate) broken: OnceLock<JobError>,
+    pub(crate) counters: Counters,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config) -> Core {
+        Core {
+            config,
+            queue: JobQueue::new(),
+            kill: CancellationToken::new(),
+            terminated: watch::channel(false).0,
+            broken: OnceLock::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Marks the pool as unable to run jobs: queued and later jobs end with
+    /// [`JobError::PoolBroken`] and `reason`.
+    pub(crate) fn break_pool(&self, reason: String) {
+        tracing::error!(%reason, "pool broken");
+        let _ = self.broken.set(JobError::PoolBroken { reason });
+        if let Some(error) = self.broken.get() {
+            self.queue.close(Some(error.clone()));
+        }
+    }
+
+    /// Queues `job` (see [`Executor::execute`](crate::Executor::execute)): a broken pool or
+    /// a function that cannot be shipped ends it at once; a shut-down pool gives it back.
+    pub(crate) fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
+        if let Some(error) = self.broken.get() {
+            return Ok(ErasedHandle::failed(error.clone()));
+        }
+        if let Err(error) = crate::job::check_shippable(&job.call.target()) {
+            return Ok(ErasedHandle::failed(error));
+        }
+        let state = JobState::new();
+        let queued = QueuedJob {
+            call: job.call,
+            state: state.clone(),
+            timeout: job.options.resolve_timeout(self.config.job_timeout),
+            encoded: None,
+        };
+        match self.queue.push(queued) {
+            Ok(()) => Ok(ErasedHandle::new(state)),
+            // A broken pool closes its queue: report why rather than "shut down".
+            Err(queued) => match self.broken.get() {
+                Some(error) => Ok(ErasedHandle::failed(error.clone())),
+                None => Err(ErasedJob {
+                    call: queued.call,
+                    options: job.options,
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.counters.snapshot(
+            self.config.max_workers,
+            self.queue.len() + self.counters.waiting(),
+        )
+    }
+
+    pub(crate) fn begin_shutdown(&self, cancel_queued: bool) {
+        self.queue
+            .close(cancel_queued.then_some(JobError::Cancelled));
+    }
+
+    /// Shuts the pool down and waits until supervision has stopped (see
+    /// [`Executor::shutdown_with`](crate::Executor::shutdown_with)).
+    pub(crate) async fn shutdown_with(
+        &self,
+        cancel_queued: bool,
+        timeout: Option<Duration>,
+    ) -> bool {
+        self.begin_shutdown(cancel_queued);
+        let terminated = || {
+            let mut terminated = self.terminated.subscribe();
+            async move {
+                // The sender lives in `self`, which the caller keeps alive.
+                let _ = terminated.wait_for(|&done| done).await;
+            }
+        };
+        if within(terminated(), timeout).await {
+            return true;
+        }
+        self.kill.cancel();
+        terminated().await;
+        false
+    }
+}

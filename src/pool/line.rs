@@ -1,0 +1,507 @@
+//! The pipelining window: the jobs sent to one worker, in the order it runs them (the head,
+//! running, and those waiting behind it in the link), and how many more may join them.
+//!
+//! Short jobs stream to a worker a little ahead, so that it never waits for the pool
+//! between them; long ones go one at a time, so that none waits behind another while a
+//! worker idles. "Short" is learned per function, from the worker's own job times
+//! ([`Line::room`]); a function not timed yet goes only to an idle worker. Time is given to
+//! the line by its caller (`now`), so the policy is testable without a clock.
+
+use super::core::QueuedJob;
+use crate::error::JobError;
+use crate::handle::Wakes;
+use crate::run::Outcome;
+use crate::ship::Target;
+use crate::stats::Counters;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The most jobs one worker holds at once: the one it runs and those waiting behind it.
+pub(crate) const MAX_WINDOW: usize = 32;
+/// About how much work (by the worker's recent job times) may be queued in one worker.
+pub(crate) const PIPELINE_SPAN: Duration = Duration::from_millis(1);
+/// How many functions a line keeps job times for.
+const TIMED_FUNCTIONS: usize = 8;
+/// The most argument bytes that may wait behind a running job, well under a socket's
+/// buffer, so that writing them never blocks while the worker writes its answer.
+pub(crate) const WINDOW_BYTES: usize = 64 * 1024;
+
+/// How many jobs a worker may hold (running and waiting) when its jobs take `job_time`:
+/// enough to cover about [`PIPELINE_SPAN`] of work, so that short jobs stream while long
+/// ones are handed out one at a time (and never wait behind each other while another
+/// worker idles).
+pub(crate) fn window_for(job_time: Option<Duration>) -> usize {
+    match job_time {
+        None => 1,
+        Some(t) => {
+            let fits = PIPELINE_SPAN.as_nanos() / t.as_nanos().max(1);
+            usize::try_from(fits)
+                .unwrap_or(MAX_WINDOW)
+                .clamp(1, MAX_WINDOW)
+        }
+    }
+}
+
+/// A job written to a worker and not yet answered.
+struct Sent {
+    id: u64,
+    /// The function it runs.
+    target: Target,
+    /// How long it was expected to take when it was sent (`None`: its function was not
+    /// timed yet), counted in the line's [`Line::work`] until it leaves.
+    estimate: Option<Duration>,
+    /// Its encoded argument is kept in `job.encoded` while it waits behind the head, so
+    /// that it can go back to the queue as it is.
+    job: QueuedJob,
+}
+
+/// The jobs sent to one worker, in the order it runs them: the head (running since
+/// `head_started`) and the jobs waiting behind it. It keeps the pool's counters in step:
+/// waiting jobs count as queued, a running head as a busy worker.
+pub(crate) struct Line<'a> {
+    counters: &'a Counters,
+    /// Whether `cancel()` may stop a running job (the backend can stop one).
+    stoppable: bool,
+    sent: VecDeque<Sent>,
+    /// When the front job became the head; `None` until it does.
+    head_started: Option<Instant>,
+    /// Bytes of the arguments waiting behind the head.
+    bytes: usize,
+    /// How long this worker's jobs take, per function (a moving average), for the few
+    /// functions it ran last, most recent first. A function's jobs are windowed by their
+    /// own times: short jobs of one function must not open a window for the first jobs
+    /// of a long one, which would then wait behind each other in one worker while
+    /// another idles.
+    job_times: Vec<(Target, Duration)>,
+    /// The function of the job sent last: the one the serving loop makes room for.
+    last_target: Option<Target>,
+    /// The expected work of the jobs in the line: the sum of their known estimates, and
+    /// how many have none.
+    work: Duration,
+    untimed: usize,
+}
+
+impl<'a> Line<'a> {
+    pub(crate) fn new(counters: &'a Counters, stoppable: bool) -> Line<'a> {
+        Line {
+            counters,
+            stoppable,
+            sent: VecDeque::new(),
+            head_started: None,
+            bytes: 0,
+            job_times: Vec::new(),
+            last_target: None,
+            work: Duration::ZERO,
+            untimed: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
+    /// Bytes of the arguments waiting behind the head.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How long `target`'s jobs take here, if this worker has timed them.
+    fn job_time(&self, target: Target) -> Option<Duration> {
+        let (_, time) = self.job_times.iter().find(|(timed, _)| *timed == target)?;
+        Some(*time)
+    }
+
+    /// How many more jobs of `target`'s function (by default the one sent last) may join
+    /// the line now: as many as [`window_for`] their job time when the line is empty;
+    /// behind other jobs, as many as fit with them in [`PIPELINE_SPAN`] of expected work.
+    /// Nothing joins a line that holds a job of unknown length, and a job of unknown
+    /// length joins only an empty line.
+    pub(crate) fn room(&self, target: Option<Target>) -> usize {
+        let time = target.or(self.last_target).and_then(|t| self.job_time(t));
+        if self.sent.is_empty() {
+            return window_for(time);
+        }
+        let (0, Some(time)) = (self.untimed, time) else {
+            return 0;
+        };
+        let free = PIPELINE_SPAN.saturating_sub(self.work);
+        let fits = usize::try_from(free.as_nanos() / time.as_nanos().max(1)).unwrap_or(usize::MAX);
+        fits.min(MAX_WINDOW.saturating_sub(self.sent.len()))
+    }
+
+    /// Counts `estimate` in or out of the line's expected work.
+    fn count_work(&mut self, estimate: Option<Duration>, joins: bool) {
+        match (estimate, joins) {
+            (Some(e), true) => self.work += e,
+            (Some(e), false) => self.work = self.work.saturating_sub(e),
+            (None, true) => self.untimed += 1,
+            (None, false) => self.untimed -= 1,
+        }
+    }
+
+    /// Records that one of `target`'s jobs took `took`.
+    fn observe(&mut self, target: Target, took: Duration) {
+        let average = match self.job_times.iter().position(|(t, _)| *t == target) {
+            Some(i) => {
+                let (_, average) = self.job_times.remove(i);
+                (average * 7 + took) / 8
+            }
+            None => took,
+        };
+        self.job_times.truncate(TIMED_FUNCTIONS - 1);
+        self.job_times.insert(0, (target, average));
+    }
+
+    /// The running head, if any.
+    fn head(&self) -> Option<&Sent> {
+        self.head_started.and(self.sent.front())
+    }
+
+    pub(crate) fn head_id(&self) -> Option<u64> {
+        self.head().map(|s| s.id)
+    }
+
+    /// When the head's time limit runs out, if it has one.
+    pub(crate) fn head_deadline(&self) -> Option<Instant> {
+        Some(self.head_started? + self.head()?.job.timeout?)
+    }
+
+    pub(crate) fn head_timeout(&self) -> Option<Duration> {
+        self.head()?.job.timeout
+    }
+
+    /// The running head's completion cell (whose caller may ask to stop it).
+    pub(crate) fn running(&self) -> Option<Arc<crate::handle::JobState>> {
+        self.head().map(|s| s.job.state.clone())
+    }
+
+    /// Appends a claimed job just encoded into the worker's next write. The first job of
+    /// an empty line is stoppable from now on: the worker runs it as soon as its bytes
+    /// arrive, and may answer before the line promotes it.
+    pub(crate) fn push(&mut self, id: u64, target: Target, mut job: QueuedJob, input: Vec<u8>) {
+        if self.sent.is_empty() && self.stoppable {
+            job.state.make_stoppable();
+        }
+        self.bytes += input.len();
+        job.encoded = Some(input);
+        self.counters.windowed.fetch_add(1, Ordering::Relaxed);
+        self.last_target = Some(target);
+        let estimate = self.job_time(target);
+        self.count_work(estimate, true);
+        self.sent.push_back(Sent {
+            id,
+            target,
+            estimate,
+            job,
+        });
+    }
+
+    /// The argument of the job sent last, while it waits.
+    pub(crate) fn last_input(&self) -> Option<&[u8]> {
+        self.sent.back()?.job.encoded.as_deref()
+    }
+
+    /// Makes the oldest job the head, if there is none: the worker runs it from `now`, and
+    /// `cancel()` may stop it.
+    pub(crate) fn promote(&mut self, now: Instant) {
+        if self.head_started.is_some() {
+            return;
+        }
+        let Some(sent) = self.sent.front_mut() else {
+            return;
+        };
+        self.counters.windowed.fetch_sub(1, Ordering::Relaxed);
+        if let Some(input) = sent.job.encoded.take() {
+            self.bytes -= input.len(); // the worker has it: free it now
+        }
+        if self.stoppable {
+            sent.job.state.make_stoppable();
+        }
+        self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
+        self.head_started = Some(now);
+    }
+
+    /// Takes the head off the line, idle again, with how long it ran until `now`.
+    fn pop_head(&mut self, now: Instant) -> Option<(Sent, Duration)> {
+        let started = self.head_started.take()?;
+        let sent = self.sent.pop_front()?;
+        self.count_work(sent.estimate, false);
+        self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        Some((sent, now.saturating_duration_since(started)))
+    }
+
+    /// Completes the head with the worker's answer, which arrived at `now`, holding its
+    /// caller's waker in `wakes`.
+    pub(crate) fn answer(
+        &mut self,
+        outcome: Outcome,
+        payload: bytes::Bytes,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
+        let Some((sent, took)) = self.pop_head(now) else {
+            return;
+        };
+        self.observe(sent.target, took);
+        let result = match outcome.into_error() {
+            Some(error) => Err(error),
+            None => (sent.job.call.decoder())(payload),
+        };
+        self.counters
+            .finish_deferred(&sent.job.state, result, wakes);
+    }
+
+    /// Ends the running head with `error` (the worker is gone).
+    pub(crate) fn fail_head(&mut self, error: JobError) {
+        if let Some((sent, _)) = self.pop_head(Instant::now()) {
+            self.counters.finish(&sent.job.state, Err(error));
+        }
+    }
+
+    /// Takes the jobs waiting behind the head (none of them ran), to requeue them.
+    pub(crate) fn take_waiting(&mut self) -> Vec<QueuedJob> {
+        let start = usize::from(self.head_started.is_some());
+        let drained: Vec<Sent> = self.sent.drain(start..).collect();
+        let waiting: Vec<_> = drained
+            .into_iter()
+            .map(|sent| {
+                self.count_work(sent.estimate, false);
+                sent.job
+            })
+            .collect();
+        self.counters
+            .windowed
+            .fetch_sub(waiting.len(), Ordering::Relaxed);
+        self.bytes = 0;
+        waiting
+    }
+
+    /// Ends every job in the line with `error`: the pool is being killed.
+    pub(crate) fn fail_all(&mut self, error: JobError) {
+        self.fail_head(error.clone());
+        for job in self.take_waiting() {
+            self.counters.finish(&job.state, Err(error.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handle::JobState;
+    use crate::job::ErasedJob;
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    fn triple(x: u64) -> u64 {
+        x * 3
+    }
+
+    /// A claimed job of `f`, as the serving loop holds it, with its target.
+    ///
+    /// Jobs are timed per function pointer, and an optimized build may give a small
+    /// function a copy of its own in each codegen unit that takes its address (a closure
+    /// can be in another): each test takes a function's address once.
+    fn claimed(f: fn(u64) -> u64, x: u64) -> (Target, QueuedJob) {
+        let call = ErasedJob::single(f, x).call;
+        let state = JobState::new();
+        assert!(state.try_start());
+        let target = call.target();
+        let job = QueuedJob {
+            call,
+            state,
+            timeout: None,
+            encoded: None,
+        };
+        (target, job)
+    }
+
+    /// Runs `jobs` jobs of `f` through `line` one at a time, each taking `took`.
+    fn time_jobs(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, took: Duration) {
+        let mut now = Instant::now();
+        for x in 0..jobs as u64 {
+            let (target, job) = claimed(f, x);
+            line.push(x, target, job, vec![0; 8]);
+            line.promote(now);
+            now += took;
+            let answer = postcard::to_allocvec(&(2 * x)).unwrap();
+            line.answer(Outcome::Ok, answer.into(), now, &mut Wakes::default());
+        }
+    }
+
+    #[test]
+    fn the_window_follows_job_time() {
+        assert_eq!(window_for(None), 1);
+        assert_eq!(window_for(Some(Duration::from_secs(1))), 1);
+        assert_eq!(window_for(Some(Duration::from_micros(250))), 4);
+        assert_eq!(window_for(Some(Duration::from_micros(1))), 32);
+        assert_eq!(window_for(Some(Duration::ZERO)), 32);
+    }
+
+    #[test]
+    fn a_function_not_timed_yet_goes_alone_to_an_idle_worker() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        let (target, job) = claimed(double, 1);
+        assert_eq!(line.room(Some(target)), 1, "an idle worker takes one");
+        line.push(1, target, job, vec![0; 8]);
+        assert_eq!(line.room(Some(target)), 0, "nothing waits behind it");
+        assert_eq!(
+            line.room(None),
+            0,
+            "nor behind it as the function sent last"
+        );
+    }
+
+    #[test]
+    fn short_jobs_stream_as_far_as_the_span_allows() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        time_jobs(&mut line, double, 1, Duration::from_micros(250));
+        let (target, _) = claimed(double, 0);
+        assert_eq!(line.room(Some(target)), 4, "1 ms of 250 us jobs");
+        for x in 0..3 {
+            let (target, job) = claimed(double, x);
+            line.push(x, target, job, vec![0; 8]);
+        }
+        assert_eq!(line.room(None), 1, "the fourth still fits");
+        let (target, job) = claimed(double, 3);
+        line.push(3, target, job, vec![0; 8]);
+        assert_eq!(line.room(None), 0, "the span is full");
+        assert_eq!(counters.waiting(), 4, "waiting jobs count as queued");
+        assert_eq!(line.bytes(), 32);
+    }
+
+    #[test]
+    fn short_jobs_of_one_function_open_no_window_for_another() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        time_jobs(&mut line, double, 10, Duration::from_micros(1));
+        let (short, job) = claimed(double, 0);
+        let (untimed, _) = claimed(triple, 0);
+        assert_eq!(line.room(Some(short)), MAX_WINDOW);
+        assert_eq!(line.room(Some(untimed)), 1, "an idle worker takes one");
+        line.push(0, short, job, vec![]);
+        assert_eq!(
+            line.room(Some(untimed)),
+            0,
+            "not behind another function's job"
+        );
+        assert!(line.room(Some(short)) > 0);
+    }
+
+    #[test]
+    fn job_times_are_a_moving_average_per_function() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        time_jobs(&mut line, double, 1, Duration::from_micros(800));
+        let (target, _) = claimed(double, 0);
+        assert_eq!(line.job_time(target), Some(Duration::from_micros(800)));
+        time_jobs(&mut line, double, 1, Duration::ZERO);
+        assert_eq!(line.job_time(target), Some(Duration::from_micros(700)));
+        // Only the last few functions are remembered.
+        let others: [fn(u64) -> u64; TIMED_FUNCTIONS] = [
+            |x| x + 1,
+            |x| x + 2,
+            |x| x + 3,
+            |x| x + 4,
+            |x| x + 5,
+            |x| x + 6,
+            |x| x + 7,
+            |x| x + 8,
+        ];
+        for (i, f) in others.into_iter().enumerate() {
+            assert!(
+                line.job_time(target).is_some(),
+                "forgotten after {i} others"
+            );
+            line.observe(claimed(f, 0).0, Duration::ZERO);
+        }
+        assert_eq!(line.job_times.len(), TIMED_FUNCTIONS);
+        assert_eq!(
+            line.job_time(target),
+            None,
+            "the oldest function is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_head_runs_from_its_promotion_and_its_answer_completes_it() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        let (target, first) = claimed(double, 21);
+        let state = first.state.clone();
+        line.push(7, target, first, vec![1, 2, 3]);
+        assert_eq!(line.head_id(), None, "sent, not running yet");
+        let start = Instant::now();
+        line.promote(start);
+        assert_eq!(line.head_id(), Some(7));
+        assert_eq!(line.bytes(), 0, "the worker has the argument");
+        assert_eq!(counters.workers_busy.load(Ordering::Relaxed), 1);
+        assert!(
+            state.cancel(),
+            "a running job on a stoppable line can be stopped"
+        );
+        let answer = postcard::to_allocvec(&42_u64).unwrap();
+        let mut wakes = Wakes::default();
+        line.answer(
+            Outcome::Ok,
+            answer.into(),
+            start + Duration::from_micros(5),
+            &mut wakes,
+        );
+        assert!(state.is_done() && line.is_empty());
+        assert_eq!(line.job_time(target), Some(Duration::from_micros(5)));
+        assert_eq!(counters.workers_busy.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.completed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_line_that_cannot_stop_its_worker_never_makes_a_job_stoppable() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, false);
+        let (target, job) = claimed(double, 1);
+        let state = job.state.clone();
+        line.push(1, target, job, vec![]);
+        line.promote(Instant::now());
+        assert!(!state.cancel(), "a running job that cannot be stopped");
+        line.fail_head(JobError::Cancelled);
+        assert!(state.is_done());
+    }
+
+    #[test]
+    fn jobs_behind_a_lost_head_go_back_untouched() {
+        let counters = Counters::default();
+        let mut line = Line::new(&counters, true);
+        // One reference to `double`: a closure may hold a copy of its own (see `claimed`).
+        let f: fn(u64) -> u64 = double;
+        time_jobs(&mut line, f, 1, Duration::from_micros(1));
+        let jobs: Vec<_> = (0..3).map(|x| claimed(f, x)).collect();
+        let states: Vec<_> = jobs.iter().map(|(_, j)| j.state.clone()).collect();
+        for (x, (target, job)) in (0..).zip(jobs) {
+            line.push(x, target, job, vec![x as u8; 4]);
+        }
+        line.promote(Instant::now());
+        line.fail_head(JobError::Cancelled);
+        let waiting = line.take_waiting();
+        assert_eq!(waiting.len(), 2);
+        assert!(states[0].is_done() && !states[1].is_done() && !states[2].is_done());
+        assert_eq!(
+            waiting[0].encoded.as_deref(),
+            Some(&[1_u8; 4][..]),
+            "as encoded"
+        );
+        assert_eq!(counters.waiting(), 0);
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+        assert!(line.is_empty() && line.bytes() == 0);
+        assert_eq!(line.room(None), MAX_WINDOW, "the function stays timed");
+    }
+}

@@ -1,0 +1,510 @@
+//! The per-worker event loop: streams jobs from the shared queue to one worker, completes
+//! its answers, and gives the worker up (through one path, [`Serving::lose`]) when it
+//! dies, breaks the protocol, runs a job too long, is asked to stop a job, or grows past
+//! the memory limit.
+//!
+//! Jobs are pipelined: while the worker runs the head job, short, small jobs of the same
+//! function wait behind it in its link, written together, so that the worker never idles
+//! waiting for the pool ([`Line`] decides how many). The worker runs them strictly in
+//! order, so only the head has started: the jobs behind it count as started for `cancel()`
+//! (as in Python's call queue), and if the worker is lost they go back to the front of the
+//! queue, untouched. Answers that arrive together are completed in one pass and their
+//! callers woken once.
+
+use super::backend::{Backend, Caps, Received, WorkerLink};
+use super::core::{Core, QueuedJob};
+use super::exit_within;
+use super::line::{Line, WINDOW_BYTES};
+use crate::error::{Cause, JobError};
+use crate::exit::{ExitInfo, WorkerId};
+use crate::handle::Wakes;
+use crate::ship::Target;
+use crate::wire::frame::{Frame, INLINE_PAYLOAD, ProtocolError, put_frame};
+use crate::wire::message::{FromWorker, ToWorker};
+use bytes::BytesMut;
+use futures::FutureExt;
+use std::time::{Duration, Instant};
+
+/// How long a worker told to shut down may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker whose link broke may take to be seen exiting before it is treated as
+/// alive and misbehaving.
+const BROKEN_GRACE: Duration = Duration::from_secs(1);
+/// How often a busy worker's resident memory is read when the pool has a limit.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+
+/// What a slot does after its worker stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Start a new worker.
+    Respawn,
+    /// The pool is stopping: start none.
+    Stop,
+}
+
+/// What woke the loop.
+enum Event {
+    Killed,
+    /// `cancel()` asked to stop the running head.
+    Stop,
+    Received(Received),
+    HeadTimer,
+    OverMemory {
+        limit: u64,
+        resident: u64,
+    },
+    Job(Option<QueuedJob>),
+}
+
+/// Why a worker is being given up.
+enum Loss {
+    /// It exited by itself.
+    Exited(ExitInfo),
+    /// Its link closed or broke: it died, if it exits soon; otherwise it broke the
+    /// protocol, and its running job ends with this [`JobError::Protocol`].
+    Broken(JobError),
+    /// The pool stops it: its running job ends with `error`.
+    Stopped { error: JobError, why: &'static str },
+}
+
+/// One worker being served, and the jobs it holds.
+struct Serving<'a, B: Backend> {
+    core: &'a Core,
+    backend: &'a B,
+    caps: Caps,
+    slot: usize,
+    link: B::Link,
+    id: WorkerId,
+    /// Jobs it has answered.
+    tasks: usize,
+    /// The id of the next job written to it.
+    next_id: u64,
+    line: Line<'a>,
+}
+
+/// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
+pub(crate) async fn serve<B: Backend>(
+    core: &Core,
+    backend: &B,
+    slot: usize,
+    link: B::Link,
+) -> Next {
+    let caps = backend.caps();
+    let mut serving = Serving {
+        core,
+        backend,
+        caps,
+        slot,
+        id: link.id(),
+        link,
+        tasks: 0,
+        next_id: 0,
+        line: Line::new(&core.counters, caps.stop_running),
+    };
+    serving.run().await
+}
+
+impl<B: Backend> Serving<'_, B> {
+    async fn run(&mut self) -> Next {
+        let mut draining = false;
+        // A job too large to wait behind the running one, or of a function with no room
+        // in the line, went back to the queue: take nothing more until the line is empty,
+        // so that it comes next (here or elsewhere).
+        let mut hold = false;
+        // Something read while completing answers, to handle next.
+        let mut carried: Option<Received> = None;
+        loop {
+            hold &= !self.line.is_empty();
+            let room = if draining || hold { 0 } else { self.room(None) };
+            let event = match carried.take() {
+                Some(received) => Event::Received(received),
+                None => self.next_event(room).await,
+            };
+            let loss = match event {
+                Event::Killed => {
+                    self.link.kill().await;
+                    self.line.fail_all(JobError::ShutDown);
+                    return Next::Stop;
+                }
+                Event::Job(None) => {
+                    // The queue is closed and empty: finish what was sent, then retire.
+                    draining = true;
+                    None
+                }
+                Event::Job(Some(job)) => match self.take_jobs(job).await {
+                    Ok(held) => {
+                        hold = held;
+                        None
+                    }
+                    Err(loss) => Some(loss),
+                },
+                Event::Received(Received::Frame(Frame {
+                    message: FromWorker::Done { id, outcome },
+                    payload,
+                })) if self.line.head_id() == Some(id) => {
+                    carried = self.complete(outcome, payload);
+                    if let Some((limit, resident)) = self.over_memory_limit() {
+                        tracing::warn!(
+                            slot = self.slot,
+                            worker = %self.id,
+                            limit,
+                            resident,
+                            "retiring a worker over the memory limit"
+                        );
+                        let waiting = self.line.take_waiting();
+                        self.requeue(waiting);
+                        self.retire().await;
+                        return Next::Respawn;
+                    }
+                    None
+                }
+                Event::Received(Received::Exited(exit)) => Some(Loss::Exited(exit)),
+                Event::Received(received @ Received::Closed) => {
+                    Some(Loss::Broken(JobError::Protocol {
+                        reason: received.describe(),
+                        cause: None,
+                    }))
+                }
+                Event::Received(Received::Broken(
+                    error @ (ProtocolError::Io(_) | ProtocolError::Truncated),
+                )) => Some(Loss::Broken(error.into_job_error())),
+                Event::Received(Received::Broken(error)) => Some(Loss::Stopped {
+                    error: error.into_job_error(),
+                    why: "killed a worker after a protocol error",
+                }),
+                Event::Received(received @ Received::Frame(_)) => Some(Loss::Stopped {
+                    error: JobError::Protocol {
+                        reason: received.describe(),
+                        cause: None,
+                    },
+                    why: "killed a worker after a protocol error",
+                }),
+                Event::Stop => Some(Loss::Stopped {
+                    error: JobError::Cancelled,
+                    why: "killed a worker to cancel its running job",
+                }),
+                Event::HeadTimer => Some(Loss::Stopped {
+                    error: JobError::TimedOut(self.line.head_timeout().unwrap_or_default()),
+                    why: "job timed out; killed its worker",
+                }),
+                Event::OverMemory { limit, resident } => Some(Loss::Stopped {
+                    error: JobError::MemoryLimit { limit, resident },
+                    why: "killed a worker over the memory limit",
+                }),
+            };
+            if let Some(loss) = loss {
+                return self.lose(loss).await;
+            }
+            if self.line.is_empty() {
+                if draining {
+                    self.retire().await;
+                    return Next::Stop;
+                }
+                let recycle = self.core.config.max_tasks_per_child;
+                if recycle.is_some_and(|max| self.tasks >= max) {
+                    tracing::debug!(slot = self.slot, worker = %self.id, tasks = self.tasks, "retiring worker");
+                    self.retire().await;
+                    return Next::Respawn;
+                }
+            }
+            self.line.promote(Instant::now());
+        }
+    }
+
+    /// Waits for the next event: the pool being killed, a stop request for the running
+    /// job, something from the link, the head's deadline, the memory ceiling, or (with
+    /// `room`) a job from the queue.
+    async fn next_event(&mut self, room: usize) -> Event {
+        let deadline = self.line.head_deadline();
+        let head_timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let running = self.line.running();
+        let stop = async {
+            match &running {
+                Some(state) => state.stop_requested().await,
+                None => std::future::pending().await,
+            }
+        };
+        let watch_memory = !self.line.is_empty()
+            && self.caps.memory
+            && self.core.config.max_worker_memory.is_some();
+        let (core, backend, id) = (self.core, self.backend, self.id);
+        let memory_limit = async move {
+            if !watch_memory {
+                return std::future::pending().await;
+            }
+            let mut poll = tokio::time::interval(MEMORY_POLL);
+            loop {
+                poll.tick().await;
+                if let Some(over) = over_limit(core, backend, id) {
+                    return over;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.core.kill.cancelled() => Event::Killed,
+            () = stop => Event::Stop,
+            received = self.link.recv() => Event::Received(received),
+            () = head_timer => Event::HeadTimer,
+            (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
+            job = self.core.queue.pop(), if room > 0 => Event::Job(job),
+        }
+    }
+
+    /// How many more jobs of `target`'s function (by default, of the one sent last) the
+    /// worker may be sent now.
+    fn room(&self, target: Option<Target>) -> usize {
+        let sent = self.tasks + self.line.len();
+        let left = match self.core.config.max_tasks_per_child {
+            Some(max) => max.saturating_sub(sent),
+            None => usize::MAX,
+        };
+        self.line.room(target).min(left)
+    }
+
+    /// Sends `job`, and the jobs of its function behind it in the queue for which the line
+    /// has room, in one write. The room was for more of the function sent last: a job of
+    /// another function gets its own window, which may be none while the line holds
+    /// anything (a function not timed yet goes alone); it then goes back to the queue, for
+    /// an idle worker or for this one once idle. `Ok(true)` says a job went back, so that
+    /// this worker should take no more until its line is empty.
+    async fn take_jobs(&mut self, job: QueuedJob) -> Result<bool, Loss> {
+        let target = job.call.target();
+        let room = self.room(Some(target));
+        if room == 0 {
+            self.core.queue.requeue_front(vec![job]);
+            return Ok(true);
+        }
+        let mut batch = vec![job];
+        while batch.len() < room {
+            match self.core.queue.try_pop() {
+                Some(next) if next.call.target() == target => batch.push(next),
+                Some(other) => {
+                    self.core.queue.requeue_front(vec![other]);
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.send_jobs(target, batch).await
+    }
+
+    /// Encodes `batch` (jobs of `target`'s function) and writes it to the worker in one go
+    /// (a large payload goes after its frame's head, straight from its buffer). Jobs that
+    /// cannot go in this write go back to the front of the queue; `Ok(true)` says one was
+    /// held back for being too large to wait behind the running job.
+    async fn send_jobs(&mut self, target: Target, batch: Vec<QueuedJob>) -> Result<bool, Loss> {
+        let counters = &self.core.counters;
+        let mut out = BytesMut::new();
+        let mut large = false;
+        let mut held = false;
+        let mut jobs = batch.into_iter();
+        while let Some(mut job) = jobs.next() {
+            let input = match job.encoded.take() {
+                Some(input) => input, // claimed when it was first sent
+                None => {
+                    // Claimed now: from here on, as for a job handed to Python's call
+                    // queue, the job counts as started and `cancel()` no longer removes
+                    // it; it becomes stoppable once the worker runs it.
+                    if !job.state.try_start() {
+                        continue; // cancelled while queued
+                    }
+                    let mut input = Vec::new();
+                    if let Err(e) = job.call.encode_input(&mut input) {
+                        counters.finish(&job.state, Err(e));
+                        continue;
+                    }
+                    input
+                }
+            };
+            let behind = !self.line.is_empty() || !out.is_empty();
+            if behind
+                && (input.len() > INLINE_PAYLOAD || self.line.bytes() + input.len() > WINDOW_BYTES)
+            {
+                // Too large to wait in the link: it will lead a later write. Writing it
+                // behind a running job could fill both directions of a socket at once.
+                job.encoded = Some(input);
+                self.core
+                    .queue
+                    .requeue_front(std::iter::once(job).chain(jobs).collect());
+                held = true;
+                break;
+            }
+            let id = self.next_id;
+            let message = ToWorker::Run { id, target };
+            match put_frame(&message, &input, self.core.config.max_frame, &mut out) {
+                Ok(tail) => large = !tail.is_empty(),
+                Err(ProtocolError::MessageTooLarge { size, max }) => {
+                    counters.finish(&job.state, Err(JobError::TooLarge { size, max }));
+                    continue;
+                }
+                Err(e) => {
+                    counters.finish(&job.state, Err(e.into_job_error()));
+                    continue;
+                }
+            }
+            self.next_id += 1;
+            self.line.push(id, target, job, input);
+            if large {
+                // Nothing goes after a large payload in this write.
+                self.core.queue.requeue_front(jobs.collect());
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Ok(held);
+        }
+        let payload = match (large, self.line.last_input()) {
+            (true, Some(input)) => input,
+            _ => &[],
+        };
+        match self.link.send(&out, payload).await {
+            Ok(()) => Ok(held),
+            Err(error) => {
+                // The jobs of this write never started (they go back to the queue); an
+                // older head may have been running.
+                tracing::warn!(slot = self.slot, worker = %self.id, %error, "lost a worker while writing to it");
+                Err(Loss::Broken(JobError::Protocol {
+                    reason: "writing to the worker failed".into(),
+                    cause: Some(Cause::new(error)),
+                }))
+            }
+        }
+    }
+
+    /// Completes the head with its answer, and every further answer the link already
+    /// holds, without a turn of the loop each; their callers are woken once, after the
+    /// last, so that a caller awaiting in order is not woken once per job. Returns what
+    /// else the link delivered meanwhile, to handle next.
+    fn complete(
+        &mut self,
+        outcome: crate::run::Outcome,
+        payload: bytes::Bytes,
+    ) -> Option<Received> {
+        let mut wakes = Wakes::default();
+        self.line
+            .answer(outcome, payload, Instant::now(), &mut wakes);
+        self.tasks += 1;
+        let mut carried = None;
+        while !self.line.is_empty() {
+            self.line.promote(Instant::now());
+            match self.link.recv().now_or_never() {
+                None => break,
+                Some(Received::Frame(Frame {
+                    message: FromWorker::Done { id, outcome },
+                    payload,
+                })) if self.line.head_id() == Some(id) => {
+                    self.line
+                        .answer(outcome, payload, Instant::now(), &mut wakes);
+                    self.tasks += 1;
+                }
+                Some(other) => {
+                    carried = Some(other);
+                    break;
+                }
+            }
+        }
+        wakes.flush();
+        carried
+    }
+
+    /// Gives the worker up: its running job (if any) ends with the error `loss` implies;
+    /// the jobs behind it never started and go back to the queue.
+    async fn lose(&mut self, loss: Loss) -> Next {
+        let (slot, worker, idle) = (self.slot, self.id, self.line.is_empty());
+        let error = match loss {
+            Loss::Exited(exit) if idle => {
+                tracing::warn!(slot, %worker, %exit, "idle worker exited");
+                return Next::Respawn;
+            }
+            Loss::Exited(exit) => JobError::WorkerDied { exit },
+            Loss::Broken(error) if idle => {
+                let error = crate::error::report(&error);
+                tracing::warn!(slot, %worker, %error, "lost an idle worker");
+                self.link.kill().await;
+                return Next::Respawn;
+            }
+            // A reset or a frame cut short is what a death looks like from here: the
+            // worker usually has exited already.
+            Loss::Broken(error) => {
+                match exit_within(self.link.exited(), &self.core.kill, BROKEN_GRACE).await {
+                    Some(exit) => JobError::WorkerDied { exit },
+                    None => {
+                        self.link.kill().await;
+                        error
+                    }
+                }
+            }
+            Loss::Stopped { error, why } => {
+                self.link.kill().await;
+                match &error {
+                    JobError::Cancelled => tracing::info!(slot, %worker, "{why}"),
+                    other => {
+                        let error = crate::error::report(other);
+                        tracing::warn!(slot, %worker, %error, "{why}");
+                    }
+                }
+                error
+            }
+        };
+        if let JobError::WorkerDied { exit } = &error {
+            let jobs = self.line.len();
+            tracing::warn!(slot, %worker, %exit, jobs, "worker died while running a job");
+        }
+        self.line.fail_head(error);
+        let waiting = self.line.take_waiting();
+        self.requeue(waiting);
+        Next::Respawn
+    }
+
+    /// Puts jobs that never started back at the front of the queue, in order.
+    fn requeue(&self, jobs: Vec<QueuedJob>) {
+        if !jobs.is_empty() {
+            tracing::debug!(
+                jobs = jobs.len(),
+                "requeued jobs a lost worker never started"
+            );
+            self.core.queue.requeue_front(jobs);
+        }
+    }
+
+    /// Asks the worker to exit and waits for it (killing it after a grace period).
+    async fn retire(&mut self) {
+        let mut frame = BytesMut::new();
+        if put_frame(
+            &ToWorker::Shutdown,
+            &[],
+            self.core.config.max_frame,
+            &mut frame,
+        )
+        .is_ok()
+        {
+            let _ = self.link.send(&frame, &[]).await;
+        }
+        let exit = match exit_within(self.link.exited(), &self.core.kill, EXIT_GRACE).await {
+            Some(exit) => exit,
+            None => self.link.kill().await,
+        };
+        tracing::debug!(worker = %self.id, %exit, "worker exited");
+    }
+
+    /// `Some((limit, resident))` if the pool has a memory limit and the worker is over it.
+    fn over_memory_limit(&self) -> Option<(u64, u64)> {
+        if !self.caps.memory {
+            return None;
+        }
+        over_limit(self.core, self.backend, self.id)
+    }
+}
+
+/// `Some((limit, resident))` if the pool has a memory limit and `worker` is over it.
+fn over_limit<B: Backend>(core: &Core, backend: &B, worker: WorkerId) -> Option<(u64, u64)> {
+    let limit = core.config.max_worker_memory?;
+    let resident = backend.resident_memory(worker)?;
+    (resident > limit).then_some((limit, resident))
+}

@@ -1,0 +1,111 @@
+//! [`LocalWorker`]: one child process and its socket, the local backend's
+//! [`WorkerLink`]. It reads the child's frames, sees it exit, kills and reaps it, and reads
+//! its resident memory.
+
+use crate::exit::{ExitInfo, WorkerId};
+use crate::pool::backend::{Received, WorkerLink};
+use crate::wire::frame::Codec;
+use crate::wire::message::FromWorker;
+use futures::StreamExt;
+use interprocess::local_socket::tokio::Stream as AsyncStream;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
+use tokio_util::codec::Framed;
+
+/// The pool's end of a worker's socket: frames from the worker are decoded; frames to it
+/// are written as bytes.
+pub(super) type Conn = Framed<AsyncStream, Codec<FromWorker>>;
+
+/// A started, handshaken child process.
+pub(crate) struct LocalWorker {
+    child: Child,
+    conn: Conn,
+    id: WorkerId,
+}
+
+impl LocalWorker {
+    pub(super) fn new(child: Child, conn: Conn, pid: u32) -> LocalWorker {
+        LocalWorker {
+            child,
+            conn,
+            id: WorkerId::process(pid),
+        }
+    }
+}
+
+impl WorkerLink for LocalWorker {
+    fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    async fn send(&mut self, frames: &[u8], payload: &[u8]) -> std::io::Result<()> {
+        let stream = self.conn.get_mut();
+        stream.write_all(frames).await?;
+        if !payload.is_empty() {
+            stream.write_all(payload).await?;
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Received {
+        // Frames first: what the worker wrote before it exited is still delivered.
+        tokio::select! {
+            biased;
+            item = self.conn.next() => Received::from_stream(item),
+            status = self.child.wait() => Received::Exited(exit_info(status, self.id)),
+        }
+    }
+
+    async fn exited(&mut self) -> ExitInfo {
+        exit_info(self.child.wait().await, self.id)
+    }
+
+    async fn kill(&mut self) -> ExitInfo {
+        reap(&mut self.child, self.id).await
+    }
+}
+
+/// Kills a child and waits for it, so that it leaves no zombie.
+pub(super) async fn reap(child: &mut Child, id: WorkerId) -> ExitInfo {
+    let _ = child.start_kill();
+    exit_info(child.wait().await, id)
+}
+
+/// How `id` ended, from its wait status.
+pub(super) fn exit_info(
+    status: std::io::Result<std::process::ExitStatus>,
+    id: WorkerId,
+) -> ExitInfo {
+    status
+        .map_or_else(|_| ExitInfo::unknown(), ExitInfo::from_status)
+        .of(id)
+}
+
+/// The resident memory of a process, in bytes (`VmRSS` from `/proc/<pid>/status`). `None`
+/// where there is no such file to read.
+pub(super) fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        if cfg!(target_os = "linux") {
+            let bytes = resident_bytes(std::process::id()).unwrap();
+            assert!(bytes > 1 << 20, "{bytes}");
+        }
+        assert_eq!(resident_bytes(u32::MAX), None);
+    }
+}

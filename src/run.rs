@@ -1,0 +1,376 @@
+//! Worker-side execution: what runs a shipped job once its function is found, with the
+//! panic boundary and how a call ended ([`Outcome`]).
+//!
+//! In the manner of rayon-core's `unwind.rs`, this module owns the unwinding boundary: a
+//! job's panic (or one in its argument's `Deserialize`, or its result's `Serialize`) is
+//! caught here and becomes data, with the location the worker's panic hook recorded. The
+//! calling side, which finds the function in the image, is [`crate::ship`].
+
+use crate::error::JobError;
+use crate::wire::items::{
+    TAG_ARG_DECODE, TAG_ARG_ENCODE, TAG_OK, TAG_PANICKED, encode_into, encode_value,
+    is_byte_buffer, push_item, push_message_item, same_type, take_value,
+};
+use crate::wire::plain;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// How one shipped call ended. `Ok` means the caller's output buffer holds the encoded
+/// result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Ok,
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    /// The worker could not decode the argument.
+    Decode(String),
+    /// The worker could not encode the result.
+    Encode(String),
+}
+
+impl Outcome {
+    /// The job error for a call that did not succeed.
+    pub(crate) fn into_error(self) -> Option<JobError> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Panicked { message, location } => {
+                Some(JobError::Panicked { message, location })
+            }
+            Outcome::Decode(e) => Some(JobError::Decode(format!("argument (in the worker): {e}"))),
+            Outcome::Encode(e) => Some(JobError::Encode(format!("result (in the worker): {e}"))),
+        }
+    }
+}
+
+thread_local! {
+    /// Set by the worker's panic hook: the location of the panic being unwound.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether a job is running on this thread, so the hook stays quiet for job panics.
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs the worker's panic hook: it records where a job panicked (the report travels
+/// to the parent) and prints panics that happen outside jobs as the default hook would.
+pub(crate) fn install_worker_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_JOB.with(Cell::get) {
+            let loc = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// Runs `f` as a job: catches a panic and reports its message and location.
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
+    IN_JOB.with(|j| j.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_JOB.with(|j| j.set(false));
+    result.map_err(|payload| {
+        let location = PANIC_LOCATION.with(|p| p.borrow_mut().take());
+        (crate::error::panic_message(&*payload), location)
+    })
+}
+
+/// Runs a single job: decode `A`, call `f`, encode `R` into `out`.
+pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    f: fn(A) -> R,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let arg = if is_byte_buffer::<A>() {
+        // The argument's buffer is handed to the function, not copied.
+        same_type::<Vec<u8>, A>(std::mem::take(input))
+    } else {
+        match catch(|| postcard::from_bytes::<A>(input)) {
+            Ok(Ok(arg)) => arg,
+            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Err((message, _)) => {
+                return Outcome::Decode(format!("Deserialize panicked: {message}"));
+            }
+        }
+    };
+    match catch(move || f(arg)) {
+        Ok(r) if is_byte_buffer::<R>() => {
+            let bytes = same_type::<R, Vec<u8>>(r);
+            if out.is_empty() {
+                *out = bytes; // handed over, not copied
+            } else {
+                out.extend_from_slice(&bytes);
+            }
+            Outcome::Ok
+        }
+        Ok(r) => match catch(|| encode_into(&r, out)) {
+            Ok(Ok(())) => Outcome::Ok,
+            Ok(Err(e)) => Outcome::Encode(e),
+            Err((message, _)) => Outcome::Encode(format!("Serialize panicked: {message}")),
+        },
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+/// Runs a chunk (see [`crate::wire::items`]): each item is decoded, run and encoded on its
+/// own, so that a panic or an encoding error fails only that item.
+pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
+    f: fn(A) -> R,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let Some((count, mut rest)) = input.split_first_chunk::<4>() else {
+        return Outcome::Decode("chunk shorter than its item count".into());
+    };
+    // The answer starts with the same count: the caller hands out exactly that many results.
+    out.extend_from_slice(count);
+    let count = u32::from_le_bytes(*count);
+    if let Some(width) = plain::width::<A>() {
+        let packed = (count as usize).checked_mul(width);
+        if packed != Some(rest.len()) {
+            return Outcome::Decode(format!(
+                "a chunk of {count} packed `{}` holds {} bytes",
+                std::any::type_name::<A>(),
+                rest.len()
+            ));
+        }
+        for arg in rest.chunks_exact(width) {
+            match plain::get::<A>(arg) {
+                Some(arg) => run_item(f, arg, out),
+                None => {
+                    let message = format!("not a `{}`: {arg:?}", std::any::type_name::<A>());
+                    push_message_item(out, TAG_ARG_DECODE, &message);
+                }
+            }
+        }
+        return Outcome::Ok;
+    }
+    for _ in 0..count {
+        let Some((&tag, body)) = rest.split_first() else {
+            return Outcome::Decode("chunk ends before its last item".into());
+        };
+        if tag == TAG_ARG_ENCODE {
+            let Ok((message, tail)) = postcard::take_from_bytes::<String>(body) else {
+                return Outcome::Decode("corrupt argument-error item".into());
+            };
+            rest = tail;
+            push_message_item(out, TAG_ARG_ENCODE, &message);
+            continue;
+        }
+        let arg = match catch(|| take_value::<A>(body)) {
+            Ok(Ok((arg, tail))) => {
+                rest = tail;
+                arg
+            }
+            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Err((message, _)) => {
+                return Outcome::Decode(format!("Deserialize panicked: {message}"));
+            }
+        };
+        run_item(f, arg, out);
+    }
+    Outcome::Ok
+}
+
+/// Runs one item of a chunk and appends its answer: the result, or why it failed.
+#[inline]
+fn run_item<A, R: Serialize + 'static>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) {
+    match catch(move || f(arg)) {
+        Ok(r) => push_result(out, &r),
+        Err(report) => push_item(out, TAG_PANICKED, |o| encode_into(&report, o)),
+    }
+}
+
+/// Appends a successful item's answer: its tag and its packed value if `R` is plain, else
+/// its tag, length and encoding (or the error that kept it from encoding).
+#[inline]
+fn push_result<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
+    let start = out.len();
+    out.push(TAG_OK);
+    if plain::put(r, out) {
+        return;
+    }
+    out.truncate(start);
+    push_item(out, TAG_OK, |o| match catch(|| encode_value(r, o)) {
+        Ok(result) => result,
+        Err((message, _)) => Err(format!("Serialize panicked: {message}")),
+    });
+}
+
+/// Runs a worker initializer (a plain one, or a worker-state builder).
+pub(crate) fn run_initializer(f: impl FnOnce()) -> Outcome {
+    match catch(f) {
+        Ok(()) => Outcome::Ok,
+        Err((message, location)) => Outcome::Panicked { message, location },
+    }
+}
+
+/// Runs arbitrary bytes as a chunk's input, as a fuzzer does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    let mut out = Vec::new();
+    let _ = run_chunk(|s: String| s.len(), data, &mut out);
+    out.clear();
+    let _ = run_chunk(|b: bool| u32::from(b), data, &mut out);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Chunks through both ends: encoded as the parent does, run as a worker does, decoded
+    //! as the parent does.
+
+    use super::*;
+    use crate::job::ErasedJob;
+    use crate::wire::items::EncodedItems;
+
+    fn square(x: i64) -> i64 {
+        x * x
+    }
+
+    fn fussy(x: i64) -> i64 {
+        assert!(x != 3, "three is not allowed");
+        x
+    }
+
+    fn run_chunk_locally<A, R>(f: fn(A) -> R, args: Vec<A>) -> Vec<Result<R, JobError>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut job = ErasedJob::chunk(f, args);
+        let mut input = Vec::new();
+        job.call.encode_input(&mut input).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(run_chunk(f, &input, &mut out), Outcome::Ok);
+        let decoded = (job.call.decoder())(out.into()).unwrap();
+        let items = decoded.downcast::<EncodedItems<R>>().unwrap();
+        assert_eq!(
+            items.len(),
+            job.call.items(),
+            "the answer counts every item"
+        );
+        items.collect()
+    }
+
+    #[test]
+    fn chunk_round_trip_keeps_order() {
+        let results = run_chunk_locally(square, (0..100).collect());
+        let values: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, (0..100).map(|x| x * x).collect::<Vec<_>>());
+    }
+
+    fn reverse(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.reverse();
+        bytes
+    }
+
+    #[test]
+    fn byte_buffers_in_chunks_round_trip() {
+        let buffers: Vec<Vec<u8>> = (0..300_u32).map(|n| (0..n as u8).collect()).collect();
+        let results = run_chunk_locally(reverse, buffers.clone());
+        for (result, mut bytes) in results.into_iter().zip(buffers) {
+            bytes.reverse();
+            assert_eq!(result, Ok(bytes));
+        }
+    }
+
+    #[test]
+    fn a_panicking_item_fails_only_itself() {
+        let results = run_chunk_locally(fussy, vec![1, 2, 3, 4]);
+        assert_eq!(results[0], Ok(1));
+        assert_eq!(results[1], Ok(2));
+        assert!(results[2].as_ref().unwrap_err().is_panic());
+        assert_eq!(results[3], Ok(4));
+    }
+
+    fn describe(x: u16) -> String {
+        format!("#{x}")
+    }
+
+    fn measure(s: String) -> usize {
+        s.len()
+    }
+
+    fn negate(b: bool) -> bool {
+        !b
+    }
+
+    #[test]
+    fn plain_results_travel_packed() {
+        let mut input = 2_u32.to_le_bytes().to_vec();
+        for x in [1_i64, 2] {
+            input.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        assert_eq!(run_chunk(square, &input, &mut out), Outcome::Ok);
+        let mut answer = 2_u32.to_le_bytes().to_vec();
+        for x in [1_i64, 4] {
+            answer.push(TAG_OK);
+            answer.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(out, answer, "count, then a tag and a value per item");
+    }
+
+    #[test]
+    fn plain_and_serde_items_mix_in_one_chunk() {
+        let described = run_chunk_locally(describe, vec![0, 7, u16::MAX]);
+        assert_eq!(
+            described,
+            vec![Ok("#0".into()), Ok("#7".into()), Ok("#65535".into())]
+        );
+        let measured = run_chunk_locally(measure, vec![String::new(), "abc".into()]);
+        assert_eq!(measured, vec![Ok(0), Ok(3)]);
+        assert_eq!(
+            run_chunk_locally(negate, vec![true, false]),
+            vec![Ok(false), Ok(true)]
+        );
+    }
+
+    #[test]
+    fn a_corrupt_packed_chunk_is_an_error_not_a_panic() {
+        // Two items announced, one and a half sent: the whole chunk fails to decode.
+        let mut input = 2_u32.to_le_bytes().to_vec();
+        input.extend_from_slice(&[0; 12]);
+        let outcome = run_chunk(square, &input, &mut Vec::new());
+        assert!(
+            matches!(&outcome, Outcome::Decode(m) if m.contains("holds 12 bytes")),
+            "{outcome:?}"
+        );
+        // A count so large that count * width overflows is refused the same way.
+        let huge = u32::MAX.to_le_bytes().to_vec();
+        assert!(matches!(
+            run_chunk(square, &huge, &mut Vec::new()),
+            Outcome::Decode(_)
+        ));
+        // A byte that is no bool fails only its own item.
+        let mut out = Vec::new();
+        let input = [3, 0, 0, 0, 1, 2, 0];
+        assert_eq!(run_chunk(negate, &input, &mut out), Outcome::Ok);
+        let results: Vec<_> = EncodedItems::<bool>::new(out.into()).unwrap().collect();
+        assert_eq!(results[0], Ok(false));
+        assert!(
+            matches!(&results[1], Err(JobError::Decode(m)) if m.contains("not a `bool`")),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(results[2], Ok(true));
+    }
+
+    #[test]
+    fn a_single_job_runs_and_its_panic_is_data() {
+        let mut input = postcard::to_allocvec(&4_i64).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(run_single(square, &mut input, &mut out), Outcome::Ok);
+        assert_eq!(postcard::from_bytes::<i64>(&out).unwrap(), 16);
+        let mut input = postcard::to_allocvec(&3_i64).unwrap();
+        let outcome = run_single(fussy, &mut input, &mut Vec::new());
+        assert!(
+            matches!(&outcome, Outcome::Panicked { message, .. } if message == "three is not allowed"),
+            "{outcome:?}"
+        );
+    }
+}

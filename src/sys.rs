@@ -1,0 +1,83 @@
+//! The operating-system calls a worker makes as it starts: signal dispositions, the
+//! parent-death signal, and removing the worker variable from its environment. Each
+//! function that needs `unsafe` allows it for itself alone.
+
+/// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's
+/// `main` does this for ordinary programs; a worker entered before `main` must do it itself.
+#[allow(unsafe_code)]
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: `signal` with `SIG_IGN` installs no handler code; it only changes the
+    // disposition of SIGPIPE, which this worker process owns.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Asks the kernel to SIGKILL this worker when the thread that spawned it (the pool's
+/// supervisor) dies. Returns `false` if the parent is not `expected_parent` any more (it
+/// died between fork and this call, and the worker was re-parented).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
+    // SAFETY: `prctl(PR_SET_PDEATHSIG, sig)` takes an integer argument and touches no
+    // memory of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
+    std::os::unix::process::parent_id() == expected_parent
+}
+
+/// Without a parent-death signal, only checks that the parent is `expected_parent`.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
+    std::os::unix::process::parent_id() == expected_parent
+}
+
+/// Whether this process runs one thread only: `Some` where that can be told (Linux).
+fn is_single_threaded() -> Option<bool> {
+    // Every thread of the process has an entry in /proc/self/task.
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(tasks.take(2).count() == 1)
+}
+
+/// Removes `name` from this process's environment, so that the programs it starts do not
+/// inherit it, if that can be done soundly: when this process runs one thread only.
+/// `before_main` says the caller is a static constructor, which runs before `main`, where
+/// a process has one thread unless another constructor started one (checked too where it
+/// can be). Returns whether it removed the variable.
+///
+/// `std::env::remove_var` races with any other thread reading the environment (glibc's
+/// `getenv` is not synchronized with it). With a single thread there is no other thread,
+/// and none appears during the call: only this thread could start one.
+#[allow(unsafe_code)]
+pub(crate) fn remove_env_if_alone(name: &str, before_main: bool) -> bool {
+    if !is_single_threaded().unwrap_or(before_main) {
+        return false;
+    }
+    // SAFETY: this process has one thread (counted just above, or, where threads cannot be
+    // counted, before `main`, where no thread but the main one runs), so nothing can read
+    // or write the environment concurrently, and this thread starts no other before the
+    // call returns.
+    unsafe { std::env::remove_var(name) };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_binary_runs_several_threads() {
+        // The test harness runs tests on threads of their own: the environment must be left
+        // alone here.
+        let helper =
+            std::thread::spawn(|| std::thread::park_timeout(std::time::Duration::from_secs(1)));
+        if cfg!(target_os = "linux") {
+            assert_eq!(is_single_threaded(), Some(false));
+        }
+        assert!(!remove_env_if_alone("PATH", false));
+        assert!(std::env::var_os("PATH").is_some());
+        helper.thread().unpark();
+        helper.join().unwrap();
+    }
+}

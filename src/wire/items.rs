@@ -1,0 +1,535 @@
+//! How the items of a `map` chunk travel inside a frame's payload, and how a single job's
+//! argument and result are encoded.
+//!
+//! # Chunk layout
+//!
+//! A chunk (many items of one `map`) travels as `count: u32 LE` followed, per item, by a
+//! tag byte and either the postcard encoding of `A` ([`TAG_OK`]) or the message of the
+//! error that kept the argument from encoding ([`TAG_ARG_ENCODE`]). The answer starts with
+//! the same count and is, per item, a tag byte, `len: u32 LE` and `len` bytes: so that one
+//! item that fails to encode, decode or run fails only itself.
+//!
+//! Plain types (integers, floats, `bool`: see [`super::plain`]) are packed instead, in a
+//! fixed number of little-endian bytes: a chunk of plain `A` is `count` followed by
+//! `count` packed values, with no tags (encoding one cannot fail); in the answer, an item
+//! of plain `R` that succeeded is its tag followed by the packed value, with no length
+//! (other items are as above).
+//!
+//! A `Vec<u8>` travels as raw bytes: the whole payload of a single job, or serde bytes (one
+//! copy) inside a chunk, rather than serde's element-by-element sequence.
+
+use super::plain;
+use crate::error::JobError;
+use serde::{Serialize, de::DeserializeOwned};
+use std::any::Any;
+
+/// The item's result (or, in a chunk's input, its argument) follows.
+pub(crate) const TAG_OK: u8 = 0;
+/// The job panicked: a postcard `(message, location)` follows.
+pub(crate) const TAG_PANICKED: u8 = 1;
+/// The result did not encode in the worker: a message follows.
+pub(crate) const TAG_RESULT_ENCODE: u8 = 2;
+/// The argument did not encode in the parent: a message follows.
+pub(crate) const TAG_ARG_ENCODE: u8 = 3;
+/// The argument did not decode in the worker: a message follows.
+pub(crate) const TAG_ARG_DECODE: u8 = 4;
+
+/// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was and
+/// the message names the type (postcard drops the `Serialize` impl's own message, so the
+/// text is all there is of the cause).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let start = out.len();
+    postcard::serialize_with_flavor(value, VecTail(&mut *out)).map_err(|e| {
+        out.truncate(start);
+        format!("{e} (in `{}`)", std::any::type_name::<T>())
+    })
+}
+
+/// Postcard output that appends to a `Vec<u8>`. Postcard writes every integer as a varint
+/// of 1 to 10 bytes through `try_extend`; `io::Write` would make each of them a `memcpy`
+/// call, which profiles showed as a fifth of the cost of a chunk of small items.
+struct VecTail<'a>(&'a mut Vec<u8>);
+
+/// Pieces up to this length are appended as an iterator of bytes (one capacity check, a
+/// short inlined copy) instead of with a `memcpy` call.
+const SHORT_PIECE: usize = 16;
+
+impl postcard::ser_flavors::Flavor for VecTail<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= SHORT_PIECE {
+            self.0.extend(data.iter().copied());
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes one item of a chunk. A `Vec<u8>` is written as postcard bytes in one copy:
+/// the same wire format as serde's element-by-element sequence, many times faster.
+pub(crate) fn encode_value<T: Serialize + 'static>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        return encode_into(&RawBytes(bytes), out);
+    }
+    encode_into(value, out)
+}
+
+/// Decodes one item written by [`encode_value`], returning the bytes after it.
+pub(crate) fn take_value<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+) -> postcard::Result<(T, &[u8])> {
+    if is_byte_buffer::<T>() {
+        let (raw, rest) = postcard::take_from_bytes::<&[u8]>(bytes)?;
+        return Ok((same_type::<Vec<u8>, T>(raw.to_vec()), rest));
+    }
+    postcard::take_from_bytes::<T>(bytes)
+}
+
+/// A byte slice that serializes as serde bytes (one copy), not as a sequence.
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// Whether `T` is `Vec<u8>`, which a single job's argument or result ships as raw bytes:
+/// serde would encode it element by element. Both sides decide by the same concrete type,
+/// so they always agree on the format.
+pub(crate) fn is_byte_buffer<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<Vec<u8>>()
+}
+
+/// Converts between two names of the same type, checked by the caller with `TypeId` (as
+/// [`is_byte_buffer`] does), without allocating.
+#[inline]
+pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> U {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
+        .unwrap_or_else(|| unreachable!("callers compare TypeIds first"))
+}
+
+/// Appends a chunk's input: the count, then each argument packed (plain `A`) or tagged.
+/// An argument that does not encode fails only itself, in the worker's answer.
+pub(crate) fn put_args<A: Serialize + 'static>(
+    args: &[A],
+    out: &mut Vec<u8>,
+) -> Result<(), JobError> {
+    let count = u32::try_from(args.len())
+        .map_err(|_| JobError::Encode("a chunk holds at most 2^32 - 1 items".into()))?;
+    if let Some(width) = plain::width::<A>() {
+        out.reserve(4 + args.len() * width);
+        out.extend_from_slice(&count.to_le_bytes());
+        for arg in args {
+            plain::put(arg, out);
+        }
+        return Ok(());
+    }
+    // Room for a tag and a small item each, so that the buffer rarely grows by copying.
+    let guess = 1 + std::mem::size_of::<A>().clamp(1, 16);
+    out.reserve(4 + args.len().saturating_mul(guess));
+    out.extend_from_slice(&count.to_le_bytes());
+    for arg in args {
+        let start = out.len();
+        out.push(TAG_OK);
+        if let Err(message) = encode_value(arg, out) {
+            out.truncate(start);
+            out.push(TAG_ARG_ENCODE);
+            encode_into(&message, out).map_err(JobError::Encode)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends one answer item: tag, `u32 LE` length, body written by `write`. If `write`
+/// fails, the item becomes a result-encoding error carrying its message.
+pub(crate) fn push_item(
+    out: &mut Vec<u8>,
+    tag: u8,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) {
+    let start = out.len();
+    out.push(tag);
+    out.extend_from_slice(&[0; 4]);
+    match write(out) {
+        Ok(()) => patch_item_len(out, start),
+        Err(message) => {
+            out.truncate(start);
+            push_message_item(out, TAG_RESULT_ENCODE, &message);
+        }
+    }
+}
+
+/// Appends an item whose body is a message (encoding a `str` cannot fail).
+pub(crate) fn push_message_item(out: &mut Vec<u8>, tag: u8, message: &str) {
+    let start = out.len();
+    out.push(tag);
+    out.extend_from_slice(&[0; 4]);
+    if encode_into(message, out).is_err() {
+        out.truncate(start + 5);
+    }
+    patch_item_len(out, start);
+}
+
+fn patch_item_len(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 5) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Splits one answer item (tag, `u32 LE` length, body) off the front of `bytes`; with
+/// `plain_width`, a successful item is its tag and a packed value of that width.
+#[inline]
+pub(crate) fn split_item(
+    bytes: &[u8],
+    plain_width: Option<usize>,
+) -> Result<(u8, &[u8], &[u8]), JobError> {
+    let truncated = || JobError::Decode("truncated chunk result".into());
+    let (&tag, rest) = bytes.split_first().ok_or_else(truncated)?;
+    if tag > TAG_ARG_DECODE {
+        // Checked first: what follows an unknown tag has no known layout.
+        return Err(JobError::Decode(format!("unknown item tag {tag}")));
+    }
+    if let (TAG_OK, Some(width)) = (tag, plain_width) {
+        return match rest.split_at_checked(width) {
+            Some((body, rest)) => Ok((tag, body, rest)),
+            None => Err(truncated()),
+        };
+    }
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let (body, rest) = rest.split_at_checked(len).ok_or_else(truncated)?;
+    Ok((tag, body, rest))
+}
+
+fn decode_message(body: &[u8]) -> Result<String, JobError> {
+    postcard::from_bytes::<String>(body).map_err(|e| JobError::Decode(format!("message: {e}")))
+}
+
+/// A process-pool chunk's answer, decoded one item at a time as the caller reads it: the
+/// results never exist as a `Vec<Result<R, JobError>>` (48 bytes or more per item, written
+/// by one thread and read by another), only as their compact encoding.
+///
+/// It yields exactly as many items as the answer's count says. If the answer turns out to
+/// be corrupt part-way, the item where that is found and every one after it is a
+/// [`JobError::Decode`].
+pub(crate) struct EncodedItems<R> {
+    bytes: bytes::Bytes,
+    /// Where the next item starts.
+    at: usize,
+    /// Items still to yield.
+    left: usize,
+    /// Set once the answer is found corrupt: the error every remaining item gets.
+    broken: Option<JobError>,
+    _results: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R> EncodedItems<R> {
+    /// Items still to yield, without the decoding bounds of `len()`.
+    pub(crate) fn remaining(&self) -> usize {
+        self.left
+    }
+}
+
+impl<R: DeserializeOwned + 'static> EncodedItems<R> {
+    pub(crate) fn new(bytes: bytes::Bytes) -> Result<Self, JobError> {
+        let Some(count) = bytes.first_chunk::<4>() else {
+            return Err(JobError::Decode(
+                "chunk result shorter than its item count".into(),
+            ));
+        };
+        Ok(EncodedItems {
+            left: u32::from_le_bytes(*count) as usize,
+            bytes,
+            at: 4,
+            broken: None,
+            _results: std::marker::PhantomData,
+        })
+    }
+
+    /// Any next item: a failed one, one that does not decode, or the first one found
+    /// corrupt (which breaks the rest).
+    #[inline(never)]
+    fn next_in_general(&mut self) -> Result<R, JobError> {
+        if let Some(error) = &self.broken {
+            return Err(error.clone());
+        }
+        self.decode_next().unwrap_or_else(|error| {
+            self.broken = Some(error.clone());
+            Err(error)
+        })
+    }
+
+    fn decode_next(&mut self) -> Result<Result<R, JobError>, JobError> {
+        let (tag, body, rest) = split_item(&self.bytes[self.at..], plain::width::<R>())?;
+        self.at = self.bytes.len() - rest.len();
+        Ok(match tag {
+            TAG_OK => match plain::width::<R>() {
+                Some(_) => plain::get::<R>(body).ok_or_else(|| {
+                    JobError::Decode(format!("result: not a `{}`", std::any::type_name::<R>()))
+                }),
+                None => take_value::<R>(body)
+                    .map(|(value, _)| value)
+                    .map_err(|e| JobError::Decode(format!("result: {e}"))),
+            },
+            TAG_PANICKED => match postcard::from_bytes::<(String, Option<String>)>(body) {
+                Ok((message, location)) => Err(JobError::Panicked { message, location }),
+                Err(e) => Err(JobError::Decode(format!("panic report: {e}"))),
+            },
+            TAG_RESULT_ENCODE => Err(JobError::Encode(format!(
+                "result (in the worker): {}",
+                decode_message(body)?
+            ))),
+            TAG_ARG_ENCODE => Err(JobError::Encode(decode_message(body)?)),
+            TAG_ARG_DECODE => Err(JobError::Decode(format!(
+                "argument (in the worker): {}",
+                decode_message(body)?
+            ))),
+            other => return Err(JobError::Decode(format!("unknown item tag {other}"))),
+        })
+    }
+}
+
+impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
+    type Item = Result<R, JobError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        // The common case, small enough to inline into the caller's loop: a result that
+        // decodes. Anything else takes the general path below, which decodes it again.
+        if self.broken.is_none() {
+            if let Some(width) = plain::width::<R>() {
+                if let Some((&TAG_OK, rest)) = self.bytes[self.at..].split_first()
+                    && let Some(value) = plain::get::<R>(rest)
+                {
+                    self.at += 1 + width;
+                    return Some(Ok(value));
+                }
+            } else if let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..], None)
+                && let Ok((value, _)) = take_value::<R>(body)
+            {
+                self.at = self.bytes.len() - rest.len();
+                return Some(Ok(value));
+            }
+        }
+        Some(self.next_in_general())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> ExactSizeIterator for EncodedItems<R> {}
+
+/// Decodes arbitrary bytes as a chunk's answer, as a fuzzer does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_decode(data: &[u8]) {
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    if let Ok(items) = EncodedItems::<String>::new(bytes.clone()) {
+        // A corrupt count could claim 4 billion items: stop after the bytes could hold.
+        items.take(data.len() / 5 + 1).for_each(drop);
+    }
+    if let Ok(items) = EncodedItems::<(u64, Vec<u8>)>::new(bytes.clone()) {
+        items.take(data.len() / 5 + 1).for_each(drop);
+    }
+    // Packed plain values: a tag and a fixed width per item, no length.
+    if let Ok(items) = EncodedItems::<u64>::new(bytes.clone()) {
+        items.take(data.len() + 1).for_each(drop);
+    }
+    if let Ok(items) = EncodedItems::<bool>::new(bytes) {
+        items.take(data.len() + 1).for_each(drop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt;
+
+    /// Appends a successful answer item as a worker does (packed if plain).
+    fn push_ok<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
+        out.push(TAG_OK);
+        if !plain::put(r, out) {
+            out.pop();
+            push_item(out, TAG_OK, |o| encode_value(r, o));
+        }
+    }
+
+    fn decode_all<R: DeserializeOwned + 'static>(
+        bytes: &[u8],
+    ) -> Result<Vec<Result<R, JobError>>, JobError> {
+        EncodedItems::<R>::new(bytes::Bytes::copy_from_slice(bytes)).map(Iterator::collect)
+    }
+
+    #[test]
+    fn byte_buffers_keep_serdes_wire_format() {
+        for n in [0_u32, 1, 127, 128, 300] {
+            let bytes: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mut fast = Vec::new();
+            encode_value(&bytes, &mut fast).unwrap();
+            assert_eq!(fast, postcard::to_allocvec(&bytes).unwrap());
+            let (back, rest) = take_value::<Vec<u8>>(&fast).unwrap();
+            assert_eq!((&back, rest.len()), (&bytes, 0));
+        }
+    }
+
+    #[test]
+    fn same_type_hands_the_value_over() {
+        let buffer = vec![1_u8, 2, 3];
+        let address = buffer.as_ptr();
+        let back: Vec<u8> = same_type::<Vec<u8>, Vec<u8>>(buffer);
+        assert_eq!(back.as_ptr(), address, "moved, not copied");
+    }
+
+    /// Cuts a two-item answer at every byte: each cut gives one result per counted item,
+    /// the first intact while its bytes are, and an unknown tag breaks the rest.
+    fn truncations_are_errors<R>(first: R, second: R)
+    where
+        R: Serialize + DeserializeOwned + PartialEq + fmt::Debug + Clone + 'static,
+    {
+        let mut out = 2_u32.to_le_bytes().to_vec();
+        push_ok(&mut out, &first);
+        let first_item_ends = out.len();
+        push_ok(&mut out, &second);
+        let whole: Vec<Result<R, JobError>> = vec![Ok(first.clone()), Ok(second)];
+        assert_eq!(decode_all::<R>(&out).unwrap(), whole);
+        for cut in 0..out.len() {
+            let Ok(results) = decode_all::<R>(&out[..cut]) else {
+                assert!(cut < 4, "only a missing count fails the whole answer");
+                continue;
+            };
+            assert_eq!(
+                results.len(),
+                2,
+                "cut at {cut}: one result per counted item"
+            );
+            if cut >= first_item_ends {
+                assert_eq!(results[0], Ok(first.clone()), "cut at {cut}");
+            } else {
+                assert!(
+                    matches!(results[0], Err(JobError::Decode(_))),
+                    "cut at {cut}"
+                );
+            }
+            assert!(
+                matches!(results[1], Err(JobError::Decode(_))),
+                "cut at {cut}"
+            );
+        }
+        // An unknown tag breaks the answer from that item on.
+        let mut odd = out.clone();
+        odd[first_item_ends] = 99;
+        let results = decode_all::<R>(&odd).unwrap();
+        assert_eq!(results[0], Ok(first));
+        assert_eq!(
+            results[1],
+            Err(JobError::Decode("unknown item tag 99".into()))
+        );
+    }
+
+    #[test]
+    fn truncated_chunk_results_are_errors_not_panics() {
+        truncations_are_errors(7_i64, -8); // packed
+        truncations_are_errors(String::from("seven"), String::from("eight")); // with lengths
+    }
+
+    #[test]
+    fn answers_decode_lazily_and_say_their_length() {
+        let mut out = 3_u32.to_le_bytes().to_vec();
+        for value in [1_i64, 2, 3] {
+            push_ok(&mut out, &value);
+        }
+        let mut items = EncodedItems::<i64>::new(out.into()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items.next(), Some(Ok(1)));
+        assert_eq!(items.size_hint(), (2, Some(2)));
+        assert_eq!(items.by_ref().collect::<Vec<_>>(), vec![Ok(2), Ok(3)]);
+        assert_eq!(items.next(), None);
+        // A corrupt count is only a length: the items past the bytes are errors, produced
+        // one at a time, never allocated up front.
+        let mut lying = u32::MAX.to_le_bytes().to_vec();
+        push_ok(&mut lying, &7_i64);
+        let mut items = EncodedItems::<i64>::new(lying.into()).unwrap();
+        assert_eq!(items.len(), u32::MAX as usize);
+        assert_eq!(items.next(), Some(Ok(7)));
+        assert!(matches!(items.next(), Some(Err(JobError::Decode(_)))));
+    }
+
+    #[test]
+    fn failed_items_carry_their_errors() {
+        let mut out = 4_u32.to_le_bytes().to_vec();
+        push_item(&mut out, TAG_PANICKED, |o| {
+            encode_into(&("boom", Some("src/x.rs:1:2")), o)
+        });
+        push_message_item(&mut out, TAG_RESULT_ENCODE, "no luck");
+        push_message_item(&mut out, TAG_ARG_ENCODE, "cannot encode");
+        push_message_item(&mut out, TAG_ARG_DECODE, "cannot decode");
+        let results = decode_all::<String>(&out).unwrap();
+        assert_eq!(
+            results[0],
+            Err(JobError::Panicked {
+                message: "boom".into(),
+                location: Some("src/x.rs:1:2".into())
+            })
+        );
+        assert_eq!(
+            results[1],
+            Err(JobError::Encode("result (in the worker): no luck".into()))
+        );
+        assert_eq!(results[2], Err(JobError::Encode("cannot encode".into())));
+        assert_eq!(
+            results[3],
+            Err(JobError::Decode(
+                "argument (in the worker): cannot decode".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn plain_arguments_travel_packed() {
+        let mut input = Vec::new();
+        put_args(&[1_i64, -2, i64::MAX], &mut input).unwrap();
+        let mut expected = 3_u32.to_le_bytes().to_vec();
+        for x in [1_i64, -2, i64::MAX] {
+            expected.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(
+            input, expected,
+            "count, then the values: no tags, no lengths"
+        );
+    }
+
+    #[test]
+    fn a_packed_result_that_is_no_bool_fails_only_its_item() {
+        let answer = [2, 0, 0, 0, TAG_OK, 5, TAG_OK, 1];
+        let results = decode_all::<bool>(&answer).unwrap();
+        assert!(
+            matches!(&results[0], Err(JobError::Decode(_))),
+            "{results:?}"
+        );
+        assert_eq!(results[1], Ok(true));
+    }
+}

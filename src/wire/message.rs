@@ -1,0 +1,87 @@
+//! The messages a pool and its workers exchange, each the message of one frame (see
+//! [`super::frame`]).
+//!
+//! A connection opens with the worker's `Hello` (or `HookMissing`), the pool's `Welcome`,
+//! and the worker's `Ready` (or `InitFailed`); then the pool sends `Run` and the worker
+//! answers each with `Done`, in order, until the pool sends `Shutdown` or the link closes.
+
+use crate::run::Outcome;
+use crate::ship::{ImageId, Target};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message or the frame layout changes shape. Version 4: the frame
+/// header states the message's length beside the frame's.
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
+/// The frame limit before a peer has proven it knows the pool's secret.
+pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+/// Bytes of the per-pool secret.
+pub(crate) const SECRET_LEN: usize = 32;
+
+/// A message from a worker to its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The first frame on a new connection.
+    Hello {
+        version: u32,
+        worker_id: u64,
+        pid: u32,
+        secret: [u8; SECRET_LEN],
+        image: ImageId,
+        probe: i64,
+    },
+    /// Sent instead of `Hello` by a process that reached `main` without entering the
+    /// worker loop (the entry hook is off and `init()` was not called).
+    HookMissing {
+        worker_id: u64,
+        secret: [u8; SECRET_LEN],
+    },
+    /// The initializers (if any) ran; jobs may come.
+    Ready,
+    /// An initializer panicked; the worker exits.
+    InitFailed {
+        message: String,
+        location: Option<String>,
+    },
+    /// The answer to `Run { id, .. }`; the frame's payload is the encoded result.
+    Done { id: u64, outcome: Outcome },
+}
+
+impl FromWorker {
+    /// The variant's name, for errors and logs (without a possibly huge payload).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            FromWorker::Hello { .. } => "Hello",
+            FromWorker::HookMissing { .. } => "HookMissing",
+            FromWorker::Ready => "Ready",
+            FromWorker::InitFailed { .. } => "InitFailed",
+            FromWorker::Done { .. } => "Done",
+        }
+    }
+
+    /// A successful answer to job `id`, for tests.
+    #[cfg(test)]
+    pub(crate) fn done(id: u64) -> FromWorker {
+        FromWorker::Done {
+            id,
+            outcome: Outcome::Ok,
+        }
+    }
+}
+
+/// A message from a pool to one of its workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// The answer to `Hello`: the parent's identity (the worker checks it runs the same
+    /// image), the initializers to run in order (plain ones and worker-state builders),
+    /// and the frame limit from now on.
+    Welcome {
+        image: ImageId,
+        probe: i64,
+        initializers: Vec<Target>,
+        max_frame: u64,
+    },
+    /// Run one job (or one chunk of a `map`); the frame's payload is the encoded argument.
+    Run { id: u64, target: Target },
+    /// Finish: exit after the current job.
+    Shutdown,
+}

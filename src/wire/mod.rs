@@ -1,0 +1,13 @@
+//! The wire format between a pool and its workers, whatever carries it: how a frame is laid
+//! out and decoded ([`frame`]), the messages it carries ([`message`]), how the items of a
+//! `map` chunk travel inside a payload ([`items`], with [`plain`] values packed), and the
+//! worker's blocking end of a link ([`blocking`]).
+//!
+//! Nothing here knows what a process, a socket path or a rank is: a backend moves the
+//! bytes these modules produce and hands back the bytes it received.
+
+pub(crate) mod blocking;
+pub(crate) mod frame;
+pub(crate) mod items;
+pub(crate) mod message;
+pub(crate) mod plain;
