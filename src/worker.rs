@@ -7,7 +7,7 @@ use crate::run::Outcome;
 use crate::ship::{self, ImageId, VerifiedParent};
 use crate::wire::blocking::BlockingConn;
 use crate::wire::frame::ProtocolError;
-use crate::wire::message::{FromWorker, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
+use crate::wire::message::{FromWorker, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
 use std::io::{Read, Write};
 
 /// The worker's end of a link.
@@ -29,14 +29,14 @@ pub(crate) struct Identity {
 /// (both `Ok`); `Err` says why the worker could not go on.
 pub(crate) fn serve<S: Read + Write>(conn: &mut Conn<S>, me: &Identity) -> Result<(), String> {
     let protocol = |e: ProtocolError| crate::error::report(&e);
-    conn.send(&FromWorker::Hello {
+    conn.send(&FromWorker::Hello(Box::new(Hello {
         version: PROTOCOL_VERSION,
         worker_id: me.worker_id,
         pid: std::process::id(),
         secret: me.secret,
         image: ImageId::current().map_err(|e| e.to_string())?,
         probe: ship::probe_offset(),
-    })
+    })))
     .map_err(protocol)?;
     let (proof, initializers) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
         Some(ToWorker::Welcome {

@@ -29,6 +29,7 @@
 use crate::exit::{ExitInfo, WorkerId};
 use crate::wire::frame::{Frame, ProtocolError};
 use crate::wire::message::FromWorker;
+use futures::FutureExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +140,13 @@ pub(crate) trait WorkerLink: Send + 'static {
 
     /// The next thing the link has for the pool.
     fn recv(&mut self) -> impl Future<Output = Received> + Send;
+
+    /// A frame the link already holds, without waiting: the core reads the answers that
+    /// arrived together this way, in one pass. `None` when nothing is at hand (an exit is
+    /// left for [`recv`](Self::recv) to report).
+    fn try_recv(&mut self) -> Option<Received> {
+        self.recv().now_or_never()
+    }
 
     /// Resolves when the worker has ended, with how.
     fn exited(&mut self) -> impl Future<Output = ExitInfo> + Send;

@@ -22,7 +22,6 @@ use crate::ship::Target;
 use crate::wire::frame::{Frame, INLINE_PAYLOAD, ProtocolError, put_frame};
 use crate::wire::message::{FromWorker, ToWorker};
 use bytes::BytesMut;
-use futures::FutureExt;
 use std::time::{Duration, Instant};
 
 /// How long a worker told to shut down may take to exit before it is killed.
@@ -80,6 +79,8 @@ struct Serving<'a, B: Backend> {
     /// The id of the next job written to it.
     next_id: u64,
     line: Line<'a>,
+    /// The buffer each write's frames are built in, kept from one write to the next.
+    frames: BytesMut,
 }
 
 /// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
@@ -100,6 +101,7 @@ pub(crate) async fn serve<B: Backend>(
         tasks: 0,
         next_id: 0,
         line: Line::new(&core.counters, caps.stop_running),
+        frames: BytesMut::new(),
     };
     serving.run().await
 }
@@ -299,10 +301,44 @@ impl<B: Backend> Serving<'_, B> {
     /// cannot go in this write go back to the front of the queue; `Ok(true)` says one was
     /// held back for being too large to wait behind the running job.
     async fn send_jobs(&mut self, target: Target, batch: Vec<QueuedJob>) -> Result<bool, Loss> {
+        let mut out = std::mem::take(&mut self.frames);
+        out.clear();
+        let (large, held) = self.encode_jobs(target, batch, &mut out);
+        let sent = if out.is_empty() {
+            Ok(())
+        } else {
+            let payload = match (large, self.line.last_input()) {
+                (true, Some(input)) => input,
+                _ => &[],
+            };
+            self.link.send(&out, payload).await
+        };
+        self.frames = out;
+        match sent {
+            Ok(()) => Ok(held),
+            Err(error) => {
+                // The jobs of this write never started (they go back to the queue); an
+                // older head may have been running.
+                tracing::warn!(slot = self.slot, worker = %self.id, %error, "lost a worker while writing to it");
+                Err(Loss::Broken(JobError::Protocol {
+                    reason: "writing to the worker failed".into(),
+                    cause: Some(Cause::new(error)),
+                }))
+            }
+        }
+    }
+
+    /// Claims and encodes the jobs of `batch` into `out`, adding them to the line, until
+    /// one must wait for a later write; returns whether the last one encoded has a large
+    /// payload (written after `out`, from its own buffer), and whether a job was held back
+    /// for being too large to wait behind the running one.
+    fn encode_jobs(
+        &mut self,
+        target: Target,
+        batch: Vec<QueuedJob>,
+        out: &mut BytesMut,
+    ) -> (bool, bool) {
         let counters = &self.core.counters;
-        let mut out = BytesMut::new();
-        let mut large = false;
-        let mut held = false;
         let mut jobs = batch.into_iter();
         while let Some(mut job) = jobs.next() {
             let input = match job.encoded.take() {
@@ -332,13 +368,12 @@ impl<B: Backend> Serving<'_, B> {
                 self.core
                     .queue
                     .requeue_front(std::iter::once(job).chain(jobs).collect());
-                held = true;
-                break;
+                return (false, true);
             }
             let id = self.next_id;
             let message = ToWorker::Run { id, target };
-            match put_frame(&message, &input, self.core.config.max_frame, &mut out) {
-                Ok(tail) => large = !tail.is_empty(),
+            let large = match put_frame(&message, &input, self.core.config.max_frame, out) {
+                Ok(tail) => !tail.is_empty(),
                 Err(ProtocolError::MessageTooLarge { size, max }) => {
                     counters.finish(&job.state, Err(JobError::TooLarge { size, max }));
                     continue;
@@ -347,34 +382,16 @@ impl<B: Backend> Serving<'_, B> {
                     counters.finish(&job.state, Err(e.into_job_error()));
                     continue;
                 }
-            }
+            };
             self.next_id += 1;
             self.line.push(id, target, job, input);
             if large {
                 // Nothing goes after a large payload in this write.
                 self.core.queue.requeue_front(jobs.collect());
-                break;
+                return (true, false);
             }
         }
-        if out.is_empty() {
-            return Ok(held);
-        }
-        let payload = match (large, self.line.last_input()) {
-            (true, Some(input)) => input,
-            _ => &[],
-        };
-        match self.link.send(&out, payload).await {
-            Ok(()) => Ok(held),
-            Err(error) => {
-                // The jobs of this write never started (they go back to the queue); an
-                // older head may have been running.
-                tracing::warn!(slot = self.slot, worker = %self.id, %error, "lost a worker while writing to it");
-                Err(Loss::Broken(JobError::Protocol {
-                    reason: "writing to the worker failed".into(),
-                    cause: Some(Cause::new(error)),
-                }))
-            }
-        }
+        (false, false)
     }
 
     /// Completes the head with its answer, and every further answer the link already
@@ -393,7 +410,7 @@ impl<B: Backend> Serving<'_, B> {
         let mut carried = None;
         while !self.line.is_empty() {
             self.line.promote(Instant::now());
-            match self.link.recv().now_or_never() {
+            match self.link.try_recv() {
                 None => break,
                 Some(Received::Frame(Frame {
                     message: FromWorker::Done { id, outcome },

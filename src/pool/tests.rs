@@ -360,12 +360,13 @@ impl Backend for Threads {
             id: WorkerId::of_rank(u32::try_from(n).unwrap_or(u32::MAX)),
         };
         let Received::Frame(Frame {
-            message: FromWorker::Hello { image, probe, .. },
+            message: FromWorker::Hello(hello),
             ..
         }) = link.recv().await
         else {
             return Err(StartError::Transient("no hello".into()));
         };
+        let (image, probe) = (hello.image, hello.probe);
         let mut welcome = bytes::BytesMut::new();
         let message = ToWorker::Welcome {
             image,

@@ -6,8 +6,10 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
 use crate::wire::frame::Codec;
 use crate::wire::message::FromWorker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use interprocess::local_socket::tokio::Stream as AsyncStream;
+use std::future::Future;
+use std::task::Poll;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio_util::codec::Framed;
@@ -48,12 +50,23 @@ impl WorkerLink for LocalWorker {
     }
 
     async fn recv(&mut self) -> Received {
-        // Frames first: what the worker wrote before it exited is still delivered.
-        tokio::select! {
-            biased;
-            item = self.conn.next() => Received::from_stream(item),
-            status = self.child.wait() => Received::Exited(exit_info(status, self.id)),
-        }
+        std::future::poll_fn(|cx| {
+            // Frames first: what the worker wrote before it exited is still delivered.
+            if let Poll::Ready(item) = self.conn.poll_next_unpin(cx) {
+                return Poll::Ready(Received::from_stream(item));
+            }
+            // Waiting for a child is cancel-safe: a new wait each poll loses nothing.
+            let exited = std::pin::pin!(self.child.wait());
+            exited
+                .poll(cx)
+                .map(|status| Received::Exited(exit_info(status, self.id)))
+        })
+        .await
+    }
+
+    fn try_recv(&mut self) -> Option<Received> {
+        let item = self.conn.next().now_or_never()?;
+        Some(Received::from_stream(item))
     }
 
     async fn exited(&mut self) -> ExitInfo {

@@ -13,7 +13,7 @@ use crate::pool::exit_within;
 use crate::ship::{self, ImageId, Target};
 use crate::wire::frame::{Codec, Frame, put_frame};
 use crate::wire::message::{
-    FromWorker, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
+    FromWorker, HANDSHAKE_MAX_FRAME, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
 };
 use futures::StreamExt;
 use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
@@ -124,14 +124,15 @@ impl Launcher {
             }
         };
         match first.message {
-            FromWorker::Hello {
-                version,
-                worker_id,
-                pid,
-                secret,
-                image,
-                probe,
-            } => {
+            FromWorker::Hello(hello) => {
+                let Hello {
+                    version,
+                    worker_id,
+                    pid,
+                    secret,
+                    image,
+                    probe,
+                } = *hello;
                 if !same_secret(&secret, &self.secret) {
                     tracing::warn!(pid, "rejected a connection without the pool's secret");
                     return;

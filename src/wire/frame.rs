@@ -127,8 +127,8 @@ pub(crate) fn put_frame<'p, M: Serialize>(
             max: max_frame,
         });
     };
-    dst[start..start + 4].copy_from_slice(&frame_len.to_be_bytes());
-    dst[start + 4..start + HEADER].copy_from_slice(&message_len.to_be_bytes());
+    let header = (u64::from(frame_len) << 32 | u64::from(message_len)).to_be_bytes();
+    dst[start..start + HEADER].copy_from_slice(&header);
     if payload.len() <= INLINE_PAYLOAD {
         dst.extend_from_slice(payload);
         return Ok(&[]);

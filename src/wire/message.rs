@@ -20,15 +20,9 @@ pub(crate) const SECRET_LEN: usize = 32;
 /// A message from a worker to its pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
-    /// The first frame on a new connection.
-    Hello {
-        version: u32,
-        worker_id: u64,
-        pid: u32,
-        secret: [u8; SECRET_LEN],
-        image: ImageId,
-        probe: i64,
-    },
+    /// The first frame on a new connection (boxed: it is sent once, and the messages that
+    /// go by the thousand stay small to move).
+    Hello(Box<Hello>),
     /// Sent instead of `Hello` by a process that reached `main` without entering the
     /// worker loop (the entry hook is off and `init()` was not called).
     HookMissing {
@@ -50,7 +44,7 @@ impl FromWorker {
     /// The variant's name, for errors and logs (without a possibly huge payload).
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            FromWorker::Hello { .. } => "Hello",
+            FromWorker::Hello(_) => "Hello",
             FromWorker::HookMissing { .. } => "HookMissing",
             FromWorker::Ready => "Ready",
             FromWorker::InitFailed { .. } => "InitFailed",
@@ -66,6 +60,18 @@ impl FromWorker {
             outcome: Outcome::Ok,
         }
     }
+}
+
+/// How a worker introduces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) version: u32,
+    /// Which start of the pool this worker answers.
+    pub(crate) worker_id: u64,
+    pub(crate) pid: u32,
+    pub(crate) secret: [u8; SECRET_LEN],
+    pub(crate) image: ImageId,
+    pub(crate) probe: i64,
 }
 
 /// A message from a pool to one of its workers.
