@@ -102,10 +102,26 @@ impl Drop for Pool {
             // An executor that runs tasks inside `wake()` could drop the last handle on the
             // supervisor thread itself; it then finishes on its own, unjoined.
             if supervisor.thread().id() != std::thread::current().id() {
-                // Stopping the workers takes milliseconds (SIGKILL cannot be ignored).
+                // Stopping the workers takes milliseconds (the local backend's SIGKILL
+                // cannot be ignored).
                 let _ = supervisor.join();
             }
         }
+    }
+}
+
+/// How long a worker told to exit (or that failed) may take before it is killed.
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits up to `grace` for `link`'s worker to exit by itself, then stops it; how it ended.
+pub(crate) async fn stop_within<L: backend::WorkerLink>(
+    link: &mut L,
+    kill: &CancellationToken,
+    grace: Duration,
+) -> ExitInfo {
+    match exit_within(link.exited(), kill, grace).await {
+        Some(exit) => exit,
+        None => link.kill().await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The per-worker event loop: streams jobs from the shared queue to one worker, completes
 //! its answers, and gives the worker up (through one path, [`Serving::lose`]) when it
 //! dies, breaks the protocol, runs a job too long, is asked to stop a job, or grows past
-//! the memory limit.
+//! the memory limit while running one. A worker is retired instead ([`Serving::retire`]),
+//! once it holds no job, when the queue is drained, after `max_tasks_per_child` jobs, or
+//! when a job left it over the memory limit.
 //!
 //! Jobs are pipelined: while the worker runs the head job, short, small jobs of the same
 //! function wait behind it in its link, written together, so that the worker never idles
@@ -13,8 +15,8 @@
 
 use super::backend::{Backend, Caps, Received, WorkerLink};
 use super::core::{Core, QueuedJob};
-use super::exit_within;
 use super::line::{Line, WINDOW_BYTES};
+use super::{EXIT_GRACE, exit_within, stop_within};
 use crate::error::{Cause, JobError};
 use crate::exit::{ExitInfo, WorkerId};
 use crate::handle::Wakes;
@@ -24,8 +26,6 @@ use crate::wire::message::{FromWorker, ToWorker};
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
 
-/// How long a worker told to shut down may take to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long a worker whose link broke may take to be seen exiting before it is treated as
 /// alive and misbehaving.
 const BROKEN_GRACE: Duration = Duration::from_secs(1);
@@ -81,6 +81,11 @@ struct Serving<'a, B: Backend> {
     line: Line<'a>,
     /// The buffer each write's frames are built in, kept from one write to the next.
     frames: BytesMut,
+    /// Found over the memory limit after a job: it takes no more jobs, and is retired
+    /// once those it holds are answered.
+    retiring: bool,
+    /// Ticks while a job runs, to read the worker's memory against the limit.
+    memory_poll: tokio::time::Interval,
 }
 
 /// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
@@ -102,6 +107,8 @@ pub(crate) async fn serve<B: Backend>(
         next_id: 0,
         line: Line::new(&core.counters, caps.stop_running),
         frames: BytesMut::new(),
+        retiring: false,
+        memory_poll: memory_poll(),
     };
     serving.run().await
 }
@@ -117,7 +124,11 @@ impl<B: Backend> Serving<'_, B> {
         let mut carried: Option<Received> = None;
         loop {
             hold &= !self.line.is_empty();
-            let room = if draining || hold { 0 } else { self.room(None) };
+            let room = if draining || hold || self.retiring {
+                0
+            } else {
+                self.room(None)
+            };
             let event = match carried.take() {
                 Some(received) => Event::Received(received),
                 None => self.next_event(room).await,
@@ -145,18 +156,21 @@ impl<B: Backend> Serving<'_, B> {
                     payload,
                 })) if self.line.head_id() == Some(id) => {
                     carried = self.complete(outcome, payload);
-                    if let Some((limit, resident)) = self.over_memory_limit() {
+                    if !self.retiring
+                        && let Some((limit, resident)) = self.over_memory_limit()
+                    {
+                        // Memory a finished job left behind. The jobs already written to
+                        // the worker run on it (the first may be running): it takes no
+                        // more, and is retired once they are answered.
                         tracing::warn!(
                             slot = self.slot,
                             worker = %self.id,
                             limit,
                             resident,
+                            jobs = self.line.len(),
                             "retiring a worker over the memory limit"
                         );
-                        let waiting = self.line.take_waiting();
-                        self.requeue(waiting);
-                        self.retire().await;
-                        return Next::Respawn;
+                        self.retiring = true;
                     }
                     None
                 }
@@ -202,6 +216,10 @@ impl<B: Backend> Serving<'_, B> {
                     self.retire().await;
                     return Next::Stop;
                 }
+                if self.retiring {
+                    self.retire().await;
+                    return Next::Respawn;
+                }
                 let recycle = self.core.config.max_tasks_per_child;
                 if recycle.is_some_and(|max| self.tasks >= max) {
                     tracing::debug!(slot = self.slot, worker = %self.id, tasks = self.tasks, "retiring worker");
@@ -231,15 +249,14 @@ impl<B: Backend> Serving<'_, B> {
                 None => std::future::pending().await,
             }
         };
-        let watch_memory = !self.line.is_empty()
-            && self.caps.memory
-            && self.core.config.max_worker_memory.is_some();
+        // A worker being retired for its memory finishes the few short jobs it holds.
+        let watch_memory = !self.line.is_empty() && !self.retiring && self.watches_memory();
         let (core, backend, id) = (self.core, self.backend, self.id);
+        let poll = &mut self.memory_poll;
         let memory_limit = async move {
             if !watch_memory {
                 return std::future::pending().await;
             }
-            let mut poll = tokio::time::interval(MEMORY_POLL);
             loop {
                 poll.tick().await;
                 if let Some(over) = over_limit(core, backend, id) {
@@ -492,31 +509,34 @@ impl<B: Backend> Serving<'_, B> {
 
     /// Asks the worker to exit and waits for it (killing it after a grace period).
     async fn retire(&mut self) {
-        let mut frame = BytesMut::new();
-        if put_frame(
-            &ToWorker::Shutdown,
-            &[],
-            self.core.config.max_frame,
-            &mut frame,
-        )
-        .is_ok()
-        {
-            let _ = self.link.send(&frame, &[]).await;
+        let frame = &mut self.frames;
+        frame.clear();
+        if put_frame(&ToWorker::Shutdown, &[], self.core.config.max_frame, frame).is_ok() {
+            let _ = self.link.send(frame, &[]).await;
         }
-        let exit = match exit_within(self.link.exited(), &self.core.kill, EXIT_GRACE).await {
-            Some(exit) => exit,
-            None => self.link.kill().await,
-        };
+        let exit = stop_within(&mut self.link, &self.core.kill, EXIT_GRACE).await;
         tracing::debug!(worker = %self.id, %exit, "worker exited");
+    }
+
+    /// Whether the pool has a memory ceiling that this backend can enforce.
+    fn watches_memory(&self) -> bool {
+        self.caps.memory && self.core.config.max_worker_memory.is_some()
     }
 
     /// `Some((limit, resident))` if the pool has a memory limit and the worker is over it.
     fn over_memory_limit(&self) -> Option<(u64, u64)> {
-        if !self.caps.memory {
+        if !self.watches_memory() {
             return None;
         }
         over_limit(self.core, self.backend, self.id)
     }
+}
+
+/// Every [`MEMORY_POLL`]; after a pause (the worker idle), at once.
+fn memory_poll() -> tokio::time::Interval {
+    let mut poll = tokio::time::interval(MEMORY_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll
 }
 
 /// `Some((limit, resident))` if the pool has a memory limit and `worker` is over it.

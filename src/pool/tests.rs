@@ -21,6 +21,7 @@ use crate::worker::{self, fault};
 use crate::{Executor, ExecutorExt, JobError, ProcessPoolExecutor};
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -196,17 +197,7 @@ fn warm_pool() -> ProcessPoolExecutor {
 /// Polls until `jobs` jobs wait behind the running one in the worker (and none in the
 /// queue).
 fn until_waiting_in_worker(pool: &ProcessPoolExecutor, jobs: usize) {
-    let core = pool.core();
-    let deadline = Instant::now() + BOUND;
-    while core.counters.waiting() != jobs || core.queue.len() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {jobs} jobs waiting in the worker: {} there, {} queued",
-            core.counters.waiting(),
-            core.queue.len()
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    until_waiting(pool.core(), jobs);
 }
 
 fn open(gate: &Path) {
@@ -308,10 +299,21 @@ fn a_large_argument_never_waits_behind_a_running_job() {
 
 /// A backend whose workers are threads of this process, each running the worker loop over
 /// one end of a socket pair: a second implementation of the boundary, which cannot stop a
-/// running job (a thread cannot be killed) nor read a worker's memory.
+/// running job (a thread cannot be killed). Its workers' memory, if it reports any, is
+/// what a test sets in a [`Gauge`].
 struct Threads {
     respawn: bool,
     started: AtomicU64,
+    memory: Option<Arc<Gauge>>,
+}
+
+/// The resident memory a [`Threads`] backend reports for every worker. A test sets
+/// `pending`; it becomes the reported value when the link delivers its next frame, so that
+/// it rises exactly between two answers, at no time a memory poll could see first.
+#[derive(Default)]
+struct Gauge {
+    resident: AtomicU64,
+    pending: AtomicU64,
 }
 
 /// One worker thread and the pool's end of its socket.
@@ -319,11 +321,31 @@ struct ThreadWorker {
     conn: Framed<tokio::net::UnixStream, Codec<FromWorker>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
     id: WorkerId,
+    memory: Option<Arc<Gauge>>,
 }
 
 impl ThreadWorker {
     fn exit(&self) -> ExitInfo {
         ExitInfo::unknown().of(self.id)
+    }
+
+    /// The next frame, or the thread's end.
+    async fn next(&mut self) -> Received {
+        let Some(done) = self.done.as_mut() else {
+            // Detached or ended: the link's end is all there is to wait for.
+            return match self.conn.next().await {
+                None => Received::Exited(self.exit()),
+                item => Received::from_stream(item),
+            };
+        };
+        tokio::select! {
+            biased;
+            item = self.conn.next() => Received::from_stream(item),
+            _ = done => {
+                self.done = None;
+                Received::Exited(self.exit())
+            }
+        }
     }
 }
 
@@ -334,7 +356,7 @@ impl Backend for Threads {
         Caps {
             respawn: self.respawn,
             stop_running: false,
-            memory: false,
+            memory: self.memory.is_some(),
         }
     }
 
@@ -358,6 +380,7 @@ impl Backend for Threads {
             conn: Framed::new(stream, Codec::new(1 << 20)),
             done: Some(done_rx),
             id: WorkerId::of_rank(u32::try_from(n).unwrap_or(u32::MAX)),
+            memory: self.memory.clone(),
         };
         let Received::Frame(Frame {
             message: FromWorker::Hello(hello),
@@ -386,7 +409,8 @@ impl Backend for Threads {
     }
 
     fn resident_memory(&self, _: WorkerId) -> Option<u64> {
-        None
+        let gauge = self.memory.as_ref()?;
+        Some(gauge.resident.load(Ordering::SeqCst))
     }
 }
 
@@ -402,21 +426,14 @@ impl WorkerLink for ThreadWorker {
     }
 
     async fn recv(&mut self) -> Received {
-        let Some(done) = self.done.as_mut() else {
-            // Detached or ended: the link's end is all there is to wait for.
-            return match self.conn.next().await {
-                None => Received::Exited(self.exit()),
-                item => Received::from_stream(item),
-            };
-        };
-        tokio::select! {
-            biased;
-            item = self.conn.next() => Received::from_stream(item),
-            _ = done => {
-                self.done = None;
-                Received::Exited(self.exit())
+        let received = self.next().await;
+        if let (Received::Frame(_), Some(gauge)) = (&received, &self.memory) {
+            let pending = gauge.pending.swap(0, Ordering::SeqCst);
+            if pending > 0 {
+                gauge.resident.store(pending, Ordering::SeqCst);
             }
         }
+        received
     }
 
     async fn exited(&mut self) -> ExitInfo {
@@ -437,16 +454,22 @@ impl WorkerLink for ThreadWorker {
 
 /// A pool of `workers` threads behind the supervision core.
 fn thread_pool(workers: usize, respawn: bool) -> Pool {
+    thread_pool_with(workers, respawn, None)
+}
+
+/// The same, reporting memory from `gauge` against a ceiling of `limit` bytes.
+fn thread_pool_with(workers: usize, respawn: bool, memory: Option<(u64, Arc<Gauge>)>) -> Pool {
     let config = Config {
         max_workers: workers,
         max_tasks_per_child: None,
         max_frame: 1 << 20,
         job_timeout: None,
-        max_worker_memory: None,
+        max_worker_memory: memory.as_ref().map(|(limit, _)| *limit),
     };
     let backend = Threads {
         respawn,
         started: AtomicU64::new(0),
+        memory: memory.map(|(_, gauge)| gauge),
     };
     Pool::start(config, || Ok(backend)).unwrap()
 }
@@ -535,5 +558,80 @@ fn a_pool_that_cannot_replace_its_last_worker_breaks_instead_of_hanging() {
         assert!(err.is_pool_broken(), "{err:?}");
         assert!(err.to_string().contains("cannot replace"), "{err}");
         open(&gate);
+    });
+}
+
+/// Jobs of [`count`] run, in this process.
+static COUNTED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts that it ran.
+fn count(_: ()) -> u64 {
+    COUNTED.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Polls until `jobs` jobs wait in a worker behind the one it runs (and none in the queue).
+fn until_waiting(core: &super::core::Core, jobs: usize) {
+    let deadline = Instant::now() + BOUND;
+    while core.counters.waiting() != jobs || core.queue.len() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {jobs} jobs waiting in the worker: {} there, {} queued",
+            core.counters.waiting(),
+            core.queue.len()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// Regression: a worker found over the memory limit after an answer was retired with the
+// next job already running on it (the line promotes it while reading the answers at
+// hand): that job was dropped unanswered, its caller waited forever, and the jobs behind
+// it were put back in the queue while the worker still ran them, so they ran twice.
+#[test]
+fn a_worker_retired_over_the_memory_limit_finishes_the_jobs_it_holds_once_each() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let gauge = Arc::new(Gauge::default());
+        let pool = thread_pool_with(1, true, Some((100, gauge.clone())));
+        let never = JobOptions::new();
+        // Jobs are timed per function pointer, and an optimized build may give a small
+        // function a copy of its own where a closure takes its address: each is taken once.
+        let hold: fn(PathBuf) -> u64 = hold;
+        let count: fn(()) -> u64 = count;
+        // Time both functions, so that they stream behind each other.
+        for _ in 0..50 {
+            assert_eq!(submit(&pool, hold, dir.path().into(), never).wait(), Ok(7));
+            submit(&pool, count, (), never).wait().unwrap();
+        }
+        let counted = COUNTED.load(Ordering::SeqCst);
+        let leaking = submit(&pool, hold, first.clone(), never);
+        let next = submit(&pool, hold, second.clone(), never);
+        let mut behind = Vec::new();
+        for _ in 0..5 {
+            behind.push(submit(&pool, count, (), never));
+        }
+        until_waiting(&pool.core, 6);
+        // The worker grows past the limit with the first job's answer.
+        gauge.pending.store(200, Ordering::SeqCst);
+        open(&first);
+        assert_eq!(leaking.wait(), Ok(7));
+        open(&second);
+        assert_eq!(
+            next.wait(),
+            Ok(7),
+            "the job running when the worker was found over"
+        );
+        for handle in behind {
+            assert!(handle.wait().is_ok());
+        }
+        assert_eq!(
+            COUNTED.load(Ordering::SeqCst) - counted,
+            5,
+            "each job ran once"
+        );
+        gauge.resident.store(0, Ordering::SeqCst);
+        assert_eq!(submit(&pool, double, 4, never).wait(), Ok(8));
+        assert_eq!(pool.core.stats().respawns, 1, "the worker was replaced");
     });
 }

@@ -9,7 +9,7 @@ use super::entry::{Spec, WORKER_ENV};
 use crate::error::Error;
 use crate::exit::WorkerId;
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
-use crate::pool::exit_within;
+use crate::pool::{EXIT_GRACE, stop_within};
 use crate::ship::{self, ImageId, Target};
 use crate::wire::frame::{Codec, Frame, put_frame};
 use crate::wire::message::{
@@ -30,8 +30,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-/// How long a worker that failed during start-up may take to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// The socket buffer size asked for on both ends of a worker connection (the kernel caps it
 /// at `net.core.wmem_max` / `rmem_max`; the default is about 200 KiB). A large payload
 /// then crosses in a few large writes instead of hundreds of small ones, each waking the
@@ -286,11 +284,11 @@ impl Launcher {
                     "the pool's initializer panicked in worker {pid}: {message}{at}"
                 )))
             }
+            Received::Exited(exit) => Err(StartError::Transient(format!(
+                "worker {pid} exited before it was ready ({exit})"
+            ))),
             other => {
-                let exit = match exit_within(worker.exited(), kill, EXIT_GRACE).await {
-                    Some(exit) => exit,
-                    None => worker.kill().await,
-                };
+                let exit = stop_within(&mut worker, kill, EXIT_GRACE).await;
                 Err(StartError::Transient(format!(
                     "worker {pid} failed before it was ready ({exit}): {}",
                     other.describe()
