@@ -258,18 +258,22 @@ impl<In: DeserializeOwned> Decoder for Codec<In> {
                     return Ok(None);
                 }
                 let mut frame = src.split_to(frame_len);
-                let message = parse_message(&frame[..message_len])?;
+                // At the next frame's start whatever this one holds.
                 self.state = State::Head;
+                let message = parse_message(&frame[..message_len])?;
                 // The payload is the rest of the frame: split off, not copied.
                 let payload = frame.split_off(message_len).freeze();
                 return Ok(Some(Frame { message, payload }));
             }
             if src.len() < message_len {
-                src.reserve(message_len - src.len());
+                // A message so long is rare: room grows as its bytes come, not from the
+                // header alone.
+                src.reserve((message_len - src.len()).min(READ_ROOM));
                 return Ok(None);
             }
-            let message = parse_message(&src[..message_len])?;
-            src.advance(message_len);
+            let message_bytes = src.split_to(message_len);
+            self.state = State::Head;
+            let message = parse_message(&message_bytes)?;
             let want = frame_len - message_len;
             let mut payload = std::mem::take(&mut self.spare);
             payload.clear();
@@ -438,6 +442,28 @@ mod tests {
             parent.decode(&mut buf),
             Err(ProtocolError::Corrupt(m)) if m.contains("ends 2 bytes before")
         ));
+    }
+
+    #[test]
+    fn after_a_frame_that_does_not_decode_the_codec_is_at_the_next_one() {
+        for direct_from in [DIRECT_PAYLOAD, 1] {
+            let mut buf = BytesMut::new();
+            buf.put_u32(3);
+            buf.put_u32(3);
+            buf.put_slice(&[0xff, 0xff, 0xff]); // no such variant
+            buf.extend_from_slice(&wire(&FromWorker::Ready, &[]));
+            let mut parent = ParentCodec::new(1024);
+            parent.direct_from = direct_from;
+            assert!(matches!(
+                parent.decode(&mut buf),
+                Err(ProtocolError::Malformed(_))
+            ));
+            assert_eq!(
+                parent.decode_eof(&mut buf).unwrap(),
+                Some(Frame::bare(FromWorker::Ready)),
+                "direct from {direct_from}"
+            );
+        }
     }
 
     #[test]
