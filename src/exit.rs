@@ -43,22 +43,12 @@ impl WorkerId {
         }
     }
 
-    /// A worker that is a rank of an MPI job (or, with [`on_rank`](Self::on_rank), lives
-    /// on one).
+    /// A worker that is a rank of an MPI job.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn of_rank(rank: u32) -> WorkerId {
         WorkerId {
             pid: None,
             rank: Some(rank),
-        }
-    }
-
-    /// The same worker, known to live on `rank`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn on_rank(self, rank: u32) -> WorkerId {
-        WorkerId {
-            rank: Some(rank),
-            ..self
         }
     }
 
@@ -200,10 +190,11 @@ mod tests {
     fn workers_say_where_they_ran() {
         assert_eq!(WorkerId::process(12).to_string(), "process 12");
         assert_eq!(WorkerId::of_rank(2).to_string(), "rank 2");
-        assert_eq!(
-            WorkerId::process(12).on_rank(2).to_string(),
-            "process 12 on rank 2"
-        );
+        let on_rank = WorkerId {
+            rank: Some(2),
+            ..WorkerId::process(12)
+        };
+        assert_eq!(on_rank.to_string(), "process 12 on rank 2");
         let exit = ExitInfo::unknown().of(WorkerId::of_rank(3));
         assert_eq!(exit.worker().and_then(|w| w.rank()), Some(3));
     }

@@ -54,10 +54,12 @@ pub(crate) fn remove_env_if_alone(name: &str, before_main: bool) -> bool {
     if !is_single_threaded().unwrap_or(before_main) {
         return false;
     }
-    // SAFETY: this process has one thread (counted just above, or, where threads cannot be
-    // counted, before `main`, where no thread but the main one runs), so nothing can read
-    // or write the environment concurrently, and this thread starts no other before the
-    // call returns.
+    // SAFETY: this process has one thread, so nothing can read or write the environment
+    // concurrently, and this thread starts no other before the call returns. Where threads
+    // are counted (Linux) that was checked just above; elsewhere it rests on the caller
+    // being a static constructor, before `main` and before any thread a program starts
+    // (another crate's constructor could start one: the removal then races with it, as
+    // `std::env::remove_var` in such a constructor always would).
     unsafe { std::env::remove_var(name) };
     true
 }

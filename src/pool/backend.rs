@@ -141,9 +141,10 @@ pub(crate) trait WorkerLink: Send + 'static {
     /// The next thing the link has for the pool.
     fn recv(&mut self) -> impl Future<Output = Received> + Send;
 
-    /// A frame the link already holds, without waiting: the core reads the answers that
-    /// arrived together this way, in one pass. `None` when nothing is at hand (an exit is
-    /// left for [`recv`](Self::recv) to report).
+    /// What the link already holds, without waiting: the core reads the answers that
+    /// arrived together this way, in one pass. `None` when nothing is at hand. The local
+    /// link reads only its socket here, leaving an exit for [`recv`](Self::recv); the
+    /// default, `recv` polled once, may report one.
     fn try_recv(&mut self) -> Option<Received> {
         self.recv().now_or_never()
     }

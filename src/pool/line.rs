@@ -4,8 +4,9 @@
 //! Short jobs stream to a worker a little ahead, so that it never waits for the pool
 //! between them; long ones go one at a time, so that none waits behind another while a
 //! worker idles. "Short" is learned per function, from the worker's own job times
-//! ([`Line::room`]); a function not timed yet goes only to an idle worker. Time is given to
-//! the line by its caller (`now`), so the policy is testable without a clock.
+//! ([`Line::room`]); a function not timed yet goes only to an idle worker. The times the
+//! policy learns from are given by the line's caller (`now`), so that it is testable
+//! without a clock.
 
 use super::core::QueuedJob;
 use crate::error::JobError;

@@ -167,7 +167,6 @@ unsafe fn procpool_enter_worker() {
 
 /// A reference to the entry hook, so that linkers keep the object file that holds it.
 #[cfg(feature = "auto-init")]
-#[allow(unsafe_code)]
 pub(crate) fn entry_hook_address() -> usize {
     procpool_enter_worker as unsafe fn() as usize
 }

@@ -24,11 +24,15 @@
 //! 2. **the function lives in the main image**: the parent ships only targets that passed
 //!    [`Target::check_shippable`] (the pool checks every job and every initializer before
 //!    it accepts them), so an offset never points into a library mapped elsewhere in the
-//!    worker;
-//! 3. **the worker runs the very same image**: [`run_shipped`] takes a [`VerifiedParent`],
-//!    which only [`VerifiedParent::verify`] makes, after comparing the parent's executable
-//!    identity and probe offset with the worker's own. The worker only takes targets from
-//!    the parent that started it, over the link the parent authenticated.
+//!    worker. The check reads `/proc/self/maps`; where there is none (outside Linux), this
+//!    part rests on the documented rule that job functions live in the executable;
+//! 3. **the worker runs the very same image as its peer**: [`run_shipped`] takes a
+//!    [`VerifiedParent`], which only [`VerifiedParent::verify`] makes, after comparing the
+//!    executable identity and probe offset the peer sent with the worker's own. Who the
+//!    peer is rests on the local backend's socket: its path, handed down by the parent that
+//!    started the worker, lies in a `0700` directory of the parent's user, whom nothing
+//!    here could stop anyway (that user may debug the worker). The worker checks its
+//!    peer's claims; the parent authenticates the worker (its secret), not the reverse.
 //!
 //! Each `unsafe` block below names the part it rests on.
 
@@ -168,11 +172,11 @@ impl Target {
     }
 }
 
-/// Proof that the parent runs the same executable image as this worker (the invariant's
-/// third part).
+/// Proof that the parent says it runs the same executable image as this worker (the
+/// invariant's third part).
 ///
-/// Invariant: it exists only if the parent's executable identity and probe offset equal
-/// this process's; its only constructor, [`VerifiedParent::verify`], compares them.
+/// Invariant: it exists only if the executable identity and probe offset the parent sent
+/// equal this process's; its only constructor, [`VerifiedParent::verify`], compares them.
 #[derive(Debug)]
 pub(crate) struct VerifiedParent(());
 

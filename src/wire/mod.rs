@@ -3,8 +3,8 @@
 //! `map` chunk travel inside a payload ([`items`], with [`plain`] values packed), and the
 //! worker's blocking end of a link ([`blocking`]).
 //!
-//! Nothing here knows what a process, a socket path or a rank is: a backend moves the
-//! bytes these modules produce and hands back the bytes it received.
+//! Nothing here starts a worker or opens a socket: a backend moves the bytes these modules
+//! produce and hands back the bytes it received.
 
 pub(crate) mod blocking;
 pub(crate) mod frame;
