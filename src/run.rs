@@ -29,6 +29,11 @@ pub(crate) enum Outcome {
     Decode(String),
     /// The worker could not encode the result.
     Encode(String),
+    /// The encoded result is larger than the pool's maximum frame size.
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
 }
 
 impl Outcome {
@@ -41,6 +46,10 @@ impl Outcome {
             }
             Outcome::Decode(e) => Some(JobError::Decode(format!("argument (in the worker): {e}"))),
             Outcome::Encode(e) => Some(JobError::Encode(format!("result (in the worker): {e}"))),
+            Outcome::TooLarge { size, max } => Some(JobError::TooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+            }),
         }
     }
 }

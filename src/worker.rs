@@ -113,12 +113,11 @@ fn send_done<S: Read + Write>(
     output: &[u8],
 ) -> Result<(), String> {
     match conn.send_with(&FromWorker::Done { id, outcome }, output) {
-        Err(ProtocolError::MessageTooLarge { max, .. }) => {
-            let outcome = Outcome::Encode(format!(
-                "the result is {} bytes, over the maximum frame size of {max} bytes: raise \
-                 the pool's max_frame_size or return less per job",
-                output.len()
-            ));
+        Err(ProtocolError::MessageTooLarge { size, max }) => {
+            let outcome = Outcome::TooLarge {
+                size: size as u64,
+                max: max as u64,
+            };
             conn.send(&FromWorker::Done { id, outcome })
                 .map_err(|e| crate::error::report(&e))
         }

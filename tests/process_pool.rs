@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures::StreamExt;
 use procpool::{Error, Executor, ExecutorExt, JobError, ProcessPoolExecutor};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -268,6 +269,46 @@ async fn a_message_over_the_frame_limit_fails_only_its_job() {
             .await
             .unwrap(),
         vec![1, 2, 3]
+    );
+}
+
+// Regression: a result over the frame limit failed with `Encode`, although
+// `max_frame_size` promises `TooLarge`.
+#[tokio::test]
+async fn a_result_over_the_frame_limit_is_too_large() {
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .max_frame_size(64 << 10)
+        .build()
+        .unwrap();
+    let err = bounded("big result", pool.submit(|n: usize| vec![1_u8; n], 100_000))
+        .await
+        .unwrap_err();
+    match &err {
+        JobError::TooLarge { size, max } => {
+            assert_eq!(*max, 64 << 10);
+            assert!(*size > 100_000, "{size}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(err.is_too_large());
+    // The same for one item of a chunk: the chunk's answer is over the limit.
+    let items: Vec<_> = bounded(
+        "big chunk",
+        pool.map(|n: usize| vec![1_u8; n], [10, 100_000])
+            .chunk_size(2)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        items
+            .iter()
+            .all(|r| matches!(r, Err(JobError::TooLarge { .. }))),
+        "{items:?}"
+    );
+    assert_eq!(
+        bounded("small", pool.submit(echo, vec![1])).await.unwrap(),
+        vec![1]
     );
 }
 

@@ -540,6 +540,7 @@ mod tests {
                 .prop_map(|(message, location)| Outcome::Panicked { message, location }),
             ".*".prop_map(Outcome::Decode),
             ".*".prop_map(Outcome::Encode),
+            (any::<u64>(), any::<u64>()).prop_map(|(size, max)| Outcome::TooLarge { size, max }),
         ]
     }
 
