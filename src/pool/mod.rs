@@ -32,25 +32,44 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts supervision on its own thread, over the backend `make` builds (inside the
-    /// supervision runtime's context, so that it may create the runtime's I/O objects).
+    /// Starts supervision on its own thread, over the backend `make` builds there (inside
+    /// the supervision runtime's context, so that it may create the runtime's I/O objects),
+    /// and waits until it has started.
+    ///
+    /// The runtime lives and dies on that thread: a failure to set up drops it there, never
+    /// on the caller's thread, which may be a runtime's (tokio refuses to drop a runtime
+    /// inside another).
     pub(crate) fn start<B: Backend>(
         config: Config,
-        make: impl FnOnce() -> Result<B, Error>,
+        make: impl FnOnce() -> Result<B, Error> + Send + 'static,
     ) -> Result<Pool, Error> {
         let core = Arc::new(Core::new(config));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the supervisor's runtime", e))?;
-        let backend = {
-            let _entered = runtime.enter();
-            Arc::new(make()?)
-        };
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread_core = core.clone();
         let supervisor = std::thread::Builder::new()
             .name("procpool-supervisor".into())
             .spawn(move || {
+                let started = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("starting the supervisor's runtime", e))
+                    .and_then(|runtime| {
+                        let backend = {
+                            let _entered = runtime.enter();
+                            make()?
+                        };
+                        Ok((runtime, Arc::new(backend)))
+                    });
+                let (runtime, backend) = match started {
+                    Ok(started) => {
+                        let _ = started_tx.send(Ok(()));
+                        started
+                    }
+                    Err(error) => {
+                        let _ = started_tx.send(Err(error));
+                        return;
+                    }
+                };
                 runtime.block_on(supervise(thread_core.clone(), backend.clone()));
                 // Dropping the runtime drops the backend's background work and any start
                 // in progress; then the backend itself (the local one removes its socket).
@@ -62,10 +81,20 @@ impl Pool {
                 thread_core.terminated.send_replace(true);
             })
             .map_err(|e| Error::io("spawning the supervisor thread", e))?;
-        Ok(Pool {
-            core,
-            supervisor: Mutex::new(Some(supervisor)),
-        })
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Pool {
+                core,
+                supervisor: Mutex::new(Some(supervisor)),
+            }),
+            Ok(Err(error)) => {
+                let _ = supervisor.join();
+                Err(error)
+            }
+            Err(_) => Err(Error::io(
+                "starting the supervisor",
+                std::io::Error::other("the supervisor thread ended before it started"),
+            )),
+        }
     }
 }
 
