@@ -6,7 +6,7 @@
 //! it from any executor or blocks on it.
 
 use crate::error::JobError;
-use crate::job::Output;
+use crate::job::{Output, Undecoded};
 use futures::task::AtomicWaker;
 use std::fmt;
 use std::future::Future;
@@ -29,6 +29,13 @@ pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 /// Checks of the state between two looks at the clock (and two `yield_now`s).
 const SPINS_PER_YIELD: u32 = 64;
 
+/// How a job ended well: with its output, or with a worker's answer, which the caller
+/// decodes when it reads it (so that a `Deserialize` impl runs on the caller's thread).
+pub(crate) enum Finished {
+    Value(Output),
+    Encoded(Undecoded),
+}
+
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -40,7 +47,7 @@ const DONE: u8 = 2;
 /// result is written exactly once and is present whenever `state == DONE`.
 pub(crate) struct JobState {
     state: AtomicU8,
-    result: Mutex<Option<Result<Output, JobError>>>,
+    result: Mutex<Option<Result<Finished, JobError>>>,
     waker: AtomicWaker,
     /// Set by the pool when it starts the job, if it can stop a running job (the process
     /// pool kills the worker).
@@ -65,8 +72,15 @@ impl JobState {
     /// A cell that is already complete (a refused or failed submission).
     pub(crate) fn completed(result: Result<Output, JobError>) -> Arc<JobState> {
         let state = JobState::new();
-        state.end(QUEUED, result, || {});
+        state.end(QUEUED, result.map(Finished::Value), || {});
         state
+    }
+
+    /// Claims a job for running, if it is queued or was claimed before (a job that was
+    /// handed to a worker and put back unstarted). `false` means it has ended (cancelled
+    /// while queued) and must not run.
+    pub(crate) fn claim(&self) -> bool {
+        self.try_start() || self.state.load(Ordering::Acquire) == RUNNING
     }
 
     /// Claims a queued job for running. `false` means it was cancelled meanwhile and must
@@ -93,7 +107,7 @@ impl JobState {
     /// timeout or a cancellation got there first), in which case nothing changes.
     #[cfg(test)]
     pub(crate) fn complete(&self, result: Result<Output, JobError>) -> bool {
-        self.end(RUNNING, result, || {})
+        self.end(RUNNING, result.map(Finished::Value), || {})
     }
 
     /// Ends a running job with `result`, running `on_end` (bookkeeping such as the pool's
@@ -105,7 +119,7 @@ impl JobState {
         result: Result<Output, JobError>,
         on_end: impl FnOnce(),
     ) -> bool {
-        self.end(RUNNING, result, on_end)
+        self.end(RUNNING, result.map(Finished::Value), on_end)
     }
 
     /// Like [`complete_then`](Self::complete_then), but the handle's waker goes into
@@ -113,7 +127,7 @@ impl JobState {
     /// awaiting task once, after the last, instead of once per job.
     pub(crate) fn complete_deferred(
         &self,
-        result: Result<Output, JobError>,
+        result: Result<Finished, JobError>,
         on_end: impl FnOnce(),
         wakes: &mut Wakes,
     ) -> bool {
@@ -128,7 +142,7 @@ impl JobState {
 
     /// Moves `from -> DONE` and stores the result, under the result's lock so that whoever
     /// wins the exchange is the only writer and readers never see `DONE` without it.
-    fn end(&self, from: u8, result: Result<Output, JobError>, on_end: impl FnOnce()) -> bool {
+    fn end(&self, from: u8, result: Result<Finished, JobError>, on_end: impl FnOnce()) -> bool {
         self.end_with(from, result, on_end, AtomicWaker::wake)
     }
 
@@ -136,7 +150,7 @@ impl JobState {
     fn end_with(
         &self,
         from: u8,
-        result: Result<Output, JobError>,
+        result: Result<Finished, JobError>,
         on_end: impl FnOnce(),
         wake: impl FnOnce(&AtomicWaker),
     ) -> bool {
@@ -217,7 +231,7 @@ impl JobState {
         }
     }
 
-    fn take(&self) -> Option<Result<Output, JobError>> {
+    fn take(&self) -> Option<Result<Finished, JobError>> {
         self.result
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -285,12 +299,20 @@ impl ErasedHandle {
         ErasedHandle::new(JobState::completed(Err(error)))
     }
 
+    /// The job's output, once it has ended. A process pool hands its answer over
+    /// undecoded: it is decoded here, on the caller's thread.
     pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
         match self.state.poll_done(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(self.state.take().expect(
-                "ErasedHandle polled after it returned its result (a Future contract violation)",
-            )),
+            Poll::Ready(()) => {
+                let output = self.state.take().expect(
+                    "ErasedHandle polled after it returned its result (a Future contract violation)",
+                );
+                Poll::Ready(output.and_then(|finished| match finished {
+                    Finished::Value(output) => Ok(output),
+                    Finished::Encoded(undecoded) => undecoded.decode(),
+                }))
+            }
         }
     }
 }
@@ -507,7 +529,7 @@ mod tests {
         let jobs: Vec<_> = (0..3).map(|_| awaited(&counter)).collect();
         let mut wakes = Wakes::default();
         for (k, (state, _)) in jobs.iter().enumerate() {
-            assert!(state.complete_deferred(Ok(Box::new(k)), || {}, &mut wakes));
+            assert!(state.complete_deferred(Ok(Finished::Value(Box::new(k))), || {}, &mut wakes));
         }
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
@@ -533,10 +555,10 @@ mod tests {
         let (b, _hb) = awaited(&second);
         {
             let mut wakes = Wakes::default();
-            assert!(a.complete_deferred(Ok(Box::new(1_u8)), || {}, &mut wakes));
-            assert!(b.complete_deferred(Ok(Box::new(2_u8)), || {}, &mut wakes));
+            assert!(a.complete_deferred(Ok(Finished::Value(Box::new(1_u8))), || {}, &mut wakes));
+            assert!(b.complete_deferred(Ok(Finished::Value(Box::new(2_u8))), || {}, &mut wakes));
             assert!(
-                !a.complete_deferred(Ok(Box::new(3_u8)), || {}, &mut wakes),
+                !a.complete_deferred(Ok(Finished::Value(Box::new(3_u8))), || {}, &mut wakes),
                 "a job ends once"
             );
         }

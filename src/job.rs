@@ -87,6 +87,9 @@ pub(crate) trait Call: Send + 'static {
     fn encode_input(&mut self, out: &mut Vec<u8>) -> Result<(), JobError>;
     /// How to decode the worker's answer.
     fn decoder(&self) -> Decoder;
+    /// Puts back what [`encode_input`](Call::encode_input) moved out of the argument (a
+    /// byte buffer), so that a refused submission gives the argument back whole.
+    fn restore_input(&mut self, _input: Vec<u8>) {}
     /// The argument(s), given back when a submission is refused.
     fn into_arg(self: Box<Self>) -> Box<dyn Any + Send>;
     /// Number of items (1, or a chunk's length).
@@ -141,6 +144,12 @@ where
 
     fn decoder(&self) -> Decoder {
         decode_single::<R>
+    }
+
+    fn restore_input(&mut self, input: Vec<u8>) {
+        if let Some(bytes) = (&mut self.arg as &mut dyn Any).downcast_mut::<Vec<u8>>() {
+            *bytes = input; // `encode_input` swapped the buffer out
+        }
     }
 
     fn into_arg(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -233,6 +242,45 @@ pub(crate) fn initializer_target(f: fn()) -> Target {
 /// The target of a worker-state builder.
 pub(crate) fn state_target<S: 'static>(f: fn() -> S) -> Target {
     Target::new::<fn() -> S, State<S>>(f)
+}
+
+/// Encodes a job's argument(s) into `out`, on the submitting thread: the pool's own threads
+/// never run user code. A `Serialize` impl that panics fails the job with
+/// [`JobError::Encode`] (inside a chunk, only its item).
+pub(crate) fn encode(call: &mut dyn Call, out: &mut Vec<u8>) -> Result<(), JobError> {
+    match catch_unwind(AssertUnwindSafe(|| call.encode_input(out))) {
+        Ok(encoded) => encoded,
+        Err(payload) => Err(JobError::Encode(format!(
+            "Serialize panicked: {}",
+            crate::error::panic_message(&*payload)
+        ))),
+    }
+}
+
+/// A worker's answer as the pool hands it over: decoded by the caller, on the caller's
+/// thread, when it reads the result ([`Undecoded::decode`]), so that a `Deserialize` impl
+/// runs, and may panic or take its time, there rather than on the pool's threads.
+pub(crate) struct Undecoded {
+    payload: bytes::Bytes,
+    decoder: Decoder,
+}
+
+impl Undecoded {
+    pub(crate) fn new(payload: bytes::Bytes, decoder: Decoder) -> Undecoded {
+        Undecoded { payload, decoder }
+    }
+
+    /// The job's [`Output`]; a `Deserialize` impl that panics gives [`JobError::Decode`].
+    pub(crate) fn decode(self) -> Result<Output, JobError> {
+        let Undecoded { payload, decoder } = self;
+        match catch_unwind(AssertUnwindSafe(move || decoder(payload))) {
+            Ok(output) => output,
+            Err(payload) => Err(JobError::Decode(format!(
+                "result: Deserialize panicked: {}",
+                crate::error::panic_message(&*payload)
+            ))),
+        }
+    }
 }
 
 /// Refuses a target whose function a worker could not find (see

@@ -165,10 +165,14 @@
 //! - **Jobs behind a lost worker:** the jobs streamed to a worker behind the one it runs
 //!   have not started; if the worker dies, times out or is stopped, they go back to the
 //!   front of the queue and run on another worker. Only the job it was running fails.
-//! - **Data:** an argument or result that fails to (de)serialize, or exceeds
+//! - **Data:** an argument or result that fails to (de)serialize (its `Serialize` or
+//!   `Deserialize` returns an error or panics), or exceeds
 //!   [`ProcessPoolBuilder::max_frame_size`], fails that job with [`JobError::Encode`],
 //!   [`JobError::Decode`] or [`JobError::TooLarge`]; a function that cannot be shipped
-//!   (from a dynamic library) with [`JobError::Unshippable`].
+//!   (from a dynamic library) with [`JobError::Unshippable`]. A job's user code (its
+//!   types' `Serialize`, `Deserialize` and `Drop`) runs on the caller's threads, when it
+//!   submits and when it reads the result, never on the pool's own thread: a slow or
+//!   panicking impl delays nobody else's timeout, cancellation or replacement.
 //! - **The pool cannot work** (an initializer or `worker_state` builder panics, workers
 //!   fail to start repeatedly, the entry hook is missing): [`JobError::PoolBroken`] naming
 //!   the cause, rather than respawning forever.

@@ -1,6 +1,6 @@
 //! [`PoolStats`], a snapshot of a pool's workers and jobs, and the counters behind it.
 
-use crate::handle::{JobState, Wakes};
+use crate::handle::{Finished, JobState, Wakes};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A snapshot of a pool: its workers and its jobs, from [`Executor::stats`](crate::Executor::stats).
@@ -34,7 +34,9 @@ pub struct PoolStats {
     pub jobs_queued: usize,
     /// Jobs running right now.
     pub jobs_running: usize,
-    /// Jobs that ran and returned a result (a `map` chunk counts as one job).
+    /// Jobs that ran and returned a result (a `map` chunk counts as one job). A process
+    /// pool's result is decoded by the caller when it reads it, so a result that then
+    /// fails to decode counts here too.
     pub jobs_completed: u64,
     /// Jobs that started but ended with an error: a panic, a dead worker, a timeout, a
     /// cancellation while running, a shutdown.
@@ -92,7 +94,7 @@ impl Counters {
     pub(crate) fn finish_deferred(
         &self,
         state: &JobState,
-        result: Result<crate::job::Output, crate::JobError>,
+        result: Result<Finished, crate::JobError>,
         wakes: &mut Wakes,
     ) -> bool {
         let counter = self.outcome_counter(&result);

@@ -4,9 +4,11 @@
 
 use crate::error::JobError;
 use crate::handle::{ErasedHandle, JobState, within};
-use crate::job::{Call, ErasedJob};
+use crate::job::{Decoder, ErasedJob};
 use crate::queue::{JobQueue, Queued};
+use crate::ship::Target;
 use crate::stats::{Counters, PoolStats};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,15 +25,19 @@ pub(crate) struct Config {
     pub(crate) max_worker_memory: Option<u64>,
 }
 
-/// A job waiting for a worker.
+/// A job waiting for a worker: no user value, only bytes and function pointers, so that
+/// the pool's threads never run a user's `Serialize`, `Deserialize` or `Drop`.
 pub(crate) struct QueuedJob {
-    pub(crate) call: Box<dyn Call>,
+    /// Where the worker finds the function.
+    pub(crate) target: Target,
+    /// How the caller decodes the answer.
+    pub(crate) decoder: Decoder,
     pub(crate) state: Arc<JobState>,
     /// The job's time limit, the pool's default already applied.
     pub(crate) timeout: Option<Duration>,
-    /// The argument, already encoded: set when a job that was sent to a worker but never
-    /// started comes back to the queue.
-    pub(crate) encoded: Option<Vec<u8>>,
+    /// The encoded argument(s), encoded by the submitter; taken once the worker runs the
+    /// job.
+    pub(crate) input: Vec<u8>,
 }
 
 impl Queued for QueuedJob {
@@ -75,31 +81,43 @@ impl Core {
         }
     }
 
-    /// Queues `job` (see [`Executor::execute`](crate::Executor::execute)): a broken pool or
-    /// a function that cannot be shipped ends it at once; a shut-down pool gives it back.
+    /// Queues `job` (see [`Executor::execute`](crate::Executor::execute)): a broken pool,
+    /// a function that cannot be shipped or an argument that does not encode ends it at
+    /// once; a shut-down pool gives it back.
+    ///
+    /// The argument is encoded here, on the submitting thread, and what is left of it is
+    /// dropped here too.
     pub(crate) fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
         if let Some(error) = self.broken.get() {
             return Ok(ErasedHandle::failed(error.clone()));
         }
-        if let Err(error) = crate::job::check_shippable(&job.call.target()) {
+        let ErasedJob { mut call, options } = job;
+        let target = call.target();
+        if let Err(error) = crate::job::check_shippable(&target) {
+            return Ok(ErasedHandle::failed(error));
+        }
+        let mut input = Vec::new();
+        if let Err(error) = crate::job::encode(&mut *call, &mut input) {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
         let queued = QueuedJob {
-            call: job.call,
+            target,
+            decoder: call.decoder(),
             state: state.clone(),
-            timeout: job.options.resolve_timeout(self.config.job_timeout),
-            encoded: None,
+            timeout: options.resolve_timeout(self.config.job_timeout),
+            input,
         };
         match self.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),
             // A broken pool closes its queue: report why rather than "shut down".
             Err(queued) => match self.broken.get() {
                 Some(error) => Ok(ErasedHandle::failed(error.clone())),
-                None => Err(ErasedJob {
-                    call: queued.call,
-                    options: job.options,
-                }),
+                None => {
+                    call.restore_input(queued.input);
+                    Err(ErasedJob { call, options })
+                }
             },
         }
     }

@@ -10,7 +10,8 @@
 
 use super::core::QueuedJob;
 use crate::error::JobError;
-use crate::handle::Wakes;
+use crate::handle::{Finished, Wakes};
+use crate::job::Undecoded;
 use crate::run::Outcome;
 use crate::ship::Target;
 use crate::stats::Counters;
@@ -53,8 +54,8 @@ struct Sent {
     /// How long it was expected to take when it was sent (`None`: its function was not
     /// timed yet), counted in the line's [`Line::work`] until it leaves.
     estimate: Option<Duration>,
-    /// Its encoded argument is kept in `job.encoded` while it waits behind the head, so
-    /// that it can go back to the queue as it is.
+    /// Its encoded argument stays in `job.input` while it waits behind the head, so that
+    /// it can go back to the queue as it is.
     job: QueuedJob,
 }
 
@@ -182,15 +183,15 @@ impl<'a> Line<'a> {
         self.head().map(|s| s.job.state.clone())
     }
 
-    /// Appends a claimed job just encoded into the worker's next write. The first job of
-    /// an empty line is stoppable from now on: the worker runs it as soon as its bytes
-    /// arrive, and may answer before the line promotes it.
-    pub(crate) fn push(&mut self, id: u64, target: Target, mut job: QueuedJob, input: Vec<u8>) {
+    /// Appends a claimed job framed into the worker's next write. The first job of an
+    /// empty line is stoppable from now on: the worker runs it as soon as its bytes arrive,
+    /// and may answer before the line promotes it.
+    pub(crate) fn push(&mut self, id: u64, job: QueuedJob) {
         if self.sent.is_empty() && self.stoppable {
             job.state.make_stoppable();
         }
-        self.bytes += input.len();
-        job.encoded = Some(input);
+        let target = job.target;
+        self.bytes += job.input.len();
         self.counters.windowed.fetch_add(1, Ordering::Relaxed);
         self.last_target = Some(target);
         let estimate = self.job_time(target);
@@ -205,7 +206,7 @@ impl<'a> Line<'a> {
 
     /// The argument of the job sent last, while it waits.
     pub(crate) fn last_input(&self) -> Option<&[u8]> {
-        self.sent.back()?.job.encoded.as_deref()
+        Some(&self.sent.back()?.job.input)
     }
 
     /// Makes the oldest job the head, if there is none: the worker runs it from `now`, and
@@ -218,9 +219,8 @@ impl<'a> Line<'a> {
             return;
         };
         self.counters.windowed.fetch_sub(1, Ordering::Relaxed);
-        if let Some(input) = sent.job.encoded.take() {
-            self.bytes -= input.len(); // the worker has it: free it now
-        }
+        let input = std::mem::take(&mut sent.job.input);
+        self.bytes -= input.len(); // the worker has it: free it now
         if self.stoppable {
             sent.job.state.make_stoppable();
         }
@@ -238,7 +238,8 @@ impl<'a> Line<'a> {
     }
 
     /// Completes the head with the worker's answer, which arrived at `now`, holding its
-    /// caller's waker in `wakes`.
+    /// caller's waker in `wakes`. The answer is handed over undecoded: the caller decodes
+    /// it.
     pub(crate) fn answer(
         &mut self,
         outcome: Outcome,
@@ -252,7 +253,7 @@ impl<'a> Line<'a> {
         self.observe(sent.target, took);
         let result = match outcome.into_error() {
             Some(error) => Err(error),
-            None => (sent.job.call.decoder())(payload),
+            None => Ok(Finished::Encoded(Undecoded::new(payload, sent.job.decoder))),
         };
         self.counters
             .finish_deferred(&sent.job.state, result, wakes);
@@ -306,7 +307,7 @@ mod tests {
         x * 3
     }
 
-    /// A claimed job of `f`, as the serving loop holds it, with its target.
+    /// A claimed job of `f` and its target, as the serving loop holds it.
     ///
     /// Jobs are timed per function pointer, and an optimized build may give a small
     /// function a copy of its own in each codegen unit that takes its address (a closure
@@ -317,20 +318,27 @@ mod tests {
         assert!(state.try_start());
         let target = call.target();
         let job = QueuedJob {
-            call,
+            target,
+            decoder: call.decoder(),
             state,
             timeout: None,
-            encoded: None,
+            input: vec![0; 8],
         };
         (target, job)
+    }
+
+    /// `job` with `input` as its encoded argument.
+    fn with_input(mut job: QueuedJob, input: Vec<u8>) -> QueuedJob {
+        job.input = input;
+        job
     }
 
     /// Runs `jobs` jobs of `f` through `line` one at a time, each taking `took`.
     fn time_jobs(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, took: Duration) {
         let mut now = Instant::now();
         for x in 0..jobs as u64 {
-            let (target, job) = claimed(f, x);
-            line.push(x, target, job, vec![0; 8]);
+            let (_, job) = claimed(f, x);
+            line.push(x, with_input(job, vec![0; 8]));
             line.promote(now);
             now += took;
             let answer = postcard::to_allocvec(&(2 * x)).unwrap();
@@ -353,7 +361,7 @@ mod tests {
         let mut line = Line::new(&counters, true);
         let (target, job) = claimed(double, 1);
         assert_eq!(line.room(Some(target)), 1, "an idle worker takes one");
-        line.push(1, target, job, vec![0; 8]);
+        line.push(1, with_input(job, vec![0; 8]));
         assert_eq!(line.room(Some(target)), 0, "nothing waits behind it");
         assert_eq!(
             line.room(None),
@@ -370,12 +378,12 @@ mod tests {
         let (target, _) = claimed(double, 0);
         assert_eq!(line.room(Some(target)), 4, "1 ms of 250 us jobs");
         for x in 0..3 {
-            let (target, job) = claimed(double, x);
-            line.push(x, target, job, vec![0; 8]);
+            let (_, job) = claimed(double, x);
+            line.push(x, with_input(job, vec![0; 8]));
         }
         assert_eq!(line.room(None), 1, "the fourth still fits");
-        let (target, job) = claimed(double, 3);
-        line.push(3, target, job, vec![0; 8]);
+        let (_, job) = claimed(double, 3);
+        line.push(3, with_input(job, vec![0; 8]));
         assert_eq!(line.room(None), 0, "the span is full");
         assert_eq!(counters.waiting(), 4, "waiting jobs count as queued");
         assert_eq!(line.bytes(), 32);
@@ -390,7 +398,7 @@ mod tests {
         let (untimed, _) = claimed(triple, 0);
         assert_eq!(line.room(Some(short)), MAX_WINDOW);
         assert_eq!(line.room(Some(untimed)), 1, "an idle worker takes one");
-        line.push(0, short, job, vec![]);
+        line.push(0, with_input(job, vec![]));
         assert_eq!(
             line.room(Some(untimed)),
             0,
@@ -440,7 +448,7 @@ mod tests {
         let mut line = Line::new(&counters, true);
         let (target, first) = claimed(double, 21);
         let state = first.state.clone();
-        line.push(7, target, first, vec![1, 2, 3]);
+        line.push(7, with_input(first, vec![1, 2, 3]));
         assert_eq!(line.head_id(), None, "sent, not running yet");
         let start = Instant::now();
         line.promote(start);
@@ -469,9 +477,9 @@ mod tests {
     fn a_line_that_cannot_stop_its_worker_never_makes_a_job_stoppable() {
         let counters = Counters::default();
         let mut line = Line::new(&counters, false);
-        let (target, job) = claimed(double, 1);
+        let (_, job) = claimed(double, 1);
         let state = job.state.clone();
-        line.push(1, target, job, vec![]);
+        line.push(1, with_input(job, vec![]));
         line.promote(Instant::now());
         assert!(!state.cancel(), "a running job that cannot be stopped");
         line.fail_head(JobError::Cancelled);
@@ -487,19 +495,15 @@ mod tests {
         time_jobs(&mut line, f, 1, Duration::from_micros(1));
         let jobs: Vec<_> = (0..3).map(|x| claimed(f, x)).collect();
         let states: Vec<_> = jobs.iter().map(|(_, j)| j.state.clone()).collect();
-        for (x, (target, job)) in (0..).zip(jobs) {
-            line.push(x, target, job, vec![x as u8; 4]);
+        for (x, (_, job)) in (0..).zip(jobs) {
+            line.push(x, with_input(job, vec![x as u8; 4]));
         }
         line.promote(Instant::now());
         line.fail_head(JobError::Cancelled);
         let waiting = line.take_waiting();
         assert_eq!(waiting.len(), 2);
         assert!(states[0].is_done() && !states[1].is_done() && !states[2].is_done());
-        assert_eq!(
-            waiting[0].encoded.as_deref(),
-            Some(&[1_u8; 4][..]),
-            "as encoded"
-        );
+        assert_eq!(&waiting[0].input[..], &[1_u8; 4][..], "as encoded");
         assert_eq!(counters.waiting(), 0);
         assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
         assert!(line.is_empty() && line.bytes() == 0);

@@ -293,7 +293,7 @@ impl<B: Backend> Serving<'_, B> {
     /// an idle worker or for this one once idle. `Ok(true)` says a job went back, so that
     /// this worker should take no more until its line is empty.
     async fn take_jobs(&mut self, job: QueuedJob) -> Result<bool, Loss> {
-        let target = job.call.target();
+        let target = job.target;
         let room = self.room(Some(target));
         if room == 0 {
             self.core.queue.requeue_front(vec![job]);
@@ -302,7 +302,7 @@ impl<B: Backend> Serving<'_, B> {
         let mut batch = vec![job];
         while batch.len() < room {
             match self.core.queue.try_pop() {
-                Some(next) if next.call.target() == target => batch.push(next),
+                Some(next) if next.target == target => batch.push(next),
                 Some(other) => {
                     self.core.queue.requeue_front(vec![other]);
                     break;
@@ -345,10 +345,10 @@ impl<B: Backend> Serving<'_, B> {
         }
     }
 
-    /// Claims and encodes the jobs of `batch` into `out`, adding them to the line, until
-    /// one must wait for a later write; returns whether the last one encoded has a large
-    /// payload (written after `out`, from its own buffer), and whether a job was held back
-    /// for being too large to wait behind the running one.
+    /// Claims the jobs of `batch` and frames them into `out`, adding them to the line,
+    /// until one must wait for a later write; returns whether the last one framed has a
+    /// large payload (written after `out`, from its own buffer), and whether a job was held
+    /// back for being too large to wait behind the running one.
     fn encode_jobs(
         &mut self,
         target: Target,
@@ -357,31 +357,18 @@ impl<B: Backend> Serving<'_, B> {
     ) -> (bool, bool) {
         let counters = &self.core.counters;
         let mut jobs = batch.into_iter();
-        while let Some(mut job) = jobs.next() {
-            let input = match job.encoded.take() {
-                Some(input) => input, // claimed when it was first sent
-                None => {
-                    // Claimed now: from here on, as for a job handed to Python's call
-                    // queue, the job counts as started and `cancel()` no longer removes
-                    // it; it becomes stoppable once the worker runs it.
-                    if !job.state.try_start() {
-                        continue; // cancelled while queued
-                    }
-                    let mut input = Vec::new();
-                    if let Err(e) = job.call.encode_input(&mut input) {
-                        counters.finish(&job.state, Err(e));
-                        continue;
-                    }
-                    input
-                }
-            };
+        while let Some(job) = jobs.next() {
+            // Claimed now (or when it was first sent): from here on, as for a job handed to
+            // Python's call queue, the job counts as started and `cancel()` no longer
+            // removes it; it becomes stoppable once the worker runs it.
+            if !job.state.claim() {
+                continue; // cancelled while queued
+            }
+            let size = job.input.len();
             let behind = !self.line.is_empty() || !out.is_empty();
-            if behind
-                && (input.len() > INLINE_PAYLOAD || self.line.bytes() + input.len() > WINDOW_BYTES)
-            {
+            if behind && (size > INLINE_PAYLOAD || self.line.bytes() + size > WINDOW_BYTES) {
                 // Too large to wait in the link: it will lead a later write. Writing it
                 // behind a running job could fill both directions of a socket at once.
-                job.encoded = Some(input);
                 self.core
                     .queue
                     .requeue_front(std::iter::once(job).chain(jobs).collect());
@@ -389,7 +376,7 @@ impl<B: Backend> Serving<'_, B> {
             }
             let id = self.next_id;
             let message = ToWorker::Run { id, target };
-            let large = match put_frame(&message, &input, self.core.config.max_frame, out) {
+            let large = match put_frame(&message, &job.input, self.core.config.max_frame, out) {
                 Ok(tail) => !tail.is_empty(),
                 Err(ProtocolError::MessageTooLarge { size, max }) => {
                     counters.finish(&job.state, Err(JobError::TooLarge { size, max }));
@@ -401,7 +388,7 @@ impl<B: Backend> Serving<'_, B> {
                 }
             };
             self.next_id += 1;
-            self.line.push(id, target, job, input);
+            self.line.push(id, job);
             if large {
                 // Nothing goes after a large payload in this write.
                 self.core.queue.requeue_front(jobs.collect());

@@ -19,9 +19,10 @@
 //! copy) inside a chunk, rather than serde's element-by-element sequence.
 
 use super::plain;
-use crate::error::JobError;
+use crate::error::{JobError, panic_message};
 use serde::{Serialize, de::DeserializeOwned};
 use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// The item's result (or, in a chunk's input, its argument) follows.
 pub(crate) const TAG_OK: u8 = 0;
@@ -154,13 +155,28 @@ pub(crate) fn put_args<A: Serialize + 'static>(
     for arg in args {
         let start = out.len();
         out.push(TAG_OK);
-        if let Err(message) = encode_value(arg, out) {
+        let encoded = catch_unwind(AssertUnwindSafe(|| encode_value(arg, out)))
+            .unwrap_or_else(|panic| Err(format!("Serialize panicked: {}", panic_message(&*panic))));
+        if let Err(message) = encoded {
             out.truncate(start);
             out.push(TAG_ARG_ENCODE);
             encode_into(&message, out).map_err(JobError::Encode)?;
         }
     }
     Ok(())
+}
+
+/// Decodes one item's result with a user `Deserialize` impl, which may panic: then the
+/// item fails with [`JobError::Decode`], and the caller goes on.
+fn decode_result<R: DeserializeOwned + 'static>(body: &[u8]) -> Result<R, JobError> {
+    match catch_unwind(AssertUnwindSafe(|| take_value::<R>(body))) {
+        Ok(Ok((value, _))) => Ok(value),
+        Ok(Err(e)) => Err(JobError::Decode(format!("result: {e}"))),
+        Err(panic) => Err(JobError::Decode(format!(
+            "result: Deserialize panicked: {}",
+            panic_message(&*panic)
+        ))),
+    }
 }
 
 /// Appends one answer item: tag, `u32 LE` length, body written by `write`. If `write`
@@ -289,9 +305,7 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
                 Some(_) => plain::get::<R>(body).ok_or_else(|| {
                     JobError::Decode(format!("result: not a `{}`", std::any::type_name::<R>()))
                 }),
-                None => take_value::<R>(body)
-                    .map(|(value, _)| value)
-                    .map_err(|e| JobError::Decode(format!("result: {e}"))),
+                None => decode_result::<R>(body),
             },
             TAG_PANICKED => match postcard::from_bytes::<(String, Option<String>)>(body) {
                 Ok((message, location)) => Err(JobError::Panicked { message, location }),
@@ -327,11 +341,11 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
                     self.at += 1 + width;
                     return Some(Ok(value));
                 }
-            } else if let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..], None)
-                && let Ok((value, _)) = take_value::<R>(body)
-            {
+            } else if let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..], None) {
+                // A user `Deserialize` runs here, on the caller's thread: its panic fails
+                // only this item.
                 self.at = self.bytes.len() - rest.len();
-                return Some(Ok(value));
+                return Some(decode_result::<R>(body));
             }
         }
         Some(self.next_in_general())

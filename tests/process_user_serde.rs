@@ -1,0 +1,253 @@
+//! User code in a job's types (`Serialize`, `Deserialize`, `Drop`) runs on the caller's
+//! threads, never on the pool's supervision thread: a panic there fails only that job, and
+//! a slow one delays nobody else's timers.
+//!
+//! Regressions: a result whose `Deserialize` panicked, or an argument whose `Serialize`
+//! panicked, killed a supervision task (the job never resolved and the next one got
+//! `PoolBroken`); an argument that took seconds to serialize held every other job's
+//! timeout, cancellation and respawn for as long.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use procpool::{Executor, ExecutorExt, JobError, JobOptions, ProcessPoolExecutor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn pool(workers: usize) -> ProcessPoolExecutor {
+    ProcessPoolExecutor::builder()
+        .max_workers(workers)
+        .build()
+        .unwrap()
+}
+
+/// Serializes fine; its `Deserialize` panics.
+#[derive(Debug, Serialize)]
+struct PanicsOnDecode(u8);
+
+impl<'de> Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("no decoding this")
+    }
+}
+
+fn make_panics_on_decode(x: u8) -> PanicsOnDecode {
+    PanicsOnDecode(x)
+}
+
+/// Its `Serialize` panics (a worker never sees one, so its `Deserialize` is plain).
+#[derive(Debug, Deserialize)]
+struct PanicsOnEncode(u8);
+
+impl Serialize for PanicsOnEncode {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("no encoding this")
+    }
+}
+
+fn take_panics_on_encode(x: PanicsOnEncode) -> u8 {
+    x.0
+}
+
+/// Waits until both workers are up (a dead supervision task would leave one slot empty).
+async fn until_two_workers(pool: &ProcessPoolExecutor) {
+    let deadline = Instant::now() + BOUND;
+    while pool.stats().workers_alive != 2 {
+        assert!(Instant::now() < deadline, "{:?}", pool.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_result_whose_deserialize_panics_fails_only_its_job() {
+    let pool = pool(2);
+    let err = bounded("decode", pool.submit(make_panics_on_decode, 1))
+        .await
+        .unwrap_err();
+    match &err {
+        JobError::Decode(m) => assert!(m.contains("no decoding this"), "{m}"),
+        other => panic!("expected Decode, got {other:?}"),
+    }
+    for x in 0..20 {
+        assert_eq!(bounded("next", pool.submit(double, x)).await, Ok(2 * x));
+    }
+    until_two_workers(&pool).await;
+    // In a chunk, each item fails on its own and the stream goes on.
+    let items: Vec<_> = bounded(
+        "map",
+        pool.map(make_panics_on_decode, 0..4)
+            .chunk_size(4)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(items.len(), 4);
+    assert!(
+        items.iter().all(|r| matches!(r, Err(JobError::Decode(_)))),
+        "{items:?}"
+    );
+    assert_eq!(bounded("after", pool.submit(double, 5)).await, Ok(10));
+}
+
+#[tokio::test]
+async fn an_argument_whose_serialize_panics_fails_only_its_job() {
+    let pool = pool(2);
+    let err = bounded(
+        "encode",
+        pool.submit(take_panics_on_encode, PanicsOnEncode(1)),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        JobError::Encode(m) => assert!(m.contains("no encoding this"), "{m}"),
+        other => panic!("expected Encode, got {other:?}"),
+    }
+    for x in 0..20 {
+        assert_eq!(bounded("next", pool.submit(double, x)).await, Ok(2 * x));
+    }
+    until_two_workers(&pool).await;
+    let items: Vec<_> = bounded(
+        "map",
+        pool.map(take_panics_on_encode, (0..3).map(PanicsOnEncode))
+            .chunk_size(3)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        items.iter().all(|r| matches!(r, Err(JobError::Encode(_)))),
+        "{items:?}"
+    );
+}
+
+/// Its `Serialize` leaves `started`, then waits for `gate` to open.
+#[derive(Debug)]
+struct SlowToEncode {
+    started: String,
+    gate: String,
+}
+
+impl Serialize for SlowToEncode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        std::fs::write(&self.started, b"").unwrap();
+        assert!(wait_until_exists(&self.gate), "gate never opened");
+        serializer.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for SlowToEncode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <()>::deserialize(deserializer)?;
+        Ok(SlowToEncode {
+            started: String::new(),
+            gate: String::new(),
+        })
+    }
+}
+
+fn take_slow(_: SlowToEncode) -> u32 {
+    1
+}
+
+/// Its `Deserialize` (in the caller) leaves the file named in it, then waits for the gate
+/// named in it to open.
+#[derive(Debug, Serialize)]
+struct SlowToDecode {
+    started: String,
+    gate: String,
+}
+
+impl<'de> Deserialize<'de> for SlowToDecode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (started, gate) = <(String, String)>::deserialize(deserializer)?;
+        std::fs::write(&started, b"").unwrap();
+        assert!(wait_until_exists(&gate), "gate never opened");
+        Ok(SlowToDecode { started, gate })
+    }
+}
+
+fn make_slow((started, gate): (String, String)) -> SlowToDecode {
+    SlowToDecode { started, gate }
+}
+
+/// While another job's user code blocks (`busy` leaves `started` and waits for `gate`),
+/// a job with a 300 ms limit on the other worker times out all the same.
+async fn a_timeout_fires_while(
+    pool: &ProcessPoolExecutor,
+    busy: impl FnOnce(String, String) + Send + 'static,
+) {
+    let gate = Gate::new();
+    let started = gate.sibling("started");
+    let (started_for_job, gate_for_job) = (started.clone(), gate.path());
+    let blocked = std::thread::spawn(move || busy(started_for_job, gate_for_job));
+    assert!(wait_until_exists(&started), "the user code never ran");
+    // Now that user code is blocked, a job that must time out.
+    let limit = JobOptions::new().timeout(Duration::from_millis(300));
+    let timed = pool.submit_with(wait_for_gate, Gate::new().path(), limit);
+    assert_eq!(
+        bounded("the timed job", timed).await,
+        Err(JobError::TimedOut(Duration::from_millis(300)))
+    );
+    gate.open();
+    bounded_sync("the blocked user code", move || blocked.join().unwrap());
+}
+
+#[tokio::test]
+async fn a_slow_serialize_delays_no_other_jobs_timer() {
+    let pool = pool(2);
+    let submitter = pool.clone();
+    a_timeout_fires_while(&pool, move |started, gate| {
+        let handle = submitter.submit(take_slow, SlowToEncode { started, gate });
+        assert_eq!(handle.wait(), Ok(1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_deserialize_delays_no_other_jobs_timer() {
+    let pool = pool(2);
+    let submitter = pool.clone();
+    a_timeout_fires_while(&pool, move |started, gate| {
+        let handle = submitter.submit(make_slow, (started, gate));
+        assert!(handle.wait().is_ok());
+    })
+    .await;
+}
+
+/// Where the parent dropped the arguments of [`take_recorder`] jobs.
+static DROPPED_ON: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records the thread it is dropped on (in the process that drops it).
+#[derive(Debug, Serialize, Deserialize)]
+struct DropRecorder(u8);
+
+impl Drop for DropRecorder {
+    fn drop(&mut self) {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        DROPPED_ON.lock().unwrap().push(name);
+    }
+}
+
+fn take_recorder(r: DropRecorder) -> u8 {
+    r.0
+}
+
+#[tokio::test]
+async fn a_jobs_argument_is_dropped_on_the_submitting_thread() {
+    let pool = pool(1);
+    let handles: Vec<_> = (0..20)
+        .map(|x| pool.submit(take_recorder, DropRecorder(x)))
+        .collect();
+    for (x, handle) in (0..).zip(handles) {
+        assert_eq!(bounded("job", handle).await, Ok(x));
+    }
+    let dropped = DROPPED_ON.lock().unwrap().clone();
+    assert_eq!(dropped.len(), 20, "{dropped:?}");
+    assert!(
+        dropped.iter().all(|t| t != "procpool-supervisor"),
+        "dropped on the pool's thread: {dropped:?}"
+    );
+}
