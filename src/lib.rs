@@ -180,6 +180,13 @@
 //!   [`SubmitError`] from `try_submit`); dropping a process pool kills and reaps its
 //!   workers, and a worker whose parent dies is killed by the kernel (Linux) so that no
 //!   orphan is left.
+//! - **Ctrl-C:** each worker process leads a process group of its own, so a terminal's
+//!   Ctrl-C (SIGINT to the foreground group) reaches the application, not its workers:
+//!   the application decides what becomes of the jobs (`examples/tokio_service.rs`
+//!   drains them). If the application dies of it, its workers follow (above).
+//! - **Processes a job starts** stay in its worker's group unless they leave it, and are
+//!   stopped with the worker: when its job is cancelled or times out, when the pool is
+//!   dropped. A worker that exits by itself leaves them be.
 //!
 //! # The entry hook
 //!

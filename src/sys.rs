@@ -33,6 +33,26 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
     std::os::unix::process::parent_id() == expected_parent
 }
 
+/// Sends SIGKILL to process group `group`: a worker (its leader, started in a group of its
+/// own) and the processes its jobs started that stayed in it.
+///
+/// The caller must know that the group's leader has not been reaped yet, so that `group`
+/// still names that group and no other: a process's id is not reused while it is
+/// unreaped, nor while its group has members.
+#[allow(unsafe_code)]
+pub(crate) fn kill_group(group: u32) {
+    let Ok(group) = libc::pid_t::try_from(group) else {
+        return;
+    };
+    if group <= 1 {
+        return; // never every process, nor init's group
+    }
+    // SAFETY: `kill` takes integers and touches no memory of this process.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+}
+
 /// Whether this process runs one thread only: `Some` where that can be told (Linux).
 fn is_single_threaded() -> Option<bool> {
     // Every thread of the process has an entry in /proc/self/task.

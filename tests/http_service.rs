@@ -51,7 +51,24 @@ struct Service {
 
 impl Service {
     fn start(args: &[&str]) -> Service {
-        let mut child = Command::new(example_binary())
+        Service::start_with(Command::new(example_binary()), args)
+    }
+
+    /// Starts the service as a terminal runs a command: the leader of a process group of
+    /// its own (`setsid`), with SIGINT at its default disposition (`env
+    /// --default-signal`), since a test started from a script's background job inherits it
+    /// ignored.
+    fn start_as_a_terminal_would(args: &[&str]) -> Service {
+        let mut command = Command::new("setsid");
+        command
+            .arg("env")
+            .arg("--default-signal=INT")
+            .arg(example_binary());
+        Service::start_with(command, args)
+    }
+
+    fn start_with(mut command: Command, args: &[&str]) -> Service {
+        let mut child = command
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -83,6 +100,16 @@ impl Service {
             .status()
             .expect("running kill");
         assert!(status.success(), "sending SIGTERM");
+    }
+
+    /// Sends SIGINT to the service's whole process group, as a terminal's Ctrl-C does
+    /// (with kill(1)).
+    fn interrupt_group(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", self.child.id())])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "sending SIGINT to the group");
     }
 
     /// Waits for the process to exit, with a bound; returns its status and the rest of
@@ -279,6 +306,30 @@ async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
         output.contains("drained: 2 requests served, 6 rejected"),
         "{output}"
     );
+}
+
+// Regression: the pool's workers were in the service's process group, so a terminal's
+// Ctrl-C killed them with it: the request in flight got "500 worker process died ...
+// (SIGINT)" and the service reported "drained: 0 requests served".
+#[tokio::test]
+async fn ctrl_c_leaves_the_jobs_to_the_service_which_drains() {
+    let service = Service::start_as_a_terminal_would(&["--workers", "2", "--max-in-flight", "2"]);
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = service.addr.clone();
+            tokio::spawn(async move { get(&addr, &format!("/primes?below={HEAVY_BELOW}")).await })
+        })
+        .collect();
+    until_in_flight(&service, 2).await;
+    service.interrupt_group();
+    for task in heavy {
+        let answer = bounded("a heavy request", task).await.unwrap().unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["count"], HEAVY_COUNT);
+    }
+    let (status, output) = service.wait();
+    assert!(status.success(), "{status:?}: {output}");
+    assert!(output.contains("drained: 2 requests served"), "{output}");
 }
 
 #[tokio::test]

@@ -78,8 +78,14 @@ impl WorkerLink for LocalWorker {
     }
 }
 
-/// Kills a child and waits for it, so that it leaves no zombie.
+/// Kills a child and the processes its jobs started in its process group, and waits for
+/// it, so that it leaves no zombie.
 pub(super) async fn reap(child: &mut Child, id: WorkerId) -> ExitInfo {
+    // `id()` is `None` once the child has been reaped: then its group is left alone, its
+    // id free for reuse.
+    if let Some(pid) = child.id() {
+        crate::sys::kill_group(pid);
+    }
     let _ = child.start_kill();
     exit_info(child.wait().await, id)
 }

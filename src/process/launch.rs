@@ -189,6 +189,10 @@ impl Launcher {
         command
             .env(WORKER_ENV, spec.encode())
             .stdin(Stdio::null())
+            // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
+            // group) leaves the worker to the application, and stopping the worker stops
+            // the processes its jobs started with it.
+            .process_group(0)
             .kill_on_drop(true);
         #[cfg(test)]
         if self.settings.stall_handshake {
