@@ -244,8 +244,8 @@ pub enum Error {
     /// A builder was given a value it cannot use; the message names the setter.
     #[error("invalid pool configuration: {0}")]
     Config(String),
-    /// The operating system refused a resource the pool needs (a thread, the private socket
-    /// directory, the listening socket).
+    /// The operating system refused a resource the pool needs (a thread, a runtime, file
+    /// descriptors).
     #[error("could not set up the pool: {context}")]
     Io {
         /// What the pool was doing.

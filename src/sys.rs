@@ -1,6 +1,11 @@
-//! The operating-system calls a worker makes as it starts: signal dispositions, the
-//! parent-death signal, and removing the worker variable from its environment. Each
-//! function that needs `unsafe` allows it for itself alone.
+//! The operating-system calls of the local backend: a worker's signal dispositions, its
+//! parent-death signal, its standard descriptors, the socket it inherits, removing the
+//! worker variable from its environment; and, in the pool, handing a socket to a child and
+//! stopping a worker's process group. Each function that needs `unsafe` allows it for
+//! itself alone.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 /// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's
 /// `main` does this for ordinary programs; a worker entered before `main` must do it itself.
@@ -50,6 +55,77 @@ pub(crate) fn kill_group(group: u32) {
     // SAFETY: `kill` takes integers and touches no memory of this process.
     unsafe {
         libc::kill(-group, libc::SIGKILL);
+    }
+}
+
+/// Keeps `fd` open across the `exec` of the child `command` starts, at the same number:
+/// the socket a worker inherits. It stays close-on-exec in this process, so that no other
+/// child (another worker, a program the application starts) inherits it.
+#[allow(unsafe_code)]
+pub(crate) fn pass_to_child(command: &mut tokio::process::Command, fd: RawFd) {
+    let keep = move || {
+        // SAFETY: `fcntl(F_SETFD)` on an integer descriptor is async-signal-safe and
+        // touches no memory, as the code between `fork` and `exec` must be.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between `fork` and `exec`, where only
+    // async-signal-safe calls are allowed: it makes one `fcntl` call on a copied integer,
+    // and allocates nothing (`last_os_error` reads `errno`).
+    unsafe {
+        command.pre_exec(keep);
+    }
+}
+
+/// The socket a worker's parent handed it as descriptor `fd` (see [`pass_to_child`]), now
+/// owned by this process and closed on `exec`, so that programs its jobs start do not
+/// inherit it. `None` if `fd` is not an open socket.
+#[allow(unsafe_code)]
+pub(crate) fn inherited_socket(fd: RawFd) -> Option<UnixStream> {
+    if fd < 3 {
+        return None; // never a standard descriptor
+    }
+    // SAFETY: `fstat` writes only into the zeroed `stat` it is given.
+    let is_socket = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if !is_socket {
+        return None;
+    }
+    // SAFETY: `fd` is an open socket (checked above) that the parent passed down for this
+    // process's worker loop; its number came from the worker variable, read once at
+    // entry, and nothing else in this process owns or closes it, so taking ownership here
+    // is the only claim on it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `fcntl(F_SETFD)` on a descriptor this process owns touches no memory.
+    unsafe {
+        libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    Some(UnixStream::from(owned))
+}
+
+/// Opens `/dev/null` on any of the standard descriptors (0, 1, 2) that is closed, as a
+/// daemon's child may find them, so that what a job prints or a file it opens never lands
+/// on a descriptor that something else expects.
+#[allow(unsafe_code)]
+pub(crate) fn fill_standard_descriptors() {
+    for fd in 0..3 {
+        // SAFETY: `fcntl(F_GETFD)` only asks whether `fd` is open; it touches no memory.
+        let closed = unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1;
+        if closed {
+            // The lowest free number, which is `fd`: the ones below it are open now.
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                Ok(null) => std::mem::forget(null), // stays open, as `fd`
+                Err(_) => return,
+            }
+        }
     }
 }
 

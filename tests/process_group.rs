@@ -31,17 +31,6 @@ fn start_a_sleeper((pid_file, gate): (String, String)) -> u32 {
     sleeper.id()
 }
 
-/// `true` once `pid` has exited (a zombie waiting to be reaped has exited too).
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 fn until_gone(pid: u32, what: &str) {
     let deadline = Instant::now() + BOUND;
     while !is_gone(pid) {

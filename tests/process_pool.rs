@@ -312,14 +312,28 @@ async fn a_result_over_the_frame_limit_is_too_large() {
     );
 }
 
+/// The entries of the temporary directory named like a pool's private directory (which
+/// pools made before their links became unnamed socket pairs).
+fn pool_dirs_in_tmp() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("procpool-"))
+        .collect()
+}
+
 #[tokio::test]
-async fn dropping_the_pool_reaps_workers_and_removes_the_socket() {
+async fn dropping_the_pool_reaps_workers_and_leaves_nothing_behind() {
+    let before = pool_dirs_in_tmp();
     let pool = pool(2);
     let gate = Gate::new();
     // Two blocked jobs pin one job on each worker, so both pids are seen.
     let (blocked, pids) = start_blocked(&pool, &gate, ["a", "b"]);
-    let socket = socket_of(pids[0]);
-    assert!(socket.exists(), "{}", socket.display());
+    let made: Vec<_> = pool_dirs_in_tmp()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    assert_eq!(made, Vec::<String>::new(), "a pool made no directory");
     drop(pool);
     for pid in &pids {
         assert!(
@@ -327,32 +341,20 @@ async fn dropping_the_pool_reaps_workers_and_removes_the_socket() {
             "worker {pid} survived the pool or was not reaped"
         );
     }
-    assert!(
-        !socket.parent().unwrap().exists(),
-        "the private socket directory was removed"
-    );
     for handle in blocked {
         assert_eq!(bounded("blocked", handle).await, Err(JobError::ShutDown));
     }
 }
 
+// A worker's link is one end of a socket pair its parent made for it: it has no name in
+// the filesystem or the abstract namespace, so nothing else can connect to the pool, and
+// there is nothing to remove (nor a 108-byte path limit).
 #[tokio::test]
-async fn the_socket_is_private_to_this_user() {
-    use std::os::unix::fs::PermissionsExt;
+async fn a_workers_link_has_no_name() {
     let pool = pool(1);
     let worker = bounded("pid", pool.submit(pid, ())).await.unwrap();
-    let socket = socket_of(worker);
-    let dir_mode = std::fs::metadata(socket.parent().unwrap())
-        .unwrap()
-        .permissions()
-        .mode();
-    let sock_mode = std::fs::metadata(&socket).unwrap().permissions().mode();
-    assert_eq!(dir_mode & 0o777, 0o700);
-    assert_eq!(sock_mode & 0o077, 0, "socket mode {:o}", sock_mode & 0o777);
-    assert!(
-        !socket.to_string_lossy().starts_with('@'),
-        "never an abstract-namespace name"
-    );
+    assert_eq!(link_name_of(worker), None);
+    assert!(link_fd_of(worker) > 2, "never on a standard descriptor");
 }
 
 #[test]
@@ -463,36 +465,6 @@ async fn the_thread_pool_never_serializes_and_the_process_pool_fails_only_that_j
         "{err:?}"
     );
     assert_eq!(bounded("next", processes.submit(double, 2)).await, Ok(4));
-}
-
-#[tokio::test]
-async fn a_connection_without_the_pools_secret_is_dropped() {
-    use std::io::{Read, Write};
-    let pool = pool(1);
-    let worker = bounded("pid", pool.submit(pid, ())).await.unwrap();
-    let socket = socket_of(worker);
-    let answer = bounded_sync("impostor", move || {
-        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        // A well-formed Hello (postcard: variant 0, version 1, worker 0, pid 1, then the
-        // secret, the image identity and the probe) whose secret is all zeros.
-        let mut body = vec![0, 1, 0, 1];
-        body.extend_from_slice(&[0; 32]);
-        body.extend_from_slice(&[0; 6]);
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        stream.write_all(&frame).unwrap();
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).unwrap(); // returns when the pool hangs up
-        reply
-    });
-    assert!(
-        answer.is_empty(),
-        "the pool answered an impostor: {answer:?}"
-    );
-    assert_eq!(
-        bounded("still serving", pool.submit(double, 5)).await,
-        Ok(10)
-    );
 }
 
 fn reverse_bytes(mut bytes: Vec<u8>) -> Vec<u8> {

@@ -399,17 +399,6 @@ fn child_probe_parent_that_gets_killed() {
     drop(handles);
 }
 
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie waiting for its new parent to reap it has exited too.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[test]
 fn workers_exit_within_a_second_when_their_parent_is_sigkilled() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,14 +442,19 @@ fn workers_exit_within_a_second_when_their_parent_is_sigkilled() {
 
 // ---- other users ----
 
-/// Run as `nobody` by the test below: tries to connect to the socket it is given.
+/// Run as `nobody` by the test below: tries to open the worker's end of its link, the
+/// one handle to it outside the pool (its socket has no name to connect to).
 #[test]
-fn child_probe_connect_as_another_user() {
-    let Some(socket) = std::env::var_os("PROCPOOL_TEST_SOCKET") else {
+fn child_probe_reach_the_link_as_another_user() {
+    let Some(link) = std::env::var_os("PROCPOOL_TEST_LINK") else {
         return;
     };
-    match std::os::unix::net::UnixStream::connect(&socket) {
-        Ok(_) => panic!("another user connected to the pool's socket"),
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&link);
+    match opened {
+        Ok(_) => panic!("another user opened a worker's link"),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
     }
 }
@@ -477,10 +471,11 @@ async fn another_local_user_cannot_connect() {
         .to_owned();
     let pool = pool(1);
     let worker = bounded("pid", pool.submit(pid, ())).await.unwrap();
-    let socket = socket_of(worker);
+    assert_eq!(link_name_of(worker), None, "no name to connect to");
+    let link = format!("/proc/{worker}/fd/{}", link_fd_of(worker));
     if uid != "0" {
-        // Not root: we cannot become another user; the 0700 directory test covers it.
-        eprintln!("not root: the cross-user connection attempt is skipped");
+        // Not root: we cannot become another user.
+        eprintln!("not root: the cross-user attempt is skipped");
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -490,10 +485,10 @@ async fn another_local_user_cannot_connect() {
             .arg(exe)
             .args([
                 "--exact",
-                "child_probe_connect_as_another_user",
+                "child_probe_reach_the_link_as_another_user",
                 "--test-threads=1",
             ])
-            .env("PROCPOOL_TEST_SOCKET", &socket)
+            .env("PROCPOOL_TEST_LINK", &link)
             .stdout(std::process::Stdio::null())
             .status()
             .expect("setpriv (util-linux) runs the probe as nobody")

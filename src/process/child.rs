@@ -7,7 +7,6 @@ use crate::pool::backend::{Received, WorkerLink};
 use crate::wire::frame::Codec;
 use crate::wire::message::FromWorker;
 use futures::{FutureExt, StreamExt};
-use interprocess::local_socket::tokio::Stream as AsyncStream;
 use std::future::Future;
 use std::task::Poll;
 use tokio::io::AsyncWriteExt;
@@ -16,7 +15,7 @@ use tokio_util::codec::Framed;
 
 /// The pool's end of a worker's socket: frames from the worker are decoded; frames to it
 /// are written as bytes.
-pub(super) type Conn = Framed<AsyncStream, Codec<FromWorker>>;
+pub(super) type Conn = Framed<tokio::net::UnixStream, Codec<FromWorker>>;
 
 /// A started, handshaken child process.
 pub(crate) struct LocalWorker {

@@ -5,12 +5,12 @@
 use super::launch::widen_buffers;
 use crate::wire::message::{HANDSHAKE_MAX_FRAME, SECRET_LEN};
 use crate::worker::{self, Identity};
-use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, traits::Stream as _};
-use std::path::PathBuf;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 
 /// The variable a pool sets on the processes it starts.
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
-const SPEC_VERSION: &str = "1";
+const SPEC_VERSION: &str = "2";
 
 /// Exit code of a worker that found its parent gone at start.
 const EXIT_ORPHANED: i32 = 3;
@@ -23,19 +23,18 @@ pub(crate) struct Spec {
     pub(crate) worker_id: u64,
     pub(crate) parent_pid: u32,
     pub(crate) secret: [u8; SECRET_LEN],
-    pub(crate) socket: PathBuf,
+    /// The descriptor of the worker's end of the socket pair its parent made for it: the
+    /// link has no name, so nothing else can reach it, and nothing is left to remove.
+    pub(crate) fd: RawFd,
 }
 
 impl Spec {
-    /// `1;<worker id>;<parent pid>;<secret hex>;<socket path>` (the path last: it may hold
-    /// any character but NUL).
+    /// `2;<worker id>;<parent pid>;<secret hex>;<socket descriptor>`.
     pub(crate) fn encode(&self) -> String {
         let secret: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
         format!(
             "{SPEC_VERSION};{};{};{secret};{}",
-            self.worker_id,
-            self.parent_pid,
-            self.socket.display()
+            self.worker_id, self.parent_pid, self.fd
         )
     }
 
@@ -54,12 +53,12 @@ impl Spec {
         for (i, byte) in secret.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
         }
-        let socket = PathBuf::from(fields.next()?);
+        let fd = fields.next()?.parse().ok()?;
         Some(Spec {
             worker_id,
             parent_pid,
             secret,
-            socket,
+            fd,
         })
     }
 
@@ -109,6 +108,7 @@ fn run(spec: &Spec) -> ! {
     if !crate::sys::die_with_parent(spec.parent_pid) {
         std::process::exit(EXIT_ORPHANED);
     }
+    crate::sys::fill_standard_descriptors();
     crate::run::install_worker_panic_hook();
     #[cfg(test)]
     if std::env::var_os(worker::fault::STALL_ENV).is_some() {
@@ -125,20 +125,11 @@ fn run(spec: &Spec) -> ! {
     std::process::exit(code)
 }
 
-fn connect(spec: &Spec) -> Result<worker::Conn<Stream>, String> {
-    let name = spec
-        .socket
-        .as_path()
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| format!("bad socket path {}: {e}", spec.socket.display()))?;
-    let stream = Stream::connect(name).map_err(|e| {
-        format!(
-            "cannot connect to the pool at {}: {e}",
-            spec.socket.display()
-        )
-    })?;
-    let Stream::UdSocket(socket) = &stream;
-    widen_buffers(socket);
+/// The worker's end of its link, from the descriptor its parent handed down.
+fn connect(spec: &Spec) -> Result<worker::Conn<UnixStream>, String> {
+    let stream = crate::sys::inherited_socket(spec.fd)
+        .ok_or_else(|| format!("descriptor {} is not the pool's socket", spec.fd))?;
+    widen_buffers(&stream);
     Ok(worker::Conn::new(stream, HANDSHAKE_MAX_FRAME))
 }
 
@@ -176,19 +167,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_round_trips_with_odd_paths() {
+    fn spec_round_trips() {
         let spec = Spec {
             worker_id: 42,
             parent_pid: 1234,
             secret: [0xab; SECRET_LEN],
-            socket: PathBuf::from("/tmp/a;b c/pool.sock"),
+            fd: 17,
         };
         assert_eq!(Spec::parse(&spec.encode()), Some(spec));
     }
 
     #[test]
     fn malformed_specs_are_rejected() {
-        for bad in ["", "1", "2;1;1;00;/x", "1;x;1;00;/x", "1;1;1;zz;/x"] {
+        for bad in [
+            "",
+            "2",
+            "1;1;1;00;3",
+            "2;x;1;00;3",
+            "2;1;1;zz;3",
+            "2;1;1;00;/x",
+        ] {
             assert_eq!(Spec::parse(bad), None, "{bad:?}");
         }
     }

@@ -1,8 +1,8 @@
-//! [`Launcher`]: the local backend's [`Backend`]. It owns the pool's private socket (mode
-//! `0600` in a fresh `0700` directory, never an abstract-namespace name), starts workers as
-//! child processes of this executable, and authenticates each connection (the per-pool
-//! secret, the protocol version, the executable image) before handing it to the slot that
-//! started that worker.
+//! [`Launcher`]: the local backend's [`Backend`]. It starts workers as child processes of
+//! this executable, each on one end of a socket pair made for it (an unnamed socket, which
+//! nothing else can reach and which leaves nothing behind), and checks each worker's
+//! introduction (the per-pool secret, the protocol version, the executable image) before
+//! handing it its initializers.
 
 use super::child::{self, Conn, LocalWorker};
 use super::entry::{Spec, WORKER_ENV};
@@ -16,18 +16,12 @@ use crate::wire::message::{
     FromWorker, HANDSHAKE_MAX_FRAME, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
 };
 use futures::StreamExt;
-use interprocess::local_socket::tokio::{Listener, Stream as AsyncStream};
-use interprocess::local_socket::traits::tokio::Listener as _;
-use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The socket buffer size asked for on both ends of a worker connection (the kernel caps it
@@ -48,142 +42,52 @@ pub(crate) struct Settings {
     pub(crate) stall_handshake: bool,
 }
 
-/// What the accept loop hands a waiting slot: the authenticated connection and the pid the
-/// worker gave, or why it was refused.
-type Handshake = Result<(Conn, u32), StartError>;
-
-/// The local backend: starts child processes on a private Unix socket.
+/// The local backend: starts child processes, each on a socket pair of its own.
 pub(crate) struct Launcher {
     settings: Settings,
-    // Dropped before `_dir`: dropping the listener removes the socket file.
-    listener: Listener,
-    socket: PathBuf,
     secret: [u8; SECRET_LEN],
     image: ImageId,
     exe: PathBuf,
-    /// Slots waiting for the handshake of the worker they started, by worker id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Handshake>>>,
     next_worker: AtomicU64,
-    _dir: tempfile::TempDir,
 }
 
 impl Launcher {
-    /// Creates the socket (inside the supervision runtime's context) and everything a
-    /// worker needs to reach it.
+    /// Draws the pool's secret and identifies this executable.
     pub(crate) fn new(settings: Settings) -> Result<Launcher, Error> {
-        let dir = tempfile::Builder::new()
-            .prefix("procpool-")
-            // Applied by mkdir itself, so the directory is never visible with a wider mode.
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| Error::io("creating the pool's private socket directory", e))?;
-        let socket = dir.path().join("pool.sock");
         let mut secret = [0_u8; SECRET_LEN];
         getrandom::fill(&mut secret)
             .map_err(|e| Error::io("drawing the pool's random secret", std::io::Error::from(e)))?;
         let image = ImageId::current().map_err(|e| Error::io("identifying this executable", e))?;
-        let name = socket
-            .as_path()
-            .to_fs_name::<GenericFilePath>()
-            .map_err(|e| Error::io(format!("naming the socket {}", socket.display()), e))?;
-        let listener = ListenerOptions::new()
-            .name(name)
-            .mode(0o600)
-            .create_tokio()
-            .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
         Ok(Launcher {
             settings,
-            listener,
-            socket,
             secret,
             image,
             exe: ship::exe_path(),
-            pending: Mutex::new(HashMap::new()),
             next_worker: AtomicU64::new(0),
-            _dir: dir,
         })
     }
 
-    /// Authenticates a new connection and hands it to the slot that started its worker.
-    async fn handshake(self: Arc<Self>, stream: AsyncStream) {
-        let mut conn = Conn::new(stream, Codec::new(HANDSHAKE_MAX_FRAME));
-        let timeout = self.settings.handshake_timeout;
-        let first = match tokio::time::timeout(timeout, conn.next()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(e))) => {
-                let error = crate::error::report(&e);
-                tracing::warn!(%error, "rejected a connection: bad first frame");
-                return;
-            }
-            Ok(None) => return,
-            Err(_) => {
-                tracing::warn!("rejected a connection that sent no hello in time");
-                return;
-            }
+    /// Starts a child process in worker mode, on one end of a new socket pair; returns it
+    /// and the pool's end.
+    fn spawn(&self, worker_id: u64) -> Result<(Child, Conn), StartError> {
+        let transient = |what: &str, e: std::io::Error| {
+            StartError::Transient(format!("could not start a worker ({what}): {e}"))
         };
-        match first.message {
-            FromWorker::Hello(hello) => {
-                let Hello {
-                    version,
-                    worker_id,
-                    pid,
-                    secret,
-                    image,
-                    probe,
-                } = *hello;
-                if !same_secret(&secret, &self.secret) {
-                    tracing::warn!(pid, "rejected a connection without the pool's secret");
-                    return;
-                }
-                let verdict = if version != PROTOCOL_VERSION {
-                    Err(StartError::Fatal(format!(
-                        "worker {pid} speaks protocol version {version}, the pool {PROTOCOL_VERSION}"
-                    )))
-                } else if image != self.image || probe != ship::probe_offset() {
-                    Err(StartError::Fatal(format!(
-                        "worker {pid} runs a different executable image than the pool"
-                    )))
-                } else {
-                    conn.codec_mut().set_max_frame(self.settings.max_frame);
-                    let AsyncStream::UdSocket(socket) = conn.get_ref();
-                    widen_buffers(socket);
-                    Ok((conn, pid))
-                };
-                self.deliver(worker_id, verdict);
-            }
-            FromWorker::HookMissing { worker_id, secret } => {
-                if same_secret(&secret, &self.secret) {
-                    self.deliver(
-                        worker_id,
-                        Err(StartError::Fatal(Error::EntryHookMissing.to_string())),
-                    );
-                }
-            }
-            _ => tracing::warn!("rejected a connection that did not open with a hello"),
-        }
-    }
-
-    fn deliver(&self, worker_id: u64, verdict: Handshake) {
-        let waiting = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&worker_id);
-        match waiting {
-            Some(slot) => {
-                let _ = slot.send(verdict);
-            }
-            None => tracing::warn!(worker_id, "a worker nobody waits for connected"),
-        }
-    }
-
-    /// Starts a child process in worker mode; it will connect with `worker_id`.
-    fn spawn(&self, worker_id: u64) -> Result<Child, StartError> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| transient("a socket pair", e))?;
+        // Both ends away from the standard descriptors, which a daemon may have closed: a
+        // job's output must never be written to the link, nor this process's to a worker.
+        let theirs = OwnedFd::from(theirs)
+            .try_clone()
+            .map_err(|e| transient("the worker's descriptor", e))?;
+        let ours = ours
+            .try_clone()
+            .map_err(|e| transient("the pool's descriptor", e))?;
         let spec = Spec {
             worker_id,
             parent_pid: std::process::id(),
             secret: self.secret,
-            socket: self.socket.clone(),
+            fd: theirs.as_raw_fd(),
         };
         let mut command = Command::new(&self.exe);
         command
@@ -194,62 +98,112 @@ impl Launcher {
             // the processes its jobs started with it.
             .process_group(0)
             .kill_on_drop(true);
+        crate::sys::pass_to_child(&mut command, theirs.as_raw_fd());
         #[cfg(test)]
         if self.settings.stall_handshake {
             command.env(crate::worker::fault::STALL_ENV, "1");
         }
-        command.spawn().map_err(|e| {
+        let child = command.spawn().map_err(|e| {
             StartError::Transient(format!(
                 "could not start a worker process from {}: {e}",
                 self.exe.display()
             ))
-        })
+        })?;
+        drop(theirs); // the child has it
+        ours.set_nonblocking(true)
+            .map_err(|e| transient("the pool's socket", e))?;
+        let stream = tokio::net::UnixStream::from_std(ours)
+            .map_err(|e| transient("the pool's socket", e))?;
+        widen_buffers(&stream);
+        Ok((child, Conn::new(stream, Codec::new(HANDSHAKE_MAX_FRAME))))
+    }
+
+    /// Checks a worker's introduction: it runs this image, speaks this protocol, knows
+    /// this pool's secret, and is the process that was started for `worker_id`.
+    fn check_hello(&self, hello: &Hello, worker_id: u64, pid: u32) -> Result<(), StartError> {
+        let said = hello.pid;
+        if !same_secret(&hello.secret, &self.secret) || hello.worker_id != worker_id {
+            return Err(StartError::Transient(format!(
+                "worker {pid} did not present the pool's secret"
+            )));
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return Err(StartError::Fatal(format!(
+                "worker {pid} speaks protocol version {}, the pool {PROTOCOL_VERSION}",
+                hello.version
+            )));
+        }
+        if hello.image != self.image || hello.probe != ship::probe_offset() {
+            return Err(StartError::Fatal(format!(
+                "worker {pid} runs a different executable image than the pool"
+            )));
+        }
+        if said != pid {
+            return Err(StartError::Transient(format!(
+                "worker {pid} introduced itself as process {said}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for the worker's introduction and checks it.
+    async fn hello(
+        &self,
+        conn: &mut Conn,
+        child: &mut Child,
+        worker_id: u64,
+        kill: &CancellationToken,
+    ) -> Result<(), StartError> {
+        let pid = child.id().unwrap_or(0);
+        let timeout = self.settings.handshake_timeout;
+        let first = tokio::select! {
+            // First: a worker that reached `main` reports so and exits; its report, which
+            // names the fix, wins over the bare exit.
+            biased;
+            first = conn.next() => first,
+            status = child.wait() => {
+                let exit = child::exit_info(status, WorkerId::process(pid));
+                return Err(StartError::Transient(format!(
+                    "worker {pid} exited during start-up ({exit}) before its handshake; if the \
+                     `auto-init` feature is disabled, call procpool::init() first thing in main"
+                )));
+            }
+            _ = tokio::time::sleep(timeout) => return Err(StartError::Transient(format!(
+                "worker {pid} did not complete its handshake within {timeout:?}; if the \
+                 `auto-init` feature is disabled, call procpool::init() first thing in main"
+            ))),
+            _ = kill.cancelled() => return Err(StartError::Killed),
+        };
+        match Received::from_stream(first) {
+            Received::Frame(Frame {
+                message: FromWorker::Hello(hello),
+                ..
+            }) => self.check_hello(&hello, worker_id, pid),
+            Received::Frame(Frame {
+                message: FromWorker::HookMissing { secret, .. },
+                ..
+            }) if same_secret(&secret, &self.secret) => {
+                Err(StartError::Fatal(Error::EntryHookMissing.to_string()))
+            }
+            other => Err(StartError::Transient(format!(
+                "worker {pid} did not open with a hello: {}",
+                other.describe()
+            ))),
+        }
     }
 
     async fn spawn_and_handshake(
         &self,
         worker_id: u64,
-        mut handshake: oneshot::Receiver<Handshake>,
         kill: &CancellationToken,
     ) -> Result<LocalWorker, StartError> {
-        let mut child = self.spawn(worker_id)?;
+        let (mut child, mut conn) = self.spawn(worker_id)?;
         let pid = child.id().unwrap_or(0);
-        let id = WorkerId::process(pid);
-        let timeout = self.settings.handshake_timeout;
-        let dropped = || Err(StartError::Transient("the handshake was dropped".into()));
-        let verdict = tokio::select! {
-            verdict = &mut handshake => verdict.unwrap_or_else(|_| dropped()),
-            status = child.wait() => {
-                // A worker that reached `main` reports so and exits: let its report, which
-                // names the fix, win over the bare exit.
-                match tokio::time::timeout(Duration::from_millis(200), handshake).await {
-                    Ok(Ok(Err(StartError::Fatal(reason)))) => Err(StartError::Fatal(reason)),
-                    _ => Err(StartError::Transient(format!(
-                        "worker {pid} exited during start-up ({}) before its handshake; if the \
-                         `auto-init` feature is disabled, call procpool::init() first thing in main",
-                        child::exit_info(status, id)
-                    ))),
-                }
-            }
-            _ = tokio::time::sleep(timeout) => Err(StartError::Transient(format!(
-                "worker {pid} did not complete its handshake within {timeout:?}; if the \
-                 `auto-init` feature is disabled, call procpool::init() first thing in main"
-            ))),
-            _ = kill.cancelled() => Err(StartError::Killed),
-        };
-        let conn = match verdict {
-            Ok((conn, hello_pid)) if hello_pid == pid => conn,
-            Ok((_, hello_pid)) => {
-                child::reap(&mut child, id).await;
-                return Err(StartError::Transient(format!(
-                    "worker {pid} introduced itself as process {hello_pid}"
-                )));
-            }
-            Err(e) => {
-                child::reap(&mut child, id).await;
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.hello(&mut conn, &mut child, worker_id, kill).await {
+            child::reap(&mut child, WorkerId::process(pid)).await;
+            return Err(e);
+        }
+        conn.codec_mut().set_max_frame(self.settings.max_frame);
         let mut worker = LocalWorker::new(child, conn, pid);
         let welcome = ToWorker::Welcome {
             image: self.image.clone(),
@@ -319,35 +273,11 @@ impl Backend for Launcher {
         kill: &CancellationToken,
     ) -> Result<LocalWorker, StartError> {
         let worker_id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(worker_id, tx);
-        let result = self.spawn_and_handshake(worker_id, rx, kill).await;
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&worker_id);
-        result
+        self.spawn_and_handshake(worker_id, kill).await
     }
 
     fn resident_memory(&self, worker: WorkerId) -> Option<u64> {
         child::resident_bytes(worker.pid()?)
-    }
-
-    async fn background(self: Arc<Self>) {
-        loop {
-            match self.listener.accept().await {
-                Ok(stream) => {
-                    tokio::spawn(self.clone().handshake(stream));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a worker connection failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
     }
 }
 
@@ -379,6 +309,63 @@ mod tests {
         widen_buffers(&a);
         let after = socket2::SockRef::from(&a).send_buffer_size().unwrap();
         assert!(after >= before, "{after} < {before}");
+    }
+
+    fn launcher() -> Launcher {
+        Launcher::new(Settings {
+            initializers: Vec::new(),
+            handshake_timeout: Duration::from_secs(1),
+            max_frame: 1 << 20,
+            stall_handshake: false,
+        })
+        .unwrap()
+    }
+
+    fn hello_of(launcher: &Launcher, worker_id: u64, pid: u32) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            worker_id,
+            pid,
+            secret: launcher.secret,
+            image: launcher.image.clone(),
+            probe: ship::probe_offset(),
+        }
+    }
+
+    #[test]
+    fn a_worker_is_taken_only_with_the_pools_secret_protocol_and_image() {
+        let launcher = launcher();
+        assert!(
+            launcher
+                .check_hello(&hello_of(&launcher, 3, 40), 3, 40)
+                .is_ok()
+        );
+        let transient = |hello: Hello| {
+            matches!(
+                launcher.check_hello(&hello, 3, 40),
+                Err(StartError::Transient(_))
+            )
+        };
+        let fatal = |hello: Hello| {
+            matches!(
+                launcher.check_hello(&hello, 3, 40),
+                Err(StartError::Fatal(_))
+            )
+        };
+        let mut wrong = hello_of(&launcher, 3, 40);
+        wrong.secret[0] ^= 1;
+        assert!(transient(wrong), "another secret");
+        assert!(
+            transient(hello_of(&launcher, 4, 40)),
+            "another start's worker"
+        );
+        assert!(transient(hello_of(&launcher, 3, 41)), "another process");
+        let mut wrong = hello_of(&launcher, 3, 40);
+        wrong.version += 1;
+        assert!(fatal(wrong), "another protocol");
+        let mut wrong = hello_of(&launcher, 3, 40);
+        wrong.probe += 16;
+        assert!(fatal(wrong), "another image");
     }
 
     #[test]

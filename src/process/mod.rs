@@ -67,17 +67,20 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 ///   or a slot fails to start a worker five times in a row, the pool reports itself broken:
 ///   queued and later jobs end with [`JobError::PoolBroken`] naming the cause. It never
 ///   respawns in a loop.
-/// - **Hostile input**: the socket lives in a fresh `0700` directory with mode `0600` (never
-///   an abstract-namespace name) and is removed with the pool; every connection must
-///   present the pool's random 32-byte secret within the handshake deadline. Frames have a
-///   maximum size checked before anything is allocated; a corrupt frame drops the
-///   connection, fails the job it carried and replaces the worker. An argument that cannot
-///   be encoded, or a result that cannot be decoded, fails only its own job.
+/// - **Hostile input**: each worker's link is one end of a socket pair made for it and
+///   inherited at start: it has no name, in the filesystem or the abstract namespace, so
+///   nothing else can connect to the pool, and nothing is left behind (nor is there a path
+///   length limit, or a `TMPDIR` to depend on). The worker must still present the pool's
+///   random 32-byte secret within the handshake deadline. Frames have a maximum size
+///   checked before anything is allocated; a corrupt frame drops the connection, fails
+///   the job it carried and replaces the worker. An argument that cannot be encoded, or a
+///   result that cannot be decoded, fails only its own job.
 /// - **Parent death**: a worker exits when its socket closes, and on Linux the kernel kills
 ///   it when the pool's supervisor thread dies (`PR_SET_PDEATHSIG`), so a SIGKILLed parent
 ///   leaves no orphans.
 /// - **Drop**: dropping the last handle terminates and reaps every worker (it blocks for
-///   the few milliseconds that takes) and removes the socket: queued and running jobs end
+///   the few milliseconds that takes), with the processes their jobs started: queued and
+///   running jobs end
 ///   with [`JobError::ShutDown`]. Call [`shutdown`](crate::ExecutorExt::shutdown) first to
 ///   let them finish.
 ///
@@ -251,8 +254,9 @@ impl ProcessPoolBuilder {
     /// # Errors
     ///
     /// - [`Error::Config`] for a setting out of range.
-    /// - [`Error::Io`] if the socket directory, socket or supervisor thread cannot be
-    ///   created.
+    /// - [`Error::Io`] if the supervisor thread or its runtime cannot be created (out of
+    ///   threads or file descriptors, say). It is returned on any thread, inside an async
+    ///   runtime too.
     /// - [`Error::EntryHookMissing`] if this process is itself a worker that reached
     ///   `main` (the `auto-init` feature is off and [`init`](crate::init) was not called):
     ///   a worker never starts workers of its own.

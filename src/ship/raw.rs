@@ -29,10 +29,10 @@
 //! 3. **the worker runs the very same image as its peer**: [`run_shipped`] takes a
 //!    [`VerifiedParent`], which only [`VerifiedParent::verify`] makes, after comparing the
 //!    executable identity and probe offset the peer sent with the worker's own. Who the
-//!    peer is rests on the local backend's socket: its path, handed down by the parent that
-//!    started the worker, lies in a `0700` directory of the parent's user, whom nothing
-//!    here could stop anyway (that user may debug the worker). The worker checks its
-//!    peer's claims; the parent authenticates the worker (its secret), not the reverse.
+//!    peer is rests on the local backend's link: one end of an unnamed socket pair, which
+//!    the parent that started the worker made and kept the other end of, so that nothing
+//!    else can reach it. The worker checks its peer's claims; the parent authenticates the
+//!    worker (its secret), not the reverse.
 //!
 //! Each `unsafe` block below names the part it rests on.
 

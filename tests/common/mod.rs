@@ -121,20 +121,67 @@ pub fn read_pid(pid_file: &str) -> i32 {
     }
 }
 
+/// Closes this process's standard output and error, as a daemon does once it runs (a Rust
+/// program cannot start with them closed: its runtime opens `/dev/null` on them).
+///
+/// The tests' only `unsafe`: fault injection, in a probe process of its own.
+#[allow(unsafe_code)]
+pub fn close_stdout_and_stderr() {
+    // SAFETY: closing descriptors 1 and 2 frees no memory of this process; what writes to
+    // them afterwards (the test harness's output) gets EBADF, which Rust's standard streams
+    // ignore.
+    unsafe {
+        libc::close(1);
+        libc::close(2);
+    }
+}
+
+/// `true` once `pid` has exited: it is gone, or a zombie waiting for its (new) parent to
+/// reap it.
+pub fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
 /// `true` while a process with this pid exists (a zombie counts: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The socket path of a worker's pool, read from the environment it was started with.
-pub fn socket_of(worker: u32) -> PathBuf {
+/// The descriptor, in `worker`, of its link to the pool, read from the environment it was
+/// started with.
+pub fn link_fd_of(worker: u32) -> u32 {
     let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
     let entry = environ
         .split(|&b| b == 0)
         .find_map(|var| var.strip_prefix(b"PROCPOOL_WORKER="))
         .expect("workers are started with PROCPOOL_WORKER");
     let spec = String::from_utf8(entry.to_vec()).unwrap();
-    spec.splitn(5, ';').nth(4).unwrap().into()
+    spec.rsplit(';').next().unwrap().parse().unwrap()
+}
+
+/// The name (a path, or `@` and an abstract name) of `worker`'s link to the pool, if it
+/// has one: its socket's entry in `/proc/net/unix`. It must be a socket.
+pub fn link_name_of(worker: u32) -> Option<String> {
+    let fd = link_fd_of(worker);
+    let target = std::fs::read_link(format!("/proc/{worker}/fd/{fd}")).unwrap();
+    let target = target.to_str().unwrap();
+    let inode = target
+        .strip_prefix("socket:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("the link is {target}, not a socket"));
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let row = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(6) == Some(&inode))
+        .expect("the socket is listed in /proc/net/unix");
+    row.get(7).map(|name| name.to_string())
 }
 
 /// The error a job gets from a two-worker process pool built with `init`.
