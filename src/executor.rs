@@ -6,7 +6,7 @@ use crate::handle::{ErasedHandle, JobHandle};
 use crate::job::ErasedJob;
 use crate::map::Map;
 use crate::options::JobOptions;
-use crate::stats::PoolStats;
+use crate::stats::{Health, PoolStats};
 use async_trait::async_trait;
 use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
@@ -91,6 +91,10 @@ pub trait Executor: Send + Sync + sealed::Sealed {
     /// A snapshot of the pool's workers and jobs.
     fn stats(&self) -> PoolStats;
 
+    /// Whether the pool can run jobs now: serving, restarting a worker (and why), broken
+    /// (and why), or shut down. Cheap enough for a health check to call on every request.
+    fn health(&self) -> Health;
+
     /// Begins a shutdown and returns without waiting: new submissions are refused from now
     /// on; queued jobs still run, unless `cancel_queued` is set, in which case they end with
     /// [`JobError::Cancelled`](crate::JobError::Cancelled) at once. Idempotent.
@@ -172,6 +176,9 @@ macro_rules! forward_executor {
             }
             fn stats(&self) -> PoolStats {
                 (**self).stats()
+            }
+            fn health(&self) -> Health {
+                (**self).health()
             }
             fn begin_shutdown(&self, cancel_queued: bool) {
                 (**self).begin_shutdown(cancel_queued)

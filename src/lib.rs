@@ -173,9 +173,12 @@
 //!   types' `Serialize`, `Deserialize` and `Drop`) runs on the caller's threads, when it
 //!   submits and when it reads the result, never on the pool's own thread: a slow or
 //!   panicking impl delays nobody else's timeout, cancellation or replacement.
-//! - **The pool cannot work** (an initializer or `worker_state` builder panics, workers
-//!   fail to start repeatedly, the entry hook is missing): [`JobError::PoolBroken`] naming
-//!   the cause, rather than respawning forever.
+//! - **The pool cannot work** (an initializer or `worker_state` builder panics, the entry
+//!   hook is missing, the executable cannot run, workers exit or crash as they start five
+//!   times in a row): [`JobError::PoolBroken`] naming the cause, rather than respawning
+//!   forever. A worker killed from outside while it starts is started again, after a
+//!   back-off capped at 500 ms, for as long as the pool lives. [`Executor::health`] reads
+//!   which of these the pool is in, for a service's health check.
 //! - **Shutdown:** jobs submitted afterwards get [`JobError::ShutDown`] (or
 //!   [`SubmitError`] from `try_submit`); dropping a process pool kills and reaps its
 //!   workers, and a worker whose parent dies is killed by the kernel (Linux) so that no
@@ -265,7 +268,7 @@ pub use map::{Map, Progress};
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
-pub use stats::PoolStats;
+pub use stats::{Health, PoolStats};
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
 

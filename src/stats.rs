@@ -45,6 +45,60 @@ pub struct PoolStats {
     pub respawns: u64,
 }
 
+/// Whether a pool can run jobs now, from [`Executor::health`](crate::Executor::health): what
+/// a service's health check reports.
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{Executor, Health, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(2)?;
+/// assert_eq!(pool.health(), Health::Serving);
+/// pool.begin_shutdown(false);
+/// assert_eq!(pool.health(), Health::ShutDown);
+/// # Ok::<(), procpool::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Its workers are up, or starting as usual.
+    Serving,
+    /// A worker failed to start and is being started again, after a back-off: jobs wait in
+    /// the queue meanwhile (their own time limits still apply). `reason` is the last
+    /// failure, for a log or a status page.
+    Restarting {
+        /// Why the last start failed.
+        reason: String,
+    },
+    /// The pool cannot run jobs: every job ends with
+    /// [`JobError::PoolBroken`](crate::JobError::PoolBroken) and this reason.
+    Broken {
+        /// What broke the pool, and what to do.
+        reason: String,
+    },
+    /// The pool was shut down: it takes no more jobs.
+    ShutDown,
+}
+
+impl Health {
+    /// `true` if the pool serves jobs, possibly while replacing a worker.
+    pub fn is_serving(&self) -> bool {
+        matches!(self, Health::Serving | Health::Restarting { .. })
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Serving => f.write_str("serving"),
+            Health::Restarting { reason } => write!(f, "restarting a worker: {reason}"),
+            Health::Broken { reason } => write!(f, "broken: {reason}"),
+            Health::ShutDown => f.write_str("shut down"),
+        }
+    }
+}
+
 /// The live counters a pool updates; [`Counters::snapshot`] reads them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

@@ -52,10 +52,16 @@ pub(crate) struct Caps {
 #[derive(Debug)]
 pub(crate) enum StartError {
     /// It will fail the same way again (an initializer panics, the entry hook is missing,
-    /// another image answered): the pool breaks with this reason.
+    /// another image answered, the executable cannot run): the pool breaks with this
+    /// reason at once.
     Fatal(String),
-    /// It may work next time (the worker could not be started, exited early, did not
-    /// answer in time): the slot backs off and tries again.
+    /// The worker's own doing, likely to repeat (it exited with a code or crashed while
+    /// starting, or did not answer in time): the slot backs off and tries again, and the
+    /// pool breaks after a few such failures in a row.
+    Repeating(String),
+    /// Something outside the worker got in the way (it was killed while starting, the
+    /// system was out of processes or descriptors): the slot backs off and tries again,
+    /// for as long as the pool lives.
     Transient(String),
     /// The pool is being killed.
     Killed,

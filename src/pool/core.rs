@@ -7,9 +7,10 @@ use crate::handle::{ErasedHandle, JobState, within};
 use crate::job::{Decoder, ErasedJob};
 use crate::queue::{JobQueue, Queued};
 use crate::ship::Target;
-use crate::stats::{Counters, PoolStats};
+use crate::stats::{Counters, Health, PoolStats};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ pub(crate) struct Core {
     /// Set once if the pool cannot run jobs; new submissions end with it.
     pub(crate) broken: OnceLock<JobError>,
     pub(crate) counters: Counters,
+    /// The slots whose last start failed, with why: while there is one, the pool is
+    /// restarting.
+    restarting: Mutex<BTreeMap<usize, String>>,
 }
 
 impl Core {
@@ -68,6 +72,44 @@ impl Core {
             terminated: watch::channel(false).0,
             broken: OnceLock::new(),
             counters: Counters::default(),
+            restarting: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records that `slot` failed to start a worker, and why.
+    pub(crate) fn slot_failed(&self, slot: usize, reason: String) {
+        self.restarting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(slot, reason);
+    }
+
+    /// Records that `slot` started a worker.
+    pub(crate) fn slot_started(&self, slot: usize) {
+        self.restarting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&slot);
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        if let Some(JobError::PoolBroken { reason }) = self.broken.get() {
+            return Health::Broken {
+                reason: reason.clone(),
+            };
+        }
+        if self.queue.is_closed() {
+            return Health::ShutDown;
+        }
+        let restarting = self
+            .restarting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match restarting.values().next() {
+            Some(reason) => Health::Restarting {
+                reason: reason.clone(),
+            },
+            None => Health::Serving,
         }
     }
 

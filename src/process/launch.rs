@@ -7,9 +7,9 @@
 use super::child::{self, Conn, LocalWorker};
 use super::entry::{Spec, WORKER_ENV};
 use crate::error::Error;
-use crate::exit::WorkerId;
+use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
-use crate::pool::{EXIT_GRACE, stop_within};
+use crate::pool::{EXIT_GRACE, exit_within, stop_within};
 use crate::ship::{self, ImageId, Target};
 use crate::wire::frame::{Codec, Frame, put_frame};
 use crate::wire::message::{
@@ -104,10 +104,20 @@ impl Launcher {
             command.env(crate::worker::fault::STALL_ENV, "1");
         }
         let child = command.spawn().map_err(|e| {
-            StartError::Transient(format!(
+            let text = format!(
                 "could not start a worker process from {}: {e}",
                 self.exe.display()
-            ))
+            );
+            // Missing, not executable, not a program: it will not run next time either.
+            let cannot_run = matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(libc::ENOEXEC);
+            if cannot_run {
+                StartError::Fatal(text)
+            } else {
+                StartError::Transient(text)
+            }
         })?;
         drop(theirs); // the child has it
         ours.set_nonblocking(true)
@@ -123,7 +133,7 @@ impl Launcher {
     fn check_hello(&self, hello: &Hello, worker_id: u64, pid: u32) -> Result<(), StartError> {
         let said = hello.pid;
         if !same_secret(&hello.secret, &self.secret) || hello.worker_id != worker_id {
-            return Err(StartError::Transient(format!(
+            return Err(StartError::Repeating(format!(
                 "worker {pid} did not present the pool's secret"
             )));
         }
@@ -139,7 +149,7 @@ impl Launcher {
             )));
         }
         if said != pid {
-            return Err(StartError::Transient(format!(
+            return Err(StartError::Repeating(format!(
                 "worker {pid} introduced itself as process {said}"
             )));
         }
@@ -163,14 +173,10 @@ impl Launcher {
             first = conn.next() => first,
             status = child.wait() => {
                 let exit = child::exit_info(status, WorkerId::process(pid));
-                return Err(StartError::Transient(format!(
-                    "worker {pid} exited during start-up ({exit}) before its handshake; if the \
-                     `auto-init` feature is disabled, call procpool::init() first thing in main"
-                )));
+                return Err(ended_while_starting(exit, "before its handshake"));
             }
-            _ = tokio::time::sleep(timeout) => return Err(StartError::Transient(format!(
-                "worker {pid} did not complete its handshake within {timeout:?}; if the \
-                 `auto-init` feature is disabled, call procpool::init() first thing in main"
+            _ = tokio::time::sleep(timeout) => return Err(StartError::Repeating(format!(
+                "worker {pid} did not complete its handshake within {timeout:?}"
             ))),
             _ = kill.cancelled() => return Err(StartError::Killed),
         };
@@ -185,7 +191,18 @@ impl Launcher {
             }) if same_secret(&secret, &self.secret) => {
                 Err(StartError::Fatal(Error::EntryHookMissing.to_string()))
             }
-            other => Err(StartError::Transient(format!(
+            Received::Closed | Received::Broken(_) => {
+                // Closed as it died, usually: its end says whose doing it was.
+                let id = WorkerId::process(pid);
+                let exited = async { child::exit_info(child.wait().await, id) };
+                match exit_within(exited, kill, EXIT_GRACE).await {
+                    Some(exit) => Err(ended_while_starting(exit, "before its handshake")),
+                    None => Err(StartError::Repeating(format!(
+                        "worker {pid} closed its link before its handshake"
+                    ))),
+                }
+            }
+            other => Err(StartError::Repeating(format!(
                 "worker {pid} did not open with a hello: {}",
                 other.describe()
             ))),
@@ -217,8 +234,11 @@ impl Launcher {
             Err(e) => Err(crate::error::report(&e)),
         };
         if let Err(e) = sent {
-            worker.kill().await;
-            return Err(StartError::Transient(format!("worker {pid}: {e}")));
+            let exit = stop_within(&mut worker, kill, EXIT_GRACE).await;
+            return Err(ended_while_starting(
+                exit,
+                &format!("as it was welcomed: {e}"),
+            ));
         }
         let ready = tokio::select! {
             received = worker.recv() => received,
@@ -242,17 +262,42 @@ impl Launcher {
                     "the pool's initializer panicked in worker {pid}: {message}{at}"
                 )))
             }
-            Received::Exited(exit) => Err(StartError::Transient(format!(
-                "worker {pid} exited before it was ready ({exit})"
-            ))),
+            Received::Exited(exit) => Err(ended_while_starting(exit, "before it was ready")),
+            Received::Closed | Received::Broken(_) => {
+                match exit_within(worker.exited(), kill, EXIT_GRACE).await {
+                    Some(exit) => Err(ended_while_starting(exit, "before it was ready")),
+                    None => {
+                        worker.kill().await;
+                        Err(StartError::Repeating(format!(
+                            "worker {pid} closed its link before it was ready"
+                        )))
+                    }
+                }
+            }
             other => {
-                let exit = stop_within(&mut worker, kill, EXIT_GRACE).await;
-                Err(StartError::Transient(format!(
+                let exit = worker.kill().await;
+                Err(StartError::Repeating(format!(
                     "worker {pid} failed before it was ready ({exit}): {}",
                     other.describe()
                 )))
             }
         }
+    }
+}
+
+/// Why a worker that ended while it started (`when`) did not start: a signal from outside
+/// (SIGKILL, SIGTERM, SIGINT, SIGHUP) is retried for as long as the pool lives; an exit
+/// code or a crash of its own is likely to repeat.
+fn ended_while_starting(exit: ExitInfo, when: &str) -> StartError {
+    let worker = exit
+        .worker()
+        .map_or_else(|| "a worker".to_owned(), |w| w.to_string());
+    let text = format!("{worker} ended {when} ({exit})");
+    match exit.signal() {
+        Some(libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP) => {
+            StartError::Transient(text)
+        }
+        _ => StartError::Repeating(text),
     }
 }
 
@@ -340,10 +385,10 @@ mod tests {
                 .check_hello(&hello_of(&launcher, 3, 40), 3, 40)
                 .is_ok()
         );
-        let transient = |hello: Hello| {
+        let retried = |hello: Hello| {
             matches!(
                 launcher.check_hello(&hello, 3, 40),
-                Err(StartError::Transient(_))
+                Err(StartError::Repeating(_))
             )
         };
         let fatal = |hello: Hello| {
@@ -354,12 +399,12 @@ mod tests {
         };
         let mut wrong = hello_of(&launcher, 3, 40);
         wrong.secret[0] ^= 1;
-        assert!(transient(wrong), "another secret");
+        assert!(retried(wrong), "another secret");
         assert!(
-            transient(hello_of(&launcher, 4, 40)),
+            retried(hello_of(&launcher, 4, 40)),
             "another start's worker"
         );
-        assert!(transient(hello_of(&launcher, 3, 41)), "another process");
+        assert!(retried(hello_of(&launcher, 3, 41)), "another process");
         let mut wrong = hello_of(&launcher, 3, 40);
         wrong.version += 1;
         assert!(fatal(wrong), "another protocol");

@@ -17,7 +17,7 @@ use crate::job::ErasedJob;
 use crate::pool::Pool;
 use crate::pool::core::Config;
 use crate::ship::Target;
-use crate::stats::PoolStats;
+use crate::stats::{Health, PoolStats};
 use async_trait::async_trait;
 use launch::{Launcher, Settings};
 use std::fmt;
@@ -62,11 +62,17 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 /// - **Recycling**: [`ProcessPoolBuilder::max_tasks_per_child`] retires a worker after N
 ///   jobs; [`ProcessPoolBuilder::max_worker_memory`] replaces a worker that grows past a
 ///   ceiling, failing its job with [`JobError::MemoryLimit`].
-/// - **Start-up failures**: a worker that fails to start is retried with a doubling
-///   back-off (50 ms, 100 ms, ...). If the initializer panics, the entry hook is missing,
-///   or a slot fails to start a worker five times in a row, the pool reports itself broken:
-///   queued and later jobs end with [`JobError::PoolBroken`] naming the cause. It never
-///   respawns in a loop.
+/// - **Start-up failures**: a worker that fails to start is started again after a back-off
+///   that doubles from 50 ms up to 500 ms. A failure from outside (the worker killed while
+///   it starts, the system out of processes or descriptors) is retried for as long as the
+///   pool lives, jobs waiting in the queue meanwhile (their own time limits still apply).
+///   A failure that will repeat breaks the pool, and queued and later jobs end with
+///   [`JobError::PoolBroken`] naming the cause: at once when the initializer (or a
+///   `worker_state` builder) panics, the entry hook is missing, the worker runs another
+///   image or the executable cannot run; after five in a row when a worker exits with a
+///   code, crashes or does not answer while it starts. It never respawns in a loop, and
+///   [`Executor::health`] says at any time whether it is serving, restarting (and why) or
+///   broken.
 /// - **Hostile input**: each worker's link is one end of a socket pair made for it and
 ///   inherited at start: it has no name, in the filesystem or the abstract namespace, so
 ///   nothing else can connect to the pool, and nothing is left behind (nor is there a path
@@ -377,6 +383,10 @@ impl Executor for ProcessPoolExecutor {
 
     fn stats(&self) -> PoolStats {
         self.inner.core.stats()
+    }
+
+    fn health(&self) -> Health {
+        self.inner.core.health()
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {

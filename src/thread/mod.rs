@@ -8,7 +8,7 @@ use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobHandle, JobState};
 use crate::job::{Call, ErasedJob, Output};
 use crate::queue::{JobQueue, Queued};
-use crate::stats::{Counters, PoolStats};
+use crate::stats::{Counters, Health, PoolStats};
 use async_trait::async_trait;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -378,6 +378,19 @@ impl Executor for ThreadPoolExecutor {
         shared
             .counters
             .snapshot(self.inner.max_workers, shared.queue.len())
+    }
+
+    fn health(&self) -> Health {
+        let shared = &self.inner.shared;
+        if let Some(JobError::PoolBroken { reason }) = shared.broken.get() {
+            return Health::Broken {
+                reason: reason.clone(),
+            };
+        }
+        if shared.queue.is_closed() {
+            return Health::ShutDown;
+        }
+        Health::Serving
     }
 
     fn begin_shutdown(&self, cancel_queued: bool) {
