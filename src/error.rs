@@ -44,6 +44,11 @@ pub enum JobError {
         message: String,
         /// Where the panic happened, when known.
         location: Option<String>,
+        /// The worker's backtrace of the panic, when the process pool's worker captured one:
+        /// with `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) set, as for any Rust program.
+        /// Not in the error's text (it is long); read it with
+        /// [`backtrace`](JobError::backtrace).
+        backtrace: Option<String>,
     },
     /// The job was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel), by a
     /// shutdown that cancels queued jobs, or by dropping a `map` stream) before it finished.
@@ -212,10 +217,20 @@ impl JobError {
         }
     }
 
+    /// The worker's backtrace of the job's panic, if it captured one (see
+    /// [`JobError::Panicked`]).
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            JobError::Panicked { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn from_panic_payload(payload: &(dyn std::any::Any + Send)) -> JobError {
         JobError::Panicked {
             message: panic_message(payload),
             location: None,
+            backtrace: None,
         }
     }
 }
@@ -386,6 +401,7 @@ mod tests {
                 JobError::Panicked {
                     message: "p".into(),
                     location: None,
+                    backtrace: None,
                 },
                 JobError::is_panic,
             ),
@@ -442,6 +458,7 @@ mod tests {
         let e = JobError::Panicked {
             message: "boom".into(),
             location: Some("src/x.rs:1:2".into()),
+            backtrace: None,
         };
         assert_eq!(e.to_string(), "job panicked: boom (at src/x.rs:1:2)");
         assert!(e.is_panic() && !e.is_cancelled());

@@ -149,7 +149,8 @@
 //! never a hang:
 //!
 //! - **A job panics:** [`JobError::Panicked`] with the message (and, in a process, the
-//!   location). The worker goes on. In a `map`, only that item fails.
+//!   location, and the worker's backtrace when `RUST_BACKTRACE` is set:
+//!   [`JobError::backtrace`]). The worker goes on. In a `map`, only that item fails.
 //! - **A worker process dies** (abort, segfault, `exit`, OOM killer, `kill -9`): its job
 //!   gets [`JobError::WorkerDied`] with the exit code or signal; the pool starts a
 //!   replacement and every other job is untouched. A worker that breaks the protocol gets

@@ -13,6 +13,7 @@ use crate::wire::items::{
 };
 use crate::wire::plain;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::backtrace::{Backtrace, BacktraceStatus};
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -24,6 +25,7 @@ pub(crate) enum Outcome {
     Panicked {
         message: String,
         location: Option<String>,
+        backtrace: Option<String>,
     },
     /// The worker could not decode the argument.
     Decode(String),
@@ -41,9 +43,15 @@ impl Outcome {
     pub(crate) fn into_error(self) -> Option<JobError> {
         match self {
             Outcome::Ok => None,
-            Outcome::Panicked { message, location } => {
-                Some(JobError::Panicked { message, location })
-            }
+            Outcome::Panicked {
+                message,
+                location,
+                backtrace,
+            } => Some(JobError::Panicked {
+                message,
+                location,
+                backtrace,
+            }),
             Outcome::Decode(e) => Some(JobError::Decode(format!("argument (in the worker): {e}"))),
             Outcome::Encode(e) => Some(JobError::Encode(format!("result (in the worker): {e}"))),
             Outcome::TooLarge { size, max } => Some(JobError::TooLarge {
@@ -55,14 +63,17 @@ impl Outcome {
 }
 
 thread_local! {
-    /// Set by the worker's panic hook: the location of the panic being unwound.
-    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set by the worker's panic hook: the location of the panic being unwound, and its
+    /// backtrace if one is captured.
+    static PANIC_LOCATION: RefCell<(Option<String>, Option<String>)> =
+        const { RefCell::new((None, None)) };
     /// Whether a job is running on this thread, so the hook stays quiet for job panics.
     static IN_JOB: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Installs the worker's panic hook: it records where a job panicked (the report travels
-/// to the parent) and prints panics that happen outside jobs as the default hook would.
+/// Installs the worker's panic hook: it records where a job panicked, and its backtrace
+/// when `RUST_BACKTRACE` asks for one (the report travels to the parent), and prints
+/// panics that happen outside jobs as the default hook would.
 pub(crate) fn install_worker_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -70,21 +81,29 @@ pub(crate) fn install_worker_panic_hook() {
             let loc = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
+            // `capture` follows RUST_LIB_BACKTRACE / RUST_BACKTRACE, as a program's own
+            // panics do.
+            let backtrace = Backtrace::capture();
+            let backtrace =
+                (backtrace.status() == BacktraceStatus::Captured).then(|| backtrace.to_string());
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = (loc, backtrace));
         } else {
             default(info);
         }
     }));
 }
 
-/// Runs `f` as a job: catches a panic and reports its message and location.
-fn catch<T>(f: impl FnOnce() -> T) -> Result<T, (String, Option<String>)> {
+/// A caught panic: its message, location and backtrace (when captured).
+type Report = (String, Option<String>, Option<String>);
+
+/// Runs `f` as a job: catches a panic and reports it.
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Report> {
     IN_JOB.with(|j| j.set(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_JOB.with(|j| j.set(false));
     result.map_err(|payload| {
-        let location = PANIC_LOCATION.with(|p| p.borrow_mut().take());
-        (crate::error::panic_message(&*payload), location)
+        let (location, backtrace) = PANIC_LOCATION.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        (crate::error::panic_message(&*payload), location, backtrace)
     })
 }
 
@@ -101,7 +120,7 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
         match catch(|| postcard::from_bytes::<A>(input)) {
             Ok(Ok(arg)) => arg,
             Ok(Err(e)) => return Outcome::Decode(e.to_string()),
-            Err((message, _)) => {
+            Err((message, ..)) => {
                 return Outcome::Decode(format!("Deserialize panicked: {message}"));
             }
         }
@@ -119,9 +138,13 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
         Ok(r) => match catch(|| encode_into(&r, out)) {
             Ok(Ok(())) => Outcome::Ok,
             Ok(Err(e)) => Outcome::Encode(e),
-            Err((message, _)) => Outcome::Encode(format!("Serialize panicked: {message}")),
+            Err((message, ..)) => Outcome::Encode(format!("Serialize panicked: {message}")),
         },
-        Err((message, location)) => Outcome::Panicked { message, location },
+        Err((message, location, backtrace)) => Outcome::Panicked {
+            message,
+            location,
+            backtrace,
+        },
     }
 }
 
@@ -176,7 +199,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                 arg
             }
             Ok(Err(e)) => return Outcome::Decode(e.to_string()),
-            Err((message, _)) => {
+            Err((message, ..)) => {
                 return Outcome::Decode(format!("Deserialize panicked: {message}"));
             }
         };
@@ -206,7 +229,7 @@ fn push_result<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
     out.truncate(start);
     push_item(out, TAG_OK, |o| match catch(|| encode_value(r, o)) {
         Ok(result) => result,
-        Err((message, _)) => Err(format!("Serialize panicked: {message}")),
+        Err((message, ..)) => Err(format!("Serialize panicked: {message}")),
     });
 }
 
@@ -214,7 +237,11 @@ fn push_result<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
 pub(crate) fn run_initializer(f: impl FnOnce()) -> Outcome {
     match catch(f) {
         Ok(()) => Outcome::Ok,
-        Err((message, location)) => Outcome::Panicked { message, location },
+        Err((message, location, backtrace)) => Outcome::Panicked {
+            message,
+            location,
+            backtrace,
+        },
     }
 }
 

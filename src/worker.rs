@@ -54,8 +54,9 @@ pub(crate) fn serve<S: Read + Write>(conn: &mut Conn<S>, me: &Identity) -> Resul
     };
     let mut out = Vec::new();
     for init in initializers {
-        if let Outcome::Panicked { message, location } =
-            ship::run_shipped(&proof, init, &mut Vec::new(), &mut out)
+        if let Outcome::Panicked {
+            message, location, ..
+        } = ship::run_shipped(&proof, init, &mut Vec::new(), &mut out)
         {
             conn.send(&FromWorker::InitFailed { message, location })
                 .map_err(protocol)?;

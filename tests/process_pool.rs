@@ -65,7 +65,9 @@ async fn a_panic_reports_message_and_location_and_the_worker_survives() {
         .await
         .unwrap_err();
     match &err {
-        JobError::Panicked { message, location } => {
+        JobError::Panicked {
+            message, location, ..
+        } => {
             assert_eq!(message, "worker-side failure");
             let location = location
                 .as_deref()

@@ -536,8 +536,13 @@ mod tests {
     fn arb_outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             Just(Outcome::Ok),
-            (".*", proptest::option::of(".*"))
-                .prop_map(|(message, location)| Outcome::Panicked { message, location }),
+            (".*", proptest::option::of(".*"), proptest::option::of(".*")).prop_map(
+                |(message, location, backtrace)| Outcome::Panicked {
+                    message,
+                    location,
+                    backtrace
+                }
+            ),
             ".*".prop_map(Outcome::Decode),
             ".*".prop_map(Outcome::Encode),
             (any::<u64>(), any::<u64>()).prop_map(|(size, max)| Outcome::TooLarge { size, max }),

@@ -26,7 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// The item's result (or, in a chunk's input, its argument) follows.
 pub(crate) const TAG_OK: u8 = 0;
-/// The job panicked: a postcard `(message, location)` follows.
+/// The job panicked: a postcard `(message, location, backtrace)` follows.
 pub(crate) const TAG_PANICKED: u8 = 1;
 /// The result did not encode in the worker: a message follows.
 pub(crate) const TAG_RESULT_ENCODE: u8 = 2;
@@ -239,6 +239,9 @@ pub(crate) fn split_item(
     Ok((tag, body, rest))
 }
 
+/// A panic's report in a chunk's answer: message, location, backtrace.
+type Report = (String, Option<String>, Option<String>);
+
 fn decode_message(body: &[u8]) -> Result<String, JobError> {
     postcard::from_bytes::<String>(body).map_err(|e| JobError::Decode(format!("message: {e}")))
 }
@@ -307,8 +310,12 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
                 }),
                 None => decode_result::<R>(body),
             },
-            TAG_PANICKED => match postcard::from_bytes::<(String, Option<String>)>(body) {
-                Ok((message, location)) => Err(JobError::Panicked { message, location }),
+            TAG_PANICKED => match postcard::from_bytes::<Report>(body) {
+                Ok((message, location, backtrace)) => Err(JobError::Panicked {
+                    message,
+                    location,
+                    backtrace,
+                }),
                 Err(e) => Err(JobError::Decode(format!("panic report: {e}"))),
             },
             TAG_RESULT_ENCODE => Err(JobError::Encode(format!(
@@ -496,7 +503,7 @@ mod tests {
     fn failed_items_carry_their_errors() {
         let mut out = 4_u32.to_le_bytes().to_vec();
         push_item(&mut out, TAG_PANICKED, |o| {
-            encode_into(&("boom", Some("src/x.rs:1:2")), o)
+            encode_into(&("boom", Some("src/x.rs:1:2"), Some("0: here")), o)
         });
         push_message_item(&mut out, TAG_RESULT_ENCODE, "no luck");
         push_message_item(&mut out, TAG_ARG_ENCODE, "cannot encode");
@@ -506,7 +513,8 @@ mod tests {
             results[0],
             Err(JobError::Panicked {
                 message: "boom".into(),
-                location: Some("src/x.rs:1:2".into())
+                location: Some("src/x.rs:1:2".into()),
+                backtrace: Some("0: here".into()),
             })
         );
         assert_eq!(
