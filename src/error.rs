@@ -55,12 +55,15 @@ pub enum JobError {
     #[error("job was cancelled before it finished")]
     Cancelled,
     /// The worker process running the job died (abort, signal, `exit`, out of memory)
-    /// before returning a result. The pool replaces the worker; resubmit if the job is
-    /// safe to retry.
-    #[error("worker process died while running the job ({exit}); the pool replaces it")]
+    /// before returning a result. The pool replaces the worker. A job safe to run again
+    /// can be retried by the pool itself ([`JobOptions::retries`](crate::JobOptions::retries));
+    /// this error then ends its last attempt.
+    #[error("worker process died while running the job ({exit}){}; the pool replaces it", tries(*attempts))]
     WorkerDied {
-        /// How the worker ended.
+        /// How the worker of the last attempt ended.
         exit: ExitInfo,
+        /// How many times the job was run: 1, or more with retries.
+        attempts: u32,
     },
     /// The connection to the worker broke (a corrupt or oversized frame, an unexpected
     /// message). The worker was killed and replaced; resubmit if the job is safe to retry.
@@ -136,6 +139,14 @@ pub enum JobError {
         /// What broke the pool, and what to do.
         reason: String,
     },
+}
+
+fn tries(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" on each of {attempts} attempts")
+    } else {
+        String::new()
+    }
 }
 
 fn at(location: &Option<String>) -> String {
@@ -409,6 +420,7 @@ mod tests {
             (
                 JobError::WorkerDied {
                     exit: ExitInfo::unknown(),
+                    attempts: 1,
                 },
                 JobError::is_worker_died,
             ),

@@ -18,7 +18,7 @@ use std::fmt;
 /// # futures::executor::block_on(async {
 /// let pool = ProcessPoolExecutor::builder().max_workers(1).build()?;
 /// match pool.submit(abort, ()).await {
-///     Err(JobError::WorkerDied { exit }) => {
+///     Err(JobError::WorkerDied { exit, .. }) => {
 ///         let worker = exit.worker().expect("a process pool knows its workers");
 ///         assert!(worker.pid().is_some());
 ///         assert_eq!(worker.rank(), None);

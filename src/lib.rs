@@ -139,6 +139,7 @@
 //! | `ex.shutdown(cancel_futures=True)` | [`pool.shutdown_cancel_queued().await`](ExecutorExt::shutdown_cancel_queued) |
 //! | `with ProcessPoolExecutor() as ex:` | drop the pool: workers are killed and reaped |
 //! | `BrokenProcessPool` after one crash | [`JobError::WorkerDied`] for that job only; the pool goes on |
+//! | retrying a task by hand after a crash (Ray's `max_retries`, Dask's `retries`) | [`JobOptions::retries`] / [`Map::retries`] |
 //! | `if __name__ == "__main__":` | nothing: workers enter before `main` (see [the entry hook](#the-entry-hook)) |
 //! | pickling a lambda fails at run time | a capturing closure is a compile error |
 //! | `tqdm(pool.imap(...), total=n)` | [`Map::on_progress`] |
@@ -153,7 +154,9 @@
 //!   [`JobError::backtrace`]). The worker goes on. In a `map`, only that item fails.
 //! - **A worker process dies** (abort, segfault, `exit`, OOM killer, `kill -9`): its job
 //!   gets [`JobError::WorkerDied`] with the exit code or signal; the pool starts a
-//!   replacement and every other job is untouched. A worker that breaks the protocol gets
+//!   replacement and every other job is untouched. A job that may safely run twice can ask
+//!   to be run again instead, up to [`JobOptions::retries`] more times; its last error
+//!   says how many attempts it had. A worker that breaks the protocol gets
 //!   [`JobError::Protocol`] and is replaced the same way.
 //! - **Time limits and memory ceilings** ([`JobOptions::timeout`],
 //!   [`ProcessPoolBuilder::job_timeout`], [`ProcessPoolBuilder::max_worker_memory`]):

@@ -312,6 +312,13 @@ where
         self
     }
 
+    /// Runs a chunk again, up to `retries` more times, if the worker process running it
+    /// dies (see [`JobOptions::retries`]). The default is 0.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.options = self.options.retries(retries);
+        self
+    }
+
     fn effective_chunk_size(&self) -> usize {
         self.chunk_size.unwrap_or(self.auto.size)
     }

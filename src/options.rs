@@ -30,6 +30,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobOptions {
     pub(crate) timeout: Timeout,
+    pub(crate) retries: u32,
 }
 
 /// A job's time limit, before the pool's default is applied.
@@ -56,6 +57,36 @@ impl JobOptions {
     /// [`ProcessPoolBuilder::job_timeout`](crate::ProcessPoolBuilder::job_timeout)).
     pub fn timeout(mut self, timeout: Duration) -> JobOptions {
         self.timeout = Timeout::After(timeout);
+        self
+    }
+
+    /// Run the job again, up to `retries` more times, if the worker process running it
+    /// dies (an abort, a segfault, the OOM killer, a `kill -9`): in the manner of Ray's
+    /// `max_retries` and Dask's `retries`, for pure functions that may safely run twice.
+    /// A retried job goes to the front of the queue. If every attempt's worker dies, the
+    /// job ends with [`JobError::WorkerDied`](crate::JobError::WorkerDied) saying how many
+    /// attempts it had. A panic, a timeout, a cancellation or a memory ceiling is not
+    /// retried, and a thread pool (whose threads do not die alone) ignores this. The
+    /// default is 0: a job runs once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::{ExecutorExt, JobOptions, ProcessPoolExecutor};
+    ///
+    /// fn abort(_: ()) {
+    ///     std::process::abort()
+    /// }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ProcessPoolExecutor::builder().max_workers(1).build()?;
+    /// let err = pool.submit_with(abort, (), JobOptions::new().retries(2)).await.unwrap_err();
+    /// assert!(err.to_string().contains("3 attempts"), "{err}");
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn retries(mut self, retries: u32) -> JobOptions {
+        self.retries = retries;
         self
     }
 

@@ -97,7 +97,7 @@ async fn random_kills_under_load_lose_nothing_and_leave_nothing() {
                 assert_eq!(v, 2 * i as u64, "job {i} returned a wrong value");
                 ok += 1;
             }
-            Err(JobError::WorkerDied { exit }) => {
+            Err(JobError::WorkerDied { exit, .. }) => {
                 assert_eq!(exit.signal(), Some(9), "job {i}: {exit}");
                 died += 1;
             }

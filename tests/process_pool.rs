@@ -91,7 +91,7 @@ async fn a_worker_killed_from_outside_fails_only_its_job() {
     kill(worker, 9);
     let err = bounded("victim", victim).await.unwrap_err();
     match &err {
-        JobError::WorkerDied { exit } => assert_eq!(exit.signal(), Some(9), "{err}"),
+        JobError::WorkerDied { exit, .. } => assert_eq!(exit.signal(), Some(9), "{err}"),
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     assert!(err.to_string().contains("SIGKILL"), "{err}");
@@ -116,14 +116,14 @@ async fn abort_and_exit_inside_a_job_are_worker_deaths() {
         .await
         .unwrap_err();
     match aborted {
-        JobError::WorkerDied { exit } => assert_eq!(exit.signal(), Some(libc::SIGABRT)),
+        JobError::WorkerDied { exit, .. } => assert_eq!(exit.signal(), Some(libc::SIGABRT)),
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     let exited = bounded("exit", pool.submit(exit_with, 3))
         .await
         .unwrap_err();
     match exited {
-        JobError::WorkerDied { exit } => assert_eq!(exit.code(), Some(3)),
+        JobError::WorkerDied { exit, .. } => assert_eq!(exit.code(), Some(3)),
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     assert_eq!(

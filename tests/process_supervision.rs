@@ -20,7 +20,7 @@ fn pool(workers: usize) -> ProcessPoolExecutor {
 
 fn signal_of(err: &JobError) -> Option<i32> {
     match err {
-        JobError::WorkerDied { exit } => exit.signal(),
+        JobError::WorkerDied { exit, .. } => exit.signal(),
         _ => None,
     }
 }
@@ -501,4 +501,98 @@ async fn another_local_user_cannot_connect() {
         bounded("still serving", pool.submit(double, 2)).await,
         Ok(4)
     );
+}
+
+/// Appends this worker's pid to `attempts` (one line per attempt), then waits for `gate`.
+fn note_attempt_then_wait((attempts, gate): (String, String)) -> u32 {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&attempts)
+        .unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    drop(file);
+    assert!(wait_until_exists(&gate), "gate never opened");
+    std::process::id()
+}
+
+/// The pids `note_attempt_then_wait` wrote, once there are `n` of them.
+fn attempts_seen(attempts: &str, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let text = std::fs::read_to_string(attempts).unwrap_or_default();
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saw {} of {n} attempts",
+            pids.len()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn abort_now(_: ()) {
+    std::process::abort()
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_dies_runs_again_when_it_may() {
+    let pool = pool(1);
+    let gate = Gate::new();
+    let attempts = gate.sibling("attempts");
+    let retry = JobOptions::new().retries(2);
+    let job = pool.submit_with(
+        note_attempt_then_wait,
+        (attempts.clone(), gate.path()),
+        retry,
+    );
+    let file = attempts.clone();
+    let first = bounded_sync("the first attempt", move || attempts_seen(&file, 1))[0];
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let file = attempts.clone();
+    let seen = bounded_sync("the second attempt", move || attempts_seen(&file, 2));
+    assert_ne!(
+        seen[0], seen[1],
+        "the second attempt ran on the replacement"
+    );
+    gate.open();
+    assert_eq!(bounded("the job", job).await, Ok(seen[1]));
+    assert_eq!(
+        attempts_seen(&attempts, 2).len(),
+        2,
+        "two attempts, no more"
+    );
+
+    // When every attempt's worker dies, the error says how many there were.
+    let err = bounded(
+        "aborts",
+        pool.submit_with(abort_now, (), JobOptions::new().retries(1)),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        JobError::WorkerDied { exit, attempts } => {
+            assert_eq!(*attempts, 2, "{err}");
+            assert_eq!(exit.signal(), Some(libc::SIGABRT));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(err.to_string().contains("2 attempts"), "{err}");
+    // Off by default: one attempt.
+    let err = bounded("abort once", pool.submit(abort_now, ()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JobError::WorkerDied { attempts: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(pool.stats().jobs_failed, 2, "each job failed once");
 }

@@ -36,9 +36,13 @@ pub(crate) struct QueuedJob {
     pub(crate) state: Arc<JobState>,
     /// The job's time limit, the pool's default already applied.
     pub(crate) timeout: Option<Duration>,
-    /// The encoded argument(s), encoded by the submitter; taken once the worker runs the
-    /// job.
+    /// The encoded argument(s), encoded by the submitter; freed once the worker runs the
+    /// job, unless it may be retried.
     pub(crate) input: Vec<u8>,
+    /// How many more times the job may run if its worker dies.
+    pub(crate) retries_left: u32,
+    /// How many times it has been run so far.
+    pub(crate) attempts: u32,
 }
 
 impl Queued for QueuedJob {
@@ -150,6 +154,8 @@ impl Core {
             state: state.clone(),
             timeout: options.resolve_timeout(self.config.job_timeout),
             input,
+            retries_left: options.retries,
+            attempts: 0,
         };
         match self.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),

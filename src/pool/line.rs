@@ -219,8 +219,11 @@ impl<'a> Line<'a> {
             return;
         };
         self.counters.windowed.fetch_sub(1, Ordering::Relaxed);
-        let input = std::mem::take(&mut sent.job.input);
-        self.bytes -= input.len(); // the worker has it: free it now
+        sent.job.attempts += 1;
+        self.bytes -= sent.job.input.len();
+        if sent.job.retries_left == 0 {
+            sent.job.input = Vec::new(); // the worker has it: free it now
+        }
         if self.stoppable {
             sent.job.state.make_stoppable();
         }
@@ -257,6 +260,23 @@ impl<'a> Line<'a> {
         };
         self.counters
             .finish_deferred(&sent.job.state, result, wakes);
+    }
+
+    /// Takes the running head off the line to run it again elsewhere, if it may be retried
+    /// (its worker died).
+    pub(crate) fn retry_head(&mut self) -> Option<QueuedJob> {
+        if self.head()?.job.retries_left == 0 {
+            return None;
+        }
+        let (sent, _) = self.pop_head(Instant::now())?;
+        let mut job = sent.job;
+        job.retries_left -= 1;
+        Some(job)
+    }
+
+    /// How many times the running head has been run, this time included.
+    pub(crate) fn head_attempts(&self) -> u32 {
+        self.head().map_or(1, |s| s.job.attempts)
     }
 
     /// Ends the running head with `error` (the worker is gone).
@@ -323,6 +343,8 @@ mod tests {
             state,
             timeout: None,
             input: vec![0; 8],
+            retries_left: 0,
+            attempts: 0,
         };
         (target, job)
     }

@@ -443,7 +443,10 @@ impl<B: Backend> Serving<'_, B> {
                 tracing::warn!(slot, %worker, %exit, "idle worker exited");
                 return Next::Respawn;
             }
-            Loss::Exited(exit) => JobError::WorkerDied { exit },
+            Loss::Exited(exit) => JobError::WorkerDied {
+                exit,
+                attempts: self.line.head_attempts(),
+            },
             Loss::Broken(error) if idle => {
                 let error = crate::error::report(&error);
                 tracing::warn!(slot, %worker, %error, "lost an idle worker");
@@ -454,7 +457,10 @@ impl<B: Backend> Serving<'_, B> {
             // worker usually has exited already.
             Loss::Broken(error) => {
                 match exit_within(self.link.exited(), &self.core.kill, BROKEN_GRACE).await {
-                    Some(exit) => JobError::WorkerDied { exit },
+                    Some(exit) => JobError::WorkerDied {
+                        exit,
+                        attempts: self.line.head_attempts(),
+                    },
                     None => {
                         self.link.kill().await;
                         error
@@ -473,13 +479,18 @@ impl<B: Backend> Serving<'_, B> {
                 error
             }
         };
-        if let JobError::WorkerDied { exit } = &error {
+        let mut again = Vec::new();
+        if let JobError::WorkerDied { exit, .. } = &error {
             let jobs = self.line.len();
             tracing::warn!(slot, %worker, %exit, jobs, "worker died while running a job");
+            if let Some(job) = self.line.retry_head() {
+                tracing::info!(slot, attempts = job.attempts, "running the job again");
+                again.push(job);
+            }
         }
         self.line.fail_head(error);
-        let waiting = self.line.take_waiting();
-        self.requeue(waiting);
+        again.extend(self.line.take_waiting());
+        self.requeue(again);
         Next::Respawn
     }
 

@@ -121,7 +121,7 @@ fn a_frame_cut_short_by_the_workers_exit_is_a_worker_death() {
             .wait()
             .unwrap_err();
         match err {
-            JobError::WorkerDied { exit } => {
+            JobError::WorkerDied { exit, .. } => {
                 assert_eq!(exit.code(), Some(0));
                 assert!(exit.worker().and_then(|w| w.pid()).is_some(), "{exit:?}");
             }
@@ -217,7 +217,7 @@ fn jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere() {
         until_waiting_in_worker(&pool, 10);
         open(&gate);
         match fatal.wait() {
-            Err(JobError::WorkerDied { exit }) => assert_eq!(exit.signal(), Some(6)),
+            Err(JobError::WorkerDied { exit, .. }) => assert_eq!(exit.signal(), Some(6)),
             other => panic!("expected the worker to die, got {other:?}"),
         }
         for (x, handle) in (0..).zip(behind) {
