@@ -36,6 +36,9 @@ pub(crate) enum Outcome {
         size: u64,
         max: u64,
     },
+    /// The pool took the job back before the worker started it (it runs elsewhere): the
+    /// worker skipped it.
+    Revoked,
 }
 
 impl Outcome {
@@ -57,6 +60,12 @@ impl Outcome {
             Outcome::TooLarge { size, max } => Some(JobError::TooLarge {
                 size: usize::try_from(size).unwrap_or(usize::MAX),
                 max: usize::try_from(max).unwrap_or(usize::MAX),
+            }),
+            // The pool expects this only for a job it took back, and never completes one
+            // with it.
+            Outcome::Revoked => Some(JobError::Protocol {
+                reason: "the worker skipped a job the pool had not taken back".into(),
+                cause: None,
             }),
         }
     }

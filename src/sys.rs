@@ -58,22 +58,25 @@ pub(crate) fn kill_group(group: u32) {
     }
 }
 
-/// Keeps `fd` open across the `exec` of the child `command` starts, at the same number:
-/// the socket a worker inherits. It stays close-on-exec in this process, so that no other
-/// child (another worker, a program the application starts) inherits it.
+/// Keeps the descriptors `fds` open across the `exec` of the child `command` starts, at
+/// the same numbers: the socket (and shared word) a worker inherits. They stay
+/// close-on-exec in this process, so that no other child (another worker, a program the
+/// application starts) inherits them.
 #[allow(unsafe_code)]
-pub(crate) fn pass_to_child(command: &mut tokio::process::Command, fd: RawFd) {
+pub(crate) fn pass_to_child(command: &mut tokio::process::Command, fds: [RawFd; 2]) {
     let keep = move || {
-        // SAFETY: `fcntl(F_SETFD)` on an integer descriptor is async-signal-safe and
-        // touches no memory, as the code between `fork` and `exec` must be.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-            return Err(std::io::Error::last_os_error());
+        for fd in fds {
+            // SAFETY: `fcntl(F_SETFD)` on an integer descriptor is async-signal-safe and
+            // touches no memory, as the code between `fork` and `exec` must be.
+            if fd >= 0 && unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         Ok(())
     };
     // SAFETY: the closure runs in the child between `fork` and `exec`, where only
-    // async-signal-safe calls are allowed: it makes one `fcntl` call on a copied integer,
-    // and allocates nothing (`last_os_error` reads `errno`).
+    // async-signal-safe calls are allowed: it makes `fcntl` calls on copied integers, and
+    // allocates nothing (`last_os_error` reads `errno`).
     unsafe {
         command.pre_exec(keep);
     }
@@ -160,9 +163,186 @@ pub(crate) fn remove_env_if_alone(name: &str, before_main: bool) -> bool {
     true
 }
 
+/// A word shared by the pool and one worker process: one page of a sealed memfd, mapped
+/// in both. The pool's serving loop and the worker coordinate through it which of the
+/// jobs written to the worker it may still start (see `crate::worker`).
+///
+/// Invariant: `ptr` points to the start of a `PAGE`-byte, page-aligned, readable and
+/// writable `MAP_SHARED` mapping of the memfd `fd`, made by this value and unmapped only
+/// by its `Drop`; the memfd is sealed against shrinking (`F_SEAL_SHRINK`), so no process
+/// can make the page go away while it is mapped. Both processes touch it only through
+/// the `AtomicU64` at its start.
+#[derive(Debug)]
+pub(crate) struct SharedWord {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    fd: OwnedFd,
+}
+
+/// The size of a shared word's mapping.
+const PAGE: usize = 4096;
+
+// SAFETY: the pointee is an `AtomicU64`, which may be used from any thread (and process);
+// the mapping lives as long as the value (its invariant).
+#[allow(unsafe_code)]
+unsafe impl Send for SharedWord {}
+// SAFETY: as above: shared access goes through the atomic only.
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedWord {}
+
+impl SharedWord {
+    /// A new word, zero, for a worker about to start (Linux: a memfd; elsewhere `None`).
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn create() -> Option<SharedWord> {
+        // SAFETY: `memfd_create` reads the NUL-terminated name and returns a new
+        // descriptor or -1.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"procpool-claims".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if raw < 3 {
+            // A standard descriptor a daemon had closed: move it out of the way of a job's
+            // output (`try_clone` takes the lowest number from 3 up).
+            fd = fd.try_clone().ok()?;
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: `ftruncate` and `fcntl` on a descriptor this process owns touch no
+        // memory.
+        let sized = unsafe {
+            libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) == 0
+                && libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) == 0
+        };
+        if !sized {
+            return None;
+        }
+        SharedWord::map(fd)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn create() -> Option<SharedWord> {
+        None
+    }
+
+    /// The word a worker's parent handed it as descriptor `fd`: `None` unless it is a
+    /// memfd of a page, sealed against shrinking.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn inherited(fd: RawFd) -> Option<SharedWord> {
+        if fd < 3 {
+            return None;
+        }
+        // SAFETY: `fcntl(F_GET_SEALS)` and `fstat` only read the descriptor's state into
+        // the zeroed `stat`.
+        let fits = unsafe {
+            let seals = libc::fcntl(fd, libc::F_GET_SEALS);
+            let mut stat: libc::stat = std::mem::zeroed();
+            seals >= 0
+                && seals & libc::F_SEAL_SHRINK != 0
+                && libc::fstat(fd, &mut stat) == 0
+                && stat.st_size as usize >= PAGE
+        };
+        if !fits {
+            return None;
+        }
+        // SAFETY: `fd` is an open memfd (checked above) that the parent passed down for
+        // this worker; its number came from the worker variable, read once at entry, and
+        // nothing else in this process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `fcntl(F_SETFD)` on a descriptor this process owns touches no memory.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        SharedWord::map(fd)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn inherited(_fd: RawFd) -> Option<SharedWord> {
+        None
+    }
+
+    /// Maps the first page of `fd`, a memfd of at least a page sealed against shrinking.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn map(fd: OwnedFd) -> Option<SharedWord> {
+        // SAFETY: a fresh shared mapping of the descriptor's first page, at an address
+        // the kernel chooses: it aliases no memory of this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<std::sync::atomic::AtomicU64>())?;
+        Some(SharedWord { ptr, fd })
+    }
+
+    /// The word.
+    #[allow(unsafe_code)]
+    pub(crate) fn word(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: by the type's invariant `ptr` is the page-aligned start of a live,
+        // writable mapping of at least 8 bytes, used by every process only as this
+        // atomic, and the mapping outlives the borrow of `self`.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Its descriptor, to pass to a worker.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for SharedWord {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `map` with this address and length (the type's
+        // invariant), and no borrow of the word outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), PAGE);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_word_is_one_word_in_both_mappings() {
+        let created = SharedWord::create();
+        assert_eq!(
+            created.is_some(),
+            cfg!(target_os = "linux"),
+            "Linux has memfds"
+        );
+        let Some(word) = created else {
+            return;
+        };
+        use std::sync::atomic::Ordering;
+        word.word().store(41, Ordering::SeqCst);
+        // A second mapping of the same memfd, as a worker makes from its descriptor.
+        let copy = word.fd.try_clone().unwrap();
+        let other = SharedWord::inherited(copy.as_raw_fd()).unwrap();
+        std::mem::forget(copy); // `other` owns the descriptor now
+        assert_eq!(other.word().fetch_add(1, Ordering::SeqCst), 41);
+        assert_eq!(word.word().load(Ordering::SeqCst), 42);
+        // Not a sealed memfd: refused.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(SharedWord::inherited(file.as_raw_fd()).is_none());
+    }
 
     #[test]
     fn a_test_binary_runs_several_threads() {

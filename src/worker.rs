@@ -6,9 +6,11 @@
 use crate::run::Outcome;
 use crate::ship::{self, ImageId, VerifiedParent};
 use crate::wire::blocking::BlockingConn;
+use crate::wire::claims::claim;
 use crate::wire::frame::ProtocolError;
 use crate::wire::message::{FromWorker, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
 use std::io::{Read, Write};
+use std::sync::atomic::AtomicU64;
 
 /// The worker's end of a link.
 pub(crate) type Conn<S> = BlockingConn<S, ToWorker, FromWorker>;
@@ -26,8 +28,14 @@ pub(crate) struct Identity {
 }
 
 /// Serves the pool at the other end of `conn` until it sends `Shutdown` or closes the link
-/// (both `Ok`); `Err` says why the worker could not go on.
-pub(crate) fn serve<S: Read + Write>(conn: &mut Conn<S>, me: &Identity) -> Result<(), String> {
+/// (both `Ok`); `Err` says why the worker could not go on. With `claims`, the word it
+/// shares with the pool, it claims each job before running it and skips those the pool
+/// took back (see [`crate::wire::claims`]).
+pub(crate) fn serve<S: Read + Write>(
+    conn: &mut Conn<S>,
+    me: &Identity,
+    claims: Option<&AtomicU64>,
+) -> Result<(), String> {
     let protocol = |e: ProtocolError| crate::error::report(&e);
     conn.send(&FromWorker::Hello(Box::new(Hello {
         version: PROTOCOL_VERSION,
@@ -74,6 +82,17 @@ pub(crate) fn serve<S: Read + Write>(conn: &mut Conn<S>, me: &Identity) -> Resul
         match frame.message {
             ToWorker::Shutdown => return Ok(()),
             ToWorker::Run { id, target } => {
+                if let Some(word) = claims
+                    && !claim(word, id)
+                {
+                    // Taken back while it waited here: it runs elsewhere.
+                    conn.send(&FromWorker::Done {
+                        id,
+                        outcome: Outcome::Revoked,
+                    })
+                    .map_err(protocol)?;
+                    continue;
+                }
                 out.clear();
                 let mut input = if frame.payload.is_unique() {
                     Vec::from(frame.payload)

@@ -124,7 +124,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 ///   writes them in order, then the payload left over for the last one, and the worker
 ///   receives them as written. It fails only if the link is broken.
 /// - The worker answers `Run` frames with `Done` frames in the order it received them,
-///   and runs one job at a time: the jobs behind the first have not started.
+///   and runs one job at a time: the jobs behind the first have not started. The `Run`
+///   frames carry consecutive ids from 0, so that [`revoke`](Self::revoke) can name the
+///   jobs it takes back; a job taken back is answered as such, in its turn.
 /// - [`recv`](Self::recv) and [`exited`](Self::exited) are cancel-safe: dropping their
 ///   future loses nothing, so that the core can wait on them beside timers and the queue.
 ///   `recv` delivers every frame the worker wrote before it reports
@@ -161,6 +163,22 @@ pub(crate) trait WorkerLink: Send + 'static {
     /// Stops the worker now and waits until it is gone, with how it ended (unknown for a
     /// detached worker).
     fn kill(&mut self) -> impl Future<Output = ExitInfo> + Send;
+
+    /// Whether [`revoke`](Self::revoke) can take jobs back from this worker; by default
+    /// not.
+    fn can_revoke(&self) -> bool {
+        false
+    }
+
+    /// Takes back, at once, the jobs written to the worker (those numbered below `next`)
+    /// that it has not started, provided it has started every job below `from`: the
+    /// worker will answer each of them [`Outcome::Revoked`](crate::run::Outcome::Revoked)
+    /// without running it. Returns the first job taken back, or `None` if none was (see
+    /// [`crate::wire::claims::revoke`]). By default none is.
+    fn revoke(&self, from: u64, next: u64) -> Option<u64> {
+        let _ = (from, next);
+        None
+    }
 }
 
 impl Received {

@@ -9,10 +9,10 @@ use crate::queue::{JobQueue, Queued};
 use crate::ship::Target;
 use crate::stats::{Counters, Health, PoolStats};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The supervision settings of a pool, fixed when it is built.
@@ -65,6 +65,11 @@ pub(crate) struct Core {
     /// The slots whose last start failed, with why: while there is one, the pool is
     /// restarting.
     restarting: Mutex<BTreeMap<usize, String>>,
+    /// How many workers hold no job and wait for one ([`Idle`]).
+    idle_workers: AtomicUsize,
+    /// Notified whenever a worker becomes idle: a worker whose jobs wait behind a slow one
+    /// then gives them back to the queue.
+    became_idle: Notify,
 }
 
 impl Core {
@@ -77,7 +82,27 @@ impl Core {
             broken: OnceLock::new(),
             counters: Counters::default(),
             restarting: Mutex::new(BTreeMap::new()),
+            idle_workers: AtomicUsize::new(0),
+            became_idle: Notify::new(),
         }
+    }
+
+    /// Resolves once some worker is idle (at once, if one is).
+    pub(crate) async fn an_idle_worker(&self) {
+        loop {
+            let notified = self.became_idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.idle_workers.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether some worker is idle now.
+    pub(crate) fn has_idle_worker(&self) -> bool {
+        self.idle_workers.load(Ordering::Acquire) > 0
     }
 
     /// Records that `slot` failed to start a worker, and why.
@@ -203,5 +228,38 @@ impl Core {
         self.kill.cancel();
         terminated().await;
         false
+    }
+}
+
+/// Whether one serving worker counts as idle in its pool's [`Core`]: it holds no job and
+/// waits for one. Dropped with its serving loop, it stops counting.
+pub(crate) struct Idle<'a> {
+    core: &'a Core,
+    idle: bool,
+}
+
+impl<'a> Idle<'a> {
+    pub(crate) fn new(core: &'a Core) -> Idle<'a> {
+        Idle { core, idle: false }
+    }
+
+    /// Records whether the worker is idle now.
+    pub(crate) fn set(&mut self, idle: bool) {
+        if idle == self.idle {
+            return;
+        }
+        self.idle = idle;
+        if idle {
+            self.core.idle_workers.fetch_add(1, Ordering::AcqRel);
+            self.core.became_idle.notify_waiters();
+        } else {
+            self.core.idle_workers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }

@@ -286,6 +286,33 @@ impl<'a> Line<'a> {
         }
     }
 
+    /// When the running head started, if there is one with jobs waiting behind it: the
+    /// jobs that could be given back if it turns out slow.
+    pub(crate) fn head_with_waiting(&self) -> Option<(u64, Instant)> {
+        let head = self.head()?;
+        (self.sent.len() > 1).then_some((head.id, self.head_started?))
+    }
+
+    /// Takes back the jobs from id `first` on, which the worker will skip (they wait
+    /// behind the head, which is not among them), to requeue them.
+    pub(crate) fn take_from(&mut self, first: u64) -> Vec<QueuedJob> {
+        let start = self.sent.partition_point(|sent| sent.id < first);
+        let start = start.max(usize::from(self.head_started.is_some()));
+        let taken: Vec<Sent> = self.sent.drain(start..).collect();
+        let jobs: Vec<_> = taken
+            .into_iter()
+            .map(|sent| {
+                self.count_work(sent.estimate, false);
+                self.bytes -= sent.job.input.len();
+                sent.job
+            })
+            .collect();
+        self.counters
+            .windowed
+            .fetch_sub(jobs.len(), Ordering::Relaxed);
+        jobs
+    }
+
     /// Takes the jobs waiting behind the head (none of them ran), to requeue them.
     pub(crate) fn take_waiting(&mut self) -> Vec<QueuedJob> {
         let start = usize::from(self.head_started.is_some());

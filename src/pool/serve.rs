@@ -14,16 +14,18 @@
 //! callers woken once.
 
 use super::backend::{Backend, Caps, Received, WorkerLink};
-use super::core::{Core, QueuedJob};
+use super::core::{Core, Idle, QueuedJob};
 use super::line::{Line, WINDOW_BYTES};
 use super::{EXIT_GRACE, exit_within, stop_within};
 use crate::error::{Cause, JobError};
 use crate::exit::{ExitInfo, WorkerId};
 use crate::handle::Wakes;
+use crate::run::Outcome;
 use crate::ship::Target;
 use crate::wire::frame::{Frame, INLINE_PAYLOAD, ProtocolError, put_frame};
 use crate::wire::message::{FromWorker, ToWorker};
 use bytes::BytesMut;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// How long a worker whose link broke may take to be seen exiting before it is treated as
@@ -31,6 +33,11 @@ use std::time::{Duration, Instant};
 const BROKEN_GRACE: Duration = Duration::from_secs(1);
 /// How often a busy worker's resident memory is read when the pool has a limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// How long a job may run, with jobs waiting behind it in its worker, while another
+/// worker is idle, before the pool takes the waiting jobs back. Short jobs are pipelined
+/// only a millisecond deep ([`super::line::PIPELINE_SPAN`]): a job running twice that is
+/// not one of them.
+pub(crate) const GIVE_BACK_AFTER: Duration = Duration::from_millis(2);
 
 /// What a slot does after its worker stopped serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,9 @@ enum Event {
     Stop,
     Received(Received),
     HeadTimer,
+    /// The head has run for [`GIVE_BACK_AFTER`] with jobs waiting behind it, and another
+    /// worker is idle.
+    GiveBack,
     OverMemory {
         limit: u64,
         resident: u64,
@@ -86,6 +96,12 @@ struct Serving<'a, B: Backend> {
     retiring: bool,
     /// Ticks while a job runs, to read the worker's memory against the limit.
     memory_poll: tokio::time::Interval,
+    /// Whether the pool counts this worker as idle.
+    idle: Idle<'a>,
+    /// The jobs taken back from the worker that it has not answered as skipped yet.
+    revoked: Range<u64>,
+    /// The head for which jobs were last taken back (or could not be): once per head.
+    gave_back_for: Option<u64>,
 }
 
 /// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
@@ -109,6 +125,9 @@ pub(crate) async fn serve<B: Backend>(
         frames: BytesMut::new(),
         retiring: false,
         memory_poll: memory_poll(),
+        idle: Idle::new(core),
+        revoked: 0..0,
+        gave_back_for: None,
     };
     serving.run().await
 }
@@ -129,6 +148,7 @@ impl<B: Backend> Serving<'_, B> {
             } else {
                 self.room(None)
             };
+            self.idle.set(room > 0 && self.line.is_empty());
             let event = match carried.take() {
                 Some(received) => Event::Received(received),
                 None => self.next_event(room).await,
@@ -151,6 +171,18 @@ impl<B: Backend> Serving<'_, B> {
                     }
                     Err(loss) => Some(loss),
                 },
+                Event::Received(Received::Frame(Frame {
+                    message:
+                        FromWorker::Done {
+                            id,
+                            outcome: Outcome::Revoked,
+                        },
+                    ..
+                })) if !self.revoked.is_empty() && id == self.revoked.start => {
+                    // A job given back, skipped: it runs elsewhere.
+                    self.revoked.start += 1;
+                    None
+                }
                 Event::Received(Received::Frame(Frame {
                     message: FromWorker::Done { id, outcome },
                     payload,
@@ -195,6 +227,10 @@ impl<B: Backend> Serving<'_, B> {
                     },
                     why: "killed a worker after a protocol error",
                 }),
+                Event::GiveBack => {
+                    hold |= self.give_back();
+                    None
+                }
                 Event::Stop => Some(Loss::Stopped {
                     error: JobError::Cancelled,
                     why: "killed a worker to cancel its running job",
@@ -251,6 +287,7 @@ impl<B: Backend> Serving<'_, B> {
         };
         // A worker being retired for its memory finishes the few short jobs it holds.
         let watch_memory = !self.line.is_empty() && !self.retiring && self.watches_memory();
+        let give_back_at = self.give_back_at();
         let (core, backend, id) = (self.core, self.backend, self.id);
         let poll = &mut self.memory_poll;
         let memory_limit = async move {
@@ -264,15 +301,65 @@ impl<B: Backend> Serving<'_, B> {
                 }
             }
         };
+        let give_back = async move {
+            let Some(at) = give_back_at else {
+                return std::future::pending().await;
+            };
+            core.an_idle_worker().await;
+            tokio::time::sleep_until(at.into()).await;
+        };
         tokio::select! {
             biased;
             _ = self.core.kill.cancelled() => Event::Killed,
             () = stop => Event::Stop,
             received = self.link.recv() => Event::Received(received),
             () = head_timer => Event::HeadTimer,
+            () = give_back => Event::GiveBack,
             (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
             job = self.core.queue.pop(), if room > 0 => Event::Job(job),
         }
+    }
+
+    /// When the jobs waiting behind the head are to be given back if another worker is idle
+    /// then: [`GIVE_BACK_AFTER`] after the head started, once per head, if the worker can
+    /// skip jobs it was sent. Not while the pool drains (other workers leave rather than
+    /// wait for jobs), nor while jobs taken back before are still to be skipped.
+    fn give_back_at(&self) -> Option<Instant> {
+        if !self.link.can_revoke()
+            || self.retiring
+            || !self.revoked.is_empty()
+            || self.core.queue.is_closed()
+        {
+            return None;
+        }
+        let (head, started) = self.line.head_with_waiting()?;
+        (self.gave_back_for != Some(head)).then_some(started + GIVE_BACK_AFTER)
+    }
+
+    /// Takes back the jobs waiting behind the running head that the worker has not started,
+    /// and puts them at the front of the queue, for the idle worker; `true` if it did (this
+    /// worker then takes no more until its line is empty, so that they go elsewhere).
+    fn give_back(&mut self) -> bool {
+        let Some((head, _)) = self.line.head_with_waiting() else {
+            return false;
+        };
+        if !self.core.has_idle_worker() {
+            return false; // taken meanwhile: wait for the next idle worker
+        }
+        self.gave_back_for = Some(head);
+        let Some(first) = self.link.revoke(head + 1, self.next_id) else {
+            return false; // the worker is past them, or has not started the head yet
+        };
+        let jobs = self.line.take_from(first);
+        tracing::debug!(
+            slot = self.slot,
+            worker = %self.id,
+            jobs = jobs.len(),
+            "gave back the jobs waiting behind a slow one"
+        );
+        self.revoked = first..self.next_id;
+        self.core.queue.requeue_front(jobs);
+        true
     }
 
     /// How many more jobs of `target`'s function (by default, of the one sent last) the

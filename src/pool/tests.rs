@@ -324,6 +324,8 @@ struct ThreadWorker {
     done: Option<tokio::sync::oneshot::Receiver<()>>,
     id: WorkerId,
     memory: Option<Arc<Gauge>>,
+    /// The word the thread claims jobs in.
+    claims: Arc<AtomicU64>,
 }
 
 impl ThreadWorker {
@@ -367,13 +369,15 @@ impl Backend for Threads {
         let transient = |e: std::io::Error| StartError::Transient(e.to_string());
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(transient)?;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let claims = Arc::new(AtomicU64::new(0));
+        let word = claims.clone();
         std::thread::spawn(move || {
             let mut conn = worker::Conn::new(theirs, HANDSHAKE_MAX_FRAME);
             let me = worker::Identity {
                 worker_id: n,
                 secret: [0; 32],
             };
-            let _ = worker::serve(&mut conn, &me);
+            let _ = worker::serve(&mut conn, &me, Some(&word));
             let _ = done_tx.send(());
         });
         ours.set_nonblocking(true).map_err(transient)?;
@@ -383,6 +387,7 @@ impl Backend for Threads {
             done: Some(done_rx),
             id: WorkerId::of_rank(u32::try_from(n).unwrap_or(u32::MAX)),
             memory: self.memory.clone(),
+            claims,
         };
         let Received::Frame(Frame {
             message: FromWorker::Hello(hello),
@@ -451,6 +456,14 @@ impl WorkerLink for ThreadWorker {
         let _ = self.conn.get_mut().shutdown().await;
         self.done = None;
         self.exit()
+    }
+
+    fn can_revoke(&self) -> bool {
+        true
+    }
+
+    fn revoke(&self, from: u64, next: u64) -> Option<u64> {
+        crate::wire::claims::revoke(&self.claims, from, next)
     }
 }
 
@@ -635,5 +648,89 @@ fn a_worker_retired_over_the_memory_limit_finishes_the_jobs_it_holds_once_each()
         gauge.resident.store(0, Ordering::SeqCst);
         assert_eq!(submit(&pool, double, 4, never).wait(), Ok(8));
         assert_eq!(pool.core.stats().respawns, 1, "the worker was replaced");
+    });
+}
+
+// ---------------------------------------------------------------- jobs given back
+
+/// Jobs of [`tally`] run, in this process.
+static TALLIED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts that it ran; returns `x`.
+fn tally(x: u64) -> u64 {
+    TALLIED.fetch_add(1, Ordering::SeqCst);
+    x
+}
+
+/// Waits for `gate` as [`hold`] does: a function the pool has never timed.
+fn block(gate: PathBuf) -> u64 {
+    gated((gate, false))
+}
+
+#[test]
+fn jobs_waiting_behind_a_slow_job_go_to_a_worker_that_becomes_idle() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let pool = thread_pool(2, true);
+        let never = JobOptions::new();
+        let hold: fn(PathBuf) -> u64 = hold;
+        let tally: fn(u64) -> u64 = tally;
+        let block: fn(PathBuf) -> u64 = block;
+        // Both workers time `hold` and `tally` as short, so that they stream behind each
+        // other.
+        for _ in 0..50 {
+            let pair = [
+                submit(&pool, hold, dir.path().into(), never),
+                submit(&pool, tally, 1, never),
+            ];
+            for handle in pair {
+                assert!(handle.wait().is_ok());
+            }
+        }
+        // One worker runs a job of unknown length: nothing joins it...
+        let busy = submit(&pool, block, first.clone(), never);
+        let deadline = Instant::now() + BOUND / 2;
+        while pool.core.stats().workers_busy != 1 {
+            assert!(Instant::now() < deadline, "the first job never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...so the other takes a short-looking job that turns out slow, and the jobs
+        // behind it.
+        let slow = submit(&pool, hold, second.clone(), never);
+        let tallied = TALLIED.load(Ordering::SeqCst);
+        let behind: Vec<_> = (0..20).map(|x| submit(&pool, tally, x, never)).collect();
+        // As many as fit in its line (all, unless this machine is slow enough to have
+        // timed them long) wait there; the others in the queue.
+        let core = &pool.core;
+        while core.counters.waiting() == 0 || core.counters.waiting() + core.queue.len() != 20 {
+            assert!(Instant::now() < deadline, "the jobs never settled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The first worker becomes idle: the jobs waiting behind the slow one go to it.
+        open(&first);
+        assert_eq!(busy.wait(), Ok(7));
+        for (x, handle) in (0..).zip(behind) {
+            match handle.wait_timeout(Duration::from_secs(10)) {
+                Ok(result) => assert_eq!(result, Ok(x)),
+                Err(_) => panic!("job {x} still waits behind the slow one"),
+            }
+        }
+        assert!(!slow.is_finished(), "they did not wait for the slow job");
+        open(&second);
+        assert_eq!(slow.wait(), Ok(7));
+        assert_eq!(
+            TALLIED.load(Ordering::SeqCst) - tallied,
+            20,
+            "each ran once"
+        );
+        // The worker that skipped them goes on serving.
+        let after: Vec<_> = (0..100).map(|x| submit(&pool, tally, x, never)).collect();
+        for (x, handle) in (0..).zip(after) {
+            assert_eq!(handle.wait(), Ok(x));
+        }
+        let stats = pool.core.stats();
+        assert_eq!(stats.respawns, 0, "{stats:?}");
+        assert_eq!(stats.jobs_queued, 0, "{stats:?}");
     });
 }

@@ -4,6 +4,7 @@
 
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
+use crate::sys::SharedWord;
 use crate::wire::frame::Codec;
 use crate::wire::message::FromWorker;
 use futures::{FutureExt, StreamExt};
@@ -22,14 +23,22 @@ pub(crate) struct LocalWorker {
     child: Child,
     conn: Conn,
     id: WorkerId,
+    /// The word it claims jobs in, mapped here too.
+    claims: Option<SharedWord>,
 }
 
 impl LocalWorker {
-    pub(super) fn new(child: Child, conn: Conn, pid: u32) -> LocalWorker {
+    pub(super) fn new(
+        child: Child,
+        conn: Conn,
+        pid: u32,
+        claims: Option<SharedWord>,
+    ) -> LocalWorker {
         LocalWorker {
             child,
             conn,
             id: WorkerId::process(pid),
+            claims,
         }
     }
 }
@@ -74,6 +83,14 @@ impl WorkerLink for LocalWorker {
 
     async fn kill(&mut self) -> ExitInfo {
         reap(&mut self.child, self.id).await
+    }
+
+    fn can_revoke(&self) -> bool {
+        self.claims.is_some()
+    }
+
+    fn revoke(&self, from: u64, next: u64) -> Option<u64> {
+        crate::wire::claims::revoke(self.claims.as_ref()?.word(), from, next)
     }
 }
 

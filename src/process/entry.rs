@@ -3,6 +3,7 @@
 //! by [`crate::init`]. Both go through [`enter`].
 
 use super::launch::widen_buffers;
+use crate::sys::SharedWord;
 use crate::wire::message::{HANDSHAKE_MAX_FRAME, SECRET_LEN};
 use crate::worker::{self, Identity};
 use std::os::fd::RawFd;
@@ -10,7 +11,7 @@ use std::os::unix::net::UnixStream;
 
 /// The variable a pool sets on the processes it starts.
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
-const SPEC_VERSION: &str = "2";
+const SPEC_VERSION: &str = "3";
 
 /// Exit code of a worker that found its parent gone at start.
 const EXIT_ORPHANED: i32 = 3;
@@ -26,20 +27,27 @@ pub(crate) struct Spec {
     /// The descriptor of the worker's end of the socket pair its parent made for it: the
     /// link has no name, so nothing else can reach it, and nothing is left to remove.
     pub(crate) fd: RawFd,
+    /// The descriptor of the word the worker and its pool share to say which of the jobs
+    /// written to it it may still start (see [`crate::wire::claims`]); `None` where the
+    /// platform has no memfds.
+    pub(crate) word: Option<RawFd>,
 }
 
 impl Spec {
-    /// `2;<worker id>;<parent pid>;<secret hex>;<socket descriptor>`.
+    /// `3;<worker id>;<parent pid>;<secret hex>;<socket descriptor>;<word descriptor or ->`.
     pub(crate) fn encode(&self) -> String {
         let secret: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
+        let word = self
+            .word
+            .map_or_else(|| "-".to_owned(), |fd| fd.to_string());
         format!(
-            "{SPEC_VERSION};{};{};{secret};{}",
+            "{SPEC_VERSION};{};{};{secret};{};{word}",
             self.worker_id, self.parent_pid, self.fd
         )
     }
 
     pub(crate) fn parse(text: &str) -> Option<Spec> {
-        let mut fields = text.splitn(5, ';');
+        let mut fields = text.splitn(6, ';');
         if fields.next()? != SPEC_VERSION {
             return None;
         }
@@ -54,11 +62,16 @@ impl Spec {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
         }
         let fd = fields.next()?.parse().ok()?;
+        let word = match fields.next()? {
+            "-" => None,
+            number => Some(number.parse().ok()?),
+        };
         Some(Spec {
             worker_id,
             parent_pid,
             secret,
             fd,
+            word,
         })
     }
 
@@ -114,7 +127,15 @@ fn run(spec: &Spec) -> ! {
     if std::env::var_os(worker::fault::STALL_ENV).is_some() {
         std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
     }
-    let served = connect(spec).and_then(|mut conn| worker::serve(&mut conn, &spec.identity()));
+    // Without the shared word, the worker runs every job it is sent.
+    let claims = spec.word.and_then(SharedWord::inherited);
+    let served = connect(spec).and_then(|mut conn| {
+        worker::serve(
+            &mut conn,
+            &spec.identity(),
+            claims.as_ref().map(SharedWord::word),
+        )
+    });
     let code = match served {
         Ok(()) => 0,
         Err(e) => {
@@ -173,21 +194,30 @@ mod tests {
             parent_pid: 1234,
             secret: [0xab; SECRET_LEN],
             fd: 17,
+            word: Some(18),
         };
-        assert_eq!(Spec::parse(&spec.encode()), Some(spec));
+        assert_eq!(Spec::parse(&spec.encode()), Some(spec.clone()));
+        let without = Spec { word: None, ..spec };
+        assert_eq!(Spec::parse(&without.encode()), Some(without));
     }
 
     #[test]
     fn malformed_specs_are_rejected() {
+        let secret = "ab".repeat(SECRET_LEN);
+        let good = format!("3;1;2;{secret};3;4");
+        assert!(Spec::parse(&good).is_some(), "{good}");
         for bad in [
-            "",
-            "2",
-            "1;1;1;00;3",
-            "2;x;1;00;3",
-            "2;1;1;zz;3",
-            "2;1;1;00;/x",
+            String::new(),
+            "3".into(),
+            good.replacen('3', "2", 1),
+            format!("3;x;2;{secret};3;4"),
+            format!("3;1;2;{};3;4", "zz".repeat(SECRET_LEN)),
+            format!("3;1;2;{secret}ab;3;4"),
+            format!("3;1;2;{secret};/x;4"),
+            format!("3;1;2;{secret};3"),
+            format!("3;1;2;{secret};3;x"),
         ] {
-            assert_eq!(Spec::parse(bad), None, "{bad:?}");
+            assert_eq!(Spec::parse(&bad), None, "{bad:?}");
         }
     }
 }

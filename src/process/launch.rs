@@ -11,6 +11,7 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
 use crate::pool::{EXIT_GRACE, exit_within, stop_within};
 use crate::ship::{self, ImageId, Target};
+use crate::sys::SharedWord;
 use crate::wire::frame::{Codec, Frame, put_frame};
 use crate::wire::message::{
     FromWorker, HANDSHAKE_MAX_FRAME, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
@@ -67,9 +68,9 @@ impl Launcher {
         })
     }
 
-    /// Starts a child process in worker mode, on one end of a new socket pair; returns it
-    /// and the pool's end.
-    fn spawn(&self, worker_id: u64) -> Result<(Child, Conn), StartError> {
+    /// Starts a child process in worker mode, on one end of a new socket pair; returns it,
+    /// the pool's end, and the word they share (where the platform has memfds).
+    fn spawn(&self, worker_id: u64) -> Result<(Child, Conn, Option<SharedWord>), StartError> {
         let transient = |what: &str, e: std::io::Error| {
             StartError::Transient(format!("could not start a worker ({what}): {e}"))
         };
@@ -83,11 +84,15 @@ impl Launcher {
         let ours = ours
             .try_clone()
             .map_err(|e| transient("the pool's descriptor", e))?;
+        // Without it the worker runs every job it is sent, and jobs behind a slow one wait.
+        let word = SharedWord::create();
+        let word_fd = word.as_ref().map(SharedWord::fd);
         let spec = Spec {
             worker_id,
             parent_pid: std::process::id(),
             secret: self.secret,
             fd: theirs.as_raw_fd(),
+            word: word_fd,
         };
         let mut command = Command::new(&self.exe);
         command
@@ -98,7 +103,7 @@ impl Launcher {
             // the processes its jobs started with it.
             .process_group(0)
             .kill_on_drop(true);
-        crate::sys::pass_to_child(&mut command, theirs.as_raw_fd());
+        crate::sys::pass_to_child(&mut command, [theirs.as_raw_fd(), word_fd.unwrap_or(-1)]);
         #[cfg(test)]
         if self.settings.stall_handshake {
             command.env(crate::worker::fault::STALL_ENV, "1");
@@ -125,7 +130,11 @@ impl Launcher {
         let stream = tokio::net::UnixStream::from_std(ours)
             .map_err(|e| transient("the pool's socket", e))?;
         widen_buffers(&stream);
-        Ok((child, Conn::new(stream, Codec::new(HANDSHAKE_MAX_FRAME))))
+        Ok((
+            child,
+            Conn::new(stream, Codec::new(HANDSHAKE_MAX_FRAME)),
+            word,
+        ))
     }
 
     /// Checks a worker's introduction: it runs this image, speaks this protocol, knows
@@ -214,14 +223,14 @@ impl Launcher {
         worker_id: u64,
         kill: &CancellationToken,
     ) -> Result<LocalWorker, StartError> {
-        let (mut child, mut conn) = self.spawn(worker_id)?;
+        let (mut child, mut conn, word) = self.spawn(worker_id)?;
         let pid = child.id().unwrap_or(0);
         if let Err(e) = self.hello(&mut conn, &mut child, worker_id, kill).await {
             child::reap(&mut child, WorkerId::process(pid)).await;
             return Err(e);
         }
         conn.codec_mut().set_max_frame(self.settings.max_frame);
-        let mut worker = LocalWorker::new(child, conn, pid);
+        let mut worker = LocalWorker::new(child, conn, pid, word);
         let welcome = ToWorker::Welcome {
             image: self.image.clone(),
             probe: ship::probe_offset(),

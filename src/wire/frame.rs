@@ -546,6 +546,7 @@ mod tests {
             ".*".prop_map(Outcome::Decode),
             ".*".prop_map(Outcome::Encode),
             (any::<u64>(), any::<u64>()).prop_map(|(size, max)| Outcome::TooLarge { size, max }),
+            Just(Outcome::Revoked),
         ]
     }
 

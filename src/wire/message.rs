@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message or the frame layout changes shape. Version 4: the frame
 /// header states the message's length beside the frame's; 5: a result over the frame
-/// limit is answered as such (`Outcome::TooLarge`); 6: a panic carries its backtrace.
-pub(crate) const PROTOCOL_VERSION: u32 = 6;
+/// limit is answered as such (`Outcome::TooLarge`); 6: a panic carries its backtrace; 7: a
+/// job the pool took back is answered as skipped (`Outcome::Revoked`).
+pub(crate) const PROTOCOL_VERSION: u32 = 7;
 /// The frame limit before a peer has proven it knows the pool's secret.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// Bytes of the per-pool secret.

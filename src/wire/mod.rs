@@ -7,6 +7,7 @@
 //! produce and hands back the bytes it received.
 
 pub(crate) mod blocking;
+pub(crate) mod claims;
 pub(crate) mod frame;
 pub(crate) mod items;
 pub(crate) mod message;

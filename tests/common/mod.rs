@@ -162,7 +162,8 @@ pub fn link_fd_of(worker: u32) -> u32 {
         .find_map(|var| var.strip_prefix(b"PROCPOOL_WORKER="))
         .expect("workers are started with PROCPOOL_WORKER");
     let spec = String::from_utf8(entry.to_vec()).unwrap();
-    spec.rsplit(';').next().unwrap().parse().unwrap()
+    // `<version>;<worker id>;<parent pid>;<secret>;<socket descriptor>;<word descriptor>`
+    spec.split(';').nth(4).unwrap().parse().unwrap()
 }
 
 /// The name (a path, or `@` and an abstract name) of `worker`'s link to the pool, if it

@@ -1,0 +1,115 @@
+//! Which of the jobs written to a worker it may still start: one word, shared by the pool
+//! and the worker (see `crate::sys::SharedWord`), so that the pool can take back jobs
+//! waiting behind a slow one while the worker is busy with it, with no message and no
+//! race.
+//!
+//! The word holds the id of the next job the worker may start. Before it runs job `id`,
+//! the worker claims it ([`claim`]), moving the word to `id + 1`. To take back the jobs
+//! not started yet, the pool stores `next | REVOKED` ([`revoke`]), `next` being the id it
+//! will give its next job: the worker then skips every job below `next` it had not
+//! started (answering each as revoked, so that both sides stay in step) and claims `next`
+//! as usual. Both moves are compare-and-swaps, so a job is either started or revoked,
+//! never both.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Set in the word while a range of jobs is revoked.
+const REVOKED: u64 = 1 << 63;
+
+/// Claims job `id` for running: `false` if the pool revoked it (the worker skips it).
+pub(crate) fn claim(word: &AtomicU64, id: u64) -> bool {
+    let mut current = word.load(Ordering::Acquire);
+    loop {
+        if current & REVOKED != 0 && id < current & !REVOKED {
+            return false;
+        }
+        match word.compare_exchange_weak(current, id + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => current = now,
+        }
+    }
+}
+
+/// Revokes the jobs below `next` that the worker has not started, provided it has started
+/// every job below `from` (the pool takes back only jobs waiting behind one that runs);
+/// returns the first one revoked. `None` if the worker has not reached `from` yet, has
+/// started every job below `next`, or has not yet passed a previous revocation.
+pub(crate) fn revoke(word: &AtomicU64, from: u64, next: u64) -> Option<u64> {
+    let mut current = word.load(Ordering::Acquire);
+    loop {
+        if current & REVOKED != 0 {
+            return None;
+        }
+        // Everything below `current` has been started.
+        let first = current;
+        if first < from || first >= next {
+            return None;
+        }
+        match word.compare_exchange(current, next | REVOKED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(first),
+            Err(now) => current = now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn jobs_are_claimed_in_order_and_a_revoked_range_is_skipped() {
+        let word = AtomicU64::new(0);
+        assert!(claim(&word, 0));
+        assert!(claim(&word, 1));
+        // Jobs 2..5 were written, none started: nothing is taken back before 2 runs...
+        assert_eq!(revoke(&word, 3, 5), None, "2 has not started");
+        assert!(claim(&word, 2));
+        // ...then the jobs behind it are.
+        assert_eq!(revoke(&word, 3, 5), Some(3));
+        assert!(!claim(&word, 3) && !claim(&word, 4));
+        assert!(claim(&word, 5), "the next job after the range runs");
+        assert!(claim(&word, 6));
+        // Nothing left to revoke once the worker has started everything written.
+        assert_eq!(revoke(&word, 7, 7), None);
+    }
+
+    #[test]
+    fn a_second_revocation_waits_for_the_first_to_be_passed() {
+        let word = AtomicU64::new(4);
+        assert_eq!(revoke(&word, 4, 8), Some(4));
+        assert_eq!(revoke(&word, 4, 10), None);
+        for id in 4..8 {
+            assert!(!claim(&word, id));
+        }
+        assert!(claim(&word, 8));
+        assert_eq!(revoke(&word, 9, 10), Some(9));
+    }
+
+    /// A worker claiming jobs one after the other while the pool revokes at a random
+    /// moment: every job is run or revoked, exactly once, and what the pool revoked is a
+    /// suffix of what it had written.
+    #[test]
+    fn a_job_is_started_or_revoked_never_both() {
+        for round in 0..200_u64 {
+            let word = Arc::new(AtomicU64::new(0));
+            let written = 64_u64;
+            let worker = {
+                let word = word.clone();
+                std::thread::spawn(move || {
+                    (0..written)
+                        .filter(|&id| claim(&word, id))
+                        .collect::<Vec<_>>()
+                })
+            };
+            // Spin a little, differently each round, then take back whatever is left.
+            for _ in 0..round * 7 {
+                std::hint::spin_loop();
+            }
+            let revoked_from = revoke(&word, 0, written);
+            let ran = worker.join().unwrap();
+            let first_revoked = revoked_from.unwrap_or(written);
+            assert_eq!(ran, (0..first_revoked).collect::<Vec<_>>(), "round {round}");
+        }
+    }
+}
