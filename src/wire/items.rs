@@ -134,8 +134,9 @@ pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> U {
 
 /// Appends a chunk's input: the count, then each argument packed (plain `A`) or tagged.
 /// An argument that does not encode fails only itself, in the worker's answer.
+#[allow(clippy::ptr_arg)] // a `Vec`, for `plain::put_all`
 pub(crate) fn put_args<A: Serialize + 'static>(
-    args: &[A],
+    args: &Vec<A>,
     out: &mut Vec<u8>,
 ) -> Result<(), JobError> {
     let count = u32::try_from(args.len())
@@ -143,9 +144,8 @@ pub(crate) fn put_args<A: Serialize + 'static>(
     if let Some(width) = plain::width::<A>() {
         out.reserve(4 + args.len() * width);
         out.extend_from_slice(&count.to_le_bytes());
-        for arg in args {
-            plain::put(arg, out);
-        }
+        let packed = plain::put_all(args, out);
+        debug_assert!(packed, "width and put_all agree on which types are plain");
         return Ok(());
     }
     // Room for a tag and a small item each, so that the buffer rarely grows by copying.
@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn plain_arguments_travel_packed() {
         let mut input = Vec::new();
-        put_args(&[1_i64, -2, i64::MAX], &mut input).unwrap();
+        put_args(&vec![1_i64, -2, i64::MAX], &mut input).unwrap();
         let mut expected = 3_u32.to_le_bytes().to_vec();
         for x in [1_i64, -2, i64::MAX] {
             expected.extend_from_slice(&x.to_le_bytes());

@@ -17,6 +17,9 @@ use std::any::{Any, TypeId};
 trait Plain: Sized + 'static {
     const WIDTH: usize;
     fn put(&self, out: &mut Vec<u8>);
+    /// Appends every value of `values`, packed: the buffer grows once, and each value is
+    /// stored into its slot with no capacity check, which lets the loop vectorize.
+    fn put_all(values: &[Self], out: &mut Vec<u8>);
     /// `None` if `bytes` is shorter than [`WIDTH`](Plain::WIDTH) or is no value of the type.
     fn get(bytes: &[u8]) -> Option<Self>;
 }
@@ -29,6 +32,13 @@ macro_rules! le_bytes {
             #[inline(always)]
             fn put(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn put_all(values: &[Self], out: &mut Vec<u8>) {
+                let start = out.len();
+                out.resize(start + values.len() * Self::WIDTH, 0);
+                for (slot, value) in out[start..].chunks_exact_mut(Self::WIDTH).zip(values) {
+                    slot.copy_from_slice(&value.to_le_bytes());
+                }
             }
             #[inline(always)]
             fn get(bytes: &[u8]) -> Option<Self> {
@@ -49,6 +59,13 @@ macro_rules! as_64_bits {
             fn put(&self, out: &mut Vec<u8>) {
                 (*self as $wide).put(out);
             }
+            fn put_all(values: &[Self], out: &mut Vec<u8>) {
+                let start = out.len();
+                out.resize(start + values.len() * 8, 0);
+                for (slot, value) in out[start..].chunks_exact_mut(8).zip(values) {
+                    slot.copy_from_slice(&(*value as $wide).to_le_bytes());
+                }
+            }
             #[inline(always)]
             fn get(bytes: &[u8]) -> Option<Self> {
                 <$t>::try_from(<$wide>::get(bytes)?).ok()
@@ -64,6 +81,9 @@ impl Plain for bool {
     #[inline(always)]
     fn put(&self, out: &mut Vec<u8>) {
         out.push(u8::from(*self));
+    }
+    fn put_all(values: &[Self], out: &mut Vec<u8>) {
+        out.extend(values.iter().map(|&v| u8::from(v)));
     }
     #[inline(always)]
     fn get(bytes: &[u8]) -> Option<Self> {
@@ -94,6 +114,19 @@ macro_rules! dispatch {
             let any = value as &dyn Any;
             $(if let Some(v) = any.downcast_ref::<$t>() {
                 v.put(out);
+                return true;
+            })*
+            false
+        }
+
+        /// Appends every value of `values` packed if `T` is plain; returns whether it did.
+        /// (A `Vec`, not a slice: only a sized value can be downcast.)
+        #[inline(always)]
+        #[allow(clippy::ptr_arg)]
+        pub(crate) fn put_all<T: 'static>(values: &Vec<T>, out: &mut Vec<u8>) -> bool {
+            let any = values as &dyn Any;
+            $(if let Some(v) = any.downcast_ref::<Vec<$t>>() {
+                <$t as Plain>::put_all(v, out);
                 return true;
             })*
             false
@@ -189,6 +222,31 @@ mod tests {
             round_trips(k);
             round_trips(l);
             round_trips(m);
+        }
+
+        #[test]
+        fn a_run_of_values_packs_as_each_value_does(
+            a in proptest::collection::vec(any::<u64>(), 0..40),
+            b in proptest::collection::vec(any::<isize>(), 0..40),
+            c in proptest::collection::vec(any::<i16>(), 0..40),
+            d in proptest::collection::vec(any::<f32>(), 0..40),
+            e in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            fn packs_alike<T: 'static>(values: &Vec<T>) -> Result<(), TestCaseError> {
+                let (mut all, mut each) = (vec![7_u8], vec![7_u8]);
+                prop_assert!(put_all(values, &mut all));
+                for value in values {
+                    prop_assert!(put(value, &mut each));
+                }
+                prop_assert_eq!(all, each);
+                Ok(())
+            }
+            packs_alike(&a)?;
+            packs_alike(&b)?;
+            packs_alike(&c)?;
+            packs_alike(&d)?;
+            packs_alike(&e)?;
+            prop_assert!(!put_all(&vec![String::new()], &mut Vec::new()));
         }
 
         #[test]
