@@ -169,6 +169,12 @@
 //! - **Jobs behind a lost worker:** the jobs streamed to a worker behind the one it runs
 //!   have not started; if the worker dies, times out or is stopped, they go back to the
 //!   front of the queue and run on another worker. Only the job it was running fails.
+//! - **Jobs behind a slow job:** when the job a worker runs has taken 2 ms with short jobs
+//!   streamed behind it, and another worker is idle, the pool takes back those the worker
+//!   has not started (it skips them) and the idle worker runs them: a short job does not
+//!   wait behind a slow or hung one while a worker idles (Linux; elsewhere it waits for
+//!   it). While the pool drains after a shutdown, the other workers exit instead, and
+//!   jobs already streamed stay where they are.
 //! - **Data:** an argument or result that fails to (de)serialize (its `Serialize` or
 //!   `Deserialize` returns an error or panics), or exceeds
 //!   [`ProcessPoolBuilder::max_frame_size`], fails that job with [`JobError::Encode`],
@@ -183,6 +189,11 @@
 //!   forever. A worker killed from outside while it starts is started again, after a
 //!   back-off capped at 500 ms, for as long as the pool lives. [`Executor::health`] reads
 //!   which of these the pool is in, for a service's health check.
+//! - **Setting up:** [`ProcessPoolBuilder::build`] returns its error ([`Error::Io`] when
+//!   descriptors or processes run out) in an async context as from a plain thread.
+//!   Workers reach the pool over an inherited socket pair with no path: `TMPDIR` (of any
+//!   bytes or length) is never used, nothing can be left there, and a parent whose
+//!   standard descriptors are closed (a daemon) is fine, since links never take fds 0–2.
 //! - **Shutdown:** jobs submitted afterwards get [`JobError::ShutDown`] (or
 //!   [`SubmitError`] from `try_submit`); dropping a process pool kills and reaps its
 //!   workers, and a worker whose parent dies is killed by the kernel (Linux) so that no
@@ -223,8 +234,22 @@
 //! |---|---|
 //! | Linux (x86-64) | **tested**: every test, bench and example runs in CI |
 //! | Linux, other architectures | expected to work (nothing is architecture-specific); not tested |
-//! | macOS, FreeBSD and other Unix | expected to build and run; not tested. Differences: workers re-execute `current_exe()` instead of `/proc/self/exe` (a binary replaced on disk is detected by the image check, not avoided); there is no parent-death signal, so a worker whose parent is killed with SIGKILL exits when its current job ends (its socket is closed) instead of at once; `max_worker_memory` is not enforced (it reads `/proc`); the shippable-function check is skipped |
+//! | macOS, FreeBSD and other Unix | expected to build and run; not tested; the promises below marked Linux do not hold there |
 //! | Windows | not supported yet: the crate does not compile there |
+//!
+//! What holds only on Linux, and what happens elsewhere:
+//!
+//! | promise | on Linux, through | elsewhere |
+//! |---|---|---|
+//! | a worker dies within a second of its parent's SIGKILL | `PR_SET_PDEATHSIG` | it exits when its current job ends (its socket is closed) |
+//! | [`ProcessPoolBuilder::max_worker_memory`] is enforced | `/proc/<pid>/status` | not enforced |
+//! | a function from a dynamic library is refused ([`JobError::Unshippable`]) | `/proc/self/maps` | the check is skipped |
+//! | workers run the very file the pool runs, even if it is replaced on disk | `/proc/self/exe` | `current_exe()` is started; a replaced binary is caught by the image check |
+//! | short jobs are taken back from behind a slow one | a shared word in a sealed `memfd` | they wait for it |
+//! | [`init()`] removes the worker variable from a worker's environment | counting threads in `/proc/self/task` | only the `auto-init` hook removes it; after `init()` it stays set, with a warning |
+//!
+//! Everywhere on Unix: workers in process groups of their own (Ctrl-C, stopping the
+//! processes a job starts), links over inherited socket pairs, restarts with back-off.
 //!
 //! # Examples
 //!

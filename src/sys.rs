@@ -1,10 +1,10 @@
 //! The operating-system calls of the local backend: a worker's signal dispositions, its
 //! parent-death signal, its standard descriptors, the socket it inherits, removing the
-//! worker variable from its environment; and, in the pool, handing a socket to a child and
-//! stopping a worker's process group. Each function that needs `unsafe` allows it for
-//! itself alone.
+//! worker variable from its environment; in the pool, handing descriptors to a child and
+//! stopping a worker's process group; and the word a worker and its pool share
+//! ([`SharedWord`]). Each function that needs `unsafe` allows it for itself alone.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 /// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's
@@ -58,56 +58,150 @@ pub(crate) fn kill_group(group: u32) {
     }
 }
 
-/// Keeps the descriptors `fds` open across the `exec` of the child `command` starts, at
-/// the same numbers: the socket (and shared word) a worker inherits. They stay
-/// close-on-exec in this process, so that no other child (another worker, a program the
-/// application starts) inherits them.
+/// Takes the worker's socket from its standard input, where its parent put it: a child's
+/// standard descriptors are the only ones handed down without code of the parent's
+/// running in the child between `fork` and `exec`, which would stop the standard library
+/// from starting it with `posix_spawn` (a `fork` of a large parent costs milliseconds).
+/// The socket moves above the standard descriptors, closed on `exec` so that programs a
+/// job starts do not inherit it, and standard input becomes `/dev/null`. `None` if
+/// standard input is not a socket, or cannot be given back to `/dev/null`.
 #[allow(unsafe_code)]
-pub(crate) fn pass_to_child(command: &mut tokio::process::Command, fds: [RawFd; 2]) {
-    let keep = move || {
-        for fd in fds {
-            // SAFETY: `fcntl(F_SETFD)` on an integer descriptor is async-signal-safe and
-            // touches no memory, as the code between `fork` and `exec` must be.
-            if fd >= 0 && unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the closure runs in the child between `fork` and `exec`, where only
-    // async-signal-safe calls are allowed: it makes `fcntl` calls on copied integers, and
-    // allocates nothing (`last_os_error` reads `errno`).
-    unsafe {
-        command.pre_exec(keep);
-    }
-}
-
-/// The socket a worker's parent handed it as descriptor `fd` (see [`pass_to_child`]), now
-/// owned by this process and closed on `exec`, so that programs its jobs start do not
-/// inherit it. `None` if `fd` is not an open socket.
-#[allow(unsafe_code)]
-pub(crate) fn inherited_socket(fd: RawFd) -> Option<UnixStream> {
-    if fd < 3 {
-        return None; // never a standard descriptor
-    }
+pub(crate) fn socket_from_stdin() -> Option<UnixStream> {
     // SAFETY: `fstat` writes only into the zeroed `stat` it is given.
     let is_socket = unsafe {
         let mut stat: libc::stat = std::mem::zeroed();
-        libc::fstat(fd, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        libc::fstat(0, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
     };
     if !is_socket {
         return None;
     }
-    // SAFETY: `fd` is an open socket (checked above) that the parent passed down for this
-    // process's worker loop; its number came from the worker variable, read once at
-    // entry, and nothing else in this process owns or closes it, so taking ownership here
-    // is the only claim on it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `fcntl(F_SETFD)` on a descriptor this process owns touches no memory.
-    unsafe {
-        libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` makes a new descriptor (3 or above) and touches no
+    // memory.
+    let moved = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return None;
     }
-    Some(UnixStream::from(owned))
+    // SAFETY: `moved` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(moved) };
+    let null = std::fs::File::open("/dev/null").ok()?;
+    // SAFETY: `dup2` onto descriptor 0 replaces this process's standard input, which
+    // nothing in it owns as a Rust value (std only ever borrows it); it touches no memory.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } != 0 {
+        return None;
+    }
+    Some(UnixStream::from(socket))
+}
+
+/// The byte that carries a descriptor on a worker's socket (see [`send_descriptor`]).
+const DESCRIPTOR_BYTE: u8 = b'D';
+
+/// Sends `fd` over the Unix socket `socket`, with one byte ([`DESCRIPTOR_BYTE`]): the
+/// pool hands a worker its shared word this way, before anything else on the link.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn send_descriptor(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let byte = [DESCRIPTOR_BYTE];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // Room for one control message of one descriptor, aligned as a `cmsghdr`.
+    let mut control = [0_u64; 8];
+    // SAFETY: `CMSG_SPACE` only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&control));
+    // SAFETY: an all-zero `msghdr` is a valid empty one; the fields set below point to
+    // `iov` and `control`, which outlive the `sendmsg` call.
+    let sent = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = space as _;
+        // `control` is large enough for one header and its data (`space`), and 8-byte
+        // aligned, so the first header and its data lie within it.
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd.as_raw_fd());
+        libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL)
+    };
+    match sent {
+        1 => Ok(()),
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Err(std::io::Error::other("the descriptor's byte was not sent")),
+    }
+}
+
+/// Elsewhere there is no shared word to send.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn send_descriptor(_: BorrowedFd<'_>, _: BorrowedFd<'_>) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Receives the descriptor [`send_descriptor`] sent, closed on `exec`: the first byte on
+/// the link. `Ok(None)` if that byte came without one; an error if it is not the byte
+/// expected, or the link closed first.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn receive_descriptor(socket: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
+    let mut byte = [0_u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0_u64; 8];
+    // SAFETY: an all-zero `msghdr` is a valid empty one; the fields set below point to
+    // `iov` and `control`, which outlive the `recvmsg` call, with their true sizes.
+    let (received, message) = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        let received = libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC);
+        (received, message)
+    };
+    match received {
+        -1 => return Err(std::io::Error::last_os_error()),
+        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => {}
+    }
+    let mut passed = None;
+    // SAFETY: the kernel filled `control` with `msg_controllen` bytes of well-formed
+    // control messages; `CMSG_FIRSTHDR` / `CMSG_NXTHDR` walk only within them, and each
+    // `SCM_RIGHTS` message's data holds descriptors the kernel just opened in this
+    // process, owned by nothing else: each is taken once, so none leaks.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                let count = ((*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if passed.is_none() {
+                        passed = Some(fd); // any other is closed here
+                    }
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    if byte[0] != DESCRIPTOR_BYTE || message.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::other(
+            "the link did not open with a descriptor",
+        ));
+    }
+    Ok(passed)
+}
+
+/// Elsewhere there is no shared word to receive.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn receive_descriptor(_: &UnixStream) -> std::io::Result<Option<OwnedFd>> {
+    Ok(None)
 }
 
 /// Opens `/dev/null` on any of the standard descriptors (0, 1, 2) that is closed, as a
@@ -165,7 +259,7 @@ pub(crate) fn remove_env_if_alone(name: &str, before_main: bool) -> bool {
 
 /// A word shared by the pool and one worker process: one page of a sealed memfd, mapped
 /// in both. The pool's serving loop and the worker coordinate through it which of the
-/// jobs written to the worker it may still start (see `crate::worker`).
+/// jobs written to the worker it may still start (see [`crate::wire::claims`]).
 ///
 /// Invariant: `ptr` points to the start of a `PAGE`-byte, page-aligned, readable and
 /// writable `MAP_SHARED` mapping of the memfd `fd`, made by this value and unmapped only
@@ -230,40 +324,29 @@ impl SharedWord {
         None
     }
 
-    /// The word a worker's parent handed it as descriptor `fd`: `None` unless it is a
-    /// memfd of a page, sealed against shrinking.
+    /// The word a worker's parent sent it as `fd`: `None` unless it is a memfd of a page
+    /// at least, sealed against shrinking.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    pub(crate) fn inherited(fd: RawFd) -> Option<SharedWord> {
-        if fd < 3 {
-            return None;
-        }
+    pub(crate) fn from_fd(fd: OwnedFd) -> Option<SharedWord> {
         // SAFETY: `fcntl(F_GET_SEALS)` and `fstat` only read the descriptor's state into
         // the zeroed `stat`.
         let fits = unsafe {
-            let seals = libc::fcntl(fd, libc::F_GET_SEALS);
+            let seals = libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS);
             let mut stat: libc::stat = std::mem::zeroed();
             seals >= 0
                 && seals & libc::F_SEAL_SHRINK != 0
-                && libc::fstat(fd, &mut stat) == 0
+                && libc::fstat(fd.as_raw_fd(), &mut stat) == 0
                 && stat.st_size as usize >= PAGE
         };
         if !fits {
             return None;
         }
-        // SAFETY: `fd` is an open memfd (checked above) that the parent passed down for
-        // this worker; its number came from the worker variable, read once at entry, and
-        // nothing else in this process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `fcntl(F_SETFD)` on a descriptor this process owns touches no memory.
-        unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        }
         SharedWord::map(fd)
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn inherited(_fd: RawFd) -> Option<SharedWord> {
+    pub(crate) fn from_fd(_fd: OwnedFd) -> Option<SharedWord> {
         None
     }
 
@@ -299,9 +382,9 @@ impl SharedWord {
         unsafe { self.ptr.as_ref() }
     }
 
-    /// Its descriptor, to pass to a worker.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// Its descriptor, to send to a worker.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -333,15 +416,33 @@ mod tests {
         };
         use std::sync::atomic::Ordering;
         word.word().store(41, Ordering::SeqCst);
-        // A second mapping of the same memfd, as a worker makes from its descriptor.
-        let copy = word.fd.try_clone().unwrap();
-        let other = SharedWord::inherited(copy.as_raw_fd()).unwrap();
-        std::mem::forget(copy); // `other` owns the descriptor now
+        // A second mapping of the same memfd, sent over a socket as the pool sends it to a
+        // worker.
+        let (pool, worker) = UnixStream::pair().unwrap();
+        send_descriptor(pool.as_fd(), word.fd()).unwrap();
+        let received = receive_descriptor(&worker).unwrap().expect("a descriptor");
+        let other = SharedWord::from_fd(received).unwrap();
         assert_eq!(other.word().fetch_add(1, Ordering::SeqCst), 41);
         assert_eq!(word.word().load(Ordering::SeqCst), 42);
         // Not a sealed memfd: refused.
         let file = std::fs::File::open("/dev/null").unwrap();
-        assert!(SharedWord::inherited(file.as_raw_fd()).is_none());
+        assert!(SharedWord::from_fd(file.into()).is_none());
+    }
+
+    #[test]
+    fn a_link_that_does_not_open_with_a_descriptor_is_refused() {
+        use std::io::Write;
+        let (mut pool, worker) = UnixStream::pair().unwrap();
+        pool.write_all(&[DESCRIPTOR_BYTE]).unwrap();
+        assert!(
+            matches!(receive_descriptor(&worker), Ok(None)),
+            "the byte alone"
+        );
+        pool.write_all(b"x").unwrap();
+        assert!(receive_descriptor(&worker).is_err(), "another byte");
+        drop(pool);
+        let eof = receive_descriptor(&worker).unwrap_err();
+        assert_eq!(eof.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

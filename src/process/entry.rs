@@ -6,12 +6,11 @@ use super::launch::widen_buffers;
 use crate::sys::SharedWord;
 use crate::wire::message::{HANDSHAKE_MAX_FRAME, SECRET_LEN};
 use crate::worker::{self, Identity};
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 
 /// The variable a pool sets on the processes it starts.
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
-const SPEC_VERSION: &str = "3";
+const SPEC_VERSION: &str = "4";
 
 /// Exit code of a worker that found its parent gone at start.
 const EXIT_ORPHANED: i32 = 3;
@@ -24,30 +23,29 @@ pub(crate) struct Spec {
     pub(crate) worker_id: u64,
     pub(crate) parent_pid: u32,
     pub(crate) secret: [u8; SECRET_LEN],
-    /// The descriptor of the worker's end of the socket pair its parent made for it: the
-    /// link has no name, so nothing else can reach it, and nothing is left to remove.
-    pub(crate) fd: RawFd,
-    /// The descriptor of the word the worker and its pool share to say which of the jobs
-    /// written to it it may still start (see [`crate::wire::claims`]); `None` where the
-    /// platform has no memfds.
-    pub(crate) word: Option<RawFd>,
+    /// Whether the link opens with the descriptor of the word the worker and its pool
+    /// share, to say which of the jobs written to it it may still start (see
+    /// [`crate::wire::claims`]); not where the platform has no memfds.
+    ///
+    /// The link itself is the worker's standard input: its end of a socket pair its parent
+    /// made for it, which has no name, so that nothing else can reach it and nothing is
+    /// left to remove.
+    pub(crate) word: bool,
 }
 
 impl Spec {
-    /// `3;<worker id>;<parent pid>;<secret hex>;<socket descriptor>;<word descriptor or ->`.
+    /// `4;<worker id>;<parent pid>;<secret hex>;<w if a word is sent, else ->`.
     pub(crate) fn encode(&self) -> String {
         let secret: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
-        let word = self
-            .word
-            .map_or_else(|| "-".to_owned(), |fd| fd.to_string());
+        let word = if self.word { "w" } else { "-" };
         format!(
-            "{SPEC_VERSION};{};{};{secret};{};{word}",
-            self.worker_id, self.parent_pid, self.fd
+            "{SPEC_VERSION};{};{};{secret};{word}",
+            self.worker_id, self.parent_pid
         )
     }
 
     pub(crate) fn parse(text: &str) -> Option<Spec> {
-        let mut fields = text.splitn(6, ';');
+        let mut fields = text.splitn(5, ';');
         if fields.next()? != SPEC_VERSION {
             return None;
         }
@@ -61,16 +59,15 @@ impl Spec {
         for (i, byte) in secret.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
         }
-        let fd = fields.next()?.parse().ok()?;
         let word = match fields.next()? {
-            "-" => None,
-            number => Some(number.parse().ok()?),
+            "w" => true,
+            "-" => false,
+            _ => return None,
         };
         Some(Spec {
             worker_id,
             parent_pid,
             secret,
-            fd,
             word,
         })
     }
@@ -127,14 +124,10 @@ fn run(spec: &Spec) -> ! {
     if std::env::var_os(worker::fault::STALL_ENV).is_some() {
         std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
     }
-    // Without the shared word, the worker runs every job it is sent.
-    let claims = spec.word.and_then(SharedWord::inherited);
-    let served = connect(spec).and_then(|mut conn| {
-        worker::serve(
-            &mut conn,
-            &spec.identity(),
-            claims.as_ref().map(SharedWord::word),
-        )
+    let served = connect(spec).and_then(|(mut conn, claims)| {
+        // Without the shared word, the worker runs every job it is sent.
+        let claims = claims.as_ref().map(SharedWord::word);
+        worker::serve(&mut conn, &spec.identity(), claims)
     });
     let code = match served {
         Ok(()) => 0,
@@ -146,12 +139,20 @@ fn run(spec: &Spec) -> ! {
     std::process::exit(code)
 }
 
-/// The worker's end of its link, from the descriptor its parent handed down.
-fn connect(spec: &Spec) -> Result<worker::Conn<UnixStream>, String> {
-    let stream = crate::sys::inherited_socket(spec.fd)
-        .ok_or_else(|| format!("descriptor {} is not the pool's socket", spec.fd))?;
+/// The worker's end of its link, from its standard input, and the word it shares with the
+/// pool, which the link opens with.
+fn connect(spec: &Spec) -> Result<(worker::Conn<UnixStream>, Option<SharedWord>), String> {
+    let stream = crate::sys::socket_from_stdin()
+        .ok_or("standard input is not the pool's socket (a worker is started by its pool)")?;
+    let word = if spec.word {
+        crate::sys::receive_descriptor(&stream)
+            .map_err(|e| format!("receiving the shared word: {e}"))?
+            .and_then(SharedWord::from_fd)
+    } else {
+        None
+    };
     widen_buffers(&stream);
-    Ok(worker::Conn::new(stream, HANDSHAKE_MAX_FRAME))
+    Ok((worker::Conn::new(stream, HANDSHAKE_MAX_FRAME), word))
 }
 
 /// Called when a worker process reached `main` and tried to build a pool: tells the parent
@@ -160,7 +161,7 @@ pub(crate) fn report_hook_missing() {
     let Some(spec) = take_spec() else {
         return;
     };
-    if let Ok(mut conn) = connect(&spec) {
+    if let Ok((mut conn, _)) = connect(&spec) {
         let _ = conn.send(&crate::wire::message::FromWorker::HookMissing {
             worker_id: spec.worker_id,
             secret: spec.secret,
@@ -193,29 +194,31 @@ mod tests {
             worker_id: 42,
             parent_pid: 1234,
             secret: [0xab; SECRET_LEN],
-            fd: 17,
-            word: Some(18),
+            word: true,
         };
         assert_eq!(Spec::parse(&spec.encode()), Some(spec.clone()));
-        let without = Spec { word: None, ..spec };
+        let without = Spec {
+            word: false,
+            ..spec
+        };
         assert_eq!(Spec::parse(&without.encode()), Some(without));
     }
 
     #[test]
     fn malformed_specs_are_rejected() {
         let secret = "ab".repeat(SECRET_LEN);
-        let good = format!("3;1;2;{secret};3;4");
+        let good = format!("4;1;2;{secret};w");
         assert!(Spec::parse(&good).is_some(), "{good}");
         for bad in [
             String::new(),
-            "3".into(),
-            good.replacen('3', "2", 1),
-            format!("3;x;2;{secret};3;4"),
-            format!("3;1;2;{};3;4", "zz".repeat(SECRET_LEN)),
-            format!("3;1;2;{secret}ab;3;4"),
-            format!("3;1;2;{secret};/x;4"),
-            format!("3;1;2;{secret};3"),
-            format!("3;1;2;{secret};3;x"),
+            "4".into(),
+            good.replacen('4', "3", 1),
+            format!("4;x;2;{secret};w"),
+            format!("4;1;2;{};w", "zz".repeat(SECRET_LEN)),
+            format!("4;1;2;{secret}ab;w"),
+            format!("4;1;2;{secret}"),
+            format!("4;1;2;{secret};3"),
+            format!("4;1;2;{secret};w;"),
         ] {
             assert_eq!(Spec::parse(&bad), None, "{bad:?}");
         }

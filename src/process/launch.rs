@@ -17,7 +17,7 @@ use crate::wire::message::{
     FromWorker, HANDSHAKE_MAX_FRAME, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
 };
 use futures::StreamExt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,24 +86,26 @@ impl Launcher {
             .map_err(|e| transient("the pool's descriptor", e))?;
         // Without it the worker runs every job it is sent, and jobs behind a slow one wait.
         let word = SharedWord::create();
-        let word_fd = word.as_ref().map(SharedWord::fd);
         let spec = Spec {
             worker_id,
             parent_pid: std::process::id(),
             secret: self.secret,
-            fd: theirs.as_raw_fd(),
-            word: word_fd,
+            word: word.is_some(),
         };
         let mut command = Command::new(&self.exe);
         command
             .env(WORKER_ENV, spec.encode())
-            .stdin(Stdio::null())
+            // The link goes down as standard input, which the worker replaces with
+            // `/dev/null` at once: nothing runs in the child before `exec`, so that the
+            // standard library can start it with `posix_spawn` rather than `fork` (whose
+            // cost grows with this process's memory: 9 ms for two workers of a process with
+            // 256 MiB resident, against 1.3 ms).
+            .stdin(Stdio::from(theirs))
             // A process group of its own: a terminal's Ctrl-C (SIGINT to the foreground
             // group) leaves the worker to the application, and stopping the worker stops
             // the processes its jobs started with it.
             .process_group(0)
             .kill_on_drop(true);
-        crate::sys::pass_to_child(&mut command, [theirs.as_raw_fd(), word_fd.unwrap_or(-1)]);
         #[cfg(test)]
         if self.settings.stall_handshake {
             command.env(crate::worker::fault::STALL_ENV, "1");
@@ -124,7 +126,11 @@ impl Launcher {
                 StartError::Transient(text)
             }
         })?;
-        drop(theirs); // the child has it
+        drop(command); // the child has its end of the link: close this process's copy
+        if let Some(word) = &word {
+            crate::sys::send_descriptor(ours.as_fd(), word.fd())
+                .map_err(|e| transient("sending the worker its shared word", e))?;
+        }
         ours.set_nonblocking(true)
             .map_err(|e| transient("the pool's socket", e))?;
         let stream = tokio::net::UnixStream::from_std(ours)

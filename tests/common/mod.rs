@@ -153,17 +153,24 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The descriptor, in `worker`, of its link to the pool, read from the environment it was
-/// started with.
+/// The descriptor, in `worker`, of its link to the pool: its only socket (a worker has no
+/// other unless its job opens one).
 pub fn link_fd_of(worker: u32) -> u32 {
-    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-    let entry = environ
-        .split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(b"PROCPOOL_WORKER="))
-        .expect("workers are started with PROCPOOL_WORKER");
-    let spec = String::from_utf8(entry.to_vec()).unwrap();
-    // `<version>;<worker id>;<parent pid>;<secret>;<socket descriptor>;<word descriptor>`
-    spec.split(';').nth(4).unwrap().parse().unwrap()
+    let sockets: Vec<u32> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let is_socket = target.to_str()?.starts_with("socket:[");
+            is_socket.then(|| entry.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    assert_eq!(
+        sockets.len(),
+        1,
+        "worker {worker} has one socket: {sockets:?}"
+    );
+    sockets[0]
 }
 
 /// The name (a path, or `@` and an abstract name) of `worker`'s link to the pool, if it
