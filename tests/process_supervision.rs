@@ -244,7 +244,7 @@ async fn workers_that_keep_dying_at_start_break_the_pool_without_a_respawn_storm
     let err = error_with_initializer(exit_during_init).await;
     let text = err.to_string();
     assert!(
-        text.contains("failed to start 5 times in a row") && text.contains("exit code 9"),
+        text.contains("failed to start 5 times with none started") && text.contains("exit code 9"),
         "{text}"
     );
     let pool = ProcessPoolExecutor::builder()

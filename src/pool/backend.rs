@@ -5,7 +5,8 @@
 //! draining answers, timeouts, cancellation, recycling, memory ceilings, stats, tracing)
 //! is written once, against these two traits. A backend knows how workers come to exist
 //! and how bytes reach them: the local backend ([`crate::process`]) starts child processes
-//! of this executable on a private Unix socket; another could reach ranks of an MPI job.
+//! of this executable, each on a socket pair of its own; another could reach ranks of an
+//! MPI job.
 //! Nothing on this side of the boundary names a child process, a pid, a socket path or
 //! `/proc`.
 //!
@@ -27,6 +28,7 @@
 //! which cannot stop a running job and shows what the core then promises instead.
 
 use crate::exit::{ExitInfo, WorkerId};
+use crate::wire::claims::Revoke;
 use crate::wire::frame::{Frame, ProtocolError};
 use crate::wire::message::FromWorker;
 use futures::FutureExt;
@@ -92,7 +94,7 @@ pub(crate) enum Received {
 /// - [`caps`](Backend::caps) is the same for the backend's whole life.
 /// - [`background`](Backend::background) is polled on the supervision thread for as long
 ///   as the pool runs, and dropped when it stops: work the backend does for all its
-///   workers (the local backend accepts their connections there).
+///   workers (the local backend has none).
 pub(crate) trait Backend: Send + Sync + 'static {
     /// A started worker.
     type Link: WorkerLink;
@@ -173,11 +175,11 @@ pub(crate) trait WorkerLink: Send + 'static {
     /// Takes back, at once, the jobs written to the worker (those numbered below `next`)
     /// that it has not started, provided it has started every job below `from`: the
     /// worker will answer each of them [`Outcome::Revoked`](crate::run::Outcome::Revoked)
-    /// without running it. Returns the first job taken back, or `None` if none was (see
-    /// [`crate::wire::claims::revoke`]). By default none is.
-    fn revoke(&self, from: u64, next: u64) -> Option<u64> {
+    /// without running it. Says from which job on they were taken back, or why none was
+    /// (see [`crate::wire::claims::revoke`]). By default none can be.
+    fn revoke(&self, from: u64, next: u64) -> Revoke {
         let _ = (from, next);
-        None
+        Revoke::NothingLeft
     }
 }
 

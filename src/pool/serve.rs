@@ -22,6 +22,7 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::handle::Wakes;
 use crate::run::Outcome;
 use crate::ship::Target;
+use crate::wire::claims::Revoke;
 use crate::wire::frame::{Frame, INLINE_PAYLOAD, ProtocolError, put_frame};
 use crate::wire::message::{FromWorker, ToWorker};
 use bytes::BytesMut;
@@ -100,8 +101,10 @@ struct Serving<'a, B: Backend> {
     idle: Idle<'a>,
     /// The jobs taken back from the worker that it has not answered as skipped yet.
     revoked: Range<u64>,
-    /// The head for which jobs were last taken back (or could not be): once per head.
+    /// The head for which jobs were last taken back, or found all started: once per head.
     gave_back_for: Option<u64>,
+    /// When to ask again, for a head the worker had not started when asked.
+    give_back_retry: Option<(u64, Instant)>,
 }
 
 /// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
@@ -128,6 +131,7 @@ pub(crate) async fn serve<B: Backend>(
         idle: Idle::new(core),
         revoked: 0..0,
         gave_back_for: None,
+        give_back_retry: None,
     };
     serving.run().await
 }
@@ -321,9 +325,10 @@ impl<B: Backend> Serving<'_, B> {
     }
 
     /// When the jobs waiting behind the head are to be given back if another worker is idle
-    /// then: [`GIVE_BACK_AFTER`] after the head started, once per head, if the worker can
-    /// skip jobs it was sent. Not while the pool drains (other workers leave rather than
-    /// wait for jobs), nor while jobs taken back before are still to be skipped.
+    /// then: [`GIVE_BACK_AFTER`] after the head started (and again as often, while the
+    /// worker has not started it yet), once per head, if the worker can skip jobs it was
+    /// sent. Not while the pool drains (other workers leave rather than wait for jobs), nor
+    /// while jobs taken back before are still to be skipped.
     fn give_back_at(&self) -> Option<Instant> {
         if !self.link.can_revoke()
             || self.retiring
@@ -333,7 +338,13 @@ impl<B: Backend> Serving<'_, B> {
             return None;
         }
         let (head, started) = self.line.head_with_waiting()?;
-        (self.gave_back_for != Some(head)).then_some(started + GIVE_BACK_AFTER)
+        if self.gave_back_for == Some(head) {
+            return None;
+        }
+        Some(match self.give_back_retry {
+            Some((retry_head, at)) if retry_head == head => at,
+            _ => started + GIVE_BACK_AFTER,
+        })
     }
 
     /// Takes back the jobs waiting behind the running head that the worker has not started,
@@ -346,10 +357,20 @@ impl<B: Backend> Serving<'_, B> {
         if !self.core.has_idle_worker() {
             return false; // taken meanwhile: wait for the next idle worker
         }
-        self.gave_back_for = Some(head);
-        let Some(first) = self.link.revoke(head + 1, self.next_id) else {
-            return false; // the worker is past them, or has not started the head yet
+        let first = match self.link.revoke(head + 1, self.next_id) {
+            Revoke::From(first) => first,
+            Revoke::NothingLeft => {
+                self.gave_back_for = Some(head); // the worker is past them
+                return false;
+            }
+            Revoke::NotYet => {
+                // Counted as started when written, the head may not have been read yet
+                // (the worker descheduled, or reading a large payload): ask again later.
+                self.give_back_retry = Some((head, Instant::now() + GIVE_BACK_AFTER));
+                return false;
+            }
         };
+        self.gave_back_for = Some(head);
         let jobs = self.line.take_from(first);
         tracing::debug!(
             slot = self.slot,

@@ -85,7 +85,8 @@ pub(crate) async fn run_slot<B: Backend>(
                 repeated += 1;
                 if repeated >= MAX_REPEATED_FAILURES {
                     core.break_pool(format!(
-                        "workers failed to start {repeated} times in a row; last: {reason}"
+                        "workers failed to start {repeated} times with none started in \
+                         between; last: {reason}"
                     ));
                     return;
                 }

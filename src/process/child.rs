@@ -5,6 +5,7 @@
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
 use crate::sys::SharedWord;
+use crate::wire::claims::Revoke;
 use crate::wire::frame::Codec;
 use crate::wire::message::FromWorker;
 use futures::{FutureExt, StreamExt};
@@ -89,8 +90,11 @@ impl WorkerLink for LocalWorker {
         self.claims.is_some()
     }
 
-    fn revoke(&self, from: u64, next: u64) -> Option<u64> {
-        crate::wire::claims::revoke(self.claims.as_ref()?.word(), from, next)
+    fn revoke(&self, from: u64, next: u64) -> Revoke {
+        match &self.claims {
+            Some(claims) => crate::wire::claims::revoke(claims.word(), from, next),
+            None => Revoke::NothingLeft,
+        }
     }
 }
 

@@ -30,23 +30,37 @@ pub(crate) fn claim(word: &AtomicU64, id: u64) -> bool {
     }
 }
 
+/// What [`revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revoke {
+    /// The jobs from this one up to `next` were taken back.
+    From(u64),
+    /// Nothing was, and nothing can be: the worker has started every job below `next`.
+    NothingLeft,
+    /// Nothing was yet: the worker has not started every job below `from` (it may not have
+    /// read them yet), or has not claimed a job since a previous revocation. Worth asking
+    /// again later.
+    NotYet,
+}
+
 /// Revokes the jobs below `next` that the worker has not started, provided it has started
-/// every job below `from` (the pool takes back only jobs waiting behind one that runs);
-/// returns the first one revoked. `None` if the worker has not reached `from` yet, has
-/// started every job below `next`, or has not yet passed a previous revocation.
-pub(crate) fn revoke(word: &AtomicU64, from: u64, next: u64) -> Option<u64> {
+/// every job below `from` (the pool takes back only jobs waiting behind one that runs).
+pub(crate) fn revoke(word: &AtomicU64, from: u64, next: u64) -> Revoke {
     let mut current = word.load(Ordering::Acquire);
     loop {
         if current & REVOKED != 0 {
-            return None;
+            return Revoke::NotYet;
         }
         // Everything below `current` has been started.
         let first = current;
-        if first < from || first >= next {
-            return None;
+        if first >= next {
+            return Revoke::NothingLeft;
+        }
+        if first < from {
+            return Revoke::NotYet;
         }
         match word.compare_exchange(current, next | REVOKED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Some(first),
+            Ok(_) => return Revoke::From(first),
             Err(now) => current = now,
         }
     }
@@ -63,27 +77,27 @@ mod tests {
         assert!(claim(&word, 0));
         assert!(claim(&word, 1));
         // Jobs 2..5 were written, none started: nothing is taken back before 2 runs...
-        assert_eq!(revoke(&word, 3, 5), None, "2 has not started");
+        assert_eq!(revoke(&word, 3, 5), Revoke::NotYet, "2 has not started");
         assert!(claim(&word, 2));
         // ...then the jobs behind it are.
-        assert_eq!(revoke(&word, 3, 5), Some(3));
+        assert_eq!(revoke(&word, 3, 5), Revoke::From(3));
         assert!(!claim(&word, 3) && !claim(&word, 4));
         assert!(claim(&word, 5), "the next job after the range runs");
         assert!(claim(&word, 6));
         // Nothing left to revoke once the worker has started everything written.
-        assert_eq!(revoke(&word, 7, 7), None);
+        assert_eq!(revoke(&word, 7, 7), Revoke::NothingLeft);
     }
 
     #[test]
     fn a_second_revocation_waits_for_the_first_to_be_passed() {
         let word = AtomicU64::new(4);
-        assert_eq!(revoke(&word, 4, 8), Some(4));
-        assert_eq!(revoke(&word, 4, 10), None);
+        assert_eq!(revoke(&word, 4, 8), Revoke::From(4));
+        assert_eq!(revoke(&word, 4, 10), Revoke::NotYet);
         for id in 4..8 {
             assert!(!claim(&word, id));
         }
         assert!(claim(&word, 8));
-        assert_eq!(revoke(&word, 9, 10), Some(9));
+        assert_eq!(revoke(&word, 9, 10), Revoke::From(9));
     }
 
     /// A worker claiming jobs one after the other while the pool revokes at a random
@@ -108,7 +122,11 @@ mod tests {
             }
             let revoked_from = revoke(&word, 0, written);
             let ran = worker.join().unwrap();
-            let first_revoked = revoked_from.unwrap_or(written);
+            let first_revoked = match revoked_from {
+                Revoke::From(first) => first,
+                Revoke::NothingLeft => written,
+                Revoke::NotYet => unreachable!("nothing is required to have started"),
+            };
             assert_eq!(ran, (0..first_revoked).collect::<Vec<_>>(), "round {round}");
         }
     }
