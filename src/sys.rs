@@ -20,7 +20,7 @@ pub(crate) fn ignore_sigpipe() {
 
 /// Asks the kernel to SIGKILL this worker when the thread that spawned it (the pool's
 /// supervisor) dies. Returns `false` if the parent is not `expected_parent` any more (it
-/// died between fork and this call, and the worker was re-parented).
+/// died between this worker's start and this call, and the worker was re-parented).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
@@ -112,7 +112,7 @@ pub(crate) fn send_descriptor(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> std
     debug_assert!(space <= std::mem::size_of_val(&control));
     // SAFETY: an all-zero `msghdr` is a valid empty one; the fields set below point to
     // `iov` and `control`, which outlive the `sendmsg` call.
-    let sent = unsafe {
+    let sent = retry_interrupted(|| unsafe {
         let mut message: libc::msghdr = std::mem::zeroed();
         message.msg_iov = &mut iov;
         message.msg_iovlen = 1;
@@ -126,11 +126,23 @@ pub(crate) fn send_descriptor(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> std
         (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd.as_raw_fd());
         libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL)
-    };
+    });
     match sent {
         1 => Ok(()),
         -1 => Err(std::io::Error::last_os_error()),
         _ => Err(std::io::Error::other("the descriptor's byte was not sent")),
+    }
+}
+
+/// Calls `call` again for as long as it fails with `EINTR`.
+#[cfg(target_os = "linux")]
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> isize {
+    loop {
+        let result = call();
+        if result != -1 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            return result;
+        }
     }
 }
 
@@ -152,17 +164,17 @@ pub(crate) fn receive_descriptor(socket: &UnixStream) -> std::io::Result<Option<
         iov_len: 1,
     };
     let mut control = [0_u64; 8];
-    // SAFETY: an all-zero `msghdr` is a valid empty one; the fields set below point to
-    // `iov` and `control`, which outlive the `recvmsg` call, with their true sizes.
-    let (received, message) = unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = std::mem::size_of_val(&control) as _;
-        let received = libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC);
-        (received, message)
-    };
+    // SAFETY: an all-zero `msghdr` is a valid empty one.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `message` points to `iov` and `control`, which outlive the `recvmsg` call,
+    // with their true sizes.
+    let received = retry_interrupted(|| unsafe {
+        libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC)
+    });
     match received {
         -1 => return Err(std::io::Error::last_os_error()),
         0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),

@@ -44,6 +44,7 @@ pub(crate) fn serve<S: Read + Write>(
         secret: me.secret,
         image: ImageId::current().map_err(|e| e.to_string())?,
         probe: ship::probe_offset(),
+        claims: claims.is_some(),
     })))
     .map_err(protocol)?;
     let (proof, initializers) = match conn.recv().map_err(protocol)?.map(|f| f.message) {

@@ -70,7 +70,7 @@ impl Launcher {
 
     /// Starts a child process in worker mode, on one end of a new socket pair; returns it,
     /// the pool's end, and the word they share (where the platform has memfds).
-    fn spawn(&self, worker_id: u64) -> Result<(Child, Conn, Option<SharedWord>), StartError> {
+    async fn spawn(&self, worker_id: u64) -> Result<(Child, Conn, Option<SharedWord>), StartError> {
         let transient = |what: &str, e: std::io::Error| {
             StartError::Transient(format!("could not start a worker ({what}): {e}"))
         };
@@ -119,7 +119,12 @@ impl Launcher {
             let cannot_run = matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-            ) || e.raw_os_error() == Some(libc::ENOEXEC);
+            ) || matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::ENOEXEC | libc::E2BIG | libc::ENAMETOOLONG | libc::ELOOP | libc::ENOTDIR
+                )
+            );
             if cannot_run {
                 StartError::Fatal(text)
             } else {
@@ -127,14 +132,28 @@ impl Launcher {
             }
         })?;
         drop(command); // the child has its end of the link: close this process's copy
-        if let Some(word) = &word {
-            crate::sys::send_descriptor(ours.as_fd(), word.fd())
-                .map_err(|e| transient("sending the worker its shared word", e))?;
-        }
-        ours.set_nonblocking(true)
-            .map_err(|e| transient("the pool's socket", e))?;
-        let stream = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| transient("the pool's socket", e))?;
+        let mut child = child;
+        let word = word.filter(|word| {
+            // Fails if the child is gone already: its exit, seen in the handshake, says why.
+            let sent = crate::sys::send_descriptor(ours.as_fd(), word.fd());
+            if let Err(e) = &sent {
+                tracing::debug!("could not send a worker its shared word: {e}");
+            }
+            sent.is_ok()
+        });
+        let stream = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours));
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Not left to `kill_on_drop`: a half-started worker is stopped and reaped.
+                let pid = child.id().unwrap_or(0);
+                let reaped = child::reap(&mut child, WorkerId::process(pid));
+                let _ = tokio::time::timeout(EXIT_GRACE, reaped).await;
+                return Err(transient("the pool's socket", e));
+            }
+        };
         widen_buffers(&stream);
         Ok((
             child,
@@ -171,14 +190,15 @@ impl Launcher {
         Ok(())
     }
 
-    /// Waits for the worker's introduction and checks it.
+    /// Waits for the worker's introduction and checks it; says whether the worker claims
+    /// its jobs in the shared word.
     async fn hello(
         &self,
         conn: &mut Conn,
         child: &mut Child,
         worker_id: u64,
         kill: &CancellationToken,
-    ) -> Result<(), StartError> {
+    ) -> Result<bool, StartError> {
         let pid = child.id().unwrap_or(0);
         let timeout = self.settings.handshake_timeout;
         let first = tokio::select! {
@@ -199,7 +219,9 @@ impl Launcher {
             Received::Frame(Frame {
                 message: FromWorker::Hello(hello),
                 ..
-            }) => self.check_hello(&hello, worker_id, pid),
+            }) => self
+                .check_hello(&hello, worker_id, pid)
+                .map(|()| hello.claims),
             Received::Frame(Frame {
                 message: FromWorker::HookMissing { secret, .. },
                 ..
@@ -229,11 +251,16 @@ impl Launcher {
         worker_id: u64,
         kill: &CancellationToken,
     ) -> Result<LocalWorker, StartError> {
-        let (mut child, mut conn, word) = self.spawn(worker_id)?;
+        let (mut child, mut conn, mut word) = self.spawn(worker_id).await?;
         let pid = child.id().unwrap_or(0);
-        if let Err(e) = self.hello(&mut conn, &mut child, worker_id, kill).await {
-            child::reap(&mut child, WorkerId::process(pid)).await;
-            return Err(e);
+        match self.hello(&mut conn, &mut child, worker_id, kill).await {
+            // A worker that could not map the word runs every job it is sent: none may be
+            // taken back from it.
+            Ok(claims) => word = word.filter(|_| claims),
+            Err(e) => {
+                child::reap(&mut child, WorkerId::process(pid)).await;
+                return Err(e);
+            }
         }
         conn.codec_mut().set_max_frame(self.settings.max_frame);
         let mut worker = LocalWorker::new(child, conn, pid, word);
@@ -389,6 +416,7 @@ mod tests {
             secret: launcher.secret,
             image: launcher.image.clone(),
             probe: ship::probe_offset(),
+            claims: true,
         }
     }
 

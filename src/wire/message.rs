@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// header states the message's length beside the frame's; 5: a result over the frame
 /// limit is answered as such (`Outcome::TooLarge`); 6: a panic carries its backtrace; 7: a
 /// job the pool took back is answered as skipped (`Outcome::Revoked`).
-pub(crate) const PROTOCOL_VERSION: u32 = 7;
+pub(crate) const PROTOCOL_VERSION: u32 = 8;
 /// The frame limit before a peer has proven it knows the pool's secret.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// Bytes of the per-pool secret.
@@ -74,6 +74,9 @@ pub(crate) struct Hello {
     pub(crate) secret: [u8; SECRET_LEN],
     pub(crate) image: ImageId,
     pub(crate) probe: i64,
+    /// Whether the worker claims its jobs in the word it shares with the pool (it has it
+    /// mapped): only then may the pool take jobs back from it.
+    pub(crate) claims: bool,
 }
 
 /// A message from a pool to one of its workers.
