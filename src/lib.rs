@@ -185,7 +185,7 @@
 //!   panicking impl delays nobody else's timeout, cancellation or replacement.
 //! - **The pool cannot work** (an initializer or `worker_state` builder panics, the entry
 //!   hook is missing, the executable cannot run, workers exit or crash as they start five
-//!   times in a row): [`JobError::PoolBroken`] naming the cause, rather than respawning
+//!   times with none started in between): [`JobError::PoolBroken`] naming the cause, rather than respawning
 //!   forever. A worker killed from outside while it starts is started again, after a
 //!   back-off capped at 500 ms, for as long as the pool lives. [`Executor::health`] reads
 //!   which of these the pool is in, for a service's health check.
@@ -204,7 +204,8 @@
 //!   drains them). If the application dies of it, its workers follow (above).
 //! - **Processes a job starts** stay in its worker's group unless they leave it, and are
 //!   stopped with the worker: when its job is cancelled or times out, when the pool is
-//!   dropped. A worker that exits by itself leaves them be.
+//!   dropped. A worker that exits by itself, or leaves after a graceful `shutdown()`,
+//!   leaves them be.
 //!
 //! # The entry hook
 //!

@@ -72,7 +72,7 @@ impl Pool {
                 };
                 runtime.block_on(supervise(thread_core.clone(), backend.clone()));
                 // Dropping the runtime drops the backend's background work and any start
-                // in progress; then the backend itself (the local one removes its socket).
+                // in progress; then the backend itself.
                 drop(runtime);
                 drop(backend);
                 // Slots stop only once the queue is closed; this is a safety net so that

@@ -69,8 +69,9 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 ///   A failure that will repeat breaks the pool, and queued and later jobs end with
 ///   [`JobError::PoolBroken`] naming the cause: at once when the initializer (or a
 ///   `worker_state` builder) panics, the entry hook is missing, the worker runs another
-///   image or the executable cannot run; after five in a row when a worker exits with a
-///   code, crashes or does not answer while it starts. It never respawns in a loop, and
+///   image or the executable cannot run; after five, with no worker started in between,
+///   when a worker exits with a code, crashes or does not answer while it starts. It
+///   never respawns without its back-off, and
 ///   [`Executor::health`] says at any time whether it is serving, restarting (and why) or
 ///   broken.
 /// - **Hostile input**: each worker's link is one end of a socket pair made for it and
@@ -254,8 +255,8 @@ impl ProcessPoolBuilder {
         self
     }
 
-    /// Creates the pool's socket and starts its workers in the background; returns without
-    /// waiting for them (the first jobs wait in the queue).
+    /// Starts the pool's supervision and its workers in the background; returns without
+    /// waiting for the workers (the first jobs wait in the queue).
     ///
     /// # Errors
     ///
