@@ -288,6 +288,12 @@ pub enum Error {
          `auto-init` feature enabled, or call procpool::init() first thing in main"
     )]
     EntryHookMissing,
+    /// The ranks of an MPI job cannot serve as a pool (feature `mpi`): fewer than two
+    /// ranks, MPI initialized before, or a rank that runs another build of the program
+    /// (the message names both). Start every rank from the same build, with at least two
+    /// ranks (`mpirun -n 3 ...`).
+    #[error("the MPI job cannot serve as a pool: {0}")]
+    Cluster(String),
 }
 
 impl Error {

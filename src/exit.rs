@@ -43,6 +43,15 @@ impl WorkerId {
         }
     }
 
+    /// A worker process on a rank of an MPI job.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn on_rank(pid: u32, rank: u32) -> WorkerId {
+        WorkerId {
+            pid: Some(pid),
+            rank: Some(rank),
+        }
+    }
+
     /// A worker that is a rank of an MPI job.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn of_rank(rank: u32) -> WorkerId {
@@ -104,6 +113,16 @@ impl ExitInfo {
     }
 
     /// The same ending, of `worker`.
+    /// An exit with this code or signal, of an unknown worker.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn from_parts(code: Option<i32>, signal: Option<i32>) -> ExitInfo {
+        ExitInfo {
+            code,
+            signal,
+            worker: None,
+        }
+    }
+
     pub(crate) fn of(self, worker: WorkerId) -> ExitInfo {
         ExitInfo {
             worker: Some(worker),

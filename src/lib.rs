@@ -143,6 +143,8 @@
 //! | `if __name__ == "__main__":` | nothing: workers enter before `main` (see [the entry hook](#the-entry-hook)) |
 //! | pickling a lambda fails at run time | a capturing closure is a compile error |
 //! | `tqdm(pool.imap(...), total=n)` | [`Map::on_progress`] |
+//! | `mpi4py.futures.MPIPoolExecutor()` under `python -m mpi4py.futures` | `MpiPoolExecutor::world(ProcessPoolExecutor::builder())?` first thing in `main`, under `mpirun` (feature `mpi`, see [Past one machine](#past-one-machine)) |
+//! | `MPICommExecutor(comm, root=0)` | the same call: rank 0 gets the executor, the other ranks serve |
 //!
 //! # Failure semantics
 //!
@@ -207,6 +209,47 @@
 //!   dropped. A worker that exits by itself, or leaves after a graceful `shutdown()`,
 //!   leaves them be.
 //!
+//! # Past one machine
+//!
+//! With the `mpi` feature (Open MPI's `libopenmpi-dev` and libclang to build),
+//! `MpiPoolExecutor` runs the same [`Executor`] trait on an MPI job, in the model of
+//! `python -m mpi4py.futures`: one program started by `mpirun -n N` calls
+//! `MpiPoolExecutor::world(local)` first thing in `main`; rank 0 gets the executor, every
+//! other rank becomes a *node agent* that serves until the pool shuts down and then exits.
+//! Every rank runs `main` up to that call, so nothing before it may have effects the
+//! program wants once (printing, writing files, reading standard input, starting
+//! threads). `examples/mpi_primes.rs` is a complete program:
+//!
+//! ```text
+//! cargo build --release --features mpi --example mpi_primes
+//! mpirun -n 3 --oversubscribe target/release/examples/mpi_primes
+//! mpirun -n 9 --hostfile hosts --bind-to none target/release/examples/mpi_primes
+//! ```
+//!
+//! - **On several hosts** (`--hostfile`), every host needs the binary at the path mpirun
+//!   starts, or a copy of the same build: rank 0 compares each rank's GNU build-id (a hash
+//!   of the file the linker writes; Rust on Linux links with one) and refuses another build
+//!   with [`Error::Cluster`] naming both build-ids, hosts and paths.
+//! - **Each agent runs its jobs in local worker processes**, so on every node a job that
+//!   panics, aborts, segfaults, is killed, times out or is cancelled fails alone with the
+//!   same [`JobError`] as on one machine, and its worker is replaced; the rank and the MPI
+//!   job live on. The local pool's settings apply per node: `initializer`, `worker_state`,
+//!   `max_tasks_per_child`, `max_worker_memory`, timeouts; `max_workers` counts workers
+//!   per rank (by default, each agent takes its share of its node's cores, rank 0 only
+//!   supervises). An agent bound to one core (mpirun's default for `-n 2`) gets one
+//!   worker: `--bind-to none` or `--map-by node:PE=4` gives it more.
+//! - **What MPI cannot survive:** if a rank itself dies (killed, or the machine lost),
+//!   `mpirun` ends the whole job within about a second; the program exits non-zero.
+//!   `tests/mpi.rs` kills a node agent and sees the job end in about 1.1 s. A panic on
+//!   rank 0 unwinds through the pool's drop, which stops the agents and finalizes MPI, so
+//!   the program ends with the panic's status; a panic on a rank's MPI thread (a procpool
+//!   bug) aborts the MPI job (`MPI_Abort`) rather than unwinding through MPI.
+//! - **Weaker than on one machine:** jobs are not taken back from behind a slow one on
+//!   another node (that needs memory both processes map); one MPI pool per run (MPI is
+//!   initialized once); rank 0 needs every other rank to call `world`: if one has not
+//!   introduced itself within 30 s (or the handshake timeout, if longer), rank 0 says
+//!   which on standard error and aborts the MPI job, which could not finalize.
+//!
 //! # The entry hook
 //!
 //! Worker processes are this same executable started again with an environment variable.
@@ -237,6 +280,7 @@
 //! | Linux, other architectures | expected to work (nothing is architecture-specific); not tested |
 //! | macOS, FreeBSD and other Unix | expected to build and run; not tested; the promises below marked Linux do not hold there |
 //! | Windows | not supported yet: the crate does not compile there |
+//! | MPI (feature `mpi`) | **tested** with Open MPI 4.1 on Linux x86-64, `mpirun -n 3` on one host (CI); several hosts: expected to work, not tested |
 //!
 //! What holds only on Linux, and what happens elsewhere:
 //!
@@ -275,6 +319,8 @@ mod exit;
 mod handle;
 mod job;
 mod map;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod options;
 mod pool;
 mod process;
@@ -295,6 +341,8 @@ pub use exit::{ExitInfo, WorkerId};
 pub use handle::{ErasedHandle, JobHandle};
 pub use job::ErasedJob;
 pub use map::{Map, Progress};
+#[cfg(feature = "mpi")]
+pub use mpi::MpiPoolExecutor;
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};

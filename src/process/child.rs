@@ -44,6 +44,50 @@ impl LocalWorker {
     }
 }
 
+/// What a worker's link delivered, undecoded (see [`LocalWorker::recv_bytes`]).
+#[cfg(feature = "mpi")]
+#[derive(Debug)]
+pub(crate) enum RawReceived {
+    /// Bytes the worker wrote, as it wrote them.
+    Bytes(Vec<u8>),
+    /// The link closed.
+    Closed,
+    /// The worker is gone, and the link has nothing more to deliver.
+    Exited(ExitInfo),
+}
+
+#[cfg(feature = "mpi")]
+impl LocalWorker {
+    /// The worker's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.id.pid()
+    }
+
+    /// The next bytes the worker wrote, without decoding them into frames (an MPI node
+    /// agent hands them on to the pool that decodes them), up to `most` at a time; as
+    /// [`WorkerLink::recv`], every byte comes before [`RawReceived::Exited`], and it is
+    /// cancel-safe.
+    pub(crate) async fn recv_bytes(&mut self, most: usize) -> RawReceived {
+        use tokio::io::AsyncReadExt;
+        // What the handshake's decoder read ahead comes first.
+        let ahead = self.conn.read_buffer_mut();
+        if !ahead.is_empty() {
+            return RawReceived::Bytes(ahead.split().to_vec());
+        }
+        let mut buffer = Vec::with_capacity(most);
+        let stream = self.conn.get_mut();
+        tokio::select! {
+            // First: what the worker wrote before it exited is still delivered.
+            biased;
+            read = stream.read_buf(&mut buffer) => match read {
+                Ok(n) if n > 0 => RawReceived::Bytes(buffer),
+                _ => RawReceived::Closed,
+            },
+            status = self.child.wait() => RawReceived::Exited(exit_info(status, self.id)),
+        }
+    }
+}
+
 impl WorkerLink for LocalWorker {
     fn id(&self) -> WorkerId {
         self.id
@@ -122,7 +166,7 @@ pub(super) fn exit_info(
 
 /// The resident memory of a process, in bytes (`VmRSS` from `/proc/<pid>/status`). `None`
 /// where there is no such file to read.
-pub(super) fn resident_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()

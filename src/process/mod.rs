@@ -4,9 +4,9 @@
 //! socket and authenticated ([`launch`]), the pool's end of one child ([`child`]), and how
 //! a started process becomes a worker ([`entry`]).
 
-mod child;
+pub(crate) mod child;
 pub(crate) mod entry;
-mod launch;
+pub(crate) mod launch;
 
 use crate::error::Error;
 #[cfg(doc)] // for the docs' links
@@ -19,7 +19,7 @@ use crate::pool::core::Config;
 use crate::ship::Target;
 use crate::stats::{Health, PoolStats};
 use async_trait::async_trait;
-use launch::{Launcher, Settings};
+pub(crate) use launch::{Launcher, Settings};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,6 +268,16 @@ impl ProcessPoolBuilder {
     ///   `main` (the `auto-init` feature is off and [`init`](crate::init) was not called):
     ///   a worker never starts workers of its own.
     pub fn build(self) -> Result<ProcessPoolExecutor, Error> {
+        let (config, settings) = self.settle()?;
+        let pool = Pool::start(config, || Launcher::new(settings))?;
+        Ok(ProcessPoolExecutor {
+            inner: Arc::new(pool),
+        })
+    }
+
+    /// Checks the settings and splits them into the supervision core's and the local
+    /// backend's (which an MPI node agent runs too).
+    pub(crate) fn settle(self) -> Result<(Config, Settings), Error> {
         if entry::is_worker_process() {
             entry::report_hook_missing();
             return Err(Error::EntryHookMissing);
@@ -322,10 +332,13 @@ impl ProcessPoolBuilder {
             #[cfg(test)]
             stall_handshake: self.stall_handshake,
         };
-        let pool = Pool::start(config, || Launcher::new(settings))?;
-        Ok(ProcessPoolExecutor {
-            inner: Arc::new(pool),
-        })
+        Ok((config, settings))
+    }
+
+    /// Whether [`max_workers`](Self::max_workers) was set.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn has_max_workers(&self) -> bool {
+        self.max_workers.is_some()
     }
 }
 
@@ -339,6 +352,14 @@ impl ProcessPoolBuilder {
 }
 
 impl ProcessPoolExecutor {
+    /// The executor of a pool started over another backend (the MPI pool's).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn from_pool(pool: Pool) -> ProcessPoolExecutor {
+        ProcessPoolExecutor {
+            inner: Arc::new(pool),
+        }
+    }
+
     /// The pool's shared state, for the supervision core's own tests.
     #[cfg(test)]
     pub(crate) fn core(&self) -> &crate::pool::core::Core {

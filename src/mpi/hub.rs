@@ -1,0 +1,227 @@
+//! [`Hub`]: the one thread of a rank that calls MPI. It initializes MPI, sends what the
+//! rank's other threads queue, hands every message that arrives to a router, and finalizes
+//! MPI when it is stopped.
+//!
+//! MPI here cannot wait for a message and for the rank's own threads at once, so the hub
+//! polls: without a pause while anything happened in the last [`HOT`] (a job's answer, the
+//! next job of a caller that awaits one at a time), then with naps of a sixty-fourth of the
+//! time nothing happened, up to [`MAX_NAP`] (so an answer is seen late by at most 1.6% of
+//! the job's time, and 250 µs), and after [`ASLEEP_AFTER`] of nothing, naps of [`ASLEEP`].
+//! A queued send wakes a napping hub at once. A send
+//! is immediate (`MPI_Isend`), and the hub goes on receiving until it completes, so that
+//! two ranks sending each other large messages at the same time cannot deadlock. A
+//! message is received into a buffer of its exact size (`MPI_Improbe`, `MPI_Mrecv`).
+//!
+//! A panic on the hub thread (a procpool bug) aborts the MPI job (`MPI_Abort`) rather than
+//! unwinding through MPI, whose `MPI_Finalize` would then wait forever for the other
+//! ranks.
+
+use crate::error::Error;
+use ::mpi::point_to_point::MatchedReceiveVec;
+use ::mpi::traits::{Communicator, Destination, Source};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The tag of every message procpool sends.
+const TAG: i32 = 0x7070;
+/// How long the hub polls without a pause after something happened.
+const HOT: Duration = Duration::from_micros(300);
+/// The longest nap between two polls while the rank is awake.
+const MAX_NAP: Duration = Duration::from_micros(250);
+/// After this long with nothing sent or received, the rank is asleep...
+const ASLEEP_AFTER: Duration = Duration::from_secs(1);
+/// ...and polls this often.
+const ASLEEP: Duration = Duration::from_millis(5);
+
+/// What the other threads ask of the hub.
+enum Request {
+    Send(i32, Vec<u8>),
+    Stop,
+    Abort(i32),
+}
+
+/// Hands the hub's thread a message: to whom, and its bytes.
+#[derive(Debug, Clone)]
+pub(super) struct Outbox(mpsc::Sender<Request>);
+
+impl Outbox {
+    /// Queues `bytes` for `rank`; `false` if the hub has stopped.
+    pub(super) fn send(&self, rank: i32, bytes: Vec<u8>) -> bool {
+        self.0.send(Request::Send(rank, bytes)).is_ok()
+    }
+}
+
+/// Where the hub puts what arrives: called on its thread with the sender's rank and the
+/// message. It must not block.
+pub(super) type Router = Box<dyn FnMut(i32, Vec<u8>) + Send>;
+
+/// The rank's MPI thread.
+#[derive(Debug)]
+pub(super) struct Hub {
+    outbox: Outbox,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// This process's rank in `MPI_COMM_WORLD`, and the number of ranks.
+    pub(super) rank: i32,
+    pub(super) size: i32,
+}
+
+impl Hub {
+    /// Initializes MPI on a new thread, which hands what arrives to `router`.
+    pub(super) fn start(router: Router) -> Result<Hub, Error> {
+        let (outbox, requests) = mpsc::channel();
+        let (started_tx, started_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("procpool-mpi".into())
+            .spawn(move || {
+                // MPI is called from this thread only.
+                let Some((universe, _)) = ::mpi::initialize_with_threading(::mpi::Threading::Funneled)
+                else {
+                    let _ = started_tx.send(Err(()));
+                    return;
+                };
+                let world = universe.world();
+                let _ = started_tx.send(Ok((world.rank(), world.size())));
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&world, &requests, router)
+                }));
+                match served {
+                    Ok(Some(code)) => world.abort(code),
+                    Ok(None) => {}
+                    Err(_) => {
+                        eprintln!("procpool: the MPI thread of rank {} panicked (a procpool bug); aborting the MPI job", world.rank());
+                        world.abort(70);
+                    }
+                }
+                drop(universe); // MPI_Finalize
+            })
+            .map_err(|e| Error::io("spawning the MPI thread", e))?;
+        match started_rx.recv() {
+            Ok(Ok((rank, size))) => Ok(Hub {
+                outbox: Outbox(outbox),
+                thread: Some(thread),
+                rank,
+                size,
+            }),
+            _ => {
+                let _ = thread.join();
+                Err(Error::Cluster(
+                    "MPI could not be initialized: it was initialized before in this process \
+                     (one MPI pool per run), or the MPI library refused"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    /// What queues messages for this hub.
+    pub(super) fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+
+    /// Sends what is queued, then aborts the MPI job with `code` (`MPI_Abort`): for a job
+    /// that cannot finalize, a rank having never answered.
+    pub(super) fn abort(self, code: i32) -> ! {
+        let _ = self.outbox.0.send(Request::Abort(code));
+        std::thread::park();
+        std::process::exit(code)
+    }
+
+    /// Sends what is queued, then finalizes MPI and waits for the thread to end.
+    /// `MPI_Finalize` waits for the other ranks to finalize too.
+    pub(super) fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let _ = self.outbox.0.send(Request::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The hub's loop, until it is stopped or every sender is gone; `Some(code)` if it is to
+/// abort the MPI job.
+fn serve(
+    world: &impl Communicator,
+    requests: &mpsc::Receiver<Request>,
+    mut router: Router,
+) -> Option<i32> {
+    let mut last_active = Instant::now();
+    loop {
+        let mut active = false;
+        loop {
+            match requests.try_recv() {
+                Ok(Request::Send(rank, bytes)) => {
+                    send(world, rank, &bytes, &mut router);
+                    active = true;
+                }
+                Ok(Request::Stop) | Err(mpsc::TryRecvError::Disconnected) => return None,
+                Ok(Request::Abort(code)) => return Some(code),
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        active |= receive_ready(world, &mut router);
+        if active {
+            last_active = Instant::now();
+            continue;
+        }
+        let idle = last_active.elapsed();
+        if idle < HOT {
+            std::thread::yield_now();
+            continue;
+        }
+        // Nothing for a while: nap, and wake at once for a send.
+        let nap = if idle < ASLEEP_AFTER {
+            (idle / 64).min(MAX_NAP)
+        } else {
+            ASLEEP
+        };
+        match requests.recv_timeout(nap) {
+            Ok(Request::Send(rank, bytes)) => {
+                send(world, rank, &bytes, &mut router);
+                last_active = Instant::now();
+            }
+            Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Ok(Request::Abort(code)) => return Some(code),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// Sends `bytes` to `rank`, receiving what arrives meanwhile.
+fn send(world: &impl Communicator, rank: i32, bytes: &[u8], router: &mut Router) {
+    ::mpi::request::scope(|scope| {
+        let mut request = world
+            .process_at_rank(rank)
+            .immediate_send_with_tag(scope, bytes, TAG);
+        loop {
+            match request.test() {
+                Ok(_) => break,
+                Err(pending) => {
+                    request = pending;
+                    if !receive_ready(world, router) {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Receives every message that has arrived; `true` if there was one.
+fn receive_ready(world: &impl Communicator, router: &mut Router) -> bool {
+    let mut any = false;
+    while let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG) {
+        let (bytes, status) = (message, status).matched_receive_vec::<u8>();
+        router(status.source_rank(), bytes);
+        any = true;
+    }
+    any
+}

@@ -1,0 +1,346 @@
+//! Rank 0's side: [`Ranks`], the [`Backend`] whose workers are the child processes of node
+//! agents, and [`RankLink`], the [`WorkerLink`] to one of them.
+//!
+//! The supervision core runs on rank 0 as it does for a local pool, one slot per worker of
+//! every agent. A link's frames travel to the agent in MPI messages and are written to the
+//! worker as they are; what the worker writes comes back the same way and is decoded here.
+//! So timeouts, cancellation, recycling, memory ceilings, retries and the worker's exit
+//! are the core's business, as on one machine; the agent only starts, feeds, reads and
+//! kills processes.
+
+use super::envelope::{Failure, ToAgent, ToRoot, Worker};
+use super::hub::Outbox;
+use crate::exit::{ExitInfo, WorkerId};
+use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
+use crate::wire::frame::Codec;
+use crate::wire::message::FromWorker;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// What an agent said of one worker.
+#[derive(Debug)]
+enum Said {
+    Started(u32),
+    StartFailed(Failure, String),
+    Bytes(Vec<u8>),
+    Closed,
+    Exited(Option<i32>, Option<i32>),
+}
+
+/// Where rank 0's hub delivers what agents say of their workers: the channel of the
+/// worker's current link, and the memory each worker reported last.
+#[derive(Debug, Default)]
+pub(super) struct Routes {
+    links: Mutex<HashMap<u32, (u32, UnboundedSender<Said>)>>,
+    /// By slot: the rank, pid and resident bytes its worker reported last.
+    memory: Mutex<HashMap<u32, (u32, u32, u64)>>,
+}
+
+impl Routes {
+    /// Hands a message from `rank` to the link it concerns. A message of a worker that a
+    /// newer one replaced is dropped.
+    pub(super) fn deliver(&self, rank: i32, message: ToRoot) {
+        let (worker, said) = match message {
+            ToRoot::Started(w, pid) => (w, Said::Started(pid)),
+            ToRoot::StartFailed(w, failure, text) => (w, Said::StartFailed(failure, text)),
+            ToRoot::Bytes(w, bytes) => (w, Said::Bytes(bytes)),
+            ToRoot::Closed(w) => (w, Said::Closed),
+            ToRoot::Exited(w, code, signal) => (w, Said::Exited(code, signal)),
+            ToRoot::Memory(w, pid, bytes) => {
+                let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+                let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+                memory.insert(w.slot, (rank, pid, bytes));
+                return;
+            }
+            ToRoot::Hello(_) => {
+                tracing::warn!(rank, "an agent said hello again; ignored");
+                return;
+            }
+        };
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((generation, link)) = links.get(&worker.slot)
+            && *generation == worker.generation
+        {
+            let _ = link.send(said);
+        }
+    }
+}
+
+/// Rank 0's backend: the workers of the node agents, slot by slot.
+#[derive(Debug)]
+pub(super) struct Ranks {
+    pub(super) routes: Arc<Routes>,
+    pub(super) outbox: Outbox,
+    /// The rank of each slot's agent.
+    pub(super) placement: Vec<i32>,
+    pub(super) max_frame: usize,
+    pub(super) watch_memory: bool,
+    pub(super) generations: AtomicU32,
+    /// The rank's MPI thread, stopped (and MPI finalized) when the pool stops.
+    pub(super) hub: Option<super::hub::Hub>,
+    /// The ranks of the node agents.
+    pub(super) agents: Vec<u32>,
+}
+
+impl Drop for Ranks {
+    /// Dropped when supervision has stopped every worker: tells the agents to leave, then
+    /// finalizes MPI, which waits for them to finalize too.
+    fn drop(&mut self) {
+        for &rank in &self.agents {
+            let rank = i32::try_from(rank).unwrap_or(i32::MAX);
+            self.outbox.send(rank, ToAgent::Shutdown.encode());
+        }
+        if let Some(hub) = self.hub.take() {
+            hub.stop();
+        }
+    }
+}
+
+impl Backend for Ranks {
+    type Link = RankLink;
+
+    fn caps(&self) -> Caps {
+        Caps {
+            respawn: true,
+            stop_running: true,
+            memory: self.watch_memory,
+        }
+    }
+
+    async fn start(&self, slot: usize, kill: &CancellationToken) -> Result<RankLink, StartError> {
+        let rank = self.placement[slot];
+        let worker = Worker {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+        };
+        let (tx, mut rx) = unbounded_channel();
+        self.routes
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(worker.slot, (worker.generation, tx));
+        let gone = || {
+            StartError::Fatal(format!(
+                "the MPI thread is gone; rank {rank} cannot be reached"
+            ))
+        };
+        if !self.outbox.send(rank, ToAgent::Start(worker).encode()) {
+            return Err(gone());
+        }
+        let said = tokio::select! {
+            said = rx.recv() => said,
+            _ = kill.cancelled() => {
+                let _ = self.outbox.send(rank, ToAgent::Kill(worker).encode());
+                return Err(StartError::Killed);
+            }
+        };
+        let rank_id = u32::try_from(rank).unwrap_or(u32::MAX);
+        match said {
+            Some(Said::Started(pid)) => Ok(RankLink {
+                worker,
+                rank,
+                id: WorkerId::on_rank(pid, rank_id),
+                rx,
+                outbox: self.outbox.clone(),
+                codec: Codec::new(self.max_frame),
+                buffer: BytesMut::new(),
+                ended: None,
+                routes: self.routes.clone(),
+            }),
+            Some(Said::StartFailed(failure, text)) => Err(match failure {
+                Failure::Fatal => StartError::Fatal(text),
+                Failure::Repeating => StartError::Repeating(text),
+                Failure::Transient => StartError::Transient(text),
+                Failure::Killed => StartError::Killed,
+            }),
+            Some(other) => Err(StartError::Repeating(format!(
+                "rank {rank} answered a start with {other:?}"
+            ))),
+            None => Err(gone()),
+        }
+    }
+
+    fn resident_memory(&self, worker: WorkerId) -> Option<u64> {
+        let key = (worker.rank()?, worker.pid()?);
+        let memory = self
+            .routes
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        memory
+            .values()
+            .find(|(rank, pid, _)| (*rank, *pid) == key)
+            .map(|(_, _, bytes)| *bytes)
+    }
+}
+
+/// Rank 0's link to one worker of a node agent.
+pub(super) struct RankLink {
+    worker: Worker,
+    rank: i32,
+    id: WorkerId,
+    rx: UnboundedReceiver<Said>,
+    outbox: Outbox,
+    codec: Codec<FromWorker>,
+    /// Bytes from the worker not decoded yet.
+    buffer: BytesMut,
+    ended: Option<ExitInfo>,
+    routes: Arc<Routes>,
+}
+
+impl RankLink {
+    fn exit_of(&self, code: Option<i32>, signal: Option<i32>) -> ExitInfo {
+        ExitInfo::from_parts(code, signal).of(self.id)
+    }
+
+    /// A frame already in the buffer, or a decoding error.
+    fn decoded(&mut self) -> Option<Received> {
+        match self.codec.decode(&mut self.buffer) {
+            Ok(Some(frame)) => Some(Received::Frame(frame)),
+            Ok(None) => None,
+            Err(error) => Some(Received::Broken(error)),
+        }
+    }
+
+    /// Takes what the agent said next into the link's state; `Some` if the pool is to
+    /// hear of it now.
+    fn take(&mut self, said: Option<Said>) -> Option<Received> {
+        match said {
+            Some(Said::Bytes(bytes)) => {
+                if self.buffer.is_empty() {
+                    self.buffer = BytesMut::from(&bytes[..]);
+                } else {
+                    self.buffer.extend_from_slice(&bytes);
+                }
+                self.decoded()
+            }
+            Some(Said::Closed) => Some(match self.codec.decode_eof(&mut self.buffer) {
+                Ok(Some(frame)) => Received::Frame(frame),
+                Ok(None) => Received::Closed,
+                Err(error) => Received::Broken(error),
+            }),
+            Some(Said::Exited(code, signal)) => {
+                let exit = self.exit_of(code, signal);
+                self.ended = Some(exit);
+                Some(Received::Exited(exit))
+            }
+            Some(other) => Some(Received::Broken(
+                crate::wire::frame::ProtocolError::Corrupt(format!(
+                    "rank {} said {other:?} of a running worker",
+                    self.rank
+                )),
+            )),
+            // The hub is gone: so is the worker, as far as this pool can tell.
+            None => {
+                let exit = ExitInfo::unknown().of(self.id);
+                self.ended = Some(exit);
+                Some(Received::Exited(exit))
+            }
+        }
+    }
+}
+
+impl WorkerLink for RankLink {
+    fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    async fn send(&mut self, frames: &[u8], payload: &[u8]) -> std::io::Result<()> {
+        if frames.len() + payload.len() > super::MAX_MESSAGE {
+            // The pool's frame limit keeps a window below it; this is a safety net.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a window of frames larger than an MPI message can be",
+            ));
+        }
+        let bytes = ToAgent::frames(self.worker, frames, payload);
+        if self.outbox.send(self.rank, bytes) {
+            Ok(())
+        } else {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    async fn recv(&mut self) -> Received {
+        if let Some(exit) = self.ended {
+            return Received::Exited(exit);
+        }
+        if let Some(received) = self.decoded() {
+            return received;
+        }
+        loop {
+            // Cancel-safe: a message is taken off the channel only in a poll that returns it.
+            let said = self.rx.recv().await;
+            if let Some(received) = self.take(said) {
+                return received;
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Received> {
+        if let Some(exit) = self.ended {
+            return Some(Received::Exited(exit));
+        }
+        if let Some(received) = self.decoded() {
+            return Some(received);
+        }
+        loop {
+            let said = match self.rx.try_recv() {
+                Ok(said) => Some(said),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return None,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            if let Some(received) = self.take(said) {
+                return Some(received);
+            }
+        }
+    }
+
+    async fn exited(&mut self) -> ExitInfo {
+        loop {
+            if let Some(exit) = self.ended {
+                return exit;
+            }
+            // Frames are of no use now: only the exit is waited for.
+            let said = self.rx.recv().await;
+            if let Some(Said::Exited(..)) | None = said {
+                self.take(said);
+            }
+        }
+    }
+
+    async fn kill(&mut self) -> ExitInfo {
+        if self.ended.is_none() {
+            let _ = self
+                .outbox
+                .send(self.rank, ToAgent::Kill(self.worker).encode());
+        }
+        self.exited().await
+    }
+}
+
+impl Drop for RankLink {
+    fn drop(&mut self) {
+        if self.ended.is_none() {
+            let _ = self
+                .outbox
+                .send(self.rank, ToAgent::Kill(self.worker).encode());
+        }
+        let mut links = self
+            .routes
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if links
+            .get(&self.worker.slot)
+            .is_some_and(|(g, _)| *g == self.worker.generation)
+        {
+            links.remove(&self.worker.slot);
+        }
+    }
+}

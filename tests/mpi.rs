@@ -1,0 +1,517 @@
+//! The MPI pool through its public API, on real `mpirun -n 3` jobs (feature `mpi`).
+//!
+//! Its own binary, without the test harness: it is both the driver (run by `cargo test`)
+//! and the MPI program the driver starts with `mpirun`, whose ranks each run `main` from
+//! the top and call `MpiPoolExecutor::world` first. The driver bounds every `mpirun` in
+//! time and checks its exit status and what rank 0 printed.
+//!
+//! Without the feature it prints why it is skipped and passes.
+
+#[cfg(not(feature = "mpi"))]
+fn main() {
+    println!("tests/mpi.rs: skipped: built without the `mpi` feature (cargo test --features mpi)");
+}
+
+#[cfg(feature = "mpi")]
+fn main() {
+    imp::main();
+}
+
+#[cfg(feature = "mpi")]
+mod imp {
+    use futures::{StreamExt, TryStreamExt};
+    use procpool::{
+        Error, Executor, ExecutorExt, JobError, JobOptions, MpiPoolExecutor, ProcessPoolExecutor,
+        ReturnWhen, as_completed, wait,
+    };
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Names the scenario the ranks of an `mpirun` run.
+    const SCENARIO: &str = "PROCPOOL_MPI_SCENARIO";
+    /// The bound on one `mpirun`.
+    const BOUND: Duration = Duration::from_secs(90);
+
+    pub fn main() {
+        if let Ok(scenario) = std::env::var(SCENARIO) {
+            std::process::exit(match scenario.as_str() {
+                "api" => api(),
+                "one_job" => one_job(),
+                "killed_agent" => killed_agent(),
+                "panic_on_rank_0" => panic_on_rank_0(),
+                other => {
+                    eprintln!("unknown scenario {other}");
+                    3
+                }
+            });
+        }
+        let started = Instant::now();
+        let tests: [(&str, fn()); 5] = [
+            (
+                "the_public_api_works_across_ranks",
+                the_public_api_works_across_ranks,
+            ),
+            (
+                "a_copy_of_the_binary_elsewhere_is_accepted",
+                a_copy_of_the_binary_elsewhere_is_accepted,
+            ),
+            (
+                "another_build_is_refused_naming_both",
+                another_build_is_refused_naming_both,
+            ),
+            (
+                "a_panic_on_rank_0_ends_the_program",
+                a_panic_on_rank_0_ends_the_program,
+            ),
+            (
+                "a_killed_agent_ends_the_program",
+                a_killed_agent_ends_the_program,
+            ),
+        ];
+        for (name, test) in tests {
+            let at = Instant::now();
+            test();
+            println!("test {name} ... ok ({:.1} s)", at.elapsed().as_secs_f64());
+        }
+        println!(
+            "test result: ok. {} passed; finished in {:.1} s",
+            tests.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // ------------------------------------------------------------------ the driver
+
+    /// `mpirun` for this machine: ranks may outnumber cores, and shared memory carries the
+    /// messages.
+    fn mpirun() -> Command {
+        let mut command = Command::new("mpirun");
+        command
+            .args([
+                "--oversubscribe",
+                "--bind-to",
+                "none",
+                "--mca",
+                "btl",
+                "self,vader",
+            ])
+            .args(["-x", SCENARIO])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        command
+    }
+
+    struct Run {
+        status: std::process::ExitStatus,
+        stdout: String,
+        stderr: String,
+    }
+
+    /// Runs `command` to its end, killing its process group if it takes more than `bound`.
+    fn run(mut command: Command, scenario: &str, bound: Duration) -> Run {
+        command.env(SCENARIO, scenario);
+        let child = command
+            .spawn()
+            .expect("mpirun starts (install openmpi-bin)");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let output = match rx.recv_timeout(bound) {
+            Ok(output) => output.expect("waiting for mpirun"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+                panic!("mpirun ({scenario}) did not end within {bound:?}");
+            }
+        };
+        Run {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn this_program() -> PathBuf {
+        std::env::current_exe().expect("the test's own path")
+    }
+
+    fn the_public_api_works_across_ranks() {
+        let mut command = mpirun();
+        command.args(["-n", "3"]).arg(this_program());
+        let run = run(command, "api", BOUND);
+        assert!(
+            run.status.success() && run.stdout.contains("api: ok"),
+            "{}\n{}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+    }
+
+    fn a_panic_on_rank_0_ends_the_program() {
+        let mut command = mpirun();
+        command.args(["-n", "3"]).arg(this_program());
+        let run = run(command, "panic_on_rank_0", BOUND);
+        assert!(!run.status.success(), "{}", run.status);
+        assert!(
+            run.stderr.contains("rank 0 panics on purpose"),
+            "{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+
+    fn a_copy_of_the_binary_elsewhere_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy-of-the-program");
+        std::fs::copy(this_program(), &copy).unwrap();
+        let mut command = mpirun();
+        command
+            .args(["-n", "1"])
+            .arg(this_program())
+            .args([":", "-n", "2"])
+            .arg(&copy);
+        let run = run(command, "one_job", BOUND);
+        assert!(
+            run.status.success() && run.stdout.contains("one_job: ok"),
+            "{}\n{}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+    }
+
+    fn another_build_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("another-build");
+        let (ours, theirs) = write_another_build(&this_program(), &other);
+        let mut command = mpirun();
+        command
+            .args(["-n", "1"])
+            .arg(this_program())
+            .args([":", "-n", "2"])
+            .arg(&other);
+        let run = run(command, "one_job", BOUND);
+        let said = format!("{}\n{}", run.stdout, run.stderr);
+        assert!(!run.status.success(), "{said}");
+        assert!(
+            said.contains("runs another build") && said.contains(&ours) && said.contains(&theirs),
+            "expected both build-ids ({ours}, {theirs}):\n{said}"
+        );
+    }
+
+    fn a_killed_agent_ends_the_program() {
+        let mut command = mpirun();
+        command.args(["-n", "3"]).arg(this_program());
+        command.env(SCENARIO, "killed_agent");
+        let mut child = command.spawn().expect("mpirun starts");
+        let group = child.id();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(pid) = line.strip_prefix("agent ") {
+                    let _ = tx.send(pid.trim().parse::<u32>().unwrap());
+                }
+            }
+        });
+        let agent = match rx.recv_timeout(BOUND) {
+            Ok(pid) => pid,
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{group}")])
+                    .status();
+                panic!("rank 0 never named an agent");
+            }
+        };
+        let killed = Instant::now();
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &agent.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = killed + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{group}")])
+                    .status();
+                panic!("the MPI job still ran 5 s after a node agent was killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{status}");
+        println!(
+            "  (the job ended {:.2} s after the agent's SIGKILL, {status})",
+            killed.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Writes a copy of `program` whose GNU build-id differs in one byte: another build, as
+    /// far as the check can tell. Returns both build-ids in hex.
+    fn write_another_build(program: &Path, to: &Path) -> (String, String) {
+        let mut bytes = std::fs::read(program).unwrap();
+        // The note: name size 4, description size 20, type 3 (NT_GNU_BUILD_ID), "GNU\0".
+        let header = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+        let at = bytes
+            .windows(header.len())
+            .position(|w| w == header)
+            .expect("the test binary has a 20-byte GNU build-id")
+            + header.len();
+        let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let ours = hex(&bytes[at..at + 20]);
+        bytes[at] ^= 0xff;
+        let theirs = hex(&bytes[at..at + 20]);
+        std::fs::write(to, &bytes).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (ours, theirs)
+    }
+
+    // ------------------------------------------------------------------ the ranks
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    /// The rank of the agent this worker belongs to, and the agent's pid.
+    fn whereami(_: ()) -> (u32, u32) {
+        std::thread::sleep(Duration::from_millis(200));
+        let rank = std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_default();
+        (
+            rank.parse().unwrap_or(u32::MAX),
+            std::os::unix::process::parent_id(),
+        )
+    }
+
+    fn checked_div(x: u64) -> u64 {
+        assert!(!x.is_multiple_of(5), "{x} is a multiple of five");
+        100 / x
+    }
+
+    fn abort(_: ()) {
+        std::process::abort()
+    }
+
+    /// Holds `mib` MiB, touched, until killed (or for 30 s).
+    fn hog(mib: usize) -> usize {
+        let held = vec![1_u8; mib << 20];
+        std::thread::sleep(Duration::from_secs(30));
+        held.len()
+    }
+
+    fn pid_of(_: u32) -> u32 {
+        std::process::id()
+    }
+
+    fn sleep_ms(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    /// Built once per worker: the rank of the node it runs on.
+    struct Node(u32);
+
+    fn node() -> Node {
+        Node(
+            std::env::var("OMPI_COMM_WORLD_RANK")
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(u32::MAX),
+        )
+    }
+
+    fn node_of_state(_: ()) -> u32 {
+        procpool::with_worker_state(|node: &Node| node.0)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Rank 0 checks, step by step, what a local pool promises; every other rank serves.
+    fn api() -> i32 {
+        let local = ProcessPoolExecutor::builder()
+            .worker_state(node)
+            .max_tasks_per_child(100)
+            .max_worker_memory(200 << 20);
+        let pool = match MpiPoolExecutor::world(local) {
+            Ok(pool) => pool,
+            Err(e) => {
+                eprintln!("api: {e}");
+                return 1;
+            }
+        };
+        let workers: Vec<_> = pool
+            .workers_by_rank()
+            .iter()
+            .map(|(r, w)| (*r, *w))
+            .collect();
+        assert_eq!(
+            workers,
+            [(1, 1), (2, 1)],
+            "one worker per agent on two cores"
+        );
+        assert_eq!(pool.max_workers(), 2);
+        runtime().block_on(async {
+            // submit, and where jobs ran
+            assert_eq!(pool.submit(square, 12).await.unwrap(), 144);
+            let handles: Vec<_> = (0..4).map(|_| pool.submit(whereami, ())).collect();
+            let mut ranks = BTreeSet::new();
+            for handle in handles {
+                let (rank, agent) = handle.await.unwrap();
+                assert_ne!(agent, std::process::id(), "a job ran under rank 0");
+                ranks.insert(rank);
+            }
+            assert_eq!(ranks, BTreeSet::from([1, 2]), "jobs ran on both agents");
+            // worker_state, per node
+            let node = pool.submit(node_of_state, ()).await.unwrap();
+            assert!(node == 1 || node == 2, "{node}");
+            // ordered map with per-item errors
+            let results: Vec<_> = pool.map(checked_div, 1..=12).collect().await;
+            for (x, result) in (1..=12_u64).zip(&results) {
+                match result {
+                    Ok(q) => assert_eq!(*q, 100 / x),
+                    Err(e) => assert!(x.is_multiple_of(5) && e.is_panic(), "{x}: {e}"),
+                }
+            }
+            // unordered map
+            let sum: u64 = pool
+                .map_unordered(square, 0..1000_u64)
+                .try_fold(0, |a, b| async move { Ok(a + b) })
+                .await
+                .unwrap();
+            assert_eq!(sum, (0..1000_u64).map(|x| x * x).sum());
+            // as_completed and wait
+            let handles: Vec<_> = [300, 10]
+                .into_iter()
+                .map(|ms| pool.submit(sleep_ms, ms))
+                .collect();
+            let (index, first) = as_completed(handles).next().await.unwrap();
+            assert_eq!((index, first), (1, Ok(10)));
+
+            let handles: Vec<_> = [10, 5_000]
+                .into_iter()
+                .map(|ms| pool.submit(sleep_ms, ms))
+                .collect();
+            let waited = wait(
+                handles,
+                ReturnWhen::FirstCompleted,
+                Some(Duration::from_secs(30)),
+            )
+            .await;
+            assert_eq!((waited.done.len(), waited.pending.len()), (1, 1));
+            for handle in &waited.pending {
+                assert!(handle.cancel(), "a running job can be cancelled");
+            }
+            for handle in waited.pending {
+                assert_eq!(handle.await, Err(JobError::Cancelled));
+            }
+            // a crash is isolated: the job fails alone, its worker is replaced
+            match pool.submit(abort, ()).await {
+                Err(JobError::WorkerDied { exit, .. }) => {
+                    let worker = exit.worker().expect("the worker is known");
+                    assert!(matches!(worker.rank(), Some(1 | 2)), "{worker}");
+                    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(pool.submit(square, 3).await.unwrap(), 9);
+            // a timeout stops the job, not only the wait
+            let at = Instant::now();
+            let late = pool.submit_with(
+                sleep_ms,
+                30_000,
+                JobOptions::new().timeout(Duration::from_millis(300)),
+            );
+            assert!(matches!(late.await, Err(JobError::TimedOut(_))));
+            assert!(at.elapsed() < Duration::from_secs(20));
+            assert_eq!(pool.submit(square, 4).await.unwrap(), 16);
+            // the memory ceiling, per node
+            match pool.submit(hog, 400).await {
+                Err(JobError::MemoryLimit { limit, resident }) => {
+                    assert!(resident > limit, "{resident} > {limit}")
+                }
+                other => panic!("{other:?}"),
+            }
+            // max_tasks_per_child: 300 jobs, 100 per worker
+            let handles: Vec<_> = (0..300).map(|x| pool.submit(pid_of, x)).collect();
+            let mut pids = BTreeSet::new();
+            for handle in handles {
+                pids.insert(handle.await.unwrap());
+            }
+            assert!(pids.len() >= 3, "workers were recycled: {pids:?}");
+            let stats = pool.stats();
+            assert!(stats.respawns >= 4, "{stats:?}");
+            pool.shutdown().await;
+        });
+        println!("api: ok");
+        0
+    }
+
+    fn one_job() -> i32 {
+        let pool = match MpiPoolExecutor::world(ProcessPoolExecutor::builder()) {
+            Ok(pool) => pool,
+            Err(e) => {
+                eprintln!("one_job: {e}");
+                return 1;
+            }
+        };
+        runtime().block_on(async {
+            assert_eq!(pool.submit(square, 7).await.unwrap(), 49);
+            pool.shutdown().await;
+        });
+        println!("one_job: ok");
+        0
+    }
+
+    /// Rank 0 panics while jobs run: unwinding drops the pool, which stops the agents and
+    /// finalizes MPI; the program ends with the panic's status rather than hanging.
+    fn panic_on_rank_0() -> i32 {
+        let pool = MpiPoolExecutor::world(ProcessPoolExecutor::builder()).expect("a pool");
+        let _running = pool.submit(sleep_ms, 60_000);
+        std::thread::sleep(Duration::from_millis(200));
+        panic!("rank 0 panics on purpose");
+    }
+
+    /// Rank 0 names an agent (the parent of a worker) and waits on a long job; the driver
+    /// kills that agent.
+    fn killed_agent() -> i32 {
+        let pool = match MpiPoolExecutor::world(ProcessPoolExecutor::builder()) {
+            Ok(pool) => pool,
+            Err(e) => {
+                eprintln!("killed_agent: {e}");
+                return 1;
+            }
+        };
+        runtime().block_on(async {
+            let (_, agent) = pool.submit(whereami, ()).await.unwrap();
+            println!("agent {agent}");
+            let _: Result<u64, Error> = pool.submit(sleep_ms, 60_000).await.map_err(Error::from);
+        });
+        println!("killed_agent: the job ended by itself");
+        0
+    }
+}
