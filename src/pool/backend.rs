@@ -48,6 +48,12 @@ pub(crate) struct Caps {
     pub(crate) stop_running: bool,
     /// [`Backend::resident_memory`] answers, so that a memory ceiling can be enforced.
     pub(crate) memory: bool,
+    /// About how long a job takes to reach a worker and its answer to come back, beyond
+    /// the job itself. When it is not zero, a worker running a job of known length is sent
+    /// the next one that long before the running one is expected to end, so that it does
+    /// not sit idle for the round trip (a link through an MPI node agent); that one job may
+    /// then wait behind a running one that takes longer than expected.
+    pub(crate) lead: std::time::Duration,
 }
 
 /// Why a worker did not start.

@@ -83,6 +83,8 @@ pub(crate) struct Line<'a> {
     /// how many have none.
     work: Duration,
     untimed: usize,
+    /// See [`Caps::lead`](super::backend::Caps::lead).
+    lead: Duration,
 }
 
 impl<'a> Line<'a> {
@@ -97,6 +99,38 @@ impl<'a> Line<'a> {
             last_target: None,
             work: Duration::ZERO,
             untimed: 0,
+            lead: Duration::ZERO,
+        }
+    }
+
+    /// The same, sending the next job `lead` before a running one is expected to end.
+    pub(crate) fn with_lead(mut self, lead: Duration) -> Line<'a> {
+        self.lead = lead;
+        self
+    }
+
+    /// When one more job of `target`'s function (by default the one sent last) may be sent
+    /// behind the running head, which [`room`](Self::room) leaves alone: [`Caps::lead`]
+    /// before the head is expected to end, if the link has a lead, the head is alone and
+    /// both functions are timed here.
+    ///
+    /// [`Caps::lead`]: super::backend::Caps::lead
+    pub(crate) fn prefetch_at(&self, target: Option<Target>) -> Option<Instant> {
+        if self.lead.is_zero() || self.sent.len() != 1 {
+            return None;
+        }
+        let head = self.head()?;
+        let expected = head.estimate?;
+        self.job_time(target.or(self.last_target)?)?;
+        Some(self.head_started? + expected.saturating_sub(self.lead))
+    }
+
+    /// [`room`](Self::room) at `now`, with the one job [`prefetch_at`](Self::prefetch_at)
+    /// allows.
+    pub(crate) fn room_at(&self, target: Option<Target>, now: Instant) -> usize {
+        match self.room(target) {
+            0 if self.prefetch_at(target).is_some_and(|at| at <= now) => 1,
+            room => room,
         }
     }
 
@@ -557,5 +591,65 @@ mod tests {
         assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
         assert!(line.is_empty() && line.bytes() == 0);
         assert_eq!(line.room(None), MAX_WINDOW, "the function stays timed");
+    }
+
+    /// Over a link with a lead, a worker running a long job of known length is sent the
+    /// next one that long before the running one is expected to end, and only one; never
+    /// behind a job of unknown length, nor over a link without a lead.
+    #[test]
+    fn a_link_with_a_lead_gets_the_next_long_job_just_before_the_running_one_ends() {
+        let counters = Counters::default();
+        let lead = Duration::from_millis(2);
+        let mut line = Line::new(&counters, true).with_lead(lead);
+        let f: fn(u64) -> u64 = triple;
+        let (target, job) = claimed(f, 0);
+        line.push(0, with_input(job, vec![0; 8]));
+        let start = Instant::now();
+        line.promote(start);
+        assert_eq!(
+            line.prefetch_at(Some(target)),
+            None,
+            "its length is unknown"
+        );
+        line.answer(
+            Outcome::Ok,
+            vec![0].into(),
+            start + Duration::from_millis(20),
+            &mut Wakes::default(),
+        );
+        // Timed at 20 ms: a job runs, the next may follow 18 ms after it started.
+        let (_, job) = claimed(f, 1);
+        line.push(1, with_input(job, vec![0; 8]));
+        let started = start + Duration::from_millis(30);
+        line.promote(started);
+        let at = started + Duration::from_millis(18);
+        assert_eq!(line.prefetch_at(Some(target)), Some(at));
+        assert_eq!(
+            line.room_at(Some(target), at - Duration::from_micros(1)),
+            0,
+            "not yet"
+        );
+        assert_eq!(line.room_at(Some(target), at), 1, "now");
+        let (_, job) = claimed(f, 2);
+        line.push(2, with_input(job, vec![0; 8]));
+        assert_eq!(line.prefetch_at(None), None, "one waits, no more");
+        assert_eq!(line.room_at(None, at + Duration::from_secs(1)), 0);
+        // A function not timed here does not follow it.
+        let other: fn(u64) -> u64 = double;
+        let (untimed, _) = claimed(other, 0);
+        let mut alone = Line::new(&counters, true).with_lead(lead);
+        time_jobs(&mut alone, f, 1, Duration::from_millis(20));
+        let (_, job) = claimed(f, 1);
+        alone.push(1, with_input(job, vec![0; 8]));
+        alone.promote(started);
+        assert_eq!(alone.prefetch_at(Some(untimed)), None);
+        // Without a lead, the long job goes alone.
+        let mut local = Line::new(&counters, true);
+        time_jobs(&mut local, f, 1, Duration::from_millis(20));
+        let (_, job) = claimed(f, 1);
+        local.push(1, with_input(job, vec![0; 8]));
+        local.promote(started);
+        assert_eq!(local.prefetch_at(Some(target)), None);
+        assert_eq!(local.room_at(Some(target), at + Duration::from_secs(1)), 0);
     }
 }

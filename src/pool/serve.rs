@@ -59,6 +59,8 @@ enum Event {
     /// The head has run for [`GIVE_BACK_AFTER`] with jobs waiting behind it, and another
     /// worker is idle.
     GiveBack,
+    /// The head is expected to end within the link's lead: the worker may take one more.
+    Prefetch,
     OverMemory {
         limit: u64,
         resident: u64,
@@ -124,7 +126,7 @@ pub(crate) async fn serve<B: Backend>(
         link,
         tasks: 0,
         next_id: 0,
-        line: Line::new(&core.counters, caps.stop_running),
+        line: Line::new(&core.counters, caps.stop_running).with_lead(caps.lead),
         frames: BytesMut::new(),
         retiring: false,
         memory_poll: memory_poll(),
@@ -153,9 +155,17 @@ impl<B: Backend> Serving<'_, B> {
                 self.room(None)
             };
             self.idle.set(room > 0 && self.line.is_empty());
+            // Room for one more behind the head, soon: look again then.
+            let prefetch = match room {
+                0 if !(draining || hold || self.retiring) => self
+                    .line
+                    .prefetch_at(None)
+                    .filter(|at| *at > Instant::now()),
+                _ => None,
+            };
             let event = match carried.take() {
                 Some(received) => Event::Received(received),
-                None => self.next_event(room).await,
+                None => self.next_event(room, prefetch).await,
             };
             let loss = match event {
                 Event::Killed => {
@@ -235,6 +245,7 @@ impl<B: Backend> Serving<'_, B> {
                     hold |= self.give_back();
                     None
                 }
+                Event::Prefetch => None,
                 Event::Stop => Some(Loss::Stopped {
                     error: JobError::Cancelled,
                     why: "killed a worker to cancel its running job",
@@ -272,9 +283,9 @@ impl<B: Backend> Serving<'_, B> {
     }
 
     /// Waits for the next event: the pool being killed, a stop request for the running
-    /// job, something from the link, the head's deadline, the memory ceiling, or (with
-    /// `room`) a job from the queue.
-    async fn next_event(&mut self, room: usize) -> Event {
+    /// job, something from the link, the head's deadline, the memory ceiling, (with
+    /// `room`) a job from the queue, or the time to `prefetch` one.
+    async fn next_event(&mut self, room: usize, prefetch: Option<Instant>) -> Event {
         let deadline = self.line.head_deadline();
         let head_timer = async {
             match deadline {
@@ -305,6 +316,12 @@ impl<B: Backend> Serving<'_, B> {
                 }
             }
         };
+        let prefetch = async move {
+            match prefetch {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let give_back = async move {
             let Some(at) = give_back_at else {
                 return std::future::pending().await;
@@ -319,6 +336,7 @@ impl<B: Backend> Serving<'_, B> {
             received = self.link.recv() => Event::Received(received),
             () = head_timer => Event::HeadTimer,
             () = give_back => Event::GiveBack,
+            () = prefetch => Event::Prefetch,
             (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
             job = self.core.queue.pop(), if room > 0 => Event::Job(job),
         }
@@ -391,7 +409,7 @@ impl<B: Backend> Serving<'_, B> {
             Some(max) => max.saturating_sub(sent),
             None => usize::MAX,
         };
-        self.line.room(target).min(left)
+        self.line.room_at(target, Instant::now()).min(left)
     }
 
     /// Sends `job`, and the jobs of its function behind it in the queue for which the line

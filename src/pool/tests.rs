@@ -369,6 +369,7 @@ impl Backend for Threads {
             respawn: self.respawn,
             stop_running: false,
             memory: self.memory.is_some(),
+            lead: Duration::ZERO,
         }
     }
 

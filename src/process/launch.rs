@@ -351,6 +351,7 @@ impl Backend for Launcher {
             respawn: true,
             stop_running: true,
             memory: cfg!(target_os = "linux"),
+            lead: Duration::ZERO,
         }
     }
 
