@@ -144,7 +144,7 @@
 //! | pickling a lambda fails at run time | a capturing closure is a compile error |
 //! | `tqdm(pool.imap(...), total=n)` | [`Map::on_progress`] |
 //! | `mpi4py.futures.MPIPoolExecutor()` under `python -m mpi4py.futures` | `MpiPoolExecutor::world(ProcessPoolExecutor::builder())?` first thing in `main`, under `mpirun` (feature `mpi`, see [Past one machine](#past-one-machine)) |
-//! | `MPICommExecutor(comm, root=0)` | the same call: rank 0 gets the executor, the other ranks serve |
+//! | `MPICommExecutor(comm, root=0)` | the same call, except that the other ranks exit when the pool shuts down, where mpi4py's go on after the `with` block |
 //!
 //! # Failure semantics
 //!
@@ -244,6 +244,12 @@
 //!   rank 0 unwinds through the pool's drop, which stops the agents and finalizes MPI, so
 //!   the program ends with the panic's status; a panic on a rank's MPI thread (a procpool
 //!   bug) aborts the MPI job (`MPI_Abort`) rather than unwinding through MPI.
+//! - **Scheduling:** a round trip through rank 0's and an agent's MPI threads costs one to
+//!   a few milliseconds on a loaded machine, so a worker running a job of known length is
+//!   sent the next one 5 ms before the running one is expected to end, and does not wait
+//!   for the round trip. That job counts as started (its `cancel()` returns `false`, as
+//!   for short jobs pipelined on one machine) and waits if the running job takes longer
+//!   than expected, even while another worker is idle.
 //! - **Weaker than on one machine:** jobs are not taken back from behind a slow one on
 //!   another node (that needs memory both processes map); one MPI pool per run (MPI is
 //!   initialized once); rank 0 needs every other rank to call `world`: if one has not

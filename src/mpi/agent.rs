@@ -18,10 +18,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
-/// The most bytes read from a worker at a time, once it writes a lot.
-const LARGE_READ: usize = 4 << 20;
-/// The most bytes read at a time otherwise.
-const SMALL_READ: usize = 64 << 10;
+/// The most bytes read from a worker at a time, but for the rest of a large frame.
+const READ: usize = 64 << 10;
 /// How long the agent waits for its workers to go when the pool shuts down.
 const LEAVE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -70,17 +68,23 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
     let memory_every = config.memory_every;
     let launcher = launcher(config).map(Arc::new);
     let kill = CancellationToken::new();
-    let mut workers: HashMap<u32, (u32, UnboundedSender<Order>)> = HashMap::new();
+    let mut workers: HashMap<u32, Feed> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(bytes) = inbound.recv().await {
         match ToAgent::decode(bytes) {
             Ok(ToAgent::Start(worker)) => {
                 let (orders, orders_rx) = unbounded_channel();
-                workers.insert(worker.slot, (worker.generation, orders));
+                let stop = kill.child_token();
+                let feed = Feed {
+                    generation: worker.generation,
+                    orders,
+                    stop: stop.clone(),
+                };
+                workers.insert(worker.slot, feed);
                 let task = run_worker(
                     launcher.clone(),
                     worker,
-                    kill.clone(),
+                    stop,
                     orders_rx,
                     outbox.clone(),
                     memory_every,
@@ -102,15 +106,29 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
     if tokio::time::timeout(LEAVE_WITHIN, left).await.is_err() {
         eprintln!("procpool: a node agent's workers did not stop within {LEAVE_WITHIN:?}");
     }
+    // Rank 0 finalizes MPI only once every agent has said nothing more comes.
+    outbox.send(0, ToRoot::Bye.encode());
     0
 }
 
-/// Hands `order` to `worker`'s task, if it is still the slot's current worker.
-fn order(workers: &HashMap<u32, (u32, UnboundedSender<Order>)>, worker: Worker, order: Order) {
-    if let Some((generation, orders)) = workers.get(&worker.slot)
-        && *generation == worker.generation
+/// How the agent reaches one worker's task.
+struct Feed {
+    generation: u32,
+    orders: UnboundedSender<Order>,
+    /// Cancelled by a kill: stops a start in progress.
+    stop: CancellationToken,
+}
+
+/// Hands `order` to `worker`'s task, if it is still the slot's current worker; a kill
+/// also stops its start, if it is starting.
+fn order(workers: &HashMap<u32, Feed>, worker: Worker, order: Order) {
+    if let Some(feed) = workers.get(&worker.slot)
+        && feed.generation == worker.generation
     {
-        let _ = orders.send(order);
+        if let Order::Kill = order {
+            feed.stop.cancel();
+        }
+        let _ = feed.orders.send(order);
     }
 }
 
@@ -162,7 +180,10 @@ async fn run_worker(
     say(ToRoot::Started(worker, pid));
     let mut memory = memory_every.map(tokio::time::interval);
     let mut closed = false;
-    let mut read = SMALL_READ;
+    // What the worker wrote, handed on whenever it ends with a whole frame: a large
+    // answer crosses MPI in one message, into one buffer, that the pool decodes in place.
+    let mut pending = Vec::new();
+    let mut cut = Cut::default();
     let exit = loop {
         let memory_tick = async {
             match &mut memory {
@@ -176,10 +197,12 @@ async fn run_worker(
                 Some(Order::Write(bytes)) => { let _ = link.send(&bytes, &[]).await; }
                 Some(Order::Kill) | None => break link.kill().await,
             },
-            received = next_from(&mut link, closed, read) => match received {
-                RawReceived::Bytes(bytes) => {
-                    read = if bytes.len() == read { LARGE_READ } else { SMALL_READ };
-                    say(ToRoot::Bytes(worker, bytes));
+            received = next_from(&mut link, closed, &mut pending, cut.next_read()) => match received {
+                RawReceived::Bytes(n) => {
+                    cut.feed(&pending[pending.len() - n..]);
+                    if cut.at_boundary() {
+                        say(ToRoot::Bytes(worker, std::mem::take(&mut pending)));
+                    }
                 }
                 RawReceived::Closed => {
                     closed = true;
@@ -197,12 +220,60 @@ async fn run_worker(
     say(ToRoot::Exited(worker, exit.code(), exit.signal()));
 }
 
-/// What the worker wrote next; once its link closed, only its exit.
-async fn next_from(link: &mut LocalWorker, closed: bool, most: usize) -> RawReceived {
+/// What the worker wrote next, appended to `pending`; once its link closed, only its
+/// exit.
+async fn next_from(
+    link: &mut LocalWorker,
+    closed: bool,
+    pending: &mut Vec<u8>,
+    most: usize,
+) -> RawReceived {
     if closed {
         RawReceived::Exited(link.exited().await)
     } else {
-        link.recv_bytes(most).await
+        link.recv_bytes(pending, most).await
+    }
+}
+
+/// Where the frames end in the bytes a worker writes (each an 8-byte header whose first
+/// four bytes, big-endian, count the bytes after it; see `crate::wire::frame`), so that
+/// a large frame is read whole before it is handed on.
+#[derive(Debug, Default)]
+struct Cut {
+    /// Bytes of the current frame still to come, after its header.
+    left: usize,
+    /// The part of the next header read so far.
+    head: Vec<u8>,
+}
+
+impl Cut {
+    /// Takes in the next bytes of the stream.
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let taken = self.left.min(bytes.len());
+                self.left -= taken;
+                bytes = &bytes[taken..];
+                continue;
+            }
+            let taken = (8 - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+            if let [a, b, c, d, _, _, _, _] = self.head[..] {
+                self.left = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.head.clear();
+            }
+        }
+    }
+
+    /// Whether the bytes taken in end with a whole frame.
+    fn at_boundary(&self) -> bool {
+        self.left == 0 && self.head.is_empty()
+    }
+
+    /// How much to read next: the rest of the current frame if it is large.
+    fn next_read(&self) -> usize {
+        self.left.max(READ)
     }
 }
 
@@ -227,4 +298,47 @@ pub(super) fn host_name() -> String {
         .map(|name| name.trim().to_owned())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "an unknown host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: usize) -> Vec<u8> {
+        let mut bytes = (body as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 1]);
+        bytes.resize(8 + body, 7);
+        bytes
+    }
+
+    #[test]
+    fn frames_are_cut_where_they_end_however_the_bytes_arrive() {
+        let stream: Vec<u8> = [frame(3), frame(0), frame(200_000), frame(5)].concat();
+        for step in [1, 7, 8, 9, 4096, 1 << 20] {
+            let mut cut = Cut::default();
+            let mut boundaries = Vec::new();
+            for (i, chunk) in stream.chunks(step).enumerate() {
+                cut.feed(chunk);
+                if cut.at_boundary() {
+                    boundaries.push((i + 1) * step.min(stream.len()));
+                }
+            }
+            let ends = [11, 19, 200_027, 200_040];
+            for b in &boundaries {
+                let b = (*b).min(stream.len());
+                assert!(
+                    ends.contains(&b),
+                    "step {step}: a cut at {b} inside a frame"
+                );
+            }
+            assert!(cut.at_boundary(), "step {step}");
+        }
+        let mut cut = Cut::default();
+        cut.feed(&frame(200_000)[..100]);
+        assert_eq!(
+            cut.next_read(),
+            200_008 - 100,
+            "the rest of a large frame at once"
+        );
+    }
 }

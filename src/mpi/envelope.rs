@@ -92,6 +92,8 @@ pub(super) enum ToRoot {
     Exited(Worker, Option<i32>, Option<i32>),
     /// The worker's process id and resident memory, in bytes.
     Memory(Worker, u32, u64),
+    /// The agent stopped its workers and leaves, after a shutdown: it sends nothing more.
+    Bye,
 }
 
 /// A message that did not parse.
@@ -118,6 +120,7 @@ const BYTES: u8 = 14;
 const CLOSED: u8 = 15;
 const EXITED: u8 = 16;
 const MEMORY: u8 = 17;
+const BYE: u8 = 18;
 
 const NOBODY: Worker = Worker {
     slot: u32::MAX,
@@ -208,6 +211,7 @@ impl ToRoot {
                 seal(postcard_of(&(code, signal)), worker, EXITED)
             }
             ToRoot::Memory(worker, pid, bytes) => seal(postcard_of(&(pid, bytes)), worker, MEMORY),
+            ToRoot::Bye => seal(Vec::new(), NOBODY, BYE),
         }
     }
 
@@ -231,6 +235,7 @@ impl ToRoot {
                 let (pid, resident) = body_of(&bytes)?;
                 ToRoot::Memory(worker, pid, resident)
             }
+            BYE => ToRoot::Bye,
             other => return Err(EnvelopeError::UnknownKind(other)),
         })
     }
@@ -296,6 +301,7 @@ mod tests {
             (worker(), any::<Option<i32>>(), any::<Option<i32>>())
                 .prop_map(|(w, c, s)| ToRoot::Exited(w, c, s)),
             (worker(), any::<u32>(), any::<u64>()).prop_map(|(w, p, b)| ToRoot::Memory(w, p, b)),
+            Just(ToRoot::Bye),
         ]
     }
 

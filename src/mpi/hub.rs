@@ -4,10 +4,13 @@
 //!
 //! MPI here cannot wait for a message and for the rank's own threads at once, so the hub
 //! polls: without a pause while anything happened in the last [`HOT`] (a job's answer, the
-//! next job of a caller that awaits one at a time), then with naps of a sixty-fourth of the
-//! time nothing happened, up to [`MAX_NAP`] (so an answer is seen late by at most 1.6% of
-//! the job's time, and 250 µs), and after [`ASLEEP_AFTER`] of nothing, naps of [`ASLEEP`].
-//! A queued send wakes a napping hub at once. A send
+//! next job of a caller that awaits one at a time), then with naps of a sixteenth of the
+//! time nothing happened, up to [`MAX_NAP`] (so an answer is seen late by at most 6% of
+//! the job's time, and 1 ms: the supervision core sends a worker its next job ahead of
+//! time to cover it, see `Caps::lead`), and after [`ASLEEP_AFTER`] of nothing, naps of
+//! [`ASLEEP`]. Each poll costs CPU the workers would use: on two cores, naps of a
+//! sixty-fourth (at most 250 µs) gave no better W4 speedup. A queued send wakes a napping
+//! hub at once. A send
 //! is immediate (`MPI_Isend`), and the hub goes on receiving until it completes, so that
 //! two ranks sending each other large messages at the same time cannot deadlock. A
 //! message is received into a buffer of its exact size (`MPI_Improbe`, `MPI_Mrecv`).
@@ -27,7 +30,7 @@ const TAG: i32 = 0x7070;
 /// How long the hub polls without a pause after something happened.
 const HOT: Duration = Duration::from_micros(300);
 /// The longest nap between two polls while the rank is awake.
-const MAX_NAP: Duration = Duration::from_micros(250);
+const MAX_NAP: Duration = Duration::from_millis(1);
 /// After this long with nothing sent or received, the rank is asleep...
 const ASLEEP_AFTER: Duration = Duration::from_secs(1);
 /// ...and polls this often.
@@ -179,7 +182,7 @@ fn serve(
         }
         // Nothing for a while: nap, and wake at once for a send.
         let nap = if idle < ASLEEP_AFTER {
-            (idle / 64).min(MAX_NAP)
+            (idle / 16).min(MAX_NAP)
         } else {
             ASLEEP
         };

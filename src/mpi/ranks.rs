@@ -17,7 +17,12 @@ use crate::wire::message::FromWorker;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+/// How long rank 0 waits for the agents to leave when the pool stops (an agent gives its
+/// workers 10 s).
+const LEAVE_WITHIN: Duration = Duration::from_secs(15);
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +44,8 @@ pub(super) struct Routes {
     links: Mutex<HashMap<u32, (u32, UnboundedSender<Said>)>>,
     /// By slot: the rank, pid and resident bytes its worker reported last.
     memory: Mutex<HashMap<u32, (u32, u32, u64)>>,
+    /// How many agents have left.
+    byes: (Mutex<usize>, Condvar),
 }
 
 impl Routes {
@@ -55,6 +62,12 @@ impl Routes {
                 let rank = u32::try_from(rank).unwrap_or(u32::MAX);
                 let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
                 memory.insert(w.slot, (rank, pid, bytes));
+                return;
+            }
+            ToRoot::Bye => {
+                let (left, changed) = &self.byes;
+                *left.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                changed.notify_all();
                 return;
             }
             ToRoot::Hello(_) => {
@@ -88,13 +101,27 @@ pub(super) struct Ranks {
 }
 
 impl Drop for Ranks {
-    /// Dropped when supervision has stopped every worker: tells the agents to leave, then
+    /// Dropped when supervision has stopped every worker: tells the agents to leave, waits
+    /// (for at most [`LEAVE_WITHIN`]) until each has said it sends nothing more, then
     /// finalizes MPI, which waits for them to finalize too.
     fn drop(&mut self) {
         for &rank in &self.agents {
             let rank = i32::try_from(rank).unwrap_or(i32::MAX);
             self.outbox.send(rank, ToAgent::Shutdown.encode());
         }
+        let (left, changed) = &self.routes.byes;
+        let left = left.lock().unwrap_or_else(PoisonError::into_inner);
+        let (left, waited) = changed
+            .wait_timeout_while(left, LEAVE_WITHIN, |left| *left < self.agents.len())
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() {
+            tracing::warn!(
+                left = *left,
+                agents = self.agents.len(),
+                "not every node agent left in time"
+            );
+        }
+        drop(left);
         if let Some(hub) = self.hub.take() {
             hub.stop();
         }
@@ -109,6 +136,7 @@ impl Backend for Ranks {
             respawn: true,
             stop_running: true,
             memory: self.watch_memory,
+            lead: super::LEAD,
         }
     }
 
@@ -132,13 +160,20 @@ impl Backend for Ranks {
         if !self.outbox.send(rank, ToAgent::Start(worker).encode()) {
             return Err(gone());
         }
+        // Until the agent says the worker started, leaving (killed, or this future
+        // dropped) stops the worker it is starting.
+        let mut abandon = Abandon {
+            outbox: &self.outbox,
+            rank,
+            worker,
+            armed: true,
+        };
         let said = tokio::select! {
             said = rx.recv() => said,
-            _ = kill.cancelled() => {
-                let _ = self.outbox.send(rank, ToAgent::Kill(worker).encode());
-                return Err(StartError::Killed);
-            }
+            _ = kill.cancelled() => return Err(StartError::Killed),
         };
+        // From here on the link stops it, or it did not start.
+        abandon.armed = false;
         let rank_id = u32::try_from(rank).unwrap_or(u32::MAX);
         match said {
             Some(Said::Started(pid)) => Ok(RankLink {
@@ -179,6 +214,23 @@ impl Backend for Ranks {
     }
 }
 
+/// Sends a kill for a worker whose start was left before its agent answered.
+struct Abandon<'a> {
+    outbox: &'a Outbox,
+    rank: i32,
+    worker: Worker,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.outbox
+                .send(self.rank, ToAgent::Kill(self.worker).encode());
+        }
+    }
+}
+
 /// Rank 0's link to one worker of a node agent.
 pub(super) struct RankLink {
     worker: Worker,
@@ -213,7 +265,8 @@ impl RankLink {
         match said {
             Some(Said::Bytes(bytes)) => {
                 if self.buffer.is_empty() {
-                    self.buffer = BytesMut::from(&bytes[..]);
+                    // Decoded in place: no copy of a large answer.
+                    self.buffer = BytesMut::from(bytes::Bytes::from(bytes));
                 } else {
                     self.buffer.extend_from_slice(&bytes);
                 }

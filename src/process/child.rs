@@ -48,8 +48,8 @@ impl LocalWorker {
 #[cfg(feature = "mpi")]
 #[derive(Debug)]
 pub(crate) enum RawReceived {
-    /// Bytes the worker wrote, as it wrote them.
-    Bytes(Vec<u8>),
+    /// This many bytes the worker wrote were appended to the buffer.
+    Bytes(usize),
     /// The link closed.
     Closed,
     /// The worker is gone, and the link has nothing more to deliver.
@@ -63,24 +63,27 @@ impl LocalWorker {
         self.id.pid()
     }
 
-    /// The next bytes the worker wrote, without decoding them into frames (an MPI node
-    /// agent hands them on to the pool that decodes them), up to `most` at a time; as
+    /// Appends to `buffer` the next bytes the worker wrote, up to `most`, without decoding
+    /// them into frames (an MPI node agent hands them on to the pool that decodes them); as
     /// [`WorkerLink::recv`], every byte comes before [`RawReceived::Exited`], and it is
     /// cancel-safe.
-    pub(crate) async fn recv_bytes(&mut self, most: usize) -> RawReceived {
+    pub(crate) async fn recv_bytes(&mut self, buffer: &mut Vec<u8>, most: usize) -> RawReceived {
+        use bytes::BufMut;
         use tokio::io::AsyncReadExt;
         // What the handshake's decoder read ahead comes first.
         let ahead = self.conn.read_buffer_mut();
         if !ahead.is_empty() {
-            return RawReceived::Bytes(ahead.split().to_vec());
+            buffer.extend_from_slice(&ahead.split());
+            return RawReceived::Bytes(buffer.len());
         }
-        let mut buffer = Vec::with_capacity(most);
+        buffer.reserve(most);
+        let mut limited = (&mut *buffer).limit(most);
         let stream = self.conn.get_mut();
         tokio::select! {
             // First: what the worker wrote before it exited is still delivered.
             biased;
-            read = stream.read_buf(&mut buffer) => match read {
-                Ok(n) if n > 0 => RawReceived::Bytes(buffer),
+            read = stream.read_buf(&mut limited) => match read {
+                Ok(n) if n > 0 => RawReceived::Bytes(n),
                 _ => RawReceived::Closed,
             },
             status = self.child.wait() => RawReceived::Exited(exit_info(status, self.id)),
