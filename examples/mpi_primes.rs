@@ -16,7 +16,7 @@
 mod support;
 
 use procpool::{Executor, ExecutorExt, MpiPoolExecutor, ProcessPoolExecutor};
-use procpool_bench_support::workloads::{count_primes, count_sequentially, ranges};
+use procpool_bench_support::workloads::{count_sequentially, ranges};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,19 +49,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let (count, cluster_time) = runtime.block_on(async {
-        pool.submit(count_primes, (0, 1)).await?; // warm-up
-        let start = Instant::now();
-        let handles: Vec<_> = ranges
-            .iter()
-            .map(|&r| pool.submit(count_primes, r))
-            .collect();
-        let mut total = 0;
-        for handle in handles {
-            total += handle.await?;
-        }
-        let took = start.elapsed();
+        let counted = support::count_primes_on(&pool, &ranges).await;
         pool.shutdown().await;
-        Ok::<_, procpool::JobError>((total, took))
+        counted
     })?;
 
     support::print_timings(

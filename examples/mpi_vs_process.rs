@@ -15,10 +15,11 @@
 //! `mpirun -n 3 python3 -m mpi4py.futures`, and prints one table. Figures are medians;
 //! compare ratios from one run.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use procpool::{Executor, ExecutorExt, MpiPoolExecutor, ProcessPoolExecutor};
-use procpool_bench_support::workloads::{
-    count_primes, count_sequentially, double, echo, ident, ranges,
-};
+use procpool_bench_support::workloads::{count_sequentially, double, echo, ident, ranges};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
@@ -260,16 +261,8 @@ fn pools() -> Result<()> {
         for (name, pool) in executors {
             let mut speedups = Vec::new();
             for _ in 0..3 {
-                let start = Instant::now();
-                let handles: Vec<_> = ranges
-                    .iter()
-                    .map(|&r| pool.submit(count_primes, r))
-                    .collect();
-                let mut count = 0;
-                for handle in handles {
-                    count += handle.await?;
-                }
-                speedups.push(sequential / start.elapsed().as_secs_f64());
+                let (count, took) = support::count_primes_on(pool, &ranges).await?;
+                speedups.push(sequential / took.as_secs_f64());
                 ensure(count == expected, || format!("W4 {name}: {count} primes"))?;
             }
             println!("figure W4 {name} {:.3}", median(&mut speedups));

@@ -13,28 +13,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
-use procpool_bench_support::workloads::{count_primes, count_sequentially, ranges};
-use std::time::{Duration, Instant};
-
-/// Submits one job per range and sums the counts; the pool is warmed up first so that the
-/// time is the computation, not the start-up.
-async fn run_on(
-    pool: &dyn Executor,
-    ranges: &[(u64, u64)],
-) -> Result<(u64, Duration), procpool::Error> {
-    pool.submit(count_primes, (0, 1)).await?; // warm-up: every worker is started
-    let start = Instant::now();
-    let handles: Vec<_> = ranges
-        .iter()
-        .map(|&r| pool.submit(count_primes, r))
-        .collect();
-    let mut total = 0;
-    for handle in handles {
-        total += handle.await?;
-    }
-    Ok((total, start.elapsed()))
-}
+use procpool::{ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
+use procpool_bench_support::workloads::{count_sequentially, ranges};
+use std::time::Instant;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,14 +38,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sequential_time = start.elapsed();
 
     let threads = ThreadPoolExecutor::new(workers)?;
-    let (thread_count, thread_time) = run_on(&threads, &ranges).await?;
+    let (thread_count, thread_time) = support::count_primes_on(&threads, &ranges).await?;
     threads.shutdown().await;
 
     let start = Instant::now();
     let processes = ProcessPoolExecutor::builder()
         .max_workers(workers)
         .build()?;
-    let (process_count, process_time) = run_on(&processes, &ranges).await?;
+    let (process_count, process_time) = support::count_primes_on(&processes, &ranges).await?;
     let process_total = start.elapsed();
     processes.shutdown().await;
 

@@ -18,6 +18,9 @@
 //! example exits with an error if one is wrong. It also writes an SVG chart of W4 speedup
 //! against worker count (`--svg PATH`, default `thread_vs_process.svg`).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use futures::TryStreamExt;
 use procpool::{Executor, ExecutorExt, ProcessPoolExecutor, ThreadPoolExecutor};
 use std::collections::BTreeMap;
@@ -351,17 +354,8 @@ async fn w2_w3(report: &mut Report) -> Result<()> {
 // ---------------------------------------------------------------- W4 CPU-bound
 
 async fn primes_on(pool: &dyn Executor, ranges: &[(u64, u64)]) -> Result<(u64, f64)> {
-    pool.submit(ident, 0).await?; // workers up
-    let start = Instant::now();
-    let handles: Vec<_> = ranges
-        .iter()
-        .map(|&r| pool.submit(count_primes, r))
-        .collect();
-    let mut count = 0;
-    for handle in handles {
-        count += handle.await?;
-    }
-    Ok((count, start.elapsed().as_secs_f64()))
+    let (count, took) = support::count_primes_on(pool, ranges).await?;
+    Ok((count, took.as_secs_f64()))
 }
 
 /// W4's row for the machine's ceiling (see [`w4`]).

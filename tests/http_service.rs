@@ -253,16 +253,24 @@ async fn answers_primes_health_and_stats_correctly() {
     assert!(status.success(), "{status:?}");
 }
 
-#[tokio::test]
-async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
-    let service = Service::start(&["--workers", "2", "--max-in-flight", "2"]);
-    let heavy: Vec<_> = (0..2)
+/// Sends two CPU-heavy requests and waits until the service runs both.
+async fn two_heavy_requests(
+    service: &Service,
+) -> Vec<tokio::task::JoinHandle<std::io::Result<Response>>> {
+    let heavy = (0..2)
         .map(|_| {
             let addr = service.addr.clone();
             tokio::spawn(async move { get(&addr, &format!("/primes?below={HEAVY_BELOW}")).await })
         })
         .collect();
-    until_in_flight(&service, 2).await;
+    until_in_flight(service, 2).await;
+    heavy
+}
+
+#[tokio::test]
+async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
+    let service = Service::start(&["--workers", "2", "--max-in-flight", "2"]);
+    let heavy = two_heavy_requests(&service).await;
 
     // /health answers while both workers are busy with CPU-heavy requests.
     let mut slowest = Duration::ZERO;
@@ -314,13 +322,7 @@ async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
 #[tokio::test]
 async fn ctrl_c_leaves_the_jobs_to_the_service_which_drains() {
     let service = Service::start_as_a_terminal_would(&["--workers", "2", "--max-in-flight", "2"]);
-    let heavy: Vec<_> = (0..2)
-        .map(|_| {
-            let addr = service.addr.clone();
-            tokio::spawn(async move { get(&addr, &format!("/primes?below={HEAVY_BELOW}")).await })
-        })
-        .collect();
-    until_in_flight(&service, 2).await;
+    let heavy = two_heavy_requests(&service).await;
     service.interrupt_group();
     for task in heavy {
         let answer = bounded("a heavy request", task).await.unwrap().unwrap();

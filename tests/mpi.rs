@@ -351,18 +351,22 @@ mod imp {
             .unwrap()
     }
 
+    /// The pool, on rank 0 (the other ranks serve and exit in `world`); `None` if it could
+    /// not be made, which `scenario` reports.
+    fn world(scenario: &str, local: procpool::ProcessPoolBuilder) -> Option<MpiPoolExecutor> {
+        MpiPoolExecutor::world(local)
+            .map_err(|e| eprintln!("{scenario}: {e}"))
+            .ok()
+    }
+
     /// Rank 0 checks, step by step, what a local pool promises; every other rank serves.
     fn api() -> i32 {
         let local = ProcessPoolExecutor::builder()
             .worker_state(node)
             .max_tasks_per_child(100)
             .max_worker_memory(200 << 20);
-        let pool = match MpiPoolExecutor::world(local) {
-            Ok(pool) => pool,
-            Err(e) => {
-                eprintln!("api: {e}");
-                return 1;
-            }
+        let Some(pool) = world("api", local) else {
+            return 1;
         };
         let workers: Vec<_> = pool
             .workers_by_rank()
@@ -478,12 +482,8 @@ mod imp {
     /// As under `#[tokio::main]`: every rank calls `world` inside a runtime.
     fn one_job() -> i32 {
         runtime().block_on(async {
-            let pool = match MpiPoolExecutor::world(ProcessPoolExecutor::builder()) {
-                Ok(pool) => pool,
-                Err(e) => {
-                    eprintln!("one_job: {e}");
-                    return 1;
-                }
+            let Some(pool) = world("one_job", ProcessPoolExecutor::builder()) else {
+                return 1;
             };
             assert_eq!(pool.submit(square, 7).await.unwrap(), 49);
             pool.shutdown().await;
@@ -504,12 +504,8 @@ mod imp {
     /// Rank 0 names an agent (the parent of a worker) and waits on a long job; the driver
     /// kills that agent.
     fn killed_agent() -> i32 {
-        let pool = match MpiPoolExecutor::world(ProcessPoolExecutor::builder()) {
-            Ok(pool) => pool,
-            Err(e) => {
-                eprintln!("killed_agent: {e}");
-                return 1;
-            }
+        let Some(pool) = world("killed_agent", ProcessPoolExecutor::builder()) else {
+            return 1;
         };
         runtime().block_on(async {
             let (_, agent) = pool.submit(whereami, ()).await.unwrap();

@@ -41,14 +41,7 @@ fn until_gone(pid: u32, what: &str) {
 
 /// The process group of `pid`.
 fn group_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    fields[2].parse().unwrap() // state, ppid, pgrp
+    stat_fields(pid).unwrap()[2].parse().unwrap() // state, ppid, pgrp
 }
 
 fn pool() -> ProcessPoolExecutor {

@@ -24,17 +24,9 @@ fn workers() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .collect();
-            fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me) && fields[0] != "Z"
+        .filter(|&pid| {
+            // state, ppid: a live child of this process
+            stat_fields(pid).is_some_and(|f| f[0] != "Z" && f[1].parse() == Ok(me))
         })
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))

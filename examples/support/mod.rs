@@ -82,3 +82,24 @@ pub fn print_timings(extra: &str, rows: &[(&str, Duration, String)]) {
         );
     }
 }
+
+/// W4 on `pool`: one job per range, the counts summed, and how long that took; the
+/// workers are warmed up first, so that the time is the computation, not the start-up.
+pub async fn count_primes_on(
+    pool: &dyn procpool::Executor,
+    ranges: &[(u64, u64)],
+) -> Result<(u64, Duration), procpool::JobError> {
+    use procpool::ExecutorExt;
+    use procpool_bench_support::workloads::count_primes;
+    pool.submit(count_primes, (0, 1)).await?; // every worker is started
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = ranges
+        .iter()
+        .map(|&r| pool.submit(count_primes, r))
+        .collect();
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await?;
+    }
+    Ok((total, start.elapsed()))
+}

@@ -125,8 +125,10 @@ impl Hub {
     /// that cannot finalize, a rank having never answered.
     pub(super) fn abort(self, code: i32) -> ! {
         let _ = self.outbox.0.send(Request::Abort(code));
-        std::thread::park();
-        std::process::exit(code)
+        // MPI_Abort ends this process; a park may wake spuriously.
+        loop {
+            std::thread::park();
+        }
     }
 
     /// Sends what is queued, then finalizes MPI and waits for the thread to end.

@@ -204,3 +204,11 @@ pub async fn error_with_initializer(init: fn()) -> procpool::JobError {
     assert!(err.is_pool_broken(), "{err:?}");
     err
 }
+
+/// The fields of `/proc/<pid>/stat` after the command name (state, ppid, pgrp, ...);
+/// `None` once the process is gone.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit(')').next()?;
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
