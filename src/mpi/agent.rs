@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The most bytes read from a worker at a time, but for the rest of a large frame.
 const READ: usize = 64 << 10;
+/// The most answers held to go together.
+const BATCH: u64 = 16;
+/// The longest answers are held while more are due.
+const HOLD_AT_MOST: Duration = Duration::from_millis(1);
 /// How long the agent waits for its workers to go when the pool shuts down.
 const LEAVE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -182,8 +186,14 @@ async fn run_worker(
     let mut closed = false;
     // What the worker wrote, handed on whenever it ends with a whole frame: a large
     // answer crosses MPI in one message, into one buffer, that the pool decodes in place.
+    // Answers that follow each other closely go together (as the local pool completes
+    // the answers that arrive together in one pass): held while more are due, up to
+    // `BATCH` frames or `HOLD_AT_MOST`.
     let mut pending = Vec::new();
-    let mut cut = Cut::default();
+    let mut read = Cut::default();
+    let mut written = Cut::default();
+    let mut handed_on = 0_u64;
+    let mut flush_at: Option<tokio::time::Instant> = None;
     let exit = loop {
         let memory_tick = async {
             match &mut memory {
@@ -191,25 +201,54 @@ async fn run_worker(
                 None => std::future::pending().await,
             }
         };
+        let held = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let hand_on = |pending: &mut Vec<u8>, handed_on: &mut u64, frames: u64| {
+            if !pending.is_empty() {
+                say(ToRoot::Bytes(worker, std::mem::take(pending)));
+            }
+            *handed_on = frames;
+        };
         tokio::select! {
             order = orders.recv() => match order {
                 // A write fails only once the worker is gone, which its exit says next.
-                Some(Order::Write(bytes)) => { let _ = link.send(&bytes, &[]).await; }
+                Some(Order::Write(bytes)) => {
+                    written.feed(&bytes);
+                    let _ = link.send(&bytes, &[]).await;
+                }
                 Some(Order::Kill) | None => break link.kill().await,
             },
-            received = next_from(&mut link, closed, &mut pending, cut.next_read()) => match received {
+            received = next_from(&mut link, closed, &mut pending, read.next_read()) => match received {
                 RawReceived::Bytes(n) => {
-                    cut.feed(&pending[pending.len() - n..]);
-                    if cut.at_boundary() {
-                        say(ToRoot::Bytes(worker, std::mem::take(&mut pending)));
+                    read.feed(&pending[pending.len() - n..]);
+                    if read.at_boundary() {
+                        let due = written.frames > read.frames;
+                        if !due || read.frames - handed_on >= BATCH || pending.len() >= READ {
+                            hand_on(&mut pending, &mut handed_on, read.frames);
+                            flush_at = None;
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + HOLD_AT_MOST);
+                        }
                     }
                 }
                 RawReceived::Closed => {
+                    hand_on(&mut pending, &mut handed_on, read.frames);
                     closed = true;
                     say(ToRoot::Closed(worker));
                 }
-                RawReceived::Exited(exit) => break exit,
+                RawReceived::Exited(exit) => {
+                    hand_on(&mut pending, &mut handed_on, read.frames);
+                    break exit;
+                }
             },
+            () = held => {
+                hand_on(&mut pending, &mut handed_on, read.frames);
+                flush_at = None;
+            }
             _ = memory_tick => {
                 if let Some(bytes) = resident_bytes(pid) {
                     say(ToRoot::Memory(worker, pid, bytes));
@@ -244,6 +283,8 @@ struct Cut {
     left: usize,
     /// The part of the next header read so far.
     head: Vec<u8>,
+    /// Whole frames taken in.
+    frames: u64,
 }
 
 impl Cut {
@@ -254,6 +295,9 @@ impl Cut {
                 let taken = self.left.min(bytes.len());
                 self.left -= taken;
                 bytes = &bytes[taken..];
+                if self.left == 0 {
+                    self.frames += 1;
+                }
                 continue;
             }
             let taken = (8 - self.head.len()).min(bytes.len());
@@ -262,6 +306,9 @@ impl Cut {
             if let [a, b, c, d, _, _, _, _] = self.head[..] {
                 self.left = u32::from_be_bytes([a, b, c, d]) as usize;
                 self.head.clear();
+                if self.left == 0 {
+                    self.frames += 1;
+                }
             }
         }
     }
@@ -332,6 +379,7 @@ mod tests {
                 );
             }
             assert!(cut.at_boundary(), "step {step}");
+            assert_eq!(cut.frames, 4, "step {step}");
         }
         let mut cut = Cut::default();
         cut.feed(&frame(200_000)[..100]);
