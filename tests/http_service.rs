@@ -253,6 +253,15 @@ async fn answers_primes_health_and_stats_correctly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Awaits the heavy requests: each answered in full.
+async fn both_answered(heavy: Vec<tokio::task::JoinHandle<std::io::Result<Response>>>) {
+    for task in heavy {
+        let answer = bounded("a heavy request", task).await.unwrap().unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["count"], HEAVY_COUNT);
+    }
+}
+
 /// Sends two CPU-heavy requests and waits until the service runs both.
 async fn two_heavy_requests(
     service: &Service,
@@ -303,11 +312,7 @@ async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
         }
     })
     .await;
-    for task in heavy {
-        let answer = bounded("a heavy request", task).await.unwrap().unwrap();
-        assert_eq!(answer.status, 200, "{answer:?}");
-        assert_eq!(answer.json()["count"], HEAVY_COUNT);
-    }
+    both_answered(heavy).await;
     let (status, output) = service.wait();
     assert!(status.success(), "{status:?}: {output}");
     assert!(
@@ -324,11 +329,7 @@ async fn ctrl_c_leaves_the_jobs_to_the_service_which_drains() {
     let service = Service::start_as_a_terminal_would(&["--workers", "2", "--max-in-flight", "2"]);
     let heavy = two_heavy_requests(&service).await;
     service.interrupt_group();
-    for task in heavy {
-        let answer = bounded("a heavy request", task).await.unwrap().unwrap();
-        assert_eq!(answer.status, 200, "{answer:?}");
-        assert_eq!(answer.json()["count"], HEAVY_COUNT);
-    }
+    both_answered(heavy).await;
     let (status, output) = service.wait();
     assert!(status.success(), "{status:?}: {output}");
     assert!(output.contains("drained: 2 requests served"), "{output}");
