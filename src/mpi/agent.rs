@@ -170,12 +170,7 @@ async fn run_worker(
     let mut link: LocalWorker = match started {
         Ok(link) => link,
         Err(error) => {
-            let (failure, text) = match error {
-                StartError::Fatal(text) => (Failure::Fatal, text),
-                StartError::Repeating(text) => (Failure::Repeating, text),
-                StartError::Transient(text) => (Failure::Transient, text),
-                StartError::Killed => (Failure::Killed, String::new()),
-            };
+            let (failure, text) = Failure::of(error);
             say(ToRoot::StartFailed(worker, failure, text));
             return;
         }

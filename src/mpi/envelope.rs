@@ -8,6 +8,7 @@
 //! other body is postcard. Decoding never panics: a message that does not parse is an
 //! [`EnvelopeError`].
 
+use crate::pool::backend::StartError;
 use crate::ship::Target;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -43,7 +44,6 @@ pub(super) struct AgentHello {
 /// How an agent is to run its local pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct AgentConfig {
-    pub(super) workers: u32,
     pub(super) initializers: Vec<Target>,
     pub(super) handshake_timeout: Duration,
     pub(super) max_frame: u64,
@@ -51,13 +51,35 @@ pub(super) struct AgentConfig {
     pub(super) memory_every: Option<Duration>,
 }
 
-/// How a worker's start failed, as `crate::pool::backend::StartError` says it.
+/// How a worker's start failed, as [`StartError`] says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Failure {
     Fatal,
     Repeating,
     Transient,
     Killed,
+}
+
+impl Failure {
+    /// `error`, to be sent.
+    pub(super) fn of(error: StartError) -> (Failure, String) {
+        match error {
+            StartError::Fatal(text) => (Failure::Fatal, text),
+            StartError::Repeating(text) => (Failure::Repeating, text),
+            StartError::Transient(text) => (Failure::Transient, text),
+            StartError::Killed => (Failure::Killed, String::new()),
+        }
+    }
+
+    /// The error sent as `self` and `text`.
+    pub(super) fn into_error(self, text: String) -> StartError {
+        match self {
+            Failure::Fatal => StartError::Fatal(text),
+            Failure::Repeating => StartError::Repeating(text),
+            Failure::Transient => StartError::Transient(text),
+            Failure::Killed => StartError::Killed,
+        }
+    }
 }
 
 /// Rank 0 to an agent.
@@ -252,20 +274,14 @@ mod tests {
 
     fn to_agent() -> impl Strategy<Value = ToAgent> {
         prop_oneof![
-            (
-                any::<u32>(),
-                any::<u64>(),
-                proptest::option::of(any::<u64>())
-            )
-                .prop_map(|(workers, max_frame, every)| ToAgent::Configure(
-                    AgentConfig {
-                        workers,
-                        initializers: Vec::new(),
-                        handshake_timeout: Duration::from_millis(max_frame % 100_000),
-                        max_frame,
-                        memory_every: every.map(Duration::from_micros),
-                    }
-                )),
+            (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(max_frame, every)| {
+                ToAgent::Configure(AgentConfig {
+                    initializers: Vec::new(),
+                    handshake_timeout: Duration::from_millis(max_frame % 100_000),
+                    max_frame,
+                    memory_every: every.map(Duration::from_micros),
+                })
+            }),
             ".*".prop_map(ToAgent::Refused),
             worker().prop_map(ToAgent::Start),
             (worker(), proptest::collection::vec(any::<u8>(), 0..64))

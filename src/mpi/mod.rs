@@ -191,11 +191,12 @@ impl MpiPoolExecutor {
         let workers_by_rank = share(&agents, per_rank.then_some(config.max_workers));
         let outbox = hub.outbox();
         let mut placement = Vec::new();
+        let mut agent_ranks = Vec::new();
         for (&rank, &workers) in &workers_by_rank {
             let rank = i32::try_from(rank).unwrap_or(i32::MAX);
+            agent_ranks.push(rank);
             placement.extend(std::iter::repeat_n(rank, workers));
             let configure = ToAgent::Configure(AgentConfig {
-                workers: u32::try_from(workers).unwrap_or(u32::MAX),
                 initializers: settings.initializers.clone(),
                 handshake_timeout: settings.handshake_timeout,
                 max_frame: settings.max_frame as u64,
@@ -212,7 +213,7 @@ impl MpiPoolExecutor {
             watch_memory: config.max_worker_memory.is_some(),
             generations: AtomicU32::new(0),
             hub: Some(hub),
-            agents: workers_by_rank.keys().copied().collect(),
+            agents: agent_ranks,
         };
         let pool = Pool::start(config, move || Ok(ranks))?;
         Ok(MpiPoolExecutor {

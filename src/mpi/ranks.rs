@@ -19,13 +19,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
 
 /// How long rank 0 waits for the agents to leave when the pool stops (an agent gives its
 /// workers 10 s).
 const LEAVE_WITHIN: Duration = Duration::from_secs(15);
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
 
 /// What an agent said of one worker.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ pub(super) struct Ranks {
     /// The rank's MPI thread, stopped (and MPI finalized) when the pool stops.
     pub(super) hub: Option<super::hub::Hub>,
     /// The ranks of the node agents.
-    pub(super) agents: Vec<u32>,
+    pub(super) agents: Vec<i32>,
 }
 
 impl Drop for Ranks {
@@ -106,7 +106,6 @@ impl Drop for Ranks {
     /// finalizes MPI, which waits for them to finalize too.
     fn drop(&mut self) {
         for &rank in &self.agents {
-            let rank = i32::try_from(rank).unwrap_or(i32::MAX);
             self.outbox.send(rank, ToAgent::Shutdown.encode());
         }
         let (left, changed) = &self.routes.byes;
@@ -187,12 +186,7 @@ impl Backend for Ranks {
                 ended: None,
                 routes: self.routes.clone(),
             }),
-            Some(Said::StartFailed(failure, text)) => Err(match failure {
-                Failure::Fatal => StartError::Fatal(text),
-                Failure::Repeating => StartError::Repeating(text),
-                Failure::Transient => StartError::Transient(text),
-                Failure::Killed => StartError::Killed,
-            }),
+            Some(Said::StartFailed(failure, text)) => Err(failure.into_error(text)),
             Some(other) => Err(StartError::Repeating(format!(
                 "rank {rank} answered a start with {other:?}"
             ))),
