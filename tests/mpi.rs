@@ -288,6 +288,18 @@ mod imp {
 
     // ------------------------------------------------------------------ the ranks
 
+    fn echo(bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+
+    fn length(bytes: Vec<u8>) -> usize {
+        bytes.len()
+    }
+
+    fn pattern(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i % 251) as u8).collect()
+    }
+
     fn square(x: u64) -> u64 {
         x * x
     }
@@ -394,6 +406,20 @@ mod imp {
                 ranks.insert(rank);
             }
             assert_eq!(ranks, BTreeSet::from([1, 2]), "jobs ran on both agents");
+            // large arguments and results, around the size from which they cross MPI on
+            // their own and into kept buffers, several at once and again
+            for _ in 0..2 {
+                for size in [(1 << 20) - 1, 1 << 20, (3 << 20) + 7, 16 << 20] {
+                    let payload = pattern(size);
+                    let handles: Vec<_> =
+                        (0..3).map(|_| pool.submit(echo, payload.clone())).collect();
+                    for handle in handles {
+                        assert!(handle.await.unwrap() == payload, "echo of {size} bytes");
+                    }
+                    assert_eq!(pool.submit(length, pattern(size)).await.unwrap(), size);
+                    assert!(pool.submit(pattern, size).await.unwrap() == payload);
+                }
+            }
             // worker_state, per node
             let node = pool.submit(node_of_state, ()).await.unwrap();
             assert!(node == 1 || node == 2, "{node}");

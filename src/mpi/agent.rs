@@ -9,6 +9,7 @@ use super::envelope::{
     AgentConfig, AgentHello, Failure, MPI_PROTOCOL_VERSION, ToAgent, ToRoot, Worker,
 };
 use super::hub::Outbox;
+use super::spares::{LARGE, SPARES};
 use crate::pool::backend::{Backend, StartError, WorkerLink};
 use crate::process::child::{LocalWorker, RawReceived, resident_bytes};
 use crate::process::{Launcher, Settings};
@@ -24,12 +25,16 @@ const READ: usize = 64 << 10;
 const BATCH: u64 = 16;
 /// The longest answers are held while more are due.
 const HOLD_AT_MOST: Duration = Duration::from_millis(1);
+/// Room left after a large answer for the envelope's trailer, so that sealing it does
+/// not move it.
+const TRAILER_ROOM: usize = 64;
 /// How long the agent waits for its workers to go when the pool shuts down.
 const LEAVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// What rank 0 asks of one worker's task.
 enum Order {
-    Write(Vec<u8>),
+    /// Frames to write, then the last one's large payload (empty if it has none).
+    Write(Vec<u8>, Vec<u8>),
     Kill,
 }
 
@@ -95,7 +100,24 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
                 );
                 tasks.spawn(task);
             }
-            Ok(ToAgent::Frames(worker, bytes)) => order(&workers, worker, Order::Write(bytes)),
+            Ok(ToAgent::Frames(worker, bytes)) => {
+                order(&workers, worker, Order::Write(bytes, Vec::new()));
+            }
+            Ok(ToAgent::FramesThen(worker, frames, announced)) => {
+                // Rank 0's next message, which nothing can come before.
+                let Some(payload) = inbound.recv().await else {
+                    break;
+                };
+                if payload.len() as u64 == announced {
+                    order(&workers, worker, Order::Write(frames, payload));
+                } else {
+                    tracing::error!(
+                        "a node agent was announced a payload of {announced} bytes and sent {};                          its worker is stopped",
+                        payload.len()
+                    );
+                    order(&workers, worker, Order::Kill);
+                }
+            }
             Ok(ToAgent::Kill(worker)) => order(&workers, worker, Order::Kill),
             Ok(ToAgent::Shutdown) => break,
             Ok(other) => tracing::warn!("a node agent was sent {other:?} again"),
@@ -211,9 +233,15 @@ async fn run_worker(
         tokio::select! {
             order = orders.recv() => match order {
                 // A write fails only once the worker is gone, which its exit says next.
-                Some(Order::Write(bytes)) => {
-                    written.feed(&bytes);
-                    let _ = link.send(&bytes, &[]).await;
+                Some(Order::Write(frames, payload)) => {
+                    written.feed(&frames);
+                    written.feed(&payload);
+                    let payload = bytes::Bytes::from(payload);
+                    let _ = link.send(&frames, &payload).await;
+                    SPARES.keep(frames);
+                    if let Ok(payload) = payload.try_into_mut() {
+                        SPARES.keep(payload.into());
+                    }
                 }
                 Some(Order::Kill) | None => break link.kill().await,
             },
@@ -265,6 +293,10 @@ async fn next_from(
     if closed {
         RawReceived::Exited(link.exited().await)
     } else {
+        // The rest of a large frame goes into a kept buffer, with room for the trailer.
+        if most >= LARGE {
+            SPARES.reserve(pending, most + TRAILER_ROOM);
+        }
         link.recv_bytes(pending, most).await
     }
 }

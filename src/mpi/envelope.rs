@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Bumped whenever a message below changes meaning.
-pub(super) const MPI_PROTOCOL_VERSION: u32 = 1;
+pub(super) const MPI_PROTOCOL_VERSION: u32 = 2;
 
 /// Slot, generation, kind.
 const TRAILER: usize = 9;
@@ -93,6 +93,10 @@ pub(super) enum ToAgent {
     Start(Worker),
     /// Bytes for the worker, as they are to be written to it.
     Frames(Worker, Vec<u8>),
+    /// Frames for the worker whose last one's payload, this many bytes, is the next
+    /// message from rank 0, on its own: a large argument crosses MPI straight from the
+    /// caller's buffer, and into one the agent writes from as it is.
+    FramesThen(Worker, Vec<u8>, u64),
     /// Stop the worker now.
     Kill(Worker),
     /// The pool is gone: stop every worker and leave.
@@ -135,6 +139,7 @@ const START: u8 = 3;
 const FRAMES: u8 = 4;
 const KILL: u8 = 5;
 const SHUTDOWN: u8 = 6;
+const FRAMES_THEN: u8 = 7;
 const HELLO: u8 = 11;
 const STARTED: u8 = 12;
 const START_FAILED: u8 = 13;
@@ -189,6 +194,10 @@ impl ToAgent {
             ToAgent::Refused(reason) => seal(postcard_of(&reason), NOBODY, REFUSED),
             ToAgent::Start(worker) => seal(Vec::new(), worker, START),
             ToAgent::Frames(worker, bytes) => seal(bytes, worker, FRAMES),
+            ToAgent::FramesThen(worker, mut bytes, payload) => {
+                bytes.extend_from_slice(&payload.to_le_bytes());
+                seal(bytes, worker, FRAMES_THEN)
+            }
             ToAgent::Kill(worker) => seal(Vec::new(), worker, KILL),
             ToAgent::Shutdown => seal(Vec::new(), NOBODY, SHUTDOWN),
         }
@@ -202,6 +211,16 @@ impl ToAgent {
             REFUSED => ToAgent::Refused(body_of(&bytes)?),
             START => ToAgent::Start(worker),
             FRAMES => ToAgent::Frames(worker, bytes),
+            FRAMES_THEN => {
+                let Some(at) = bytes.len().checked_sub(8) else {
+                    return Err(EnvelopeError::Short(bytes.len() + TRAILER));
+                };
+                let mut payload = [0; 8];
+                payload.copy_from_slice(&bytes[at..]);
+                let payload = u64::from_le_bytes(payload);
+                bytes.truncate(at);
+                ToAgent::FramesThen(worker, bytes, payload)
+            }
             KILL => ToAgent::Kill(worker),
             SHUTDOWN => ToAgent::Shutdown,
             other => return Err(EnvelopeError::UnknownKind(other)),
@@ -211,7 +230,7 @@ impl ToAgent {
     /// [`encode`](Self::encode) for a worker's frames and the payload of the last one, in
     /// one buffer made once.
     pub(super) fn frames(worker: Worker, frames: &[u8], payload: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(frames.len() + payload.len() + TRAILER);
+        let mut bytes = super::spares::SPARES.empty(frames.len() + payload.len() + TRAILER);
         bytes.extend_from_slice(frames);
         bytes.extend_from_slice(payload);
         seal(bytes, worker, FRAMES)
@@ -286,6 +305,12 @@ mod tests {
             worker().prop_map(ToAgent::Start),
             (worker(), proptest::collection::vec(any::<u8>(), 0..64))
                 .prop_map(|(w, b)| ToAgent::Frames(w, b)),
+            (
+                worker(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u64>()
+            )
+                .prop_map(|(w, b, n)| ToAgent::FramesThen(w, b, n)),
             worker().prop_map(ToAgent::Kill),
             Just(ToAgent::Shutdown),
         ]

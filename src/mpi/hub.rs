@@ -20,9 +20,10 @@
 //! unwinding through MPI, whose `MPI_Finalize` would then wait forever for the other
 //! ranks.
 
+use super::spares::SPARES;
 use crate::error::Error;
-use ::mpi::point_to_point::MatchedReceiveVec;
-use ::mpi::traits::{Communicator, Destination, Source};
+use ::mpi::traits::{Communicator, Destination, Equivalence, Source};
+use bytes::Bytes;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ const ASLEEP: Duration = Duration::from_millis(5);
 /// What the other threads ask of the hub.
 enum Request {
     Send(i32, Vec<u8>),
+    /// Two messages, one after the other: a head and a large payload sent from where it
+    /// is (MPI keeps their order: nothing comes between them).
+    SendPair(i32, Vec<u8>, Bytes),
     Stop,
     Abort(i32),
 }
@@ -52,6 +56,12 @@ impl Outbox {
     /// Queues `bytes` for `rank`; `false` if the hub has stopped.
     pub(super) fn send(&self, rank: i32, bytes: Vec<u8>) -> bool {
         self.0.send(Request::Send(rank, bytes)).is_ok()
+    }
+
+    /// Queues `head`, then `payload` right after it, for `rank`; `false` if the hub has
+    /// stopped.
+    pub(super) fn send_pair(&self, rank: i32, head: Vec<u8>, payload: Bytes) -> bool {
+        self.0.send(Request::SendPair(rank, head, payload)).is_ok()
     }
 }
 
@@ -164,8 +174,8 @@ fn serve(
         let mut active = false;
         loop {
             match requests.try_recv() {
-                Ok(Request::Send(rank, bytes)) => {
-                    send(world, rank, &bytes, &mut router);
+                Ok(request @ (Request::Send(..) | Request::SendPair(..))) => {
+                    carry(world, request, &mut router);
                     active = true;
                 }
                 Ok(Request::Stop) | Err(mpsc::TryRecvError::Disconnected) => return None,
@@ -187,17 +197,37 @@ fn serve(
         let nap = if idle < ASLEEP_AFTER {
             (idle / 16).min(MAX_NAP)
         } else {
+            SPARES.release();
             ASLEEP
         };
         match requests.recv_timeout(nap) {
-            Ok(Request::Send(rank, bytes)) => {
-                send(world, rank, &bytes, &mut router);
+            Ok(request @ (Request::Send(..) | Request::SendPair(..))) => {
+                carry(world, request, &mut router);
                 last_active = Instant::now();
             }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Ok(Request::Abort(code)) => return Some(code),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+    }
+}
+
+/// Sends what `request` asks, then keeps the buffers it is done with for later messages
+/// (a shared payload, once the pool has let go of it too).
+fn carry(world: &impl Communicator, request: Request, router: &mut Router) {
+    match request {
+        Request::Send(rank, bytes) => {
+            send(world, rank, &bytes, router);
+            SPARES.keep(bytes);
+        }
+        Request::SendPair(rank, head, payload) => {
+            send(world, rank, &head, router);
+            send(world, rank, &payload, router);
+            if let Ok(payload) = payload.try_into_mut() {
+                SPARES.keep(payload.into());
+            }
+        }
+        Request::Stop | Request::Abort(_) => {}
     }
 }
 
@@ -225,7 +255,10 @@ fn send(world: &impl Communicator, rank: i32, bytes: &[u8], router: &mut Router)
 fn receive_ready(world: &impl Communicator, router: &mut Router) -> bool {
     let mut any = false;
     while let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG) {
-        let (bytes, status) = (message, status).matched_receive_vec::<u8>();
+        // A count that does not fit a usize cannot have been sent.
+        let len = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0);
+        let mut bytes = SPARES.filled(len);
+        let status = message.matched_receive_into(&mut bytes[..]);
         router(status.source_rank(), bytes);
         any = true;
     }

@@ -10,6 +10,7 @@
 
 use super::envelope::{Failure, ToAgent, ToRoot, Worker};
 use super::hub::Outbox;
+use super::spares::LARGE;
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
 use crate::wire::frame::Codec;
@@ -181,7 +182,7 @@ impl Backend for Ranks {
                 id: WorkerId::on_rank(pid, rank_id),
                 rx,
                 outbox: self.outbox.clone(),
-                codec: Codec::new(self.max_frame),
+                codec: Codec::whole(self.max_frame),
                 buffer: BytesMut::new(),
                 ended: None,
                 routes: self.routes.clone(),
@@ -247,7 +248,14 @@ impl RankLink {
     /// A frame already in the buffer, or a decoding error.
     fn decoded(&mut self) -> Option<Received> {
         match self.codec.decode(&mut self.buffer) {
-            Ok(Some(frame)) => Some(Received::Frame(frame)),
+            Ok(Some(frame)) => {
+                if self.buffer.is_empty() {
+                    // The frame's payload is then the buffer's only holder: a large
+                    // answer becomes the caller's `Vec` without a copy.
+                    self.buffer = BytesMut::new();
+                }
+                Some(Received::Frame(frame))
+            }
             Ok(None) => None,
             Err(error) => Some(Received::Broken(error)),
         }
@@ -297,7 +305,7 @@ impl WorkerLink for RankLink {
         self.id
     }
 
-    async fn send(&mut self, frames: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    async fn send(&mut self, frames: &[u8], payload: &bytes::Bytes) -> std::io::Result<()> {
         if frames.len() + payload.len() > super::MAX_MESSAGE {
             // The pool's frame limit keeps a window below it; this is a safety net.
             return Err(std::io::Error::new(
@@ -305,8 +313,16 @@ impl WorkerLink for RankLink {
                 "a window of frames larger than an MPI message can be",
             ));
         }
-        let bytes = ToAgent::frames(self.worker, frames, payload);
-        if self.outbox.send(self.rank, bytes) {
+        let sent = if payload.len() >= LARGE {
+            // Not copied: the hub sends it from the job's own buffer, after the frames.
+            let head = ToAgent::FramesThen(self.worker, frames.to_vec(), payload.len() as u64);
+            self.outbox
+                .send_pair(self.rank, head.encode(), payload.clone())
+        } else {
+            let bytes = ToAgent::frames(self.worker, frames, payload);
+            self.outbox.send(self.rank, bytes)
+        };
+        if sent {
             Ok(())
         } else {
             Err(std::io::ErrorKind::BrokenPipe.into())

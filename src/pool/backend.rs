@@ -31,6 +31,7 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::wire::claims::Revoke;
 use crate::wire::frame::{Frame, ProtocolError};
 use crate::wire::message::FromWorker;
+use bytes::Bytes;
 use futures::FutureExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -147,11 +148,12 @@ pub(crate) trait WorkerLink: Send + 'static {
     /// Who the worker is, for errors, stats and tracing.
     fn id(&self) -> WorkerId;
 
-    /// Writes `frames`, then `payload`, to the worker.
+    /// Writes `frames`, then `payload` (a large job's argument, shared so that a link may
+    /// send it from another thread without copying it), to the worker.
     fn send(
         &mut self,
         frames: &[u8],
-        payload: &[u8],
+        payload: &Bytes,
     ) -> impl Future<Output = std::io::Result<()>> + Send;
 
     /// The next thing the link has for the pool.

@@ -37,8 +37,9 @@ pub(crate) struct QueuedJob {
     /// The job's time limit, the pool's default already applied.
     pub(crate) timeout: Option<Duration>,
     /// The encoded argument(s), encoded by the submitter; freed once the worker runs the
-    /// job, unless it may be retried.
-    pub(crate) input: Vec<u8>,
+    /// job, unless it may be retried. Shared, so that a link may send a large one from
+    /// another thread without a copy.
+    pub(crate) input: bytes::Bytes,
     /// How many more times the job may run if its worker dies.
     pub(crate) retries_left: u32,
     /// How many times it has been run so far.
@@ -178,7 +179,7 @@ impl Core {
             decoder: call.decoder(),
             state: state.clone(),
             timeout: options.resolve_timeout(self.config.job_timeout),
-            input,
+            input: input.into(),
             retries_left: options.retries,
             attempts: 0,
         };
@@ -188,7 +189,8 @@ impl Core {
             Err(queued) => match self.broken.get() {
                 Some(error) => Ok(ErasedHandle::failed(error.clone())),
                 None => {
-                    call.restore_input(queued.input);
+                    // Never sent, so not shared: back to a `Vec` without a copy.
+                    call.restore_input(queued.input.into());
                     Err(ErasedJob { call, options })
                 }
             },

@@ -239,7 +239,7 @@ impl<'a> Line<'a> {
     }
 
     /// The argument of the job sent last, while it waits.
-    pub(crate) fn last_input(&self) -> Option<&[u8]> {
+    pub(crate) fn last_input(&self) -> Option<&bytes::Bytes> {
         Some(&self.sent.back()?.job.input)
     }
 
@@ -256,7 +256,7 @@ impl<'a> Line<'a> {
         sent.job.attempts += 1;
         self.bytes -= sent.job.input.len();
         if sent.job.retries_left == 0 {
-            sent.job.input = Vec::new(); // the worker has it: free it now
+            sent.job.input = bytes::Bytes::new(); // the worker has it: free it now
         }
         if self.stoppable {
             sent.job.state.make_stoppable();
@@ -403,7 +403,7 @@ mod tests {
             decoder: call.decoder(),
             state,
             timeout: None,
-            input: vec![0; 8],
+            input: vec![0; 8].into(),
             retries_left: 0,
             attempts: 0,
         };
@@ -412,7 +412,7 @@ mod tests {
 
     /// `job` with `input` as its encoded argument.
     fn with_input(mut job: QueuedJob, input: Vec<u8>) -> QueuedJob {
-        job.input = input;
+        job.input = input.into();
         job
     }
 

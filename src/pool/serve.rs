@@ -451,10 +451,10 @@ impl<B: Backend> Serving<'_, B> {
             Ok(())
         } else {
             let payload = match (large, self.line.last_input()) {
-                (true, Some(input)) => input,
-                _ => &[],
+                (true, Some(input)) => input.clone(),
+                _ => bytes::Bytes::new(),
             };
-            self.link.send(&out, payload).await
+            self.link.send(&out, &payload).await
         };
         self.frames = out;
         match sent {
@@ -636,7 +636,7 @@ impl<B: Backend> Serving<'_, B> {
         let frame = &mut self.frames;
         frame.clear();
         if put_frame(&ToWorker::Shutdown, &[], self.core.config.max_frame, frame).is_ok() {
-            let _ = self.link.send(frame, &[]).await;
+            let _ = self.link.send(frame, &bytes::Bytes::new()).await;
         }
         let exit = stop_within(&mut self.link, &self.core.kill, EXIT_GRACE).await;
         tracing::debug!(worker = %self.id, %exit, "worker exited");

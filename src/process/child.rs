@@ -96,7 +96,7 @@ impl WorkerLink for LocalWorker {
         self.id
     }
 
-    async fn send(&mut self, frames: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    async fn send(&mut self, frames: &[u8], payload: &bytes::Bytes) -> std::io::Result<()> {
         let stream = self.conn.get_mut();
         stream.write_all(frames).await?;
         if !payload.is_empty() {

@@ -272,7 +272,10 @@ impl Launcher {
         };
         let mut frame = bytes::BytesMut::new();
         let sent = match put_frame(&welcome, &[], self.settings.max_frame, &mut frame) {
-            Ok(_) => worker.send(&frame, &[]).await.map_err(|e| e.to_string()),
+            Ok(_) => worker
+                .send(&frame, &bytes::Bytes::new())
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(crate::error::report(&e)),
         };
         if let Err(e) = sent {

@@ -117,7 +117,9 @@ impl Backend for Threads {
             max_frame: 1 << 20,
         };
         put_frame(&message, &[], 1 << 20, &mut welcome).unwrap();
-        link.send(&welcome, &[]).await.map_err(transient)?;
+        link.send(&welcome, &bytes::Bytes::new())
+            .await
+            .map_err(transient)?;
         match link.recv().await {
             Received::Frame(Frame {
                 message: FromWorker::Ready,
@@ -138,7 +140,7 @@ impl WorkerLink for ThreadWorker {
         self.id
     }
 
-    async fn send(&mut self, frames: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    async fn send(&mut self, frames: &[u8], payload: &bytes::Bytes) -> std::io::Result<()> {
         let stream = self.conn.get_mut();
         stream.write_all(frames).await?;
         stream.write_all(payload).await
