@@ -226,10 +226,18 @@
 //! mpirun -n 9 --hostfile hosts --bind-to none target/release/examples/mpi_primes
 //! ```
 //!
-//! - **On several hosts** (`--hostfile`), every host needs the binary at the path mpirun
-//!   starts, or a copy of the same build: rank 0 compares each rank's GNU build-id (a hash
-//!   of the file the linker writes; Rust on Linux links with one) and refuses another build
-//!   with [`Error::Cluster`] naming both build-ids, hosts and paths.
+//! - **On several hosts**, list them in a hostfile (`node1 slots=4` per line; mpirun
+//!   reaches each over `ssh` without a password) and let MPI carry messages over TCP
+//!   between hosts (Open MPI does by default; `--mca btl self,vader,tcp` names it when
+//!   restricting transports). Every host needs the binary at the path mpirun starts, or a
+//!   copy of the same build at the path given for that host (`-n 1 ./app : -n 8 --host
+//!   node1:8 /scratch/app`): rank 0 compares each rank's GNU build-id (a hash of the file
+//!   the linker writes; Rust on Linux links with one) and refuses another build with
+//!   [`Error::Cluster`] naming both build-ids, hosts and paths. `tests/mpi.rs` runs two
+//!   agents on a second host as Open MPI sees it (its own daemon, started through a
+//!   stand-in for `ssh` in a namespace with another host name, a copy of the program at
+//!   another path, TCP to rank 0), where jobs run, a 16 MiB payload crosses, a crash is
+//!   isolated and a timeout kills.
 //! - **Each agent runs its jobs in local worker processes**, so on every node a job that
 //!   panics, aborts, segfaults, is killed, times out or is cancelled fails alone with the
 //!   same [`JobError`] as on one machine, and its worker is replaced; the rank and the MPI
@@ -286,7 +294,7 @@
 //! | Linux, other architectures | expected to work (nothing is architecture-specific); not tested |
 //! | macOS, FreeBSD and other Unix | expected to build and run; not tested; the promises below marked Linux do not hold there |
 //! | Windows | not supported yet: the crate does not compile there |
-//! | MPI (feature `mpi`) | **tested** with Open MPI 4.1 on Linux x86-64, `mpirun -n 3` on one host (CI); several hosts: expected to work, not tested |
+//! | MPI (feature `mpi`) | **tested** with Open MPI 4.1 on Linux x86-64 (CI): `mpirun -n 3` on one host, and ranks on a second host simulated on the same machine (its own Open MPI daemon and host name, TCP between hosts); real multi-machine clusters: expected to work, not tested |
 //!
 //! What holds only on Linux, and what happens elsewhere:
 //!

@@ -41,6 +41,7 @@ mod imp {
                 "one_job" => one_job(),
                 "killed_agent" => killed_agent(),
                 "panic_on_rank_0" => panic_on_rank_0(),
+                "two_hosts" => two_hosts(),
                 other => {
                     eprintln!("unknown scenario {other}");
                     3
@@ -48,7 +49,7 @@ mod imp {
             });
         }
         let started = Instant::now();
-        let tests: [(&str, fn()); 5] = [
+        let tests: [(&str, fn()); 6] = [
             (
                 "the_public_api_works_across_ranks",
                 the_public_api_works_across_ranks,
@@ -69,6 +70,10 @@ mod imp {
                 "a_killed_agent_ends_the_program",
                 a_killed_agent_ends_the_program,
             ),
+            (
+                "ranks_on_another_host_serve_over_tcp",
+                ranks_on_another_host_serve_over_tcp,
+            ),
         ];
         for (name, test) in tests {
             let at = Instant::now();
@@ -87,16 +92,14 @@ mod imp {
     /// `mpirun` for this machine: ranks may outnumber cores, and shared memory carries the
     /// messages.
     fn mpirun() -> Command {
+        mpirun_over("self,vader")
+    }
+
+    /// `mpirun` whose messages go over the transports `btl`.
+    fn mpirun_over(btl: &str) -> Command {
         let mut command = Command::new("mpirun");
         command
-            .args([
-                "--oversubscribe",
-                "--bind-to",
-                "none",
-                "--mca",
-                "btl",
-                "self,vader",
-            ])
+            .args(["--oversubscribe", "--bind-to", "none", "--mca", "btl", btl])
             .args(["-x", SCENARIO])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -207,6 +210,71 @@ mod imp {
             said.contains("runs another build") && said.contains(&ours) && said.contains(&theirs),
             "expected both build-ids ({ours}, {theirs}):\n{said}"
         );
+    }
+
+    /// A second host, as far as Open MPI can tell: `mpirun` starts its daemon for `nodeb`
+    /// through a stand-in for `ssh` (`plm_rsh_agent`) that runs it here in a UTS namespace
+    /// of its own, named `nodeb`. The two ranks there run a copy of the program at another
+    /// path, as on a node with its own disk; Open MPI carries their messages to rank 0 over
+    /// TCP (shared memory alone refuses: the ranks are on different hosts).
+    fn ranks_on_another_host_serve_over_tcp() {
+        if !can_unshare() {
+            println!("  (skipped: needs `unshare --uts`, which needs root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = dir.path().join("ssh");
+        std::fs::write(
+            &ssh,
+            "#!/bin/sh\n\
+             # ssh HOST COMMAND...: runs COMMAND here, on a host named HOST.\n\
+             while [ \"${1#-}\" != \"$1\" ]; do shift; done\n\
+             host=$1; shift\n\
+             exec unshare --uts sh -c 'hostname \"$0\" && exec sh -c \"$1\"' \"$host\" \"$*\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let here = host_name();
+        let hostfile = dir.path().join("hosts");
+        std::fs::write(&hostfile, format!("{here} slots=1\nnodeb slots=2\n")).unwrap();
+        let copy = dir.path().join("nodeb-disk").join("the-program");
+        std::fs::create_dir(copy.parent().unwrap()).unwrap();
+        std::fs::copy(this_program(), &copy).unwrap();
+        let mut command = mpirun_over("self,vader,tcp");
+        command
+            .arg("--hostfile")
+            .arg(&hostfile)
+            .args(["--mca", "plm_rsh_agent"])
+            .arg(&ssh)
+            .args(["-n", "1", "--host", &format!("{here}:1")])
+            .arg(this_program())
+            .args([":", "-n", "2", "--host", "nodeb:2"])
+            .arg(&copy);
+        let run = run(command, "two_hosts", BOUND);
+        assert!(
+            run.status.success() && run.stdout.contains("two_hosts: ok"),
+            "{}\n{}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+    }
+
+    /// Whether this process may give a child a host name of its own.
+    fn can_unshare() -> bool {
+        Command::new("unshare")
+            .args(["--uts", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn host_name() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     fn a_killed_agent_ends_the_program() {
@@ -503,6 +571,48 @@ mod imp {
         });
         println!("api: ok");
         0
+    }
+
+    /// Rank 0 on this host, two agents on `nodeb`: jobs run there, large payloads cross,
+    /// a crash there is isolated, a timeout there kills.
+    fn two_hosts() -> i32 {
+        let Some(pool) = world("two_hosts", ProcessPoolExecutor::builder()) else {
+            return 1;
+        };
+        assert_ne!(host_name(), "nodeb");
+        runtime().block_on(async {
+            let handles: Vec<_> = (0..4).map(|_| pool.submit(host_of, ())).collect();
+            for handle in handles {
+                assert_eq!(
+                    handle.await.unwrap(),
+                    "nodeb",
+                    "a job ran on the other host"
+                );
+            }
+            let payload = pattern(16 << 20);
+            assert!(pool.submit(echo, payload.clone()).await.unwrap() == payload);
+            match pool.submit(abort, ()).await {
+                Err(JobError::WorkerDied { exit, .. }) => {
+                    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit}")
+                }
+                other => panic!("{other:?}"),
+            }
+            let late = pool.submit_with(
+                sleep_ms,
+                30_000,
+                JobOptions::new().timeout(Duration::from_millis(300)),
+            );
+            assert!(matches!(late.await, Err(JobError::TimedOut(_))));
+            assert_eq!(pool.submit(square, 5).await.unwrap(), 25);
+            pool.shutdown().await;
+        });
+        println!("two_hosts: ok");
+        0
+    }
+
+    /// The name of the host the job ran on.
+    fn host_of(_: ()) -> String {
+        host_name()
     }
 
     /// As under `#[tokio::main]`: every rank calls `world` inside a runtime.
