@@ -181,6 +181,7 @@ impl<In> Codec<In> {
     /// A codec for frames that arrive whole, each message holding complete frames (an MPI
     /// node agent's): a large payload is split off the received buffer, not gathered in
     /// a buffer of its own, since it is in memory already.
+    #[cfg(feature = "mpi")]
     pub(crate) fn whole(max_frame: usize) -> Self {
         Codec {
             direct_from: usize::MAX,
