@@ -18,6 +18,8 @@
 //! example exits with an error if one is wrong. It also writes an SVG chart of W4 speedup
 //! against worker count (`--svg PATH`, default `thread_vs_process.svg`).
 
+#[path = "support/chunking.rs"]
+mod chunking;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -392,6 +394,12 @@ async fn w4(report: &mut Report) -> Result<()> {
         ensure(count == expect, || format!("W4 {name}: {count} primes"))?;
         report.add("W4", name, "seconds", secs);
         report.add("W4", name, "speedup", sequential / secs);
+        // The same 64 ranges through `map`, chunked by default.
+        let (count, took) = chunking::primes_by_map(pool.as_ref(), &ranges).await?;
+        ensure(count == expect, || format!("W4 {name} map: {count} primes"))?;
+        let secs = took.as_secs_f64();
+        report.add("W4", &format!("{name} (map)"), "seconds", secs);
+        report.add("W4", &format!("{name} (map)"), "speedup", sequential / secs);
     }
     let runtime = blocking_runtime()?;
     let start = Instant::now();
@@ -423,6 +431,62 @@ async fn w4(report: &mut Report) -> Result<()> {
     report.add("W4", "rayon", "seconds", secs);
     report.add("W4", "rayon", "speedup", sequential / secs);
     Ok(())
+}
+
+// ---------------------------------------------------------------- mixed-cost map
+
+/// The mixed-cost map (see [`chunking`]): sequential, then each pool with fixed chunk
+/// sizes and with the default.
+async fn mixed(report: &mut Report) -> Result<()> {
+    let (expect, took) = chunking::mixed_sequentially();
+    report.add("MX", "sequential", "seconds", took.as_secs_f64());
+    for (name, pool) in pools()? {
+        let sizes = chunking::MIXED_CHUNKS.map(Some);
+        for chunk in sizes.into_iter().chain([None]) {
+            let (sum, took) = chunking::mixed_map(pool.as_ref(), chunk).await?;
+            ensure(sum == expect, || format!("MX {name}: checksum {sum}"))?;
+            let variant = match chunk {
+                Some(size) => format!("{name} (chunk {size})"),
+                None => format!("{name} (default)"),
+            };
+            report.add("MX", &variant, "seconds", took.as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+/// How the default chunking compares, per pool: W4 through `map` against one by one, and
+/// the mixed-cost map's default against its best fixed chunk size.
+fn print_chunking(report: &Report) {
+    println!();
+    for name in ["threads", "processes"] {
+        let by_map = report.get("W4", &format!("{name} (map)"), "speedup");
+        let one_by_one = report.get("W4", name, "speedup");
+        if let (Some(map), Some(one)) = (by_map, one_by_one) {
+            println!(
+                "  W4 {name}: map with default chunks reaches {:.3} of the speedup of one-by-one submits",
+                map / one
+            );
+        }
+        let best = chunking::MIXED_CHUNKS
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c,
+                    report.get("MX", &format!("{name} (chunk {c})"), "seconds")?,
+                ))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let (Some((chunk, best)), Some(default)) = (
+            best,
+            report.get("MX", &format!("{name} (default)"), "seconds"),
+        ) {
+            println!(
+                "  MX {name}: the default takes {:.3}x the time of the best fixed chunk size ({chunk})",
+                default / best
+            );
+        }
+    }
 }
 
 /// W4 speedup by worker count for the chart: `(workers, threads, processes)`.
@@ -698,6 +762,12 @@ fn print_report(report: &Report) {
             true,
         ),
         ("W6", "echo_ms", "64 MiB echo: ms (lower is better)", true),
+        (
+            "MX",
+            "seconds",
+            "mixed-cost map, 4,000 items of 1 to 100 units: seconds, median over runs (lower is better)",
+            true,
+        ),
     ];
     for (workload, metric, title, lower_better) in workloads {
         println!("\n{workload} {title}");
@@ -714,9 +784,11 @@ fn print_report(report: &Report) {
             if let Some(floor) = floor_of(workload, metric).filter(|_| executor != "floor") {
                 line += &format!("   {:>6.2}x floor", value / floor);
             }
-            if workload == "W4"
-                && let Some(seq) = seq
-            {
+            if let Some(seq) = match workload {
+                "W4" => seq,
+                "MX" => report.get("MX", "sequential", "seconds"),
+                _ => None,
+            } {
                 line += &format!("   speedup {:>5.2}", seq / value);
             }
             if let Some(py) = python.filter(|_| !executor.starts_with("py_")) {
@@ -774,6 +846,7 @@ fn main() -> Result<()> {
     // several, each executor in turn in every one, as for W1.
     report.add_medians_of(reps.max(3), |run| block_on(w2_w3(run)))?;
     report.add_medians_of(reps.max(3), |run| block_on(w4(run)))?;
+    report.add_medians_of(reps.max(3), |run| block_on(mixed(run)))?;
     block_on(w5(&mut report, if settings.quick { 3 } else { 10 }))?;
     // 64 MiB round trips vary with the kernel's page handling: take 3 even when quick.
     block_on(w6(&mut report, reps.max(3)))?;
@@ -783,6 +856,7 @@ fn main() -> Result<()> {
         python(&mut report, settings.quick);
     }
     print_report(&report);
+    print_chunking(&report);
     println!(
         "\nW4 speedup by workers (threads, processes): {:?}",
         points

@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,6 +55,9 @@ pub(crate) struct JobState {
     /// Set by `cancel()` on a running, stoppable job; the pool watches `stop`.
     stop_requested: AtomicBool,
     stop: tokio::sync::Notify,
+    /// How long a worker ran the job, in nanoseconds (0: not said), set before it ends:
+    /// what sizes `map`'s automatic chunks.
+    ran_for: AtomicU64,
 }
 
 impl JobState {
@@ -66,7 +69,23 @@ impl JobState {
             stoppable: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
+            ran_for: AtomicU64::new(0),
         })
+    }
+
+    /// Records how long a worker ran the job; called before the job ends, so that whoever
+    /// sees it ended sees this too.
+    pub(crate) fn set_ran_for(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.ran_for.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How long a worker ran the job, if the pool said.
+    pub(crate) fn ran_for(&self) -> Option<Duration> {
+        match self.ran_for.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
     }
 
     /// A cell that is already complete (a refused or failed submission).
@@ -301,6 +320,11 @@ impl ErasedHandle {
 
     /// The job's output, once it has ended. A process pool hands its answer over
     /// undecoded: it is decoded here, on the caller's thread.
+    /// How long a worker ran the job, once it has ended, if the pool said.
+    pub(crate) fn ran_for(&self) -> Option<Duration> {
+        self.state.ran_for()
+    }
+
     pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
         match self.state.poll_done(cx) {
             Poll::Pending => Poll::Pending,

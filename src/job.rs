@@ -94,6 +94,10 @@ pub(crate) trait Call: Send + 'static {
     fn into_arg(self: Box<Self>) -> Box<dyn Any + Send>;
     /// Number of items (1, or a chunk's length).
     fn items(&self) -> usize;
+    /// Whether this is a chunk of a map (which would know how long it ran).
+    fn is_chunk(&self) -> bool {
+        false
+    }
 }
 
 /// `f(arg)`: one argument, one result.
@@ -213,6 +217,10 @@ where
 
     fn items(&self) -> usize {
         self.args.len()
+    }
+
+    fn is_chunk(&self) -> bool {
+        true
     }
 }
 

@@ -130,7 +130,8 @@
 //! | `fut.result(timeout=5)` | [`h.wait_timeout(d)`](JobHandle::wait_timeout), or `submit_with(f, x, JobOptions::new().timeout(d))` to stop the job too |
 //! | `fut.cancel()` (queued jobs only) | [`h.cancel()`](JobHandle::cancel): queued jobs never run; a running job's worker is killed |
 //! | `fut.done()` | [`h.is_finished()`](JobHandle::is_finished) |
-//! | `ex.map(f, xs, chunksize=64)` | `pool.map(f, xs).chunk_size(64)`: a `Stream` of `Result`s, lazy and bounded |
+//! | `ex.map(f, xs)` (one item per task) | `pool.map(f, xs)`: a `Stream` of `Result`s, lazy and bounded, in chunks sized by what the items cost the workers (heavy ones one by one, cheap ones up to 16,384 at a time, smaller near the end; see [`Map::chunk_size`]) |
+//! | `ex.map(f, xs, chunksize=64)` | `pool.map(f, xs).chunk_size(64)` |
 //! | `Pool.imap_unordered(f, xs)` | `pool.map_unordered(f, xs)` |
 //! | `Pool.map_async` / `starmap` | `pool.map(...)` is already async; several arguments travel as a tuple |
 //! | `as_completed(futs)` | [`as_completed(handles)`](as_completed), yielding `(index, result)` |

@@ -11,25 +11,6 @@ use procpool::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Both pools, behind the same trait object, chosen at run time.
-fn pools(workers: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
-    vec![
-        (
-            "threads",
-            Box::new(ThreadPoolExecutor::new(workers).unwrap()),
-        ),
-        (
-            "processes",
-            Box::new(
-                ProcessPoolExecutor::builder()
-                    .max_workers(workers)
-                    .build()
-                    .unwrap(),
-            ),
-        ),
-    ]
-}
-
 #[tokio::test]
 async fn submit_returns_the_result_on_both_pools() {
     for (name, pool) in pools(2) {

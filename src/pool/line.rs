@@ -288,6 +288,7 @@ impl<'a> Line<'a> {
             return;
         };
         self.observe(sent.target, took);
+        sent.job.state.set_ran_for(took);
         let result = match outcome.into_error() {
             Some(error) => Err(error),
             None => Ok(Finished::Encoded(Undecoded::new(payload, sent.job.decoder))),

@@ -260,6 +260,9 @@ impl Shared {
             if let Some(timeout) = task.options.resolve_timeout(self.job_timeout) {
                 self.schedule_timeout(&task.state, timeout);
             }
+            // A chunk of a map says how long it ran, for the size of the next.
+            let timed = matches!(&task.body, Body::Job(call) if call.is_chunk());
+            let started = timed.then(std::time::Instant::now);
             let result = match self.broken.get() {
                 Some(error) => Err(error.clone()),
                 None => match task.body {
@@ -268,6 +271,9 @@ impl Shared {
                         .map_err(|payload| JobError::from_panic_payload(&*payload)),
                 },
             };
+            if let Some(started) = started {
+                task.state.set_ran_for(started.elapsed());
+            }
             // Idle again before the caller is woken, so the stats it reads agree.
             self.counters.workers_busy.fetch_sub(1, Relaxed);
             self.counters.finish(&task.state, result);

@@ -212,3 +212,22 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let after_name = stat.rsplit(')').next()?;
     Some(after_name.split_whitespace().map(str::to_owned).collect())
 }
+
+/// Both pools, behind the same trait object, chosen at run time.
+pub fn pools(workers: usize) -> Vec<(&'static str, Box<dyn procpool::Executor>)> {
+    vec![
+        (
+            "threads",
+            Box::new(procpool::ThreadPoolExecutor::new(workers).unwrap()),
+        ),
+        (
+            "processes",
+            Box::new(
+                procpool::ProcessPoolExecutor::builder()
+                    .max_workers(workers)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+    ]
+}

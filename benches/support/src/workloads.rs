@@ -49,3 +49,27 @@ pub fn ranges(limit: u64, count: u64) -> Vec<(u64, u64)> {
 pub fn echo(bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
+
+/// The mixed-cost map: `units` of integer work, each a few microseconds
+/// (a dependent multiply-add chain the compiler cannot skip); returns its checksum.
+pub fn mixed_work(units: u32) -> u64 {
+    let mut x = u64::from(units);
+    for _ in 0..u64::from(units) * 20_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    }
+    x >> 32
+}
+
+/// The mixed-cost map's items: `n` costs from 1 to 100 units, uniform and reproducible
+/// (a fixed linear congruential sequence), so that neighbouring items differ up to 100×.
+pub fn mixed_items(n: usize) -> Vec<u32> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            1 + ((state >> 33) % 100) as u32
+        })
+        .collect()
+}

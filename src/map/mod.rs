@@ -13,74 +13,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// The first chunk size when `chunk_size` is not set (at most this; less for short input).
-const FIRST_AUTO_CHUNK: usize = 64;
-/// The largest chunk the automatic size grows to.
-const MAX_AUTO_CHUNK: usize = 1 << 16;
-/// How long the automatic size aims for one chunk to take, submission to result: long
-/// enough to amortize a round trip to a worker, short enough to balance uneven items.
-const AUTO_CHUNK_TARGET: Duration = Duration::from_millis(2);
+mod chunking;
 
-/// Items per worker that the default in-flight bound of a process pool aims to keep queued
-/// or running.
-const ITEMS_IN_FLIGHT_PER_WORKER: usize = 32_768;
-/// The default in-flight bound's range, in chunks per worker.
-const CHUNKS_IN_FLIGHT_PER_WORKER: (usize, usize) = (2, 16);
-
-/// The default of [`Map::max_in_flight`] for chunks of `chunk` items: the least chunks per
-/// worker where handing out a chunk is cheap (threads), and where it costs a round trip
-/// (processes) enough chunks to keep [`ITEMS_IN_FLIGHT_PER_WORKER`] items out.
-fn default_in_flight(chunk: usize, workers: usize, round_trip: bool) -> usize {
-    let (min, max) = CHUNKS_IN_FLIGHT_PER_WORKER;
-    let per_worker = if round_trip {
-        ITEMS_IN_FLIGHT_PER_WORKER
-            .div_ceil(chunk.max(1))
-            .clamp(min, max)
-    } else {
-        min
-    };
-    per_worker * workers.max(1)
-}
-
-/// The automatic chunk size: starts small and moves towards chunks that take
-/// [`AUTO_CHUNK_TARGET`], growing at most 4x and shrinking at most 2x per finished chunk.
-#[derive(Debug, Clone, Copy)]
-struct AutoChunk {
-    size: usize,
-    /// With a known input length: a ceiling that leaves every worker a few chunks.
-    ceiling: usize,
-}
-
-impl AutoChunk {
-    fn new(len_hint: Option<usize>, workers: usize) -> AutoChunk {
-        let ceiling = match len_hint {
-            Some(len) => (len / (2 * workers.max(1))).clamp(1, MAX_AUTO_CHUNK),
-            None => MAX_AUTO_CHUNK,
-        };
-        AutoChunk {
-            size: FIRST_AUTO_CHUNK.min(ceiling),
-            ceiling,
-        }
-    }
-
-    /// Learns from a chunk of `items` that took `elapsed` from submission to result.
-    fn observe(&mut self, items: usize, elapsed: Duration) {
-        if items == 0 {
-            return;
-        }
-        let per_item = elapsed.as_secs_f64() / items as f64;
-        let wanted = if per_item > 0.0 {
-            AUTO_CHUNK_TARGET.as_secs_f64() / per_item
-        } else {
-            f64::INFINITY
-        };
-        let lo = (self.size / 2).max(1) as f64;
-        let hi = self.size.saturating_mul(4) as f64;
-        self.size = (wanted.clamp(lo, hi) as usize).clamp(1, self.ceiling);
-    }
-}
+use self::chunking::{AutoChunk, default_in_flight, known_cost, remember_cost};
 
 /// A stream of `Result<R, JobError>`, one per input item, from
 /// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
@@ -205,7 +142,11 @@ where
             source: Box::pin(source),
             source_done: false,
             chunk_size: None,
-            auto: AutoChunk::new(upper, executor.max_workers()),
+            auto: AutoChunk::new(
+                known_cost(cost_key(f, executor.hand_off_is_a_round_trip())),
+                executor.max_workers(),
+                executor.hand_off_is_a_round_trip(),
+            ),
             max_in_flight: None,
             options: JobOptions::new(),
             ordered,
@@ -280,10 +221,15 @@ where
     /// amortize the per-job cost (a socket round trip on the process pool); smaller ones
     /// balance uneven items better. A size of 0 is taken as 1.
     ///
-    /// The default is automatic and adaptive: chunks start at 64 items (fewer for a short
-    /// input) and grow or shrink, as results come back, towards chunks that take about
-    /// 2 ms each, at most 65,536 items and, when the input tells its length
-    /// (`Iterator::size_hint`), at most half its length per worker.
+    /// The default is automatic. A function whose items this process has not timed yet
+    /// starts with one item per chunk (so heavy items are spread one by one, as Python's
+    /// `ProcessPoolExecutor.map` does by default); each chunk that comes back says how long
+    /// its worker ran it, and the next chunk holds about 2 ms of work by that measure
+    /// (10 ms on a process pool, where handing out a chunk is a round trip), at most
+    /// 16,384 items. When the input tells its length (`Iterator::size_hint`), no
+    /// chunk holds more than the items left over twice the workers (guided
+    /// self-scheduling: chunks shrink near the end, so the workers finish together). What
+    /// an item costs is remembered per function, so a later map of it starts there.
     pub fn chunk_size(mut self, size: usize) -> Self {
         self.chunk_size = Some(size.max(1));
         self
@@ -319,8 +265,16 @@ where
         self
     }
 
+    /// The size of the next chunk: the caller's, or the automatic one for what is left
+    /// of the input.
     fn effective_chunk_size(&self) -> usize {
-        self.chunk_size.unwrap_or(self.auto.size)
+        self.chunk_size.unwrap_or_else(|| {
+            let left = self
+                .progress
+                .total
+                .map(|total| total.saturating_sub(self.pulled));
+            self.auto.size(left)
+        })
     }
 
     fn effective_max_in_flight(&self) -> usize {
@@ -351,7 +305,7 @@ where
 
     /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
     fn fill(&mut self, cx: &mut Context<'_>) {
-        let chunk = self.effective_chunk_size();
+        let mut chunk = self.effective_chunk_size();
         let max = self.effective_max_in_flight();
         while !self.source_done && self.in_flight.len() < max {
             match self.source.as_mut().poll_next(cx) {
@@ -363,6 +317,7 @@ where
                     self.pending.push(item);
                     if self.pending.len() >= chunk {
                         self.submit_pending();
+                        chunk = self.effective_chunk_size();
                     }
                 }
                 Poll::Ready(None) => {
@@ -405,10 +360,18 @@ where
             // Poll every unfinished chunk, so that progress is timely (and the stream is
             // woken) whichever chunk finishes first.
             let mut finished_items = 0;
+            let mut learned = false;
             for chunk in self.in_flight.iter_mut().filter(|c| c.output.is_none()) {
                 if let Poll::Ready(output) = chunk.handle.poll_output(cx) {
                     if output.is_ok() {
-                        self.auto.observe(chunk.len, chunk.submitted.elapsed());
+                        // How long its worker ran it; else (a pool that does not say)
+                        // how long it took, waiting included.
+                        let ran_for = chunk
+                            .handle
+                            .ran_for()
+                            .unwrap_or_else(|| chunk.submitted.elapsed());
+                        self.auto.observe(chunk.len, ran_for);
+                        learned = true;
                     }
                     finished_items += chunk.len as u64;
                     chunk.output = Some(output);
@@ -417,6 +380,10 @@ where
             if finished_items > 0 {
                 self.progress.completed += finished_items;
                 self.report();
+            }
+            if learned && let Some(per_item) = self.auto.per_item() {
+                let key = cost_key(self.f, self.executor.hand_off_is_a_round_trip());
+                remember_cost(key, per_item);
             }
             let next = if self.ordered {
                 self.in_flight
@@ -518,7 +485,8 @@ impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Map")
             .field("ordered", &self.ordered)
-            .field("chunk_size", &self.chunk_size.unwrap_or(self.auto.size))
+            .field("chunk_size", &self.chunk_size)
+            .field("item_cost", &self.auto.per_item())
             .field("chunks_in_flight", &self.in_flight.len())
             .field("results_ready", &self.ready.len())
             .field("source_done", &self.source_done)
@@ -527,73 +495,7 @@ impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_chunks_grow_for_cheap_items_within_bounds() {
-        let mut auto = AutoChunk::new(Some(10_000_000), 2);
-        assert_eq!(auto.size, FIRST_AUTO_CHUNK);
-        // 64 items in 100 us: 2 ms wants 1280, but growth is at most 4x per chunk.
-        auto.observe(64, Duration::from_micros(100));
-        assert_eq!(auto.size, 256);
-        for _ in 0..20 {
-            auto.observe(auto.size, Duration::from_micros(100));
-        }
-        assert_eq!(auto.size, MAX_AUTO_CHUNK, "never past the cap");
-    }
-
-    #[test]
-    fn the_default_in_flight_bound_follows_the_chunk_size() {
-        assert_eq!(
-            default_in_flight(1, 2, true),
-            32,
-            "at most 16 chunks per worker"
-        );
-        assert_eq!(default_in_flight(1000, 2, true), 32);
-        assert_eq!(
-            default_in_flight(4096, 2, true),
-            16,
-            "32,768 items per worker"
-        );
-        assert_eq!(default_in_flight(10_000, 2, true), 8);
-        assert_eq!(
-            default_in_flight(MAX_AUTO_CHUNK, 2, true),
-            4,
-            "at least 2 per worker"
-        );
-        assert_eq!(
-            default_in_flight(MAX_AUTO_CHUNK, 0, true),
-            2,
-            "a pool reports 1+ workers"
-        );
-        for chunk in [1, 1000, MAX_AUTO_CHUNK] {
-            assert_eq!(
-                default_in_flight(chunk, 2, false),
-                4,
-                "threads: 2 per worker"
-            );
-        }
-    }
-
-    #[test]
-    fn auto_chunks_shrink_for_slow_items_and_respect_short_inputs() {
-        let mut auto = AutoChunk::new(None, 2);
-        auto.observe(64, Duration::from_secs(1)); // 16 ms per item
-        assert_eq!(auto.size, 32, "shrinks at most 2x per chunk");
-        for _ in 0..10 {
-            auto.observe(auto.size, Duration::from_secs(1));
-        }
-        assert_eq!(auto.size, 1);
-        let short = AutoChunk::new(Some(10), 2);
-        assert_eq!(
-            (short.size, short.ceiling),
-            (2, 2),
-            "each worker gets a few chunks"
-        );
-        let mut tiny = AutoChunk::new(Some(1), 4);
-        tiny.observe(1, Duration::ZERO);
-        assert_eq!(tiny.size, 1);
-    }
+/// What [`chunking`] remembers a function's item cost by.
+fn cost_key<A, R>(f: fn(A) -> R, round_trip: bool) -> (usize, bool) {
+    (f as usize, round_trip)
 }

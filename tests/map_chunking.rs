@@ -1,0 +1,59 @@
+//! `map`'s automatic chunk size through the public API, on both pools: heavy items go to
+//! the workers one by one, cheap ones in batches.
+
+mod common;
+
+use common::*;
+use futures::TryStreamExt;
+use procpool::ExecutorExt;
+use std::time::Duration;
+
+fn heavy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn cheap(x: u64) -> u64 {
+    x ^ 0x5a
+}
+
+#[tokio::test]
+async fn heavy_items_of_a_new_function_go_one_per_chunk() {
+    for (name, pool) in pools(2) {
+        let before = pool.stats().jobs_completed;
+        let results: Vec<u64> = bounded(
+            "the map",
+            pool.map(heavy, [30, 20, 30, 20, 30, 20, 30, 20])
+                .try_collect(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(results, [30, 20, 30, 20, 30, 20, 30, 20], "{name}");
+        // Unknown cost: one item; then each costs 20-30 ms, far more than a chunk's 2 ms.
+        assert_eq!(
+            pool.stats().jobs_completed - before,
+            8,
+            "{name}: one job per item"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cheap_items_go_in_batches() {
+    const N: u64 = 200_000;
+    for (name, pool) in pools(2) {
+        let before = pool.stats().jobs_completed;
+        let sum: u64 = bounded(
+            "the map",
+            pool.map(cheap, 0..N)
+                .try_fold(0, |a, b| async move { Ok(a + b) }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sum, (0..N).map(cheap).sum::<u64>(), "{name}");
+        let jobs = pool.stats().jobs_completed - before;
+        // Items that take nanoseconds: after the first measurements, chunks of
+        // thousands (the last few shrink to single items near the end).
+        assert!(jobs < N / 20, "{name}: {jobs} jobs for {N} items");
+    }
+}
