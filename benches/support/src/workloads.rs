@@ -55,7 +55,9 @@ pub fn echo(bytes: Vec<u8>) -> Vec<u8> {
 pub fn mixed_work(units: u32) -> u64 {
     let mut x = u64::from(units);
     for _ in 0..u64::from(units) * 20_000 {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
     }
     x >> 32
 }
