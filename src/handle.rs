@@ -198,6 +198,9 @@ impl JobState {
     /// It yields its CPU every [`SPINS_PER_YIELD`] checks, so that it never holds up a
     /// thread that shares its CPU (the pool's own threads among them).
     pub(crate) fn spin_until_done(&self, budget: Duration) -> bool {
+        if self.is_done() {
+            return true; // the common case for short jobs: no clock read
+        }
         let start = std::time::Instant::now();
         let mut spins = 0_u32;
         while !self.is_done() {
@@ -441,8 +444,14 @@ impl<R: 'static> JobHandle<R> {
     /// # Errors
     ///
     /// The [`JobError`] that ended the job.
-    pub fn wait(self) -> Result<R, JobError> {
-        self.raw.state.spin_until_done(SPIN_BEFORE_PARK);
+    pub fn wait(mut self) -> Result<R, JobError> {
+        if self.raw.state.spin_until_done(SPIN_BEFORE_PARK) {
+            // Ended: one poll takes the result, without block_on's thread-local parker.
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
+                return result;
+            }
+        }
         futures::executor::block_on(self)
     }
 
