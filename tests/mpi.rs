@@ -143,6 +143,18 @@ mod imp {
         }
     }
 
+    /// Runs `command` on `scenario` and checks that it succeeded and rank 0 said so.
+    fn runs_ok(command: Command, scenario: &str) {
+        let run = run(command, scenario, BOUND);
+        assert!(
+            run.status.success() && run.stdout.contains(&format!("{scenario}: ok")),
+            "{}\n{}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+    }
+
     fn this_program() -> PathBuf {
         std::env::current_exe().expect("the test's own path")
     }
@@ -150,14 +162,7 @@ mod imp {
     fn the_public_api_works_across_ranks() {
         let mut command = mpirun();
         command.args(["-n", "3"]).arg(this_program());
-        let run = run(command, "api", BOUND);
-        assert!(
-            run.status.success() && run.stdout.contains("api: ok"),
-            "{}\n{}\n{}",
-            run.status,
-            run.stdout,
-            run.stderr
-        );
+        runs_ok(command, "api");
     }
 
     fn a_panic_on_rank_0_ends_the_program() {
@@ -183,14 +188,7 @@ mod imp {
             .arg(this_program())
             .args([":", "-n", "2"])
             .arg(&copy);
-        let run = run(command, "one_job", BOUND);
-        assert!(
-            run.status.success() && run.stdout.contains("one_job: ok"),
-            "{}\n{}\n{}",
-            run.status,
-            run.stdout,
-            run.stderr
-        );
+        runs_ok(command, "one_job");
     }
 
     fn another_build_is_refused_naming_both() {
@@ -251,14 +249,7 @@ mod imp {
             .arg(this_program())
             .args([":", "-n", "2", "--host", "nodeb:2"])
             .arg(&copy);
-        let run = run(command, "two_hosts", BOUND);
-        assert!(
-            run.status.success() && run.stdout.contains("two_hosts: ok"),
-            "{}\n{}\n{}",
-            run.status,
-            run.stdout,
-            run.stderr
-        );
+        runs_ok(command, "two_hosts");
     }
 
     /// Whether this process may give a child a host name of its own.
