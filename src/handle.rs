@@ -321,13 +321,13 @@ impl ErasedHandle {
         ErasedHandle::new(JobState::completed(Err(error)))
     }
 
-    /// The job's output, once it has ended. A process pool hands its answer over
-    /// undecoded: it is decoded here, on the caller's thread.
     /// How long a worker ran the job, once it has ended, if the pool said.
     pub(crate) fn ran_for(&self) -> Option<Duration> {
         self.state.ran_for()
     }
 
+    /// The job's output, once it has ended. A process pool hands its answer over
+    /// undecoded: it is decoded here, on the caller's thread.
     pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
         match self.state.poll_done(cx) {
             Poll::Pending => Poll::Pending,

@@ -112,7 +112,8 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
                     order(&workers, worker, Order::Write(frames, payload));
                 } else {
                     tracing::error!(
-                        "a node agent was announced a payload of {announced} bytes and sent {};                          its worker is stopped",
+                        "a node agent was announced a payload of {announced} bytes and sent {}; \
+                         its worker is stopped",
                         payload.len()
                     );
                     order(&workers, worker, Order::Kill);
