@@ -224,6 +224,44 @@ fn w1(report: &mut Report, reps: usize) -> Result<()> {
     }
     drop(executors);
     reap(child);
+    w1_awaited(report, reps, WARMUP, N)
+}
+
+/// W1 as a tokio service sees it: one task on a multi-thread runtime (2 worker threads)
+/// submits one job at a time and `.await`s it, the rows "threads (await)" and
+/// "processes (await)". Each repetition's median, then the median of those.
+fn w1_awaited(report: &mut Report, reps: usize, warmup: usize, n: usize) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for (name, pool) in pools()? {
+        let pool: std::sync::Arc<dyn Executor> = pool.into();
+        let mut medians = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..reps {
+            let pool = pool.clone();
+            let mut times = runtime.block_on(runtime.spawn(async move {
+                let mut times = Vec::with_capacity(n);
+                for i in 0..(warmup + n) as u64 {
+                    let start = Instant::now();
+                    let got = pool.submit(ident, i).await.map_err(|e| e.to_string())?;
+                    if i as usize >= warmup {
+                        times.push(start.elapsed().as_secs_f64() * 1e6);
+                    }
+                    if got != i {
+                        return Err(format!("W1 awaited: {got} for {i}"));
+                    }
+                }
+                Ok(times)
+            }))??;
+            medians.push(median(&mut times));
+            p99s.push(p99(&mut times));
+        }
+        let row = format!("{name} (await)");
+        report.add("W1", &row, "median_us", median(&mut medians));
+        report.add("W1", &row, "p99_us", median(&mut p99s));
+    }
     Ok(())
 }
 
