@@ -219,8 +219,33 @@ fn held_behind(pool: &ProcessPoolExecutor, jobs: usize) -> bool {
     core.counters.waiting() == jobs
 }
 
-/// How many rounds a test runs before it gives up on the worker holding its jobs.
-const ROUNDS: u32 = 10;
+/// A warm one-worker pool running a job gated on a file (that aborts its worker when the
+/// gate opens, if `abort`), with `jobs` doubles held behind it by the worker: a new pool
+/// for each round in which the worker did not hold them all (see [`held_behind`]), up to
+/// 10 rounds. The gate's directory, the gate, the pool, the gated job, the doubles.
+fn jobs_held_behind_a_gated_one(
+    abort: bool,
+    jobs: u64,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    ProcessPoolExecutor,
+    JobHandle<u64>,
+    Vec<JobHandle<u64>>,
+) {
+    for round in 1..=10 {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("gate");
+        let pool = warm_pool();
+        let gated = submit_gated(&pool, gate.clone(), abort);
+        let behind: Vec<_> = (0..jobs).map(|x| submit_double(&pool, x)).collect();
+        if held_behind(&pool, behind.len()) {
+            return (dir, gate, pool, gated, behind);
+        }
+        println!("round {round}: the worker did not hold all {jobs} jobs");
+    }
+    panic!("in 10 rounds, the worker never held all {jobs} jobs");
+}
 
 fn open(gate: &Path) {
     std::fs::write(gate, b"").unwrap();
@@ -229,41 +254,20 @@ fn open(gate: &Path) {
 #[test]
 fn jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere() {
     bounded(|| {
-        for round in 1..=ROUNDS {
-            let dir = tempfile::tempdir().unwrap();
-            let gate = dir.path().join("gate");
-            let pool = warm_pool();
-            let fatal = submit_gated(&pool, gate.clone(), true);
-            let behind: Vec<_> = (0..10).map(|x| submit_double(&pool, x)).collect();
-            if held_behind(&pool, 10) {
-                return the_jobs_behind_a_fatal_one_run_elsewhere(&pool, &gate, fatal, behind);
-            }
-            println!("round {round}: the worker did not hold all ten jobs");
+        let (_dir, gate, pool, fatal, behind) = jobs_held_behind_a_gated_one(true, 10);
+        open(&gate);
+        match fatal.wait() {
+            Err(JobError::WorkerDied { exit, .. }) => assert_eq!(exit.signal(), Some(6)),
+            other => panic!("expected the worker to die, got {other:?}"),
         }
-        panic!("in {ROUNDS} rounds, the worker never held all ten jobs");
+        for (x, handle) in (0..).zip(behind) {
+            assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the fatal one");
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.respawns, 1, "{stats:?}");
+        assert_eq!(stats.jobs_failed, 1, "{stats:?}");
+        assert_eq!(stats.jobs_queued, 0, "{stats:?}");
     });
-}
-
-/// The rest of [`jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere`], once the
-/// worker holds all ten jobs.
-fn the_jobs_behind_a_fatal_one_run_elsewhere(
-    pool: &ProcessPoolExecutor,
-    gate: &Path,
-    fatal: JobHandle<u64>,
-    behind: Vec<JobHandle<u64>>,
-) {
-    open(gate);
-    match fatal.wait() {
-        Err(JobError::WorkerDied { exit, .. }) => assert_eq!(exit.signal(), Some(6)),
-        other => panic!("expected the worker to die, got {other:?}"),
-    }
-    for (x, handle) in (0..).zip(behind) {
-        assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the fatal one");
-    }
-    let stats = pool.stats();
-    assert_eq!(stats.respawns, 1, "{stats:?}");
-    assert_eq!(stats.jobs_failed, 1, "{stats:?}");
-    assert_eq!(stats.jobs_queued, 0, "{stats:?}");
 }
 
 #[test]
@@ -290,25 +294,13 @@ fn a_job_waiting_in_a_worker_counts_as_started() {
 #[test]
 fn a_running_job_with_jobs_waiting_behind_it_can_still_be_stopped() {
     bounded(|| {
-        for round in 1..=ROUNDS {
-            let dir = tempfile::tempdir().unwrap();
-            let never = dir.path().join("never");
-            let pool = warm_pool();
-            let running = submit_gated(&pool, never.clone(), false);
-            let behind: Vec<_> = (0..5).map(|x| submit_double(&pool, x)).collect();
-            if !held_behind(&pool, 5) {
-                println!("round {round}: the worker did not hold all five jobs");
-                continue;
-            }
-            assert!(running.cancel());
-            assert_eq!(running.wait(), Err(JobError::Cancelled));
-            for (x, handle) in (0..).zip(behind) {
-                assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the cancelled one");
-            }
-            assert_eq!(pool.stats().respawns, 1);
-            return;
+        let (_dir, _never, pool, running, behind) = jobs_held_behind_a_gated_one(false, 5);
+        assert!(running.cancel());
+        assert_eq!(running.wait(), Err(JobError::Cancelled));
+        for (x, handle) in (0..).zip(behind) {
+            assert_eq!(handle.wait(), Ok(2 * x), "job {x} behind the cancelled one");
         }
-        panic!("in {ROUNDS} rounds, the worker never held all five jobs");
+        assert_eq!(pool.stats().respawns, 1);
     });
 }
 
