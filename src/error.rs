@@ -294,6 +294,40 @@ pub enum Error {
     /// ranks (`mpirun -n 3 ...`).
     #[error("the MPI job cannot serve as a pool: {0}")]
     Cluster(String),
+    /// A shared array could not be created; see [`ShareError`].
+    #[error(transparent)]
+    Share(#[from] ShareError),
+}
+
+/// A shared array ([`SharedSlice`](crate::SharedSlice), [`SharedBuffer`](crate::SharedBuffer))
+/// could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShareError {
+    /// This platform has no `memfd` (shared arrays need Linux): pass the data in the jobs'
+    /// arguments instead.
+    #[error(
+        "shared arrays need Linux (memfd), which this platform is not: pass the data in \
+         the jobs' arguments instead"
+    )]
+    Unsupported,
+    /// The array's length in bytes does not fit in memory's address range.
+    #[error("a shared array of {len} elements is larger than this machine can address")]
+    TooLarge {
+        /// The length asked for, in elements.
+        len: usize,
+    },
+    /// The system refused a new segment of this size: out of memory (or of the space of
+    /// `/dev/shm`'s filesystem, which memfds count against), or of file descriptors
+    /// (raise `ulimit -n`).
+    #[error("could not create a shared segment of {bytes} bytes: {source}")]
+    Create {
+        /// The segment's size.
+        bytes: usize,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

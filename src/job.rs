@@ -271,17 +271,33 @@ pub(crate) fn encode(call: &mut dyn Call, out: &mut Vec<u8>) -> Result<(), JobEr
 pub(crate) struct Undecoded {
     payload: bytes::Bytes,
     decoder: Decoder,
+    /// The shared arrays the job's argument named, which its result may name too.
+    kept: crate::shared::Kept,
 }
 
 impl Undecoded {
-    pub(crate) fn new(payload: bytes::Bytes, decoder: Decoder) -> Undecoded {
-        Undecoded { payload, decoder }
+    pub(crate) fn new(
+        payload: bytes::Bytes,
+        decoder: Decoder,
+        kept: crate::shared::Kept,
+    ) -> Undecoded {
+        Undecoded {
+            payload,
+            decoder,
+            kept,
+        }
     }
 
     /// The job's [`Output`]; a `Deserialize` impl that panics gives [`JobError::Decode`].
     pub(crate) fn decode(self) -> Result<Output, JobError> {
-        let Undecoded { payload, decoder } = self;
-        match catch_unwind(AssertUnwindSafe(move || decoder(payload))) {
+        let Undecoded {
+            payload,
+            decoder,
+            kept,
+        } = self;
+        let decoded = catch_unwind(AssertUnwindSafe(move || decoder(payload)));
+        drop(kept); // after the result opened what it names
+        match decoded {
             Ok(output) => output,
             Err(payload) => Err(JobError::Decode(format!(
                 "result: Deserialize panicked: {}",
@@ -313,7 +329,7 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
     }
     postcard::from_bytes::<R>(&bytes)
         .map(|r| Box::new(r) as Output)
-        .map_err(|e| JobError::Decode(format!("result: {e}")))
+        .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}"))))
 }
 
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(

@@ -81,7 +81,7 @@
 //! |---|---|---|
 //! | per-job cost | a queue push and a wake-up | a socket round trip and (de)serialization |
 //! | CPU-bound Rust code | scales too (no GIL) | scales, with crash isolation |
-//! | data the job reads | shared, no copy | copied to the worker and back |
+//! | data the job reads | shared, no copy | copied to the worker and back, unless it is in a [`SharedSlice`] / [`SharedBuffer`] |
 //! | a job panics | [`JobError::Panicked`] | [`JobError::Panicked`], with location |
 //! | a job aborts, segfaults, exits | the whole program dies | only that job fails; the worker is replaced |
 //! | stop a running job | impossible | [`JobHandle::cancel`] kills its worker |
@@ -89,8 +89,9 @@
 //!
 //! Rust has no GIL, so the question is not the one Python users know. Pick **threads** for
 //! blocking I/O, for short jobs, and for jobs that read much data compared with the work
-//! they do; pick **processes** for work that may crash, leak or hang, that must be
-//! stoppable, or that must not share an address space with the service.
+//! they do (or put that data in shared arrays, below); pick **processes** for work that
+//! may crash, leak or hang, that must be stoppable, or that must not share an address
+//! space with the service.
 //!
 //! The evidence, measured on a 2-core machine (2026-11-22, 2 workers; the commands
 //! reproduce it on yours):
@@ -104,9 +105,11 @@
 //! | primes below 5M, CPU only (W4) | 1.00× | 1.85× | 1.87× | `cargo run --release --example primes` |
 //! | 1M short reviews, lexicon per worker | 1.00× | 1.37–1.59× | 0.81–0.89× | `cargo run --release --example sentiment` |
 //! | moving average, 10M samples (80 MB each way) | 1.00× | 1.87× | 1.30× | `cargo run --release --example signal_filter` |
+//! | the same, signal and output in shared arrays (2026-12-02) | 1.00× | 1.86–1.91× | 1.77–1.88× | same |
 //!
-//! The moving average does about 100 additions per 16 bytes shipped, so processes spend
-//! much of their time moving samples: that is a workload to keep on threads. A review
+//! The moving average does about 100 additions per 16 bytes shipped, so processes that
+//! ship the samples spend much of their time moving them: keep such work on threads, or
+//! put the data in shared arrays, which processes read and write in place. A review
 //! takes about a quarter of a microsecond to classify, about what a process pool spends
 //! encoding, sending and decoding its string, so processes stay below one thread there.
 //! Counting primes ships a few bytes per millisecond of work, and processes scale as well
@@ -117,6 +120,41 @@
 //! next one. Mapping `x -> x * 2` over a million `u64`s in chunks of 100 items on 2 workers
 //! ran at 18.8–20.1 M items/s with the default (32 chunks in flight) and at 3.2–4.3 M with
 //! `max_in_flight(4)` (medians of 5 runs, three rounds, 2026-12-01).
+//!
+//! # Shared arrays
+//!
+//! A [`SharedSlice`] is a read-only array that every job reads in place; a
+//! [`SharedBuffer`] is an array many jobs write, each its own part
+//! ([`SharedBuffer::slice`]). Their elements are plain numbers ([`Element`]); they live in
+//! a shared memory segment, so that a job's argument carries a handle of a few dozen
+//! bytes, whatever the array's length. On threads they are plain shared memory: the same
+//! job runs on either pool.
+//!
+//! ```
+//! use futures::TryStreamExt;
+//! use procpool::{ExecutorExt, ProcessPoolExecutor, SharedBuffer, SharedSlice};
+//!
+//! /// The running mean of three samples, for one part of the output.
+//! fn smooth((samples, out): (SharedSlice<f64>, SharedBuffer<f64>)) {
+//!     let means: Vec<f64> = samples.windows(3).map(|w| w.iter().sum::<f64>() / 3.0).collect();
+//!     out.write(0, &means);
+//! }
+//!
+//! # futures::executor::block_on(async {
+//! let pool = ProcessPoolExecutor::new(2)?;
+//! let samples = SharedSlice::from_slice(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+//! let out = SharedBuffer::zeroed(4)?;
+//! let parts = [(samples.slice(0..4), out.slice(0..2)), (samples.slice(2..), out.slice(2..))];
+//! pool.map(smooth, parts).try_collect::<Vec<()>>().await?;
+//! assert_eq!(out.to_vec(), [2.0, 3.0, 4.0, 5.0]);
+//! # Ok::<(), procpool::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! The pool holds the segments a job's argument names until the job has ended; the kernel
+//! frees a segment when its last holder lets go, also when a worker or the whole program is
+//! killed, and nothing is left in `/dev/shm` or a temporary directory. See
+//! [`shared`] for how values travel and how long they live.
 //!
 //! # Migrating from Python
 //!
@@ -144,6 +182,7 @@
 //! | `if __name__ == "__main__":` | nothing: workers enter before `main` (see [the entry hook](#the-entry-hook)) |
 //! | pickling a lambda fails at run time | a capturing closure is a compile error |
 //! | `tqdm(pool.imap(...), total=n)` | [`Map::on_progress`] |
+//! | `multiprocessing.shared_memory.SharedMemory` + a NumPy array; joblib's memory-mapped arguments | [`SharedSlice`] (read by every job) and [`SharedBuffer`] (written in parts), freed with their last holder: no `unlink()` to forget |
 //! | `mpi4py.futures.MPIPoolExecutor()` under `python -m mpi4py.futures` | `MpiPoolExecutor::world(ProcessPoolExecutor::builder())?` first thing in `main`, under `mpirun` (feature `mpi`, see [Past one machine](#past-one-machine)) |
 //! | `MPICommExecutor(comm, root=0)` | the same call, except that the other ranks exit when the pool shuts down, where mpi4py's go on after the `with` block |
 //!
@@ -306,6 +345,7 @@
 //! | a function from a dynamic library is refused ([`JobError::Unshippable`]) | `/proc/self/maps` | the check is skipped |
 //! | workers run the very file the pool runs, even if it is replaced on disk | `/proc/self/exe` | `current_exe()` is started; a replaced binary is caught by the image check |
 //! | short jobs are taken back from behind a slow one | a shared word in a sealed `memfd` | they wait for it |
+//! | shared arrays ([`SharedSlice`], [`SharedBuffer`]) | a sealed `memfd`, opened through `/proc/<pid>/fd` | [`ShareError::Unsupported`] |
 //! | [`init()`] removes the worker variable from a worker's environment | counting threads in `/proc/self/task` | only the `auto-init` hook removes it; after `init()` it stays set, with a warning |
 //!
 //! Everywhere on Unix: workers in process groups of their own (Ctrl-C, stopping the
@@ -341,6 +381,7 @@ mod pool;
 mod process;
 mod queue;
 mod run;
+pub mod shared;
 mod ship;
 mod state;
 mod stats;
@@ -350,7 +391,7 @@ mod wait;
 mod wire;
 mod worker;
 
-pub use error::{Cause, Error, JobError, SubmitError};
+pub use error::{Cause, Error, JobError, ShareError, SubmitError};
 pub use executor::{Executor, ExecutorExt, ShutdownOptions};
 pub use exit::{ExitInfo, WorkerId};
 pub use handle::{ErasedHandle, JobHandle};
@@ -360,6 +401,7 @@ pub use map::{Map, Progress};
 pub use mpi::MpiPoolExecutor;
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
+pub use shared::{Element, SharedBuffer, SharedSlice};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
 pub use stats::{Health, PoolStats};
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};

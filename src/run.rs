@@ -128,7 +128,7 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     } else {
         match catch(|| postcard::from_bytes::<A>(input)) {
             Ok(Ok(arg)) => arg,
-            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Ok(Err(e)) => return Outcome::Decode(crate::shared::explain(e.to_string())),
             Err((message, ..)) => {
                 return Outcome::Decode(format!("Deserialize panicked: {message}"));
             }
@@ -207,7 +207,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                 rest = tail;
                 arg
             }
-            Ok(Err(e)) => return Outcome::Decode(e.to_string()),
+            Ok(Err(e)) => return Outcome::Decode(crate::shared::explain(e.to_string())),
             Err((message, ..)) => {
                 return Outcome::Decode(format!("Deserialize panicked: {message}"));
             }

@@ -22,7 +22,7 @@ mod imp {
     use futures::{StreamExt, TryStreamExt};
     use procpool::{
         Error, Executor, ExecutorExt, JobError, JobOptions, MpiPoolExecutor, ProcessPoolExecutor,
-        ReturnWhen, as_completed, wait,
+        ReturnWhen, SharedBuffer, SharedSlice, as_completed, wait,
     };
     use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
@@ -383,6 +383,11 @@ mod imp {
     }
 
     /// Holds `mib` MiB, touched, until killed (or for 30 s).
+    /// Sums its part of the input into its one element of the output.
+    fn shared_sum((input, output): (SharedSlice<u64>, SharedBuffer<u64>)) {
+        output.set(0, input.iter().sum());
+    }
+
     fn hog(mib: usize) -> usize {
         let held = vec![1_u8; mib << 20];
         std::thread::sleep(Duration::from_secs(30));
@@ -549,6 +554,23 @@ mod imp {
                 }
                 other => panic!("{other:?}"),
             }
+            // shared arrays: the agents' workers, on this machine, open rank 0's segments
+            let input = SharedSlice::from_slice(&(0..100_000).collect::<Vec<u64>>()).unwrap();
+            let output = SharedBuffer::<u64>::zeroed(4).unwrap();
+            let parts = (0..4).map(|i| {
+                (
+                    input.slice(i * 25_000..(i + 1) * 25_000),
+                    output.slice(i..=i),
+                )
+            });
+            let handles: Vec<_> = parts.map(|part| pool.submit(shared_sum, part)).collect();
+            for handle in handles {
+                handle.await.unwrap();
+            }
+            let sums: Vec<u64> = (0..4_u64)
+                .map(|i| (i * 25_000..(i + 1) * 25_000).sum())
+                .collect();
+            assert_eq!(output.to_vec(), sums);
             // max_tasks_per_child: 300 jobs, 100 per worker
             let handles: Vec<_> = (0..300).map(|x| pool.submit(pid_of, x)).collect();
             let mut pids = BTreeSet::new();

@@ -44,6 +44,9 @@ pub(crate) struct QueuedJob {
     pub(crate) retries_left: u32,
     /// How many times it has been run so far.
     pub(crate) attempts: u32,
+    /// The shared arrays its argument names, held until it has ended and its answer was
+    /// read (see [`crate::shared`]).
+    pub(crate) kept: crate::shared::Kept,
 }
 
 impl Queued for QueuedJob {
@@ -169,7 +172,8 @@ impl Core {
             return Ok(ErasedHandle::failed(error));
         }
         let mut input = Vec::new();
-        if let Err(error) = crate::job::encode(&mut *call, &mut input) {
+        let (encoded, kept) = crate::shared::keeping(|| crate::job::encode(&mut *call, &mut input));
+        if let Err(error) = encoded {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Ok(ErasedHandle::failed(error));
         }
@@ -182,6 +186,7 @@ impl Core {
             input: input.into(),
             retries_left: options.retries,
             attempts: 0,
+            kept,
         };
         match self.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),

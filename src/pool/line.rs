@@ -284,14 +284,21 @@ impl<'a> Line<'a> {
         now: Instant,
         wakes: &mut Wakes,
     ) {
-        let Some((sent, took)) = self.pop_head(now) else {
+        let Some((mut sent, took)) = self.pop_head(now) else {
             return;
         };
         self.observe(sent.target, took);
         sent.job.state.set_ran_for(took);
         let result = match outcome.into_error() {
             Some(error) => Err(error),
-            None => Ok(Finished::Encoded(Undecoded::new(payload, sent.job.decoder))),
+            None => {
+                let kept = std::mem::take(&mut sent.job.kept);
+                Ok(Finished::Encoded(Undecoded::new(
+                    payload,
+                    sent.job.decoder,
+                    kept,
+                )))
+            }
         };
         self.counters
             .finish_deferred(&sent.job.state, result, wakes);
@@ -407,6 +414,7 @@ mod tests {
             input: vec![0; 8].into(),
             retries_left: 0,
             attempts: 0,
+            kept: Default::default(),
         };
         (target, job)
     }

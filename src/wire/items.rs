@@ -171,7 +171,9 @@ pub(crate) fn put_args<A: Serialize + 'static>(
 fn decode_result<R: DeserializeOwned + 'static>(body: &[u8]) -> Result<R, JobError> {
     match catch_unwind(AssertUnwindSafe(|| take_value::<R>(body))) {
         Ok(Ok((value, _))) => Ok(value),
-        Ok(Err(e)) => Err(JobError::Decode(format!("result: {e}"))),
+        Ok(Err(e)) => Err(JobError::Decode(crate::shared::explain(format!(
+            "result: {e}"
+        )))),
         Err(panic) => Err(JobError::Decode(format!(
             "result: Deserialize panicked: {}",
             panic_message(&*panic)

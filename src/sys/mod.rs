@@ -7,6 +7,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+pub(crate) mod segment;
+
 /// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's
 /// `main` does this for ordinary programs; a worker entered before `main` must do it itself.
 #[allow(unsafe_code)]
