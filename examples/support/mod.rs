@@ -69,15 +69,21 @@ pub fn print_timings(extra: &str, rows: &[(&str, Duration, String)]) {
         .chain([extra.len(), 10])
         .max()
         .unwrap_or(10);
+    let names = rows
+        .iter()
+        .map(|r| r.0.len())
+        .chain([22])
+        .max()
+        .unwrap_or(22);
     println!(
-        "{:<22} {:>12} {:>9} {extra:>width$}",
+        "{:<names$} {:>12} {:>9} {extra:>width$}",
         "executor", "time", "speedup"
     );
     let base = rows.first().map_or(1.0, |r| r.1.as_secs_f64());
     for (name, time, value) in rows {
         let speedup = base / time.as_secs_f64();
         println!(
-            "{name:<22} {:>9.1} ms {speedup:>8.2}x {value:>width$}",
+            "{name:<names$} {:>9.1} ms {speedup:>8.2}x {value:>width$}",
             time.as_secs_f64() * 1e3
         );
     }
