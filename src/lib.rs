@@ -383,6 +383,7 @@ mod queue;
 mod run;
 pub mod shared;
 mod ship;
+mod spares;
 mod state;
 mod stats;
 mod sys;

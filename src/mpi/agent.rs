@@ -9,10 +9,10 @@ use super::envelope::{
     AgentConfig, AgentHello, Failure, MPI_PROTOCOL_VERSION, ToAgent, ToRoot, Worker,
 };
 use super::hub::Outbox;
-use super::spares::{LARGE, SPARES};
 use crate::pool::backend::{Backend, StartError, WorkerLink};
 use crate::process::child::{LocalWorker, RawReceived, resident_bytes};
 use crate::process::{Launcher, Settings};
+use crate::spares::{LARGE, SPARES};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

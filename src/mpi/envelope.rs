@@ -230,7 +230,7 @@ impl ToAgent {
     /// [`encode`](Self::encode) for a worker's frames and the payload of the last one, in
     /// one buffer made once.
     pub(super) fn frames(worker: Worker, frames: &[u8], payload: &[u8]) -> Vec<u8> {
-        let mut bytes = super::spares::SPARES.empty(frames.len() + payload.len() + TRAILER);
+        let mut bytes = crate::spares::SPARES.empty(frames.len() + payload.len() + TRAILER);
         bytes.extend_from_slice(frames);
         bytes.extend_from_slice(payload);
         seal(bytes, worker, FRAMES)

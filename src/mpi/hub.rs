@@ -20,8 +20,8 @@
 //! unwinding through MPI, whose `MPI_Finalize` would then wait forever for the other
 //! ranks.
 
-use super::spares::SPARES;
 use crate::error::Error;
+use crate::spares::SPARES;
 use ::mpi::traits::{Communicator, Destination, Equivalence, Source};
 use bytes::Bytes;
 use std::sync::mpsc;

@@ -16,7 +16,6 @@ mod agent;
 mod envelope;
 mod hub;
 mod ranks;
-mod spares;
 
 use self::envelope::{AgentConfig, AgentHello, MPI_PROTOCOL_VERSION, ToAgent, ToRoot};
 use self::hub::{Hub, Router};

@@ -10,9 +10,9 @@
 
 use super::envelope::{Failure, ToAgent, ToRoot, Worker};
 use super::hub::Outbox;
-use super::spares::LARGE;
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
+use crate::spares::LARGE;
 use crate::wire::frame::Codec;
 use crate::wire::message::FromWorker;
 use bytes::BytesMut;

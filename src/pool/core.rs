@@ -183,7 +183,7 @@ impl Core {
             decoder: call.decoder(),
             state: state.clone(),
             timeout: options.resolve_timeout(self.config.job_timeout),
-            input: input.into(),
+            input: crate::spares::returning(input),
             retries_left: options.retries,
             attempts: 0,
             kept,
@@ -194,7 +194,8 @@ impl Core {
             Err(queued) => match self.broken.get() {
                 Some(error) => Ok(ErasedHandle::failed(error.clone())),
                 None => {
-                    // Never sent, so not shared: back to a `Vec` without a copy.
+                    // Never sent: back to a `Vec` (a copy, for a large one, whose buffer
+                    // goes to the spares).
                     call.restore_input(queued.input.into());
                     Err(ErasedJob { call, options })
                 }

@@ -256,7 +256,9 @@ impl<'a> Line<'a> {
         sent.job.attempts += 1;
         self.bytes -= sent.job.input.len();
         if sent.job.retries_left == 0 {
-            sent.job.input = bytes::Bytes::new(); // the worker has it: free it now
+            // The worker has it: free it now (a large one goes to the spares once the
+            // link has written it too).
+            sent.job.input = bytes::Bytes::new();
         }
         if self.stoppable {
             sent.job.state.make_stoppable();

@@ -287,6 +287,11 @@ impl<In: DeserializeOwned> Decoder for Codec<In> {
             let message = parse_message(&message_bytes)?;
             let want = frame_len - message_len;
             let mut payload = std::mem::take(&mut self.spare);
+            if payload.capacity() < want {
+                // A buffer this process is done with (a large argument a worker has
+                // received) is already mapped; a new one faults page by page.
+                payload = crate::spares::SPARES.empty(want);
+            }
             payload.clear();
             payload.reserve_exact(want);
             self.state = State::Payload {
