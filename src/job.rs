@@ -143,6 +143,9 @@ where
             }
             return Ok(());
         }
+        if crate::wire::plain::put_vec(&self.arg, out) {
+            return Ok(()); // numbers, packed
+        }
         items::encode_into(&self.arg, out).map_err(JobError::Encode)
     }
 
@@ -327,6 +330,11 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
         // Without a copy when the answer has a buffer of its own (a large one does).
         return Ok(Box::new(Vec::<u8>::from(bytes)));
     }
+    if let Some(numbers) = crate::wire::plain::get_vec::<R>(&bytes) {
+        return numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
+            JobError::Decode("result: packed numbers of a length no whole number of values".into())
+        });
+    }
     postcard::from_bytes::<R>(&bytes)
         .map(|r| Box::new(r) as Output)
         .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}"))))
@@ -373,5 +381,18 @@ mod tests {
         let mut input = Vec::new();
         job.call.encode_input(&mut input).unwrap();
         assert_eq!(input.as_ptr(), address, "moved into the frame, not copied");
+    }
+
+    #[test]
+    fn a_vector_of_numbers_travels_packed_both_ways() {
+        let mut job = ErasedJob::single(|v: Vec<f64>| v, vec![1.0, -2.0, 0.5]);
+        let mut input = Vec::new();
+        job.call.encode_input(&mut input).unwrap();
+        assert_eq!(input.len(), 24, "eight bytes each, no length or tags");
+        assert_eq!(&input[8..16], &(-2.0_f64).to_le_bytes());
+        let decoded = (job.call.decoder())(input.into()).unwrap();
+        assert_eq!(*decoded.downcast::<Vec<f64>>().unwrap(), [1.0, -2.0, 0.5]);
+        let odd = (job.call.decoder())(bytes::Bytes::from_static(&[0; 9]));
+        assert!(matches!(odd, Err(JobError::Decode(m)) if m.contains("no whole number")));
     }
 }

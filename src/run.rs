@@ -125,6 +125,15 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let arg = if is_byte_buffer::<A>() {
         // The argument's buffer is handed to the function, not copied.
         same_type::<Vec<u8>, A>(std::mem::take(input))
+    } else if let Some(numbers) = plain::get_vec::<A>(input) {
+        match numbers {
+            Some(arg) => arg,
+            None => {
+                return Outcome::Decode(
+                    "packed numbers of a length no whole number of values".into(),
+                );
+            }
+        }
     } else {
         match catch(|| postcard::from_bytes::<A>(input)) {
             Ok(Ok(arg)) => arg,
@@ -142,6 +151,10 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
             } else {
                 out.extend_from_slice(&bytes);
             }
+            Outcome::Ok
+        }
+        Ok(r) if plain::is_vec::<R>() => {
+            plain::put_vec(&r, out);
             Outcome::Ok
         }
         Ok(r) => match catch(|| encode_into(&r, out)) {

@@ -165,6 +165,52 @@ async fn plain_values_of_every_width_round_trip_through_map() {
     }
 }
 
+/// Halves each float, keeping NaN's bits.
+fn halve(v: Vec<f64>) -> Vec<f64> {
+    v.into_iter().map(|x| x / 2.0).collect()
+}
+
+/// Which of the numbers are even.
+fn evens(v: Vec<usize>) -> Vec<bool> {
+    v.into_iter().map(|x| x % 2 == 0).collect()
+}
+
+/// The sum of the signs, as a vector of one.
+fn sum_signs(v: Vec<i8>) -> Vec<i64> {
+    vec![v.into_iter().map(i64::from).sum()]
+}
+
+#[tokio::test]
+async fn vectors_of_plain_values_round_trip_as_jobs_and_as_items() {
+    // A `Vec` of integers, floats or bools travels packed between processes (not through
+    // serde), as a job's argument and result and as a map item: check contents and edge
+    // values (NaN's bits, usize::MAX, empty vectors) on both pools.
+    let floats: Vec<f64> = (0..1 << 20)
+        .map(|i| i as f64 - 0.5)
+        .chain([f64::NAN, -0.0])
+        .collect();
+    for (name, pool) in pools(2) {
+        let halved = bounded(name, pool.submit(halve, floats.clone()))
+            .await
+            .unwrap();
+        assert_eq!(halved.len(), floats.len(), "{name}");
+        for (x, y) in floats.iter().zip(&halved) {
+            assert_eq!((x / 2.0).to_bits(), y.to_bits(), "{name}");
+        }
+        assert_eq!(
+            bounded(name, pool.submit(halve, vec![])).await.unwrap(),
+            [0.0; 0]
+        );
+        let flags = bounded(name, pool.submit(evens, vec![0, 3, usize::MAX, 8])).await;
+        assert_eq!(flags.unwrap(), [true, false, false, true], "{name}");
+        let items = vec![vec![1_i8, -1, 1], vec![], vec![-128; 1000]];
+        let sums: Vec<Vec<i64>> = bounded(name, pool.map(sum_signs, items).try_collect())
+            .await
+            .unwrap();
+        assert_eq!(sums, [vec![1], vec![0], vec![-128_000]], "{name}");
+    }
+}
+
 #[tokio::test]
 async fn map_unordered_yields_every_item_once() {
     for (name, pool) in pools(2) {

@@ -16,7 +16,8 @@
 //! (other items are as above).
 //!
 //! A `Vec<u8>` travels as raw bytes: the whole payload of a single job, or serde bytes (one
-//! copy) inside a chunk, rather than serde's element-by-element sequence.
+//! copy) inside a chunk, rather than serde's element-by-element sequence. A `Vec` of
+//! another plain type travels packed (see [`super::plain`]) the same way.
 
 use super::plain;
 use crate::error::{JobError, panic_message};
@@ -91,6 +92,12 @@ pub(crate) fn encode_value<T: Serialize + 'static>(
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
         return encode_into(&RawBytes(bytes), out);
     }
+    if plain::is_vec::<T>() {
+        // Its length in bytes, then the numbers packed.
+        let mut packed = Vec::new();
+        plain::put_vec(value, &mut packed);
+        return encode_into(&RawBytes(&packed), out);
+    }
     encode_into(value, out)
 }
 
@@ -101,6 +108,13 @@ pub(crate) fn take_value<T: DeserializeOwned + 'static>(
     if is_byte_buffer::<T>() {
         let (raw, rest) = postcard::take_from_bytes::<&[u8]>(bytes)?;
         return Ok((same_type::<Vec<u8>, T>(raw.to_vec()), rest));
+    }
+    if plain::is_vec::<T>() {
+        let (raw, rest) = postcard::take_from_bytes::<&[u8]>(bytes)?;
+        return match plain::get_vec::<T>(raw) {
+            Some(Some(numbers)) => Ok((numbers, rest)),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        };
     }
     postcard::take_from_bytes::<T>(bytes)
 }

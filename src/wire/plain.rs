@@ -7,6 +7,11 @@
 //! and the workers' instructions). A packed value is written with one store and read with
 //! one load.
 //!
+//! A `Vec` of a plain type (other than `Vec<u8>`, which travels as raw bytes) is packed
+//! the same way, element after element, as a single job's argument or result (the whole
+//! payload) and as an item of a chunk (after its length in bytes): serde would write and
+//! read it one element at a time.
+//!
 //! Both ends of a chunk are monomorphized for the same `A` and `R` (a worker is this same
 //! executable), so they always agree on which layout an item has. Which types are plain is
 //! decided by `TypeId`, known at compile time: the choice costs nothing at run time.
@@ -22,6 +27,14 @@ trait Plain: Sized + 'static {
     fn put_all(values: &[Self], out: &mut Vec<u8>);
     /// `None` if `bytes` is shorter than [`WIDTH`](Plain::WIDTH) or is no value of the type.
     fn get(bytes: &[u8]) -> Option<Self>;
+    /// Every value packed in `bytes`; `None` unless they are a whole number of values of
+    /// the type.
+    fn get_all(bytes: &[u8]) -> Option<Vec<Self>> {
+        if !bytes.len().is_multiple_of(Self::WIDTH) {
+            return None;
+        }
+        bytes.chunks_exact(Self::WIDTH).map(Self::get).collect()
+    }
 }
 
 /// Types packed as their own `to_le_bytes`.
@@ -43,6 +56,14 @@ macro_rules! le_bytes {
             #[inline(always)]
             fn get(bytes: &[u8]) -> Option<Self> {
                 Some(<$t>::from_le_bytes(*bytes.first_chunk()?))
+            }
+            fn get_all(bytes: &[u8]) -> Option<Vec<Self>> {
+                if !bytes.len().is_multiple_of(Self::WIDTH) {
+                    return None;
+                }
+                // Every bit pattern is a value: no check per value, so the loop vectorizes.
+                let values = bytes.chunks_exact(Self::WIDTH);
+                Some(values.map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default())).collect())
             }
         }
     )*};
@@ -132,6 +153,47 @@ macro_rules! dispatch {
             false
         }
 
+        /// Whether `T` is a `Vec` of a plain type, which a single job's argument or result
+        /// ships packed (a `Vec<u8>` is not: it travels as raw bytes already).
+        #[inline(always)]
+        pub(crate) fn is_vec<T: 'static>() -> bool {
+            $(if TypeId::of::<T>() == TypeId::of::<Vec<$t>>() && TypeId::of::<$t>() != TypeId::of::<u8>() {
+                return true;
+            })*
+            false
+        }
+
+        /// Appends the elements of `value` packed if [`is_vec::<T>()`](is_vec); returns
+        /// whether it did.
+        #[inline(always)]
+        pub(crate) fn put_vec<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
+            if !is_vec::<T>() {
+                return false;
+            }
+            let any = value as &dyn Any;
+            $(if let Some(v) = any.downcast_ref::<Vec<$t>>() {
+                <$t as Plain>::put_all(v, out);
+                return true;
+            })*
+            false
+        }
+
+        /// Reads a `T` that [`is_vec`] from all of `bytes`: `None` if `T` is not such a
+        /// `Vec`, `Some(None)` if the bytes are not a whole number of values of its
+        /// element type.
+        #[inline(always)]
+        pub(crate) fn get_vec<T: 'static>(bytes: &[u8]) -> Option<Option<T>> {
+            if !is_vec::<T>() {
+                return None;
+            }
+            let mut slot: Option<Option<T>> = None;
+            let any = &mut slot as &mut dyn Any;
+            $(if let Some(slot) = any.downcast_mut::<Option<Option<Vec<$t>>>>() {
+                *slot = Some(<$t as Plain>::get_all(bytes));
+            } else)* {}
+            slot
+        }
+
         /// Reads a packed `T` from the first [`width`] bytes of `bytes`. `None` if `T` is
         /// not plain, if `bytes` is shorter than its width, or if they are not a value of
         /// `T` (a `bool` other than 0 or 1, a `usize` beyond this machine's range).
@@ -182,6 +244,40 @@ mod tests {
         assert_eq!(width::<Vec<u8>>(), None);
         assert!(!put(&String::from("x"), &mut Vec::new()));
         assert_eq!(get::<String>(&[1, b'x']), None);
+    }
+
+    #[test]
+    fn vectors_of_plain_types_pack_and_others_do_not() {
+        assert!(is_vec::<Vec<f64>>() && is_vec::<Vec<bool>>() && is_vec::<Vec<usize>>());
+        assert!(!is_vec::<Vec<u8>>(), "bytes travel raw already");
+        assert!(!is_vec::<Vec<String>>() && !is_vec::<f64>() && !is_vec::<Vec<(u8, u8)>>());
+        let mut out = vec![0xAA];
+        assert!(put_vec(&vec![1.5_f64, -0.25], &mut out));
+        assert_eq!(out.len(), 17);
+        assert_eq!(get_vec::<Vec<f64>>(&out[1..]), Some(Some(vec![1.5, -0.25])));
+        assert_eq!(
+            get_vec::<Vec<f64>>(&out[2..]),
+            Some(None),
+            "not whole values"
+        );
+        assert_eq!(get_vec::<Vec<f64>>(&[]), Some(Some(vec![])));
+        assert_eq!(get_vec::<Vec<bool>>(&[1, 0, 2]), Some(None), "2 is no bool");
+        assert_eq!(get_vec::<Vec<bool>>(&[1, 0]), Some(Some(vec![true, false])));
+        assert_eq!(get_vec::<Vec<String>>(&[]), None);
+        assert!(!put_vec(&vec![String::new()], &mut out));
+    }
+
+    proptest! {
+        #[test]
+        fn packed_vectors_round_trip(v in proptest::collection::vec(any::<i32>(), 0..300),
+                                     w in proptest::collection::vec(any::<u64>(), 0..300)) {
+            let mut out = Vec::new();
+            prop_assert!(put_vec(&v, &mut out));
+            prop_assert_eq!(get_vec::<Vec<i32>>(&out), Some(Some(v)));
+            out.clear();
+            prop_assert!(put_vec(&w, &mut out));
+            prop_assert_eq!(get_vec::<Vec<u64>>(&out), Some(Some(w)));
+        }
     }
 
     #[test]
