@@ -101,7 +101,7 @@
 //! | one tiny job, round trip with `wait()` (W1) | | 4.9 µs | 24.0 µs (bare socket: 10–70 µs) | `cargo run --release --example thread_vs_process` |
 //! | 100,000 tiny jobs (W2) | | 3.72 M jobs/s | 389 k jobs/s | same |
 //! | 1M items mapped, chunks of 1,000 (W3) | | 76 M items/s | 45–57 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 61 ms (bare socket: 32 ms) | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 61 ms (bare socket: 32 ms); 2026-12-02: 38–101 ms (socket 26–32 ms), 29 ms echoing only | same |
 //! | primes below 5M, CPU only (W4) | 1.00× | 1.85× | 1.87× | `cargo run --release --example primes` |
 //! | 1M short reviews, lexicon per worker | 1.00× | 1.37–1.59× | 0.81–0.89× | `cargo run --release --example sentiment` |
 //! | moving average, 10M samples (80 MB each way) | 1.00× | 1.87× | 1.30× | `cargo run --release --example signal_filter` |
