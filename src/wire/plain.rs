@@ -145,7 +145,12 @@ macro_rules! dispatch {
         #[inline(always)]
         #[allow(clippy::ptr_arg)]
         pub(crate) fn put_all<T: 'static>(values: &Vec<T>, out: &mut Vec<u8>) -> bool {
-            let any = values as &dyn Any;
+            put_any_vec(values, out)
+        }
+
+        /// Appends the elements of `any` packed if it is a `Vec` of a plain type.
+        #[inline(always)]
+        fn put_any_vec(any: &dyn Any, out: &mut Vec<u8>) -> bool {
             $(if let Some(v) = any.downcast_ref::<Vec<$t>>() {
                 <$t as Plain>::put_all(v, out);
                 return true;
@@ -167,15 +172,7 @@ macro_rules! dispatch {
         /// whether it did.
         #[inline(always)]
         pub(crate) fn put_vec<T: 'static>(value: &T, out: &mut Vec<u8>) -> bool {
-            if !is_vec::<T>() {
-                return false;
-            }
-            let any = value as &dyn Any;
-            $(if let Some(v) = any.downcast_ref::<Vec<$t>>() {
-                <$t as Plain>::put_all(v, out);
-                return true;
-            })*
-            false
+            is_vec::<T>() && put_any_vec(value, out)
         }
 
         /// Reads a `T` that [`is_vec`] from all of `bytes`: `None` if `T` is not such a
