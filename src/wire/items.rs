@@ -92,11 +92,12 @@ pub(crate) fn encode_value<T: Serialize + 'static>(
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
         return encode_into(&RawBytes(bytes), out);
     }
-    if plain::is_vec::<T>() {
-        // Its length in bytes, then the numbers packed.
-        let mut packed = Vec::new();
-        plain::put_vec(value, &mut packed);
-        return encode_into(&RawBytes(&packed), out);
+    if let Some(bytes) = plain::packed_len(value) {
+        // Its length in bytes (the varint postcard writes before bytes), then the numbers
+        // packed, straight into `out`.
+        encode_into(&bytes, out)?;
+        plain::put_vec(value, out);
+        return Ok(());
     }
     encode_into(value, out)
 }
@@ -431,6 +432,27 @@ mod tests {
             let (back, rest) = take_value::<Vec<u8>>(&fast).unwrap();
             assert_eq!((&back, rest.len()), (&bytes, 0));
         }
+    }
+
+    #[test]
+    fn a_vector_of_numbers_is_its_byte_length_then_the_numbers_packed() {
+        for n in [0_usize, 1, 16, 17, 5000] {
+            let numbers: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let mut out = Vec::new();
+            encode_value(&numbers, &mut out).unwrap();
+            out.push(0xEE); // what follows the item
+            let mut expected = postcard::to_allocvec(&(4 * n)).unwrap();
+            numbers
+                .iter()
+                .for_each(|x| expected.extend(x.to_le_bytes()));
+            assert_eq!(&out[..out.len() - 1], &expected[..], "{n} numbers");
+            let (back, rest) = take_value::<Vec<f32>>(&out).unwrap();
+            assert_eq!((back, rest), (numbers, &[0xEE][..]));
+        }
+        assert!(
+            take_value::<Vec<f32>>(&[3, 0, 0, 0]).is_err(),
+            "not whole values"
+        );
     }
 
     #[test]

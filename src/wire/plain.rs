@@ -175,6 +175,19 @@ macro_rules! dispatch {
             is_vec::<T>() && put_any_vec(value, out)
         }
 
+        /// The length in bytes of `value` packed, if it [`is_vec`].
+        #[inline(always)]
+        pub(crate) fn packed_len<T: 'static>(value: &T) -> Option<usize> {
+            if !is_vec::<T>() {
+                return None;
+            }
+            let any = value as &dyn Any;
+            $(if let Some(v) = any.downcast_ref::<Vec<$t>>() {
+                return Some(v.len() * <$t as Plain>::WIDTH);
+            })*
+            None
+        }
+
         /// Reads a `T` that [`is_vec`] from all of `bytes`: `None` if `T` is not such a
         /// `Vec`, `Some(None)` if the bytes are not a whole number of values of its
         /// element type.
@@ -251,6 +264,8 @@ mod tests {
         let mut out = vec![0xAA];
         assert!(put_vec(&vec![1.5_f64, -0.25], &mut out));
         assert_eq!(out.len(), 17);
+        assert_eq!(packed_len(&vec![1.5_f64, -0.25]), Some(16));
+        assert_eq!(packed_len(&vec![1_u8]), None);
         assert_eq!(get_vec::<Vec<f64>>(&out[1..]), Some(Some(vec![1.5, -0.25])));
         assert_eq!(
             get_vec::<Vec<f64>>(&out[2..]),
