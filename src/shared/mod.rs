@@ -69,19 +69,17 @@ pub trait Element: sealed::Sealed + Copy + Send + Sync + fmt::Debug + PartialEq 
 
 mod sealed {
     use crate::sys::segment::Pod;
+    use crate::wire::plain::Plain;
 
-    /// What a shared array needs of its element type.
-    pub trait Sealed: Pod {
+    /// What a shared array needs of its element type: its memory layout ([`Pod`]) and
+    /// its packed encoding ([`Plain`]), for when its elements travel as values.
+    pub trait Sealed: Pod + Plain {
         /// Names the type on the wire, so that a handle is never read as another type.
         const TAG: u8;
         /// Stores `value` into `atom` (relaxed).
         fn store(atom: &Self::Atom, value: Self);
         /// Loads a value from `atom` (relaxed).
         fn load(atom: &Self::Atom) -> Self;
-        /// Appends the little-endian bytes of `self`.
-        fn put(self, out: &mut Vec<u8>);
-        /// Reads a value from its little-endian bytes (exactly its size).
-        fn get(bytes: &[u8]) -> Self;
     }
 }
 
@@ -96,12 +94,6 @@ macro_rules! element {
             #[inline(always)]
             fn load(atom: &Self::Atom) -> Self {
                 <$t>::from_ne_bytes(atom.load(Ordering::Relaxed).to_ne_bytes())
-            }
-            fn put(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-            fn get(bytes: &[u8]) -> Self {
-                <$t>::from_le_bytes(bytes.try_into().unwrap_or_default())
             }
         }
         impl Element for $t {}

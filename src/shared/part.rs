@@ -256,8 +256,13 @@ impl<E: Element> Part<E> {
                 len: self.len as u64,
             })
         } else {
-            let mut bytes = Vec::with_capacity(self.len * std::mem::size_of::<E>());
-            self.for_each(writable, |value| value.put(&mut bytes));
+            let mut bytes = Vec::new();
+            if writable {
+                let values: Vec<E> = self.atoms().iter().map(E::load).collect();
+                E::put_all(&values, &mut bytes);
+            } else {
+                E::put_all(self.elements(), &mut bytes);
+            }
             Wire::Inline {
                 tag: E::TAG,
                 writable,
@@ -265,14 +270,6 @@ impl<E: Element> Part<E> {
             }
         };
         wire.serialize(serializer)
-    }
-
-    fn for_each(&self, writable: bool, mut f: impl FnMut(E)) {
-        if writable {
-            self.atoms().iter().for_each(|atom| f(E::load(atom)));
-        } else {
-            self.elements().iter().for_each(|&value| f(value));
-        }
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
@@ -326,13 +323,12 @@ impl<E: Element> Part<E> {
                 bytes,
             } => {
                 check(tag, was_writable).map_err(fail)?;
-                if !bytes.len().is_multiple_of(size) {
-                    return Err(fail(format!(
+                let values = E::get_all(&bytes).ok_or_else(|| {
+                    fail(format!(
                         "{} bytes are no whole number of elements",
                         bytes.len()
-                    )));
-                }
-                let values: Vec<E> = bytes.chunks_exact(size).map(E::get).collect();
+                    ))
+                })?;
                 Part::create(values.len(), &values, writable).map_err(|e| fail(e.to_string()))
             }
         }

@@ -18,8 +18,9 @@
 
 use std::any::{Any, TypeId};
 
-/// A type that packs into a fixed number of little-endian bytes.
-trait Plain: Sized + 'static {
+/// A type that packs into a fixed number of little-endian bytes (also what a shared
+/// array's elements are written as when they travel as values: [`crate::shared`]).
+pub trait Plain: Sized + 'static {
     const WIDTH: usize;
     fn put(&self, out: &mut Vec<u8>);
     /// Appends every value of `values`, packed: the buffer grows once, and each value is
