@@ -307,6 +307,20 @@ async fn w2_w3(report: &mut Report) -> Result<()> {
                 W3_N as f64 / secs,
             );
         }
+        // The same map, its results taken a chunk at a time rather than item by item.
+        let start = Instant::now();
+        let doubled = pool.map(double, 0..W3_N).chunk_size(1000).try_collect_vec();
+        let sum: u64 = doubled.await?.iter().sum();
+        let secs = start.elapsed().as_secs_f64();
+        ensure(sum == W3_SUM, || {
+            format!("W3 {name} try_collect_vec: sum {sum}")
+        })?;
+        report.add(
+            "W3",
+            &format!("{name} (chunk 1000, try_collect_vec)"),
+            "items_per_s",
+            W3_N as f64 / secs,
+        );
     }
 
     let runtime = blocking_runtime()?;
@@ -768,6 +782,13 @@ fn serde_json_lite(line: &str) -> std::result::Result<BTreeMap<String, String>, 
 fn print_report(report: &Report) {
     let floor_of = |w: &str, m: &str| report.get(w, "floor", m);
     let seq = report.get("W4", "sequential", "seconds");
+    let width = report
+        .rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(28);
     let workloads = [
         (
             "W1",
@@ -818,7 +839,7 @@ fn print_report(report: &Report) {
                 continue;
             }
             seen.push(executor.clone());
-            let mut line = format!("  {executor:<28} {:>14}", fmt_value(*value));
+            let mut line = format!("  {executor:<width$} {:>14}", fmt_value(*value));
             if let Some(floor) = floor_of(workload, metric).filter(|_| executor != "floor") {
                 line += &format!("   {:>6.2}x floor", value / floor);
             }

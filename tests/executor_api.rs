@@ -114,6 +114,73 @@ async fn a_failing_item_fails_only_itself_inside_a_chunk() {
     }
 }
 
+fn label(x: u64) -> String {
+    format!("#{x}")
+}
+
+#[tokio::test]
+async fn try_collect_vec_gives_what_try_collect_does() {
+    for (name, pool) in pools(2) {
+        for chunk in [Some(1), Some(7), Some(1000), None] {
+            let map = pool.map(double, 0..2500);
+            let map = match chunk {
+                Some(c) => map.chunk_size(c),
+                None => map,
+            };
+            let out = bounded(name, map.try_collect_vec()).await.unwrap();
+            let want: Vec<u64> = (0..2500).map(|x| x * 2).collect();
+            assert_eq!(out, want, "{name} chunk {chunk:?}");
+        }
+        // Results that are not plain numbers take the general decoding path.
+        let labels = bounded(
+            name,
+            pool.map(label, 0..300).chunk_size(7).try_collect_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(labels, (0..300).map(label).collect::<Vec<_>>(), "{name}");
+        let mut unordered = bounded(
+            name,
+            pool.map_unordered(double, 0..500)
+                .chunk_size(9)
+                .try_collect_vec(),
+        )
+        .await
+        .unwrap();
+        unordered.sort_unstable();
+        assert_eq!(
+            unordered,
+            (0..500).map(|x| x * 2).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let empty = bounded(name, pool.map(double, Vec::new()).try_collect_vec()).await;
+        assert_eq!(empty, Ok(Vec::new()), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn try_collect_vec_stops_at_the_first_failed_item() {
+    for (name, pool) in pools(2) {
+        // Item 7 first in its chunk (7), in the middle (3, 10), and alone (1).
+        for chunk in [1, 3, 7, 10] {
+            let result = bounded(
+                name,
+                pool.map(fail_on_seven, 0..40)
+                    .chunk_size(chunk)
+                    .try_collect_vec(),
+            )
+            .await;
+            let err = result.expect_err(name);
+            assert_eq!(
+                err.panic_message(),
+                Some("seven is unlucky"),
+                "{name} chunk {chunk}: {err}"
+            );
+        }
+        assert_eq!(bounded(name, pool.submit(double, 4)).await, Ok(8), "{name}");
+    }
+}
+
 fn sign_of(x: f64) -> i8 {
     if x.is_nan() {
         0

@@ -349,6 +349,36 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     }
 }
 
+impl<R: DeserializeOwned + 'static> EncodedItems<R> {
+    /// Appends every remaining result to `out`, stopping at the first that failed (which
+    /// is returned): [`Iterator::next`] in a loop the compiler can see through, with the
+    /// packed values of a plain `R` read back to back.
+    pub(crate) fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
+        out.reserve(self.left);
+        if let Some(width) = plain::width::<R>()
+            && self.broken.is_none()
+        {
+            while self.left > 0 {
+                match self.bytes[self.at..].split_first() {
+                    Some((&TAG_OK, rest)) => match plain::get::<R>(rest) {
+                        Some(value) => {
+                            out.push(value);
+                            self.at += 1 + width;
+                            self.left -= 1;
+                        }
+                        None => break,
+                    },
+                    _ => break,
+                }
+            }
+        }
+        for item in self {
+            out.push(item?);
+        }
+        Ok(())
+    }
+}
+
 impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
     type Item = Result<R, JobError>;
 
