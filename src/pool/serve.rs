@@ -563,6 +563,9 @@ impl<B: Backend> Serving<'_, B> {
     /// Gives the worker up: its running job (if any) ends with the error `loss` implies;
     /// the jobs behind it never started and go back to the queue.
     async fn lose(&mut self, loss: Loss) -> Next {
+        if matches!(loss, Loss::Exited(_) | Loss::Broken(_)) {
+            self.take_last_answers().await;
+        }
         let (slot, worker, idle) = (self.slot, self.id, self.line.is_empty());
         let error = match loss {
             Loss::Exited(exit) if idle => {
@@ -618,6 +621,25 @@ impl<B: Backend> Serving<'_, B> {
         again.extend(self.line.take_waiting());
         self.requeue(again);
         Next::Respawn
+    }
+
+    /// Completes the jobs a worker that is gone answered before it went, and that are not
+    /// read yet (a failed write can be how its death is first seen), with what its link
+    /// still delivers: frames in flight, then the answers left in its journal.
+    async fn take_last_answers(&mut self) {
+        while !self.line.is_empty() {
+            let received = tokio::time::timeout(BROKEN_GRACE, self.link.recv()).await;
+            let Ok(Received::Frame(Frame {
+                message: FromWorker::Done { id, outcome },
+                payload,
+            })) = received
+            else {
+                return;
+            };
+            if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
+                return;
+            }
+        }
     }
 
     /// Puts jobs that never started back at the front of the queue, in order.
