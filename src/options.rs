@@ -55,6 +55,10 @@ impl JobOptions {
     /// killed, so on a thread pool the job's thread runs on until the function returns,
     /// and its result is discarded. The default is the pool's (see
     /// [`ProcessPoolBuilder::job_timeout`](crate::ProcessPoolBuilder::job_timeout)).
+    ///
+    /// A process pool's worker that has its next job already holds a finished job's answer
+    /// back for up to about a tenth of a millisecond, to send it with others: a job that
+    /// ends that close to its limit may still be reported as timed out.
     pub fn timeout(mut self, timeout: Duration) -> JobOptions {
         self.timeout = Timeout::After(timeout);
         self

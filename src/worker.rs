@@ -9,6 +9,7 @@ use crate::wire::blocking::BlockingConn;
 use crate::wire::claims::claim;
 use crate::wire::frame::ProtocolError;
 use crate::wire::message::{FromWorker, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
+use crate::wire::outbox::Outbox;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicU64;
 
@@ -30,11 +31,13 @@ pub(crate) struct Identity {
 /// Serves the pool at the other end of `conn` until it sends `Shutdown` or closes the link
 /// (both `Ok`); `Err` says why the worker could not go on. With `claims`, the word it
 /// shares with the pool, it claims each job before running it and skips those the pool
-/// took back (see [`crate::wire::claims`]).
+/// took back (see [`crate::wire::claims`]). With `outbox`, answers are held back while
+/// the next job is here already (see [`crate::wire::outbox`]).
 pub(crate) fn serve<S: Read + Write>(
     conn: &mut Conn<S>,
     me: &Identity,
     claims: Option<&AtomicU64>,
+    outbox: Option<&Outbox>,
 ) -> Result<(), String> {
     let protocol = |e: ProtocolError| crate::error::report(&e);
     conn.send(&FromWorker::Hello(Box::new(Hello {
@@ -76,22 +79,25 @@ pub(crate) fn serve<S: Read + Write>(
     // A small argument is copied here (the read buffer goes on holding the next frames);
     // a large one arrives in a buffer of its own, which the job takes without a copy.
     let mut small = Vec::new();
+    let flush = |outbox: Option<&Outbox>| match outbox {
+        Some(outbox) => outbox.flush().map_err(|e| protocol(ProtocolError::Io(e))),
+        None => Ok(()),
+    };
     loop {
+        if !conn.next_is_here() {
+            flush(outbox)?; // about to wait for input: nothing is held meanwhile
+        }
         let Some(frame) = conn.recv().map_err(protocol)? else {
             return Ok(());
         };
         match frame.message {
-            ToWorker::Shutdown => return Ok(()),
+            ToWorker::Shutdown => return flush(outbox),
             ToWorker::Run { id, target } => {
                 if let Some(word) = claims
                     && !claim(word, id)
                 {
                     // Taken back while it waited here: it runs elsewhere.
-                    conn.send(&FromWorker::Done {
-                        id,
-                        outcome: Outcome::Revoked,
-                    })
-                    .map_err(protocol)?;
+                    send_done(conn, outbox, id, Outcome::Revoked, &[])?;
                     continue;
                 }
                 out.clear();
@@ -110,10 +116,10 @@ pub(crate) fn serve<S: Read + Write>(
                     conn.recycle(input);
                 }
                 #[cfg(test)]
-                if fault::inject(conn.stream_mut()) {
+                if flush(outbox).is_ok() && fault::inject(conn.stream_mut()) {
                     continue;
                 }
-                send_done(conn, id, outcome, &out)?;
+                send_done(conn, outbox, id, outcome, &out)?;
                 if out.capacity() >= LARGE_BUFFER {
                     // Mapped already: the next large payload is read into it.
                     conn.recycle(std::mem::take(&mut out));
@@ -129,18 +135,25 @@ pub(crate) fn serve<S: Read + Write>(
 /// Sends a job's answer; a result too large for a frame becomes an error for that job.
 fn send_done<S: Read + Write>(
     conn: &mut Conn<S>,
+    outbox: Option<&Outbox>,
     id: u64,
     outcome: Outcome,
     output: &[u8],
 ) -> Result<(), String> {
-    match conn.send_with(&FromWorker::Done { id, outcome }, output) {
+    let mut send = |outcome, output: &[u8]| {
+        let done = FromWorker::Done { id, outcome };
+        match outbox {
+            Some(outbox) => conn.send_through(outbox, &done, output),
+            None => conn.send_with(&done, output),
+        }
+    };
+    match send(outcome, output) {
         Err(ProtocolError::MessageTooLarge { size, max }) => {
             let outcome = Outcome::TooLarge {
                 size: size as u64,
                 max: max as u64,
             };
-            conn.send(&FromWorker::Done { id, outcome })
-                .map_err(|e| crate::error::report(&e))
+            send(outcome, &[]).map_err(|e| crate::error::report(&e))
         }
         other => other.map_err(|e| crate::error::report(&e)),
     }

@@ -165,6 +165,7 @@ fn launcher(config: AgentConfig) -> Result<Launcher, String> {
         initializers: config.initializers,
         handshake_timeout: config.handshake_timeout,
         max_frame: usize::try_from(config.max_frame).unwrap_or(usize::MAX),
+        hold_answers: false,
         #[cfg(test)]
         stall_handshake: false,
     })

@@ -6,13 +6,16 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
 use crate::sys::SharedWord;
 use crate::wire::claims::Revoke;
-use crate::wire::frame::Codec;
+use crate::wire::frame::{Codec, Frame, ProtocolError};
 use crate::wire::message::FromWorker;
 use futures::{FutureExt, StreamExt};
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
+use tokio_util::codec::Decoder;
 use tokio_util::codec::Framed;
 
 /// The pool's end of a worker's socket: frames from the worker are decoded; frames to it
@@ -24,8 +27,23 @@ pub(crate) struct LocalWorker {
     child: Child,
     conn: Conn,
     id: WorkerId,
-    /// The word it claims jobs in, mapped here too.
+    /// The word it claims jobs in, and the journal of the answers it holds back, mapped
+    /// here too.
     claims: Option<SharedWord>,
+    /// The last job it answered on the link.
+    answered: Option<u64>,
+    /// What it left in its journal, once its link has ended.
+    left: Leftovers,
+}
+
+/// The answers a worker held back and never wrote (it died first), read from its journal
+/// when its link ends and delivered before that end (see [`crate::wire::outbox`]).
+#[derive(Debug, Default)]
+struct Leftovers {
+    read: bool,
+    frames: VecDeque<Frame<FromWorker>>,
+    /// How the link ended, delivered after the frames.
+    ending: Option<Received>,
 }
 
 impl LocalWorker {
@@ -40,6 +58,81 @@ impl LocalWorker {
             conn,
             id: WorkerId::process(pid),
             claims,
+            answered: None,
+            left: Leftovers::default(),
+        }
+    }
+
+    /// A journaled answer, or the end of the link, still to deliver.
+    fn leftover(&mut self) -> Option<Received> {
+        match self.left.frames.pop_front() {
+            Some(frame) => Some(Received::Frame(frame)),
+            None => self.left.ending.take(),
+        }
+    }
+
+    /// Notes the answers `received` brings; at the end of the link (the worker is gone),
+    /// delivers first the answers it had not written yet.
+    fn deliver(&mut self, received: Received) -> Received {
+        match received {
+            Received::Frame(frame) => {
+                if let FromWorker::Done { id, .. } = &frame.message {
+                    self.answered = Some(*id);
+                }
+                Received::Frame(frame)
+            }
+            Received::Closed
+            | Received::Exited(_)
+            | Received::Broken(ProtocolError::Io(_) | ProtocolError::Truncated) => {
+                self.read_journal();
+                match self.left.frames.pop_front() {
+                    Some(frame) => {
+                        self.left.ending = Some(received);
+                        Received::Frame(frame)
+                    }
+                    None => received,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the answers left in the journal, once, keeping those not delivered yet.
+    fn read_journal(&mut self) {
+        if std::mem::replace(&mut self.left.read, true) {
+            return;
+        }
+        let Some((length, bytes)) = self.claims.as_ref().and_then(SharedWord::journal) else {
+            return;
+        };
+        let len = (length.load(Ordering::Acquire) as usize).min(bytes.len());
+        let mut held: bytes::BytesMut = bytes[..len]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let mut codec = Codec::<FromWorker>::new(crate::sys::JOURNAL);
+        loop {
+            match codec.decode(&mut held) {
+                Ok(Some(frame)) => match &frame.message {
+                    FromWorker::Done { id, .. } if self.answered.is_none_or(|last| *id > last) => {
+                        self.left.frames.push_back(frame);
+                    }
+                    _ => {} // delivered on the link before it ended
+                },
+                Ok(None) => break,
+                Err(error) => {
+                    let error = crate::error::report(&error);
+                    tracing::warn!(worker = %self.id, %error, "a worker's journal is corrupt");
+                    break;
+                }
+            }
+        }
+        if !self.left.frames.is_empty() {
+            tracing::debug!(
+                worker = %self.id,
+                answers = self.left.frames.len(),
+                "delivering the answers a worker held back when it ended"
+            );
         }
     }
 }
@@ -106,23 +199,30 @@ impl WorkerLink for LocalWorker {
     }
 
     async fn recv(&mut self) -> Received {
+        if let Some(received) = self.leftover() {
+            return received;
+        }
         std::future::poll_fn(|cx| {
             // Frames first: what the worker wrote before it exited is still delivered.
             if let Poll::Ready(item) = self.conn.poll_next_unpin(cx) {
-                return Poll::Ready(Received::from_stream(item));
+                return Poll::Ready(self.deliver(Received::from_stream(item)));
             }
             // Waiting for a child is cancel-safe: a new wait each poll loses nothing.
-            let exited = std::pin::pin!(self.child.wait());
-            exited
-                .poll(cx)
-                .map(|status| Received::Exited(exit_info(status, self.id)))
+            let status = {
+                let exited = std::pin::pin!(self.child.wait());
+                std::task::ready!(exited.poll(cx))
+            };
+            Poll::Ready(self.deliver(Received::Exited(exit_info(status, self.id))))
         })
         .await
     }
 
     fn try_recv(&mut self) -> Option<Received> {
+        if let Some(received) = self.leftover() {
+            return Some(received);
+        }
         let item = self.conn.next().now_or_never()?;
-        Some(Received::from_stream(item))
+        Some(self.deliver(Received::from_stream(item)))
     }
 
     async fn exited(&mut self) -> ExitInfo {

@@ -5,8 +5,10 @@
 use super::launch::widen_buffers;
 use crate::sys::SharedWord;
 use crate::wire::message::{HANDSHAKE_MAX_FRAME, SECRET_LEN};
+use crate::wire::outbox::Outbox;
 use crate::worker::{self, Identity};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 /// The variable a pool sets on the processes it starts.
 pub(crate) const WORKER_ENV: &str = "PROCPOOL_WORKER";
@@ -124,10 +126,14 @@ fn run(spec: &Spec) -> ! {
     if std::env::var_os(worker::fault::STALL_ENV).is_some() {
         std::thread::sleep(std::time::Duration::from_secs(120)); // never handshakes
     }
-    let served = connect(spec).and_then(|(mut conn, claims)| {
-        // Without the shared word, the worker runs every job it is sent.
-        let claims = claims.as_ref().map(SharedWord::word);
-        worker::serve(&mut conn, &spec.identity(), claims)
+    let served = connect(spec).and_then(|(mut conn, shared)| {
+        // Without the shared word, the worker runs every job it is sent; without its
+        // journal, it writes every answer at once.
+        let shared = shared.map(Arc::new);
+        let writer = conn.stream().0.clone();
+        let outbox = shared.clone().and_then(|page| Outbox::new(writer, page));
+        let claims = shared.as_deref().map(SharedWord::word);
+        worker::serve(&mut conn, &spec.identity(), claims, outbox.as_ref())
     });
     let code = match served {
         Ok(()) => 0,
@@ -141,7 +147,7 @@ fn run(spec: &Spec) -> ! {
 
 /// The worker's end of its link, from its standard input, and the word it shares with the
 /// pool, which the link opens with.
-fn connect(spec: &Spec) -> Result<(worker::Conn<UnixStream>, Option<SharedWord>), String> {
+fn connect(spec: &Spec) -> Result<(worker::Conn<Link>, Option<SharedWord>), String> {
     let stream = crate::sys::socket_from_stdin()
         .ok_or("standard input is not the pool's socket (a worker is started by its pool)")?;
     let word = if spec.word {
@@ -152,7 +158,31 @@ fn connect(spec: &Spec) -> Result<(worker::Conn<UnixStream>, Option<SharedWord>)
         None
     };
     widen_buffers(&stream);
-    Ok((worker::Conn::new(stream, HANDSHAKE_MAX_FRAME), word))
+    Ok((
+        worker::Conn::new(Link(Arc::new(stream)), HANDSHAKE_MAX_FRAME),
+        word,
+    ))
+}
+
+/// A worker's link: one socket, read by the worker loop and written by it and by its
+/// [`Outbox`]'s thread (one descriptor: a worker has a single socket unless its job opens
+/// one).
+pub(crate) struct Link(pub(crate) Arc<UnixStream>);
+
+impl std::io::Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl std::io::Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Called when a worker process reached `main` and tried to build a pool: tells the parent

@@ -271,26 +271,34 @@ pub(crate) fn remove_env_if_alone(name: &str, before_main: bool) -> bool {
     true
 }
 
-/// A word shared by the pool and one worker process: one page of a sealed memfd, mapped
-/// in both. The pool's serving loop and the worker coordinate through it which of the
-/// jobs written to the worker it may still start (see [`crate::wire::claims`]).
+/// A word shared by the pool and one worker process, and optionally the worker's journal
+/// of answers it holds back: a sealed memfd, mapped in both. The pool's serving loop and
+/// the worker coordinate through the word which of the jobs written to the worker it may
+/// still start (see [`crate::wire::claims`]); through the journal, a worker that dies
+/// leaves the answers it had not sent yet to its pool (see [`crate::wire::outbox`]).
 ///
-/// Invariant: `ptr` points to the start of a `PAGE`-byte, page-aligned, readable and
-/// writable `MAP_SHARED` mapping of the memfd `fd`, made by this value and unmapped only
-/// by its `Drop`; the memfd is sealed against shrinking (`F_SEAL_SHRINK`), so no process
-/// can make the page go away while it is mapped. Both processes touch it only through
-/// the `AtomicU64` at its start.
+/// Invariant: `ptr` points to the start of a `len`-byte, page-aligned, readable and
+/// writable `MAP_SHARED` mapping of the memfd `fd`, `len` being `PAGE` or `PAGE +
+/// JOURNAL`, made by this value and unmapped only by its `Drop`; the memfd is sealed
+/// against shrinking (`F_SEAL_SHRINK`), so no process can make the pages go away while
+/// they are mapped. Every process touches the mapping only through atomics: the
+/// `AtomicU64`s at byte offsets 0 (the word) and 8 (the journal's length), and the
+/// `AtomicU8`s from `PAGE` up (the journal).
 #[derive(Debug)]
 pub(crate) struct SharedWord {
     ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
     fd: OwnedFd,
 }
 
-/// The size of a shared word's mapping.
+/// The size of a shared word's first page.
 const PAGE: usize = 4096;
 
-// SAFETY: the pointee is an `AtomicU64`, which may be used from any thread (and process);
-// the mapping lives as long as the value (its invariant).
+/// The size of a journal, after the first page.
+pub(crate) const JOURNAL: usize = 16 * 1024;
+
+// SAFETY: the mapping is used only through atomics, which may be used from any thread (and
+// process); it lives as long as the value (its invariant).
 #[allow(unsafe_code)]
 unsafe impl Send for SharedWord {}
 // SAFETY: as above: shared access goes through the atomic only.
@@ -298,10 +306,11 @@ unsafe impl Send for SharedWord {}
 unsafe impl Sync for SharedWord {}
 
 impl SharedWord {
-    /// A new word, zero, for a worker about to start (Linux: a memfd; elsewhere `None`).
+    /// A new word, zero, for a worker about to start, with an empty journal after it if
+    /// `journal` (Linux: a memfd; elsewhere `None`).
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    pub(crate) fn create() -> Option<SharedWord> {
+    pub(crate) fn create(journal: bool) -> Option<SharedWord> {
         // SAFETY: `memfd_create` reads the NUL-terminated name and returns a new
         // descriptor or -1.
         let raw = unsafe {
@@ -321,42 +330,47 @@ impl SharedWord {
             fd = fd.try_clone().ok()?;
         }
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        let size = if journal { PAGE + JOURNAL } else { PAGE };
         // SAFETY: `ftruncate` and `fcntl` on a descriptor this process owns touch no
         // memory.
         let sized = unsafe {
-            libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) == 0
+            libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) == 0
                 && libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) == 0
         };
         if !sized {
             return None;
         }
-        SharedWord::map(fd)
+        SharedWord::map(fd, size)
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn create() -> Option<SharedWord> {
+    pub(crate) fn create(_journal: bool) -> Option<SharedWord> {
         None
     }
 
     /// The word a worker's parent sent it as `fd`: `None` unless it is a memfd of a page
-    /// at least, sealed against shrinking.
+    /// at least, sealed against shrinking. It has a journal if the memfd is large enough
+    /// for one.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     pub(crate) fn from_fd(fd: OwnedFd) -> Option<SharedWord> {
         // SAFETY: `fcntl(F_GET_SEALS)` and `fstat` only read the descriptor's state into
         // the zeroed `stat`.
-        let fits = unsafe {
+        let size = unsafe {
             let seals = libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS);
             let mut stat: libc::stat = std::mem::zeroed();
-            seals >= 0
-                && seals & libc::F_SEAL_SHRINK != 0
-                && libc::fstat(fd.as_raw_fd(), &mut stat) == 0
-                && stat.st_size as usize >= PAGE
+            let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
+            if sealed && libc::fstat(fd.as_raw_fd(), &mut stat) == 0 {
+                usize::try_from(stat.st_size).unwrap_or(0)
+            } else {
+                0
+            }
         };
-        if !fits {
-            return None;
+        match size {
+            size if size >= PAGE + JOURNAL => SharedWord::map(fd, PAGE + JOURNAL),
+            size if size >= PAGE => SharedWord::map(fd, PAGE),
+            _ => None,
         }
-        SharedWord::map(fd)
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -364,16 +378,17 @@ impl SharedWord {
         None
     }
 
-    /// Maps the first page of `fd`, a memfd of at least a page sealed against shrinking.
+    /// Maps the first `len` bytes of `fd`, a memfd of at least that size sealed against
+    /// shrinking (`len` is `PAGE` or `PAGE + JOURNAL`).
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    fn map(fd: OwnedFd) -> Option<SharedWord> {
-        // SAFETY: a fresh shared mapping of the descriptor's first page, at an address
-        // the kernel chooses: it aliases no memory of this process.
+    fn map(fd: OwnedFd, len: usize) -> Option<SharedWord> {
+        // SAFETY: a fresh shared mapping of the descriptor's first `len` bytes, at an
+        // address the kernel chooses: it aliases no memory of this process.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -384,7 +399,7 @@ impl SharedWord {
             return None;
         }
         let ptr = std::ptr::NonNull::new(ptr.cast::<std::sync::atomic::AtomicU64>())?;
-        Some(SharedWord { ptr, fd })
+        Some(SharedWord { ptr, len, fd })
     }
 
     /// The word.
@@ -394,6 +409,31 @@ impl SharedWord {
         // writable mapping of at least 8 bytes, used by every process only as this
         // atomic, and the mapping outlives the borrow of `self`.
         unsafe { self.ptr.as_ref() }
+    }
+
+    /// The journal's length in bytes, and the journal, if the mapping has one.
+    #[allow(unsafe_code)]
+    pub(crate) fn journal(
+        &self,
+    ) -> Option<(
+        &std::sync::atomic::AtomicU64,
+        &[std::sync::atomic::AtomicU8],
+    )> {
+        if self.len < PAGE + JOURNAL {
+            return None;
+        }
+        // SAFETY: by the type's invariant the mapping is live for the borrow of `self`,
+        // at least `PAGE + JOURNAL` bytes long here, page-aligned (so byte 8 is aligned
+        // for an `AtomicU64`), and touched by every process only through these atomics.
+        unsafe {
+            let length = &*self.ptr.as_ptr().add(1);
+            let bytes = self
+                .ptr
+                .as_ptr()
+                .cast::<std::sync::atomic::AtomicU8>()
+                .add(PAGE);
+            Some((length, std::slice::from_raw_parts(bytes, JOURNAL)))
+        }
     }
 
     /// Its descriptor, to send to a worker.
@@ -406,9 +446,9 @@ impl Drop for SharedWord {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
         // SAFETY: the mapping was made by `map` with this address and length (the type's
-        // invariant), and no borrow of the word outlives `self`.
+        // invariant), and no borrow of the word or the journal outlives `self`.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), PAGE);
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
 }
@@ -419,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_shared_word_is_one_word_in_both_mappings() {
-        let created = SharedWord::create();
+        let created = SharedWord::create(false);
         assert_eq!(
             created.is_some(),
             cfg!(target_os = "linux"),
@@ -439,8 +479,30 @@ mod tests {
         assert_eq!(other.word().fetch_add(1, Ordering::SeqCst), 41);
         assert_eq!(word.word().load(Ordering::SeqCst), 42);
         // Not a sealed memfd: refused.
+        assert!(word.journal().is_none() && other.journal().is_none());
         let file = std::fs::File::open("/dev/null").unwrap();
         assert!(SharedWord::from_fd(file.into()).is_none());
+    }
+
+    #[test]
+    fn a_journal_written_in_one_mapping_is_read_in_the_other() {
+        use std::sync::atomic::Ordering;
+        let Some(pool) = SharedWord::create(true) else {
+            return;
+        };
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        send_descriptor(ours.as_fd(), pool.fd()).unwrap();
+        let received = receive_descriptor(&theirs).unwrap().expect("a descriptor");
+        let worker = SharedWord::from_fd(received).unwrap();
+        let (length, bytes) = worker.journal().expect("a journal");
+        assert_eq!(bytes.len(), JOURNAL);
+        bytes[JOURNAL - 1].store(7, Ordering::Relaxed);
+        length.store(JOURNAL as u64, Ordering::Release);
+        let (length, bytes) = pool.journal().expect("a journal");
+        assert_eq!(length.load(Ordering::Acquire), JOURNAL as u64);
+        assert_eq!(bytes[JOURNAL - 1].load(Ordering::Relaxed), 7);
+        // The word is still its own.
+        assert_eq!(pool.word().load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! runtime. The pool's end is async and belongs to the backend that owns the link.
 
 use super::frame::{Codec, Frame, ProtocolError, put_frame};
+use super::outbox::Outbox;
 use bytes::BytesMut;
 use serde::{Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
@@ -75,10 +76,46 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         self.codec.recycle(buffer);
     }
 
+    /// The stream.
+    pub(crate) fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// The raw stream, for tests that write broken frames.
     #[cfg(test)]
     pub(crate) fn stream_mut(&mut self) -> &mut S {
         &mut self.stream
+    }
+
+    /// Whether the next frame is here already: [`recv`](Self::recv) returns it without
+    /// reading.
+    pub(crate) fn next_is_here(&self) -> bool {
+        self.codec.has_frame(&self.read_buf)
+    }
+
+    /// Sends `message` with `payload` through `outbox`: held back there if the next frame
+    /// is here already (the worker has another job to run first) and it fits, written at
+    /// once (after what is held) otherwise.
+    pub(crate) fn send_through(
+        &mut self,
+        outbox: &Outbox,
+        message: &Out,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let max_frame = self.codec.max_frame();
+        let tail = put_frame(message, payload, max_frame, &mut self.write_buf)?;
+        let held = if tail.is_empty() && self.next_is_here() {
+            outbox.hold(&self.write_buf)
+        } else {
+            Ok(false)
+        };
+        let result = match held {
+            Ok(true) => Ok(()),
+            Ok(false) => outbox.send(&self.write_buf, tail),
+            Err(e) => Err(e),
+        };
+        self.write_buf.clear();
+        result.map_err(ProtocolError::Io)
     }
 
     pub(crate) fn send(&mut self, message: &Out) -> Result<(), ProtocolError> {

@@ -204,6 +204,18 @@ impl<In> Codec<In> {
         }
     }
 
+    /// Whether `buffered`, the bytes read and not yet decoded, holds a whole frame: the
+    /// next [`decode`](Decoder::decode) returns one (or fails) without more input.
+    pub(crate) fn has_frame(&self, buffered: &[u8]) -> bool {
+        match (&self.state, buffered.first_chunk::<HEADER>()) {
+            (State::Head, Some(head)) => {
+                let frame_len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+                buffered.len() - HEADER >= frame_len as usize
+            }
+            _ => false,
+        }
+    }
+
     /// The buffer a large payload is being gathered in and how many bytes it still lacks,
     /// so that a blocking reader can read them into it directly.
     pub(crate) fn payload_in_progress(&mut self) -> Option<(&mut Vec<u8>, usize)> {

@@ -1,7 +1,8 @@
 //! The wire format between a pool and its workers, whatever carries it: how a frame is laid
 //! out and decoded ([`frame`]), the messages it carries ([`message`]), how the items of a
 //! `map` chunk travel inside a payload ([`items`], with [`plain`] values packed), and the
-//! worker's blocking end of a link ([`blocking`]).
+//! worker's blocking end of a link ([`blocking`], with the [`outbox`] that holds its
+//! answers back for a moment).
 //!
 //! Nothing here starts a worker or opens a socket: a backend moves the bytes these modules
 //! produce and hands back the bytes it received.
@@ -11,4 +12,5 @@ pub(crate) mod claims;
 pub(crate) mod frame;
 pub(crate) mod items;
 pub(crate) mod message;
+pub(crate) mod outbox;
 pub(crate) mod plain;

@@ -88,7 +88,7 @@ impl Backend for Threads {
                 worker_id: n,
                 secret: [0; 32],
             };
-            let _ = worker::serve(&mut conn, &me, Some(&word));
+            let _ = worker::serve(&mut conn, &me, Some(&word), None);
             let _ = done_tx.send(());
         });
         ours.set_nonblocking(true).map_err(transient)?;
