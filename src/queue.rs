@@ -5,7 +5,6 @@
 use crate::error::JobError;
 use crate::handle::JobState;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A queued job: anything that carries the completion cell it must end through.
@@ -22,15 +21,6 @@ pub(crate) struct JobQueue<T> {
     inner: Mutex<Inner<T>>,
     available: Condvar,
     notify: tokio::sync::Notify,
-    /// `items.len()`, written under the lock, so that a spinning popper can look without
-    /// taking the lock from the submitter (profiles of 100,000 tiny jobs on the thread
-    /// pool showed the lock's contention as a fifth of all samples).
-    queued: AtomicUsize,
-    /// Async poppers inside [`pop`](JobQueue::pop): a push notifies only if there is one,
-    /// since a thread pool never has any. Raised before the popper's look under the lock
-    /// and read after the pusher's, so the lock orders them: either the popper sees the
-    /// job, or the pusher sees the popper.
-    async_poppers: AtomicUsize,
 }
 
 struct Inner<T> {
@@ -54,23 +44,7 @@ impl<T: Queued> JobQueue<T> {
             }),
             available: Condvar::new(),
             notify: tokio::sync::Notify::new(),
-            queued: AtomicUsize::new(0),
-            async_poppers: AtomicUsize::new(0),
         }
-    }
-
-    /// Mirrors the number of queued items for lock-free looks; call with the lock held.
-    fn count(&self, inner: &Inner<T>) {
-        self.queued.store(inner.items.len(), Ordering::Relaxed);
-    }
-
-    /// Takes the oldest item, keeping the mirrored count.
-    fn pop_locked(&self, inner: &mut Inner<T>) -> Option<T> {
-        let item = inner.items.pop_front();
-        if item.is_some() {
-            self.count(inner);
-        }
-        item
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
@@ -84,7 +58,6 @@ impl<T: Queued> JobQueue<T> {
             return Err(item);
         }
         inner.items.push_back(item);
-        self.count(&inner);
         self.wake(inner, false);
         Ok(())
     }
@@ -101,9 +74,7 @@ impl<T: Queued> JobQueue<T> {
                 self.available.notify_one();
             }
         }
-        if self.async_poppers.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
-        }
+        self.notify.notify_one();
     }
 
     /// Puts jobs that were taken but never ran back at the front, in their order, even if
@@ -124,13 +95,12 @@ impl<T: Queued> JobQueue<T> {
         for job in jobs.into_iter().rev() {
             inner.items.push_front(job);
         }
-        self.count(&inner);
         self.wake(inner, true);
     }
 
     /// Takes the oldest job if there is one, without waiting.
     pub(crate) fn try_pop(&self) -> Option<T> {
-        self.pop_locked(&mut self.lock())
+        self.lock().items.pop_front()
     }
 
     /// Takes the oldest job, blocking while the queue is empty and open. `None` once it is
@@ -139,7 +109,7 @@ impl<T: Queued> JobQueue<T> {
         let mut inner = self.lock();
         let mut spins = 0;
         loop {
-            if let Some(item) = self.pop_locked(&mut inner) {
+            if let Some(item) = inner.items.pop_front() {
                 return Some(item);
             }
             if inner.closed {
@@ -148,16 +118,13 @@ impl<T: Queued> JobQueue<T> {
             if spins < SPINS {
                 // A job often follows within a few microseconds (a caller submitting a
                 // batch): look again shortly rather than sleep and cost the submitter a
-                // wake-up system call for every job. The looks are at the mirrored count,
-                // so the submitter keeps the lock to itself.
+                // wake-up system call for every job.
+                spins += 1;
                 drop(inner);
-                while spins < SPINS && self.queued.load(Ordering::Relaxed) == 0 {
-                    spins += 1;
-                    for _ in 0..SPIN_PAUSES {
-                        std::hint::spin_loop();
-                    }
-                    std::thread::yield_now();
+                for _ in 0..SPIN_PAUSES {
+                    std::hint::spin_loop();
                 }
+                std::thread::yield_now();
                 inner = self.lock();
                 continue;
             }
@@ -173,14 +140,6 @@ impl<T: Queued> JobQueue<T> {
     /// Takes the oldest job, waiting while the queue is empty and open. `None` once it is
     /// closed and empty.
     pub(crate) async fn pop(&self) -> Option<T> {
-        struct Popping<'a>(&'a AtomicUsize);
-        impl Drop for Popping<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.async_poppers.fetch_add(1, Ordering::SeqCst);
-        let _popping = Popping(&self.async_poppers);
         loop {
             let notified = self.notify.notified();
             futures::pin_mut!(notified);
@@ -189,7 +148,7 @@ impl<T: Queued> JobQueue<T> {
             notified.as_mut().enable();
             {
                 let mut inner = self.lock();
-                if let Some(item) = self.pop_locked(&mut inner) {
+                if let Some(item) = inner.items.pop_front() {
                     if !inner.items.is_empty() {
                         // More work: pass the wake-up on to another waiting worker.
                         self.notify.notify_one();
@@ -213,9 +172,7 @@ impl<T: Queued> JobQueue<T> {
             match &fail_with {
                 Some(error) => {
                     inner.failed.get_or_insert_with(|| error.clone());
-                    let drained = inner.items.drain(..).collect();
-                    self.count(&inner);
-                    drained
+                    inner.items.drain(..).collect()
                 }
                 None => Vec::new(),
             }
@@ -293,23 +250,6 @@ mod tests {
         queue.requeue_front(vec![Item(queued.clone()), Item(claimed.clone())]);
         assert!(queued.is_done() && claimed.is_done());
         assert!(queue.try_pop().is_none());
-    }
-
-    #[test]
-    fn the_mirrored_count_follows_every_change() {
-        let queue = JobQueue::new();
-        let seen = |q: &JobQueue<Item>| q.queued.load(Ordering::Relaxed);
-        assert!(queue.push(Item(JobState::new())).is_ok());
-        assert!(queue.push(Item(JobState::new())).is_ok());
-        assert_eq!(seen(&queue), 2);
-        let taken = queue.try_pop().expect("a job");
-        assert_eq!(seen(&queue), 1);
-        queue.requeue_front(vec![taken]);
-        assert_eq!(seen(&queue), 2);
-        assert!(queue.pop_blocking().is_some());
-        assert_eq!(seen(&queue), 1);
-        queue.close(Some(JobError::Cancelled));
-        assert_eq!(seen(&queue), 0);
     }
 
     #[test]
