@@ -129,9 +129,15 @@ fn run(spec: &Spec) -> ! {
     let served = connect(spec).and_then(|(mut conn, shared)| {
         // Without the shared word, the worker runs every job it is sent; without its
         // journal, it writes every answer at once.
+        // The outbox writes through a second descriptor of the same socket (the worker
+        // loop keeps reading through the first, with the standard library's reads into
+        // uninitialized memory for large payloads).
         let shared = shared.map(Arc::new);
-        let writer = conn.stream().0.clone();
-        let outbox = shared.clone().and_then(|page| Outbox::new(writer, page));
+        let writer = conn.stream().try_clone().ok().map(Arc::new);
+        let outbox = shared
+            .clone()
+            .zip(writer)
+            .and_then(|(page, writer)| Outbox::new(writer, page));
         let claims = shared.as_deref().map(SharedWord::word);
         worker::serve(&mut conn, &spec.identity(), claims, outbox.as_ref())
     });
@@ -147,7 +153,7 @@ fn run(spec: &Spec) -> ! {
 
 /// The worker's end of its link, from its standard input, and the word it shares with the
 /// pool, which the link opens with.
-fn connect(spec: &Spec) -> Result<(worker::Conn<Link>, Option<SharedWord>), String> {
+fn connect(spec: &Spec) -> Result<(worker::Conn<UnixStream>, Option<SharedWord>), String> {
     let stream = crate::sys::socket_from_stdin()
         .ok_or("standard input is not the pool's socket (a worker is started by its pool)")?;
     let word = if spec.word {
@@ -158,31 +164,7 @@ fn connect(spec: &Spec) -> Result<(worker::Conn<Link>, Option<SharedWord>), Stri
         None
     };
     widen_buffers(&stream);
-    Ok((
-        worker::Conn::new(Link(Arc::new(stream)), HANDSHAKE_MAX_FRAME),
-        word,
-    ))
-}
-
-/// A worker's link: one socket, read by the worker loop and written by it and by its
-/// [`Outbox`]'s thread (one descriptor: a worker has a single socket unless its job opens
-/// one).
-pub(crate) struct Link(pub(crate) Arc<UnixStream>);
-
-impl std::io::Read for Link {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
-impl std::io::Write for Link {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    Ok((worker::Conn::new(stream, HANDSHAKE_MAX_FRAME), word))
 }
 
 /// Called when a worker process reached `main` and tried to build a pool: tells the parent

@@ -36,7 +36,10 @@ pub(crate) const MAX_HELD_FRAME: usize = 1024;
 /// enough. Dropping it writes what is left and stops the thread.
 pub(crate) struct Outbox {
     shared: Arc<Shared>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// The writer thread, started when the first answer is held (a worker that never
+    /// holds one, as one running long jobs, starts none): `None` inside if it could not
+    /// start, and then nothing is held.
+    writer: std::sync::OnceLock<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -44,6 +47,8 @@ struct Shared {
     /// Signalled when a first answer is held, and on drop.
     held: Condvar,
     page: Arc<SharedWord>,
+    /// How long an answer may wait ([`HOLD`], but for tests).
+    hold: Duration,
 }
 
 struct State {
@@ -59,9 +64,16 @@ struct State {
 
 impl Outbox {
     /// An outbox writing to `stream` (the worker's link, cloned), journaling in `page`:
-    /// `None` if the page has no journal or the thread cannot start, and then the worker
-    /// writes each answer at once.
+    /// `None` if the page has no journal, and then the worker writes each answer at once.
     pub(crate) fn new(stream: Arc<UnixStream>, page: Arc<SharedWord>) -> Option<Outbox> {
+        Outbox::holding_for(HOLD, stream, page)
+    }
+
+    fn holding_for(
+        hold: Duration,
+        stream: Arc<UnixStream>,
+        page: Arc<SharedWord>,
+    ) -> Option<Outbox> {
         page.journal()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -73,25 +85,34 @@ impl Outbox {
             }),
             held: Condvar::new(),
             page,
+            hold,
         });
-        let writer = std::thread::Builder::new()
-            .name("procpool-outbox".into())
-            .stack_size(64 * 1024)
-            .spawn({
-                let shared = shared.clone();
-                move || shared.write_when_due()
-            })
-            .ok()?;
         Some(Outbox {
             shared,
-            writer: Some(writer),
+            writer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether the writer thread runs, starting it the first time.
+    fn writer_runs(&self) -> bool {
+        let writer = self.writer.get_or_init(|| {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("procpool-outbox".into())
+                .stack_size(64 * 1024)
+                .spawn(move || shared.write_when_due())
+                .ok()
+        });
+        writer.is_some()
     }
 
     /// Holds `frame` (whole frames, as [`put_frame`](super::frame::put_frame) writes them)
     /// if there is room for it; `false` if not, and then the caller sends it at once
     /// ([`send`](Self::send)).
     pub(crate) fn hold(&self, frame: &[u8]) -> io::Result<bool> {
+        if !self.writer_runs() {
+            return Ok(false);
+        }
         let mut state = self.shared.lock();
         state.check()?;
         let at = state.frames.len();
@@ -159,7 +180,7 @@ impl Shared {
                 continue;
             };
             let now = Instant::now();
-            let due = since + HOLD;
+            let due = since + self.hold;
             if now < due {
                 state = self
                     .held
@@ -205,7 +226,7 @@ impl Drop for Outbox {
             state.stop = true;
         }
         self.shared.held.notify_one();
-        if let Some(writer) = self.writer.take() {
+        if let Some(Some(writer)) = self.writer.take() {
             let _ = writer.join();
         }
     }
@@ -216,11 +237,17 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn outbox() -> Option<(Outbox, UnixStream, Arc<SharedWord>)> {
+    /// An outbox whose thread writes held answers after `hold`: long, for tests that look
+    /// at what is held, so that it never writes them meanwhile.
+    fn outbox_holding_for(hold: Duration) -> Option<(Outbox, UnixStream, Arc<SharedWord>)> {
         let page = Arc::new(SharedWord::create(true)?);
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let outbox = Outbox::new(Arc::new(ours), page.clone()).expect("a journal");
+        let outbox = Outbox::holding_for(hold, Arc::new(ours), page.clone()).expect("a journal");
         Some((outbox, theirs, page))
+    }
+
+    fn outbox() -> Option<(Outbox, UnixStream, Arc<SharedWord>)> {
+        outbox_holding_for(Duration::from_secs(3600))
     }
 
     fn journaled(page: &SharedWord) -> Vec<u8> {
@@ -249,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_held_frame_is_written_by_the_outboxs_thread_when_due() {
-        let Some((outbox, mut theirs, page)) = outbox() else {
+        let Some((outbox, mut theirs, page)) = outbox_holding_for(HOLD) else {
             return;
         };
         assert!(outbox.hold(b"late").unwrap());

@@ -153,24 +153,29 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The descriptor, in `worker`, of its link to the pool: its only socket (a worker has no
-/// other unless its job opens one).
+/// The lowest descriptor, in `worker`, of its link to the pool: its only socket (a worker
+/// has no other unless its job opens one; it reads and writes it through two descriptors).
 pub fn link_fd_of(worker: u32) -> u32 {
-    let sockets: Vec<u32> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+    let mut sockets: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{worker}/fd"))
         .unwrap()
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let target = std::fs::read_link(entry.path()).ok()?;
-            let is_socket = target.to_str()?.starts_with("socket:[");
-            is_socket.then(|| entry.file_name().to_str()?.parse().ok())?
+            let target = target.to_str()?.to_owned();
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            target.starts_with("socket:[").then_some((fd, target))
         })
         .collect();
+    sockets.sort();
+    let mut distinct: Vec<&String> = sockets.iter().map(|(_, target)| target).collect();
+    distinct.sort();
+    distinct.dedup();
     assert_eq!(
-        sockets.len(),
+        distinct.len(),
         1,
         "worker {worker} has one socket: {sockets:?}"
     );
-    sockets[0]
+    sockets[0].0
 }
 
 /// The name (a path, or `@` and an abstract name) of `worker`'s link to the pool, if it
