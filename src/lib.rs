@@ -93,25 +93,29 @@
 //! may crash, leak or hang, that must be stoppable, or that must not share an address
 //! space with the service.
 //!
-//! The evidence, measured on a 2-core machine (2026-11-22, 2 workers; the commands
-//! reproduce it on yours):
+//! The evidence, measured on a 2-core machine (2026-12-03, 2 workers; the ranges are three
+//! runs; the commands reproduce it on yours):
 //!
 //! | what | sequential | threads | processes | command |
 //! |---|---|---|---|---|
-//! | one tiny job, round trip with `wait()` (W1) | | 4.9 µs | 24.0 µs (bare socket: 10–70 µs) | `cargo run --release --example thread_vs_process` |
-//! | 100,000 tiny jobs (W2) | | 3.72 M jobs/s | 389 k jobs/s | same |
-//! | 1M items mapped, chunks of 1,000 (W3) | | 76 M items/s | 45–57 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 61 ms (bare socket: 32 ms); 2026-12-02: 38–101 ms (socket 26–32 ms), 29 ms echoing only | same |
-//! | primes below 5M, CPU only (W4) | 1.00× | 1.85× | 1.87× | `cargo run --release --example primes` |
-//! | 1M short reviews, lexicon per worker | 1.00× | 1.37–1.59× | 0.81–0.89× | `cargo run --release --example sentiment` |
-//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.87× | 1.30× | `cargo run --release --example signal_filter` |
-//! | the same, signal and output in shared arrays (2026-12-02) | 1.00× | 1.86–1.91× | 1.77–1.88× | same |
+//! | one tiny job, round trip with `wait()` (W1) | | 3.3–5.7 µs | 23.1–25.8 µs (bare socket: 13.1 µs) | `cargo run --release --example thread_vs_process` |
+//! | the same, `.await`ed on a multi-thread tokio runtime | | 5.6–9.0 µs | 34.2–36.2 µs | same |
+//! | 100,000 tiny jobs (W2) | | 4.05–4.83 M jobs/s | 721–741 k jobs/s | same |
+//! | 1M items mapped, chunks of 1,000 (W3) | | 55–59 M items/s | 53–58 M items/s | same |
+//! | the same through [`Map::try_collect_vec`] | | 155–168 M items/s | 59–66 M items/s | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 32–56 ms (bare socket: 24–27 ms) | same |
+//! | primes below 5M, CPU only (W4) | 1.00× | 1.96–1.97× | 1.96–1.97× | same |
+//! | 1M short reviews, lexicon per worker | 1.00× | 1.02–1.64× | 1.28–1.37× | `cargo run --release --example sentiment` |
+//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.80–1.90× | 1.43–1.53× | `cargo run --release --example signal_filter` |
+//! | the same, signal and output in shared arrays | 1.00× | 1.82–1.86× | 1.79–1.83× | same |
 //!
 //! The moving average does about 100 additions per 16 bytes shipped, so processes that
 //! ship the samples spend much of their time moving them: keep such work on threads, or
 //! put the data in shared arrays, which processes read and write in place. A review
 //! takes about a quarter of a microsecond to classify, about what a process pool spends
-//! encoding, sending and decoding its string, so processes stay below one thread there.
+//! encoding, sending and decoding its string and what either pool spends handing one
+//! result to the caller, so both stay well below 2× there (and the thread pool's figure
+//! swings with where the scheduler puts its threads).
 //! Counting primes ships a few bytes per millisecond of work, and processes scale as well
 //! as threads while isolating crashes.
 //!
@@ -345,6 +349,7 @@
 //! | a function from a dynamic library is refused ([`JobError::Unshippable`]) | `/proc/self/maps` | the check is skipped |
 //! | workers run the very file the pool runs, even if it is replaced on disk | `/proc/self/exe` | `current_exe()` is started; a replaced binary is caught by the image check |
 //! | short jobs are taken back from behind a slow one | a shared word in a sealed `memfd` | they wait for it |
+//! | a worker holds small answers back to send them in batches, journaled so that a crash loses none | a journal in the same `memfd` | each answer is sent at once (on Linux, sending each at once gave W2 0.39 M jobs/s against 0.75 M holding) |
 //! | shared arrays ([`SharedSlice`], [`SharedBuffer`]) | a sealed `memfd`, opened through `/proc/<pid>/fd` | [`ShareError::Unsupported`] |
 //! | [`init()`] removes the worker variable from a worker's environment | counting threads in `/proc/self/task` | only the `auto-init` hook removes it; after `init()` it stays set, with a warning |
 //!
