@@ -101,6 +101,17 @@ pub enum JobError {
     /// still running when a shutdown's time ran out. Submit jobs before calling shutdown.
     #[error("the executor is shut down: submit jobs before calling shutdown")]
     ShutDown,
+    /// The pool was full when the job was submitted with
+    /// [`submit`](crate::ExecutorExt::submit): it has a bound on waiting jobs
+    /// ([`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued)) and that
+    /// many were waiting. The job never ran. Use
+    /// [`try_submit`](crate::ExecutorExt::try_submit) to get the argument back, or
+    /// [`submit_when_ready`](crate::ExecutorExt::submit_when_ready) to wait for room.
+    #[error(
+        "the pool's queue is full (max_queued): shed the job, or wait for room with \
+         submit_when_ready or reserve"
+    )]
+    QueueFull,
     /// The job's argument could not be serialized for the worker process. Check the
     /// argument type's `Serialize` implementation.
     #[error("could not encode the job's argument for the worker: {0}")]
@@ -185,6 +196,12 @@ impl JobError {
     /// `true` if the job did not run (or did not finish) because the executor shut down.
     pub fn is_shutdown(&self) -> bool {
         matches!(self, JobError::ShutDown)
+    }
+
+    /// `true` if the job was refused because the pool's queue was full (see
+    /// [`JobError::QueueFull`]).
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, JobError::QueueFull)
     }
 
     /// `true` if the pool as a whole cannot run jobs (see [`JobError::PoolBroken`]).
@@ -339,29 +356,75 @@ impl Error {
     }
 }
 
-/// A submission the executor refused because it is shut down. It gives back the argument.
+/// A submission the executor refused: it is full, or shut down. It gives back the argument.
 ///
-/// Returned by [`ExecutorExt::try_submit`](crate::ExecutorExt::try_submit), in the manner
-/// of crossbeam-channel's `SendError<T>`.
+/// Returned by [`ExecutorExt::try_submit`](crate::ExecutorExt::try_submit) and
+/// [`ExecutorExt::submit_when_ready`](crate::ExecutorExt::submit_when_ready), in the manner
+/// of tokio's `mpsc::error::TrySendError<T>`.
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{Executor, ExecutorExt, SubmitError, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(1)?;
+/// pool.begin_shutdown(false);
+/// let refused = pool.try_submit(|x: u32| x, 7).unwrap_err();
+/// assert!(matches!(refused, SubmitError::ShutDown(7)));
+/// assert!(refused.is_shut_down() && !refused.is_full());
+/// assert_eq!(refused.into_inner(), 7);
+/// # Ok::<(), procpool::Error>(())
+/// ```
 #[derive(PartialEq, Eq, Clone, Copy)]
-pub struct SubmitError<A>(pub A);
+pub enum SubmitError<A> {
+    /// The pool has a bound on waiting jobs
+    /// ([`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued)) and it is
+    /// reached: shed the work (a service answers 503), or wait for room with
+    /// [`submit_when_ready`](crate::ExecutorExt::submit_when_ready).
+    Full(A),
+    /// A shutdown has begun: the pool takes no more jobs.
+    ShutDown(A),
+}
 
 impl<A> SubmitError<A> {
     /// The argument that was not submitted.
     pub fn into_inner(self) -> A {
-        self.0
+        match self {
+            SubmitError::Full(arg) | SubmitError::ShutDown(arg) => arg,
+        }
+    }
+
+    /// `true` if the pool was full (it may take the job later).
+    pub fn is_full(&self) -> bool {
+        matches!(self, SubmitError::Full(_))
+    }
+
+    /// `true` if the pool is shut down (it will never take the job).
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, SubmitError::ShutDown(_))
     }
 }
 
 impl<A> fmt::Debug for SubmitError<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SubmitError(..)")
+        match self {
+            SubmitError::Full(_) => f.write_str("Full(..)"),
+            SubmitError::ShutDown(_) => f.write_str("ShutDown(..)"),
+        }
     }
 }
 
 impl<A> fmt::Display for SubmitError<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the executor is shut down: submit jobs before calling shutdown")
+        match self {
+            SubmitError::Full(_) => f.write_str(
+                "the pool's queue is full (max_queued): shed the job, or wait for room with \
+                 submit_when_ready or reserve",
+            ),
+            SubmitError::ShutDown(_) => {
+                f.write_str("the executor is shut down: submit jobs before calling shutdown")
+            }
+        }
     }
 }
 
@@ -483,6 +546,7 @@ mod tests {
                 JobError::is_memory_limit,
             ),
             (JobError::ShutDown, JobError::is_shutdown),
+            (JobError::QueueFull, JobError::is_queue_full),
             (JobError::Encode("e".into()), JobError::is_encode),
             (JobError::Decode("d".into()), JobError::is_decode),
             (

@@ -1,6 +1,7 @@
 //! The [`Executor`] trait (object-safe, type-erased) and [`ExecutorExt`] (typed, generic,
 //! implemented for every executor), in the manner of `Stream` / `StreamExt`.
 
+use crate::admission::{Permit, Refusal};
 use crate::error::SubmitError;
 use crate::handle::{ErasedHandle, JobHandle};
 use crate::job::ErasedJob;
@@ -22,6 +23,12 @@ pub(crate) mod sealed {
         /// trip through another process: a map then keeps more small chunks in flight.
         fn hand_off_is_a_round_trip(&self) -> bool {
             false
+        }
+
+        /// The pool's admission slots, if it bounds its queue: what
+        /// [`reserve`](super::ExecutorExt::reserve) and a `map` wait on when it is full.
+        fn admission_slots(&self) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+            None
         }
     }
 }
@@ -161,6 +168,9 @@ macro_rules! forward_executor {
             fn hand_off_is_a_round_trip(&self) -> bool {
                 (**self).hand_off_is_a_round_trip()
             }
+            fn admission_slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+                (**self).admission_slots()
+            }
         }
 
         #[async_trait]
@@ -261,8 +271,12 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        submit_job(self, ErasedJob::single(f, arg).with_options(options))
-            .unwrap_or_else(|_| JobHandle::shut_down())
+        submit_job(self, ErasedJob::single(f, arg).with_options(options)).unwrap_or_else(|job| {
+            JobHandle::failed(match job.refusal() {
+                Refusal::Full => crate::JobError::QueueFull,
+                Refusal::ShutDown => crate::JobError::ShutDown,
+            })
+        })
     }
 
     /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument
@@ -270,18 +284,92 @@ pub trait ExecutorExt: Executor {
     ///
     /// # Errors
     ///
-    /// [`SubmitError`] holding `arg`, if a shutdown has begun.
+    /// [`SubmitError::ShutDown`] holding `arg` if a shutdown has begun;
+    /// [`SubmitError::Full`] if the pool bounds its queue
+    /// ([`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued)) and it is
+    /// full.
     fn try_submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<JobHandle<R>, SubmitError<A>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        submit_job(self, ErasedJob::single(f, arg)).map_err(|job| {
-            match job.call.into_arg().downcast::<A>() {
-                Ok(arg) => SubmitError(*arg),
-                Err(_) => unreachable!("a single job gives back its own argument type"),
+        submit_job(self, ErasedJob::single(f, arg)).map_err(give_back)
+    }
+
+    /// Waits for room in the pool, then holds it: a [`Permit`] whose
+    /// [`submit`](Permit::submit) is never refused as full (tokio's `Sender::reserve`).
+    /// Waiters get room in the order they asked. On a pool without a bound
+    /// ([`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued) not set)
+    /// it is ready at once.
+    ///
+    /// # Errors
+    ///
+    /// [`JobError::ShutDown`](crate::JobError::ShutDown) once a shutdown has begun, also
+    /// while waiting.
+    fn reserve(
+        &self,
+    ) -> impl Future<Output = Result<Permit<'_, Self>, crate::JobError>> + Send + '_ {
+        let slots = self.admission_slots();
+        async move {
+            match crate::admission::reserve(slots).await {
+                Ok(permit) => Ok(Permit {
+                    executor: self,
+                    permit,
+                }),
+                Err(_) => Err(crate::JobError::ShutDown),
             }
-        })
+        }
+    }
+
+    /// Like [`try_submit`](ExecutorExt::try_submit), but waits for room in a full pool
+    /// instead of failing: what a producer that must not drop work, or a service that
+    /// queues briefly before it sheds load, uses. Waiters get room in the order they
+    /// asked.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::ShutDown`] holding `arg` if a shutdown begins before the job was
+    /// queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::{ExecutorExt, ThreadPoolExecutor};
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ThreadPoolExecutor::builder().max_workers(2).max_queued(4).build()?;
+    /// let mut handles = Vec::new();
+    /// for i in 0..100_u64 {
+    ///     // never more than 6 unfinished jobs: the loop waits for room
+    ///     handles.push(pool.submit_when_ready(|x: u64| x * x, i).await.unwrap());
+    /// }
+    /// let mut sum = 0;
+    /// for handle in handles {
+    ///     sum += handle.await?;
+    /// }
+    /// assert_eq!(sum, 328_350);
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn submit_when_ready<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+    ) -> impl Future<Output = Result<JobHandle<R>, SubmitError<A>>> + Send + '_
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let slots = self.admission_slots();
+        async move {
+            let permit = match crate::admission::reserve(slots).await {
+                Ok(permit) => permit,
+                Err(refusal) => return Err(refusal.with(arg)),
+            };
+            let mut job = ErasedJob::single(f, arg);
+            job.permit = permit;
+            submit_job(self, job).map_err(give_back)
+        }
     }
 
     /// Applies `f` to every item, in order: a [`Stream`] of one `Result` per item.
@@ -390,6 +478,15 @@ pub trait ExecutorExt: Executor {
 }
 
 impl<E: Executor + ?Sized> ExecutorExt for E {}
+
+/// The argument of a single job the pool gave back, with why.
+fn give_back<A: 'static>(job: ErasedJob) -> SubmitError<A> {
+    let refusal = job.refusal();
+    match job.call.into_arg().downcast::<A>() {
+        Ok(arg) => refusal.with(*arg),
+        Err(_) => unreachable!("a single job gives back its own argument type"),
+    }
+}
 
 fn submit_job<E: Executor + ?Sized, R: 'static>(
     executor: &E,

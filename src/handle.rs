@@ -58,6 +58,8 @@ pub(crate) struct JobState {
     /// How long a worker ran the job, in nanoseconds (0: not said), set before it ends:
     /// what sizes `map`'s automatic chunks.
     ran_for: AtomicU64,
+    /// The admission slot the job holds on a bounded pool, given back when it ends.
+    slot: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 impl JobState {
@@ -70,7 +72,16 @@ impl JobState {
             stop_requested: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
             ran_for: AtomicU64::new(0),
+            slot: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives one permit back to `slots` when the job ends (exactly once: only the one who
+    /// ends it does).
+    pub(crate) fn give_back_at_end(&self, slots: Arc<tokio::sync::Semaphore>) {
+        if let Err(slots) = self.slot.set(slots) {
+            slots.add_permits(1); // a second slot for one job: never held
+        }
     }
 
     /// Records how long a worker ran the job; called before the job ends, so that whoever
@@ -184,6 +195,10 @@ impl JobState {
         *slot = Some(result);
         drop(slot);
         on_end();
+        // Room for the next job before the caller hears of this one's end.
+        if let Some(slots) = self.slot.get() {
+            slots.add_permits(1);
+        }
         wake(&self.waker);
         true
     }
@@ -399,7 +414,12 @@ impl<R: 'static> JobHandle<R> {
 
     /// A handle whose job was refused because the executor is shut down.
     pub(crate) fn shut_down() -> JobHandle<R> {
-        JobHandle::from_erased(ErasedHandle::failed(JobError::ShutDown))
+        JobHandle::failed(JobError::ShutDown)
+    }
+
+    /// A handle whose job ended before it was queued, with `error`.
+    pub(crate) fn failed(error: JobError) -> JobHandle<R> {
+        JobHandle::from_erased(ErasedHandle::failed(error))
     }
 
     /// Cancels the job, if it has not finished.
@@ -423,6 +443,12 @@ impl<R: 'static> JobHandle<R> {
     /// finished or cannot be stopped.
     pub fn cancel(&self) -> bool {
         self.raw.state.cancel()
+    }
+
+    /// This handle, made to cancel its job when dropped unfinished (see
+    /// [`CancelOnDrop`](crate::CancelOnDrop)); a plain handle detaches instead.
+    pub fn cancel_on_drop(self) -> crate::CancelOnDrop<R> {
+        crate::CancelOnDrop::new(self)
     }
 
     /// `true` once the job has ended (with a result or an error), so that awaiting the

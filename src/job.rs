@@ -27,6 +27,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub struct ErasedJob {
     pub(crate) call: Box<dyn Call>,
     pub(crate) options: JobOptions,
+    /// Room reserved for it on a bounded pool ([`Permit`](crate::Permit)).
+    pub(crate) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Why the pool gave it back, when it did.
+    pub(crate) refusal: Option<crate::admission::Refusal>,
 }
 
 impl ErasedJob {
@@ -38,6 +42,8 @@ impl ErasedJob {
         ErasedJob {
             call: Box::new(Single { f, arg }),
             options: JobOptions::default(),
+            permit: None,
+            refusal: None,
         }
     }
 
@@ -49,12 +55,36 @@ impl ErasedJob {
         ErasedJob {
             call: Box::new(Chunk { f, args }),
             options: JobOptions::default(),
+            permit: None,
+            refusal: None,
         }
     }
 
     pub(crate) fn with_options(mut self, options: JobOptions) -> ErasedJob {
         self.options = options;
         self
+    }
+
+    /// A job of `call`, as a pool that took it apart gives it back.
+    pub(crate) fn from_parts(call: Box<dyn Call>, options: JobOptions) -> ErasedJob {
+        ErasedJob {
+            call,
+            options,
+            permit: None,
+            refusal: None,
+        }
+    }
+
+    /// The job, given back as `refusal` says.
+    pub(crate) fn refused(mut self, refusal: crate::admission::Refusal) -> ErasedJob {
+        self.refusal = Some(refusal);
+        self
+    }
+
+    /// Why the pool gave this job back (a job given back without a word was refused by
+    /// a shutdown).
+    pub(crate) fn refusal(&self) -> crate::admission::Refusal {
+        self.refusal.unwrap_or(crate::admission::Refusal::ShutDown)
     }
 }
 

@@ -172,6 +172,9 @@
 //! | `fut.result(timeout=5)` | [`h.wait_timeout(d)`](JobHandle::wait_timeout), or `submit_with(f, x, JobOptions::new().timeout(d))` to stop the job too |
 //! | `fut.cancel()` (queued jobs only) | [`h.cancel()`](JobHandle::cancel): queued jobs never run; a running job's worker is killed |
 //! | `fut.done()` | [`h.is_finished()`](JobHandle::is_finished) |
+//! | (no bounded queue: `submit` always queues) | [`max_queued(n)`](ProcessPoolBuilder::max_queued) on either builder: [`try_submit`](ExecutorExt::try_submit) says [`SubmitError::Full`] and gives the argument back, [`submit_when_ready`](ExecutorExt::submit_when_ready) and [`reserve`](ExecutorExt::reserve) wait for room |
+//! | (a dropped future keeps running) | [`h.cancel_on_drop()`](JobHandle::cancel_on_drop): dropping it cancels the job, killing a running job's worker ([`CancelOnDrop`]) |
+//! | (no health check: `BrokenProcessPool` on the next submit) | [`pool.health()`](Executor::health): serving, restarting a worker, broken (why), shut down |
 //! | `ex.map(f, xs)` (one item per task) | `pool.map(f, xs)`: a `Stream` of `Result`s, lazy and bounded, in chunks sized by what the items cost the workers (heavy ones one by one, cheap ones up to 16,384 at a time, smaller near the end; see [`Map::chunk_size`]) |
 //! | `ex.map(f, xs, chunksize=64)` | `pool.map(f, xs).chunk_size(64)` |
 //! | `Pool.imap_unordered(f, xs)` | `pool.map_unordered(f, xs)` |
@@ -373,6 +376,8 @@
 #[cfg(not(unix))]
 compile_error!("procpool supports Unix platforms only for now (it is tested on Linux)");
 
+mod admission;
+mod cancel_on_drop;
 mod error;
 mod executor;
 mod exit;
@@ -397,6 +402,8 @@ mod wait;
 mod wire;
 mod worker;
 
+pub use admission::Permit;
+pub use cancel_on_drop::CancelOnDrop;
 pub use error::{Cause, Error, JobError, ShareError, SubmitError};
 pub use executor::{Executor, ExecutorExt, ShutdownOptions};
 pub use exit::{ExitInfo, WorkerId};

@@ -2,6 +2,7 @@
 //! any thread without blocking, popped by blocking threads (thread pool) or async tasks
 //! (the process pool's supervisor), closed once at shutdown.
 
+use crate::admission::Admission;
 use crate::error::JobError;
 use crate::handle::JobState;
 use std::collections::VecDeque;
@@ -21,6 +22,8 @@ pub(crate) struct JobQueue<T> {
     inner: Mutex<Inner<T>>,
     available: Condvar,
     notify: tokio::sync::Notify,
+    /// The pool's bound on unfinished jobs, if it has one: closed with the queue.
+    admission: Admission,
 }
 
 struct Inner<T> {
@@ -34,8 +37,15 @@ struct Inner<T> {
 }
 
 impl<T: Queued> JobQueue<T> {
+    #[cfg(test)]
     pub(crate) fn new() -> JobQueue<T> {
+        JobQueue::with_admission(Admission::default())
+    }
+
+    /// A queue whose pool admits jobs as `admission` says.
+    pub(crate) fn with_admission(admission: Admission) -> JobQueue<T> {
         JobQueue {
+            admission,
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
@@ -45,6 +55,11 @@ impl<T: Queued> JobQueue<T> {
             available: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The pool's admission: take a slot here before pushing a new job.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
@@ -166,6 +181,7 @@ impl<T: Queued> JobQueue<T> {
     /// Closes the queue: later pushes are refused, poppers drain what is left and then see
     /// `None`. With `fail_with`, the jobs still queued are ended with that error instead.
     pub(crate) fn close(&self, fail_with: Option<JobError>) {
+        self.admission.close();
         let drained: Vec<T> = {
             let mut inner = self.lock();
             inner.closed = true;

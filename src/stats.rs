@@ -43,6 +43,11 @@ pub struct PoolStats {
     pub jobs_failed: u64,
     /// Workers started to replace one that died, was killed or was retired.
     pub respawns: u64,
+    /// The pool's bound on waiting jobs, if it has one
+    /// ([`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued)): at most
+    /// `max_workers + max_queued` jobs are unfinished at once.
+    #[serde(default)]
+    pub max_queued: Option<usize>,
 }
 
 /// Whether a pool can run jobs now, from [`Executor::health`](crate::Executor::health): what
@@ -128,6 +133,7 @@ impl Counters {
             jobs_completed: self.completed.load(Ordering::Relaxed),
             jobs_failed: self.failed.load(Ordering::Relaxed),
             respawns: self.respawns.load(Ordering::Relaxed),
+            max_queued: None,
         }
     }
 

@@ -677,30 +677,11 @@ fn panicking_state() -> Lexicon {
 }
 
 fn pools_with_state(workers: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
-    vec![
-        (
-            "threads",
-            Box::new(
-                ThreadPoolExecutor::builder()
-                    .max_workers(workers)
-                    .worker_state(build_lexicon)
-                    .worker_state(build_offset)
-                    .build()
-                    .unwrap(),
-            ),
-        ),
-        (
-            "processes",
-            Box::new(
-                ProcessPoolExecutor::builder()
-                    .max_workers(workers)
-                    .worker_state(build_lexicon)
-                    .worker_state(build_offset)
-                    .build()
-                    .unwrap(),
-            ),
-        ),
-    ]
+    common::pools_built(
+        workers,
+        |t| t.worker_state(build_lexicon).worker_state(build_offset),
+        |p| p.worker_state(build_lexicon).worker_state(build_offset),
+    )
 }
 
 #[tokio::test]

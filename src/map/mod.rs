@@ -1,6 +1,7 @@
 //! [`Map`], the stream behind `map` and `map_unordered`: it pulls items lazily, groups them
 //! into chunks, keeps a bounded number of chunks in flight, and yields one result per item.
 
+use crate::admission::Refusal;
 use crate::error::JobError;
 use crate::executor::Executor;
 use crate::handle::ErasedHandle;
@@ -11,9 +12,11 @@ use futures::Stream;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 mod chunking;
 
@@ -51,6 +54,15 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     pulled: u64,
     progress: Progress,
     on_progress: Option<Box<dyn FnMut(Progress) + Send + 'a>>,
+    /// A chunk the pool refused as full (it bounds its queue), waiting for room.
+    blocked: Option<Blocked>,
+}
+
+/// A chunk waiting for room in a full pool, and the wait.
+struct Blocked {
+    job: ErasedJob,
+    len: usize,
+    room: Pin<Box<dyn Future<Output = Result<Option<OwnedSemaphorePermit>, Refusal>> + Send>>,
 }
 
 /// The results of the chunk being handed out, one by one.
@@ -175,6 +187,7 @@ where
                 total,
             },
             on_progress: None,
+            blocked: None,
         }
     }
 
@@ -307,8 +320,22 @@ where
         let items = std::mem::take(&mut self.pending);
         let len = items.len();
         let job = ErasedJob::chunk(self.f, items).with_options(self.options);
+        self.submit(job, len);
+    }
+
+    /// Submits a chunk of `len` items; a full pool's refusal leaves it waiting for room.
+    fn submit(&mut self, job: ErasedJob, len: usize) {
         let handle = match self.executor.execute(job) {
             Ok(handle) => handle,
+            Err(job) if job.refusal() == Refusal::Full => {
+                let room = crate::admission::reserve(self.executor.admission_slots());
+                self.blocked = Some(Blocked {
+                    job,
+                    len,
+                    room: Box::pin(room),
+                });
+                return;
+            }
             Err(_) => ErasedHandle::failed(JobError::ShutDown),
         };
         self.in_flight.push_back(InFlight {
@@ -319,11 +346,39 @@ where
         });
     }
 
+    /// Submits the chunk that waits for room, once there is some: `false` while it still
+    /// waits (the wait wakes the stream).
+    fn unblock(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(blocked) = &mut self.blocked else {
+            return true;
+        };
+        let Poll::Ready(room) = blocked.room.as_mut().poll(cx) else {
+            return false;
+        };
+        let Blocked { mut job, len, .. } = self.blocked.take().expect("checked above");
+        match room {
+            Ok(permit) => {
+                job.permit = permit;
+                self.submit(job, len);
+            }
+            Err(_) => self.in_flight.push_back(InFlight {
+                handle: ErasedHandle::failed(JobError::ShutDown),
+                len,
+                submitted: Instant::now(),
+                output: None,
+            }),
+        }
+        self.blocked.is_none()
+    }
+
     /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
     fn fill(&mut self, cx: &mut Context<'_>) {
+        if !self.unblock(cx) {
+            return;
+        }
         let mut chunk = self.effective_chunk_size();
         let max = self.effective_max_in_flight();
-        while !self.source_done && self.in_flight.len() < max {
+        while !self.source_done && self.blocked.is_none() && self.in_flight.len() < max {
             match self.source.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     self.pulled += 1;
@@ -367,7 +422,7 @@ where
             }
             self.fill(cx);
             if self.in_flight.is_empty() {
-                return if self.source_done {
+                return if self.source_done && self.blocked.is_none() {
                     Poll::Ready(None)
                 } else {
                     Poll::Pending // the source will wake us
@@ -521,6 +576,7 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let buffered = self.ready.len()
             + self.pending.len()
+            + self.blocked.as_ref().map_or(0, |b| b.len)
             + self.in_flight.iter().map(|c| c.len).sum::<usize>();
         let (lo, hi) = if self.source_done {
             (0, Some(0))

@@ -330,6 +330,10 @@ impl sealed::Sealed for MpiPoolExecutor {
     fn hand_off_is_a_round_trip(&self) -> bool {
         true
     }
+
+    fn admission_slots(&self) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+        self.local.admission_slots()
+    }
 }
 
 #[async_trait]

@@ -24,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) max_frame: usize,
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) max_worker_memory: Option<u64>,
+    /// How many jobs may wait beyond one running per worker (`None`: no bound).
+    pub(crate) max_queued: Option<usize>,
 }
 
 /// A job waiting for a worker: no user value, only bytes and function pointers, so that
@@ -79,8 +81,11 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(config: Config) -> Core {
         Core {
+            queue: JobQueue::with_admission(crate::admission::Admission::new(
+                config.max_workers,
+                config.max_queued,
+            )),
             config,
-            queue: JobQueue::new(),
             kill: CancellationToken::new(),
             terminated: watch::channel(false).0,
             broken: OnceLock::new(),
@@ -162,11 +167,18 @@ impl Core {
     ///
     /// The argument is encoded here, on the submitting thread, and what is left of it is
     /// dropped here too.
-    pub(crate) fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
+    pub(crate) fn execute(&self, mut job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
         if let Some(error) = self.broken.get() {
             return Ok(ErasedHandle::failed(error.clone()));
         }
-        let ErasedJob { mut call, options } = job;
+        // Before the argument is encoded, so that refusing a full pool costs little.
+        let slot = match self.queue.admission().admit(job.permit.take()) {
+            Ok(slot) => slot,
+            Err(refusal) => return Err(job.refused(refusal)),
+        };
+        let ErasedJob {
+            mut call, options, ..
+        } = job;
         let target = call.target();
         if let Err(error) = crate::job::check_shippable(&target) {
             return Ok(ErasedHandle::failed(error));
@@ -178,6 +190,7 @@ impl Core {
             return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
+        slot.hold_until_end(&state);
         let queued = QueuedJob {
             target,
             decoder: call.decoder(),
@@ -191,23 +204,29 @@ impl Core {
         match self.queue.push(queued) {
             Ok(()) => Ok(ErasedHandle::new(state)),
             // A broken pool closes its queue: report why rather than "shut down".
-            Err(queued) => match self.broken.get() {
-                Some(error) => Ok(ErasedHandle::failed(error.clone())),
-                None => {
-                    // Never sent: back to a `Vec` (a copy, for a large one, whose buffer
-                    // goes to the spares).
-                    call.restore_input(queued.input.into());
-                    Err(ErasedJob { call, options })
+            Err(queued) => {
+                // Never queued: ending its state gives its slot back.
+                queued.state.abandon(JobError::ShutDown);
+                match self.broken.get() {
+                    Some(error) => Ok(ErasedHandle::failed(error.clone())),
+                    None => {
+                        // Never sent: back to a `Vec` (a copy, for a large one, whose
+                        // buffer goes to the spares).
+                        call.restore_input(queued.input.into());
+                        Err(ErasedJob::from_parts(call, options))
+                    }
                 }
-            },
+            }
         }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        self.counters.snapshot(
+        let mut stats = self.counters.snapshot(
             self.config.max_workers,
             self.queue.len() + self.counters.waiting(),
-        )
+        );
+        stats.max_queued = self.config.max_queued;
+        stats
     }
 
     pub(crate) fn begin_shutdown(&self, cancel_queued: bool) {

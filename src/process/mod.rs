@@ -137,6 +137,7 @@ pub struct ProcessPoolBuilder {
     handshake_timeout: Duration,
     job_timeout: Option<Duration>,
     max_worker_memory: Option<u64>,
+    max_queued: Option<usize>,
     #[cfg(test)]
     stall_handshake: bool,
 }
@@ -151,6 +152,7 @@ impl Default for ProcessPoolBuilder {
             handshake_timeout: Duration::from_secs(10),
             job_timeout: None,
             max_worker_memory: None,
+            max_queued: None,
             #[cfg(test)]
             stall_handshake: false,
         }
@@ -255,6 +257,50 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Bounds the queue: at most `n` jobs wait for a worker beyond one running on each, so
+    /// that at most `max_workers + n` jobs are unfinished at once (a `map` chunk counts as
+    /// one job). The default is no bound, as in Python.
+    ///
+    /// When the pool is full, [`try_submit`](crate::ExecutorExt::try_submit) fails with
+    /// [`SubmitError::Full`](crate::SubmitError::Full) and gives the argument back,
+    /// [`reserve`](crate::ExecutorExt::reserve) and
+    /// [`submit_when_ready`](crate::ExecutorExt::submit_when_ready) wait for room (in
+    /// turn), a `map` waits for room before its next chunk, and
+    /// [`submit`](crate::ExecutorExt::submit) returns a handle that fails with
+    /// [`JobError::QueueFull`]. A job's room comes back the moment it ends, also when it
+    /// is cancelled while queued. `n` may be 0: no job waits, each one is running. On an
+    /// `MpiPoolExecutor` (feature `mpi`) built from this builder, the bound is rank 0's,
+    /// over the workers of every node.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::{ExecutorExt, ProcessPoolExecutor, SubmitError};
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # futures::executor::block_on(async {
+    /// let pool = ProcessPoolExecutor::builder().max_workers(1).max_queued(1).build()?;
+    /// let running = pool.try_submit(nap, 200).unwrap();
+    /// let waiting = pool.try_submit(nap, 0).unwrap();
+    /// match pool.try_submit(nap, 1) {
+    ///     Err(SubmitError::Full(ms)) => assert_eq!(ms, 1), // shed it, or wait:
+    ///     other => panic!("not full: {other:?}"),
+    /// }
+    /// let third = pool.submit_when_ready(nap, 1).await.unwrap();
+    /// assert_eq!((running.await?, waiting.await?, third.await?), (200, 0, 1));
+    /// # Ok::<(), procpool::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
+        self
+    }
+
     /// Starts the pool's supervision and its workers in the background; returns without
     /// waiting for the workers (the first jobs wait in the queue).
     ///
@@ -324,6 +370,7 @@ impl ProcessPoolBuilder {
             max_frame: self.max_frame_size,
             job_timeout: self.job_timeout,
             max_worker_memory: self.max_worker_memory,
+            max_queued: self.max_queued,
         };
         let settings = Settings {
             initializers: self.initializers,
@@ -387,6 +434,10 @@ impl ProcessPoolExecutor {
 impl sealed::Sealed for ProcessPoolExecutor {
     fn hand_off_is_a_round_trip(&self) -> bool {
         true
+    }
+
+    fn admission_slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.inner.core.queue.admission().slots().cloned()
     }
 }
 

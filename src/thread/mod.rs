@@ -3,6 +3,7 @@
 
 mod timer;
 
+use crate::admission::{Admission, Refusal};
 use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobHandle, JobState};
@@ -73,6 +74,7 @@ pub struct ThreadPoolBuilder {
     stack_size: Option<usize>,
     initializers: Vec<Initializer>,
     job_timeout: Option<Duration>,
+    max_queued: Option<usize>,
 }
 
 /// An initializer of each thread: a plain `fn()` or a worker-state builder.
@@ -133,6 +135,7 @@ impl Default for ThreadPoolBuilder {
             stack_size: None,
             initializers: Vec::new(),
             job_timeout: None,
+            max_queued: None,
         }
     }
 }
@@ -195,6 +198,15 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Bounds the queue: at most `n` jobs wait for a thread beyond one running on each,
+    /// as [`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued) does
+    /// (closures from [`spawn`](ThreadPoolExecutor::spawn) count too). The default is no
+    /// bound.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
+        self
+    }
+
     /// Starts the threads.
     ///
     /// # Errors
@@ -209,7 +221,7 @@ impl ThreadPoolBuilder {
         }
         let (alive, _) = tokio::sync::watch::channel(0_usize);
         let shared = Arc::new(Shared {
-            queue: JobQueue::new(),
+            queue: JobQueue::with_admission(Admission::new(max_workers, self.max_queued)),
             alive,
             initializers: self.initializers,
             broken: OnceLock::new(),
@@ -334,39 +346,57 @@ impl ThreadPoolExecutor {
         R: Send + 'static,
     {
         let body = Body::Closure(Box::new(move || Box::new(f()) as Output));
-        let handle = match self.push(body, crate::options::JobOptions::new()) {
+        let handle = match self.push(body, crate::options::JobOptions::new(), None) {
             Ok(handle) => handle,
-            Err(_) => ErasedHandle::failed(JobError::ShutDown),
+            Err((.., Refusal::Full)) => ErasedHandle::failed(JobError::QueueFull),
+            Err((.., Refusal::ShutDown)) => ErasedHandle::failed(JobError::ShutDown),
         };
         JobHandle::from_erased(handle)
     }
 
-    fn push(&self, body: Body, options: crate::options::JobOptions) -> Result<ErasedHandle, Task> {
+    /// Queues `body` in a slot of the pool's admission (`reserved`, or a free one now);
+    /// gives it back, with why, if the pool is full or shut down.
+    fn push(
+        &self,
+        body: Body,
+        options: crate::options::JobOptions,
+        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<ErasedHandle, (Body, crate::options::JobOptions, Refusal)> {
+        let queue = &self.inner.shared.queue;
+        let slot = match queue.admission().admit(reserved) {
+            Ok(slot) => slot,
+            Err(refusal) => return Err((body, options, refusal)),
+        };
         let state = JobState::new();
+        slot.hold_until_end(&state);
         let task = Task {
             state: state.clone(),
             body,
             options,
         };
-        self.inner
-            .shared
-            .queue
+        queue
             .push(task)
             .map(|()| ErasedHandle::new(state))
+            .map_err(|task| {
+                // Never queued: ending its state gives its slot back.
+                task.state.abandon(JobError::ShutDown);
+                (task.body, task.options, Refusal::ShutDown)
+            })
     }
 }
 
-impl sealed::Sealed for ThreadPoolExecutor {}
+impl sealed::Sealed for ThreadPoolExecutor {
+    fn admission_slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.inner.shared.queue.admission().slots().cloned()
+    }
+}
 
 #[async_trait]
 impl Executor for ThreadPoolExecutor {
     fn execute(&self, job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
-        self.push(Body::Job(job.call), job.options)
-            .map_err(|task| match task.body {
-                Body::Job(call) => ErasedJob {
-                    call,
-                    options: task.options,
-                },
+        self.push(Body::Job(job.call), job.options, job.permit)
+            .map_err(|(body, options, refusal)| match body {
+                Body::Job(call) => ErasedJob::from_parts(call, options).refused(refusal),
                 Body::Closure(_) => unreachable!("execute pushes jobs, not closures"),
             })
     }
@@ -381,9 +411,11 @@ impl Executor for ThreadPoolExecutor {
 
     fn stats(&self) -> PoolStats {
         let shared = &self.inner.shared;
-        shared
+        let mut stats = shared
             .counters
-            .snapshot(self.inner.max_workers, shared.queue.len())
+            .snapshot(self.inner.max_workers, shared.queue.len());
+        stats.max_queued = shared.queue.admission().max_queued();
+        stats
     }
 
     fn health(&self) -> Health {

@@ -218,6 +218,21 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(after_name.split_whitespace().map(str::to_owned).collect())
 }
 
+/// Both pools of `workers` workers, each builder given the same setting by its own
+/// function (the two builders are different types).
+pub fn pools_built(
+    workers: usize,
+    threads: impl FnOnce(procpool::ThreadPoolBuilder) -> procpool::ThreadPoolBuilder,
+    processes: impl FnOnce(procpool::ProcessPoolBuilder) -> procpool::ProcessPoolBuilder,
+) -> Vec<(&'static str, Box<dyn procpool::Executor>)> {
+    let thread_pool = threads(procpool::ThreadPoolExecutor::builder().max_workers(workers));
+    let process_pool = processes(procpool::ProcessPoolExecutor::builder().max_workers(workers));
+    vec![
+        ("threads", Box::new(thread_pool.build().unwrap())),
+        ("processes", Box::new(process_pool.build().unwrap())),
+    ]
+}
+
 /// Both pools, behind the same trait object, chosen at run time.
 pub fn pools(workers: usize) -> Vec<(&'static str, Box<dyn procpool::Executor>)> {
     vec![

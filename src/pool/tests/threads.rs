@@ -211,6 +211,7 @@ fn thread_pool_of(
         max_frame: 1 << 20,
         job_timeout: None,
         max_worker_memory: memory.as_ref().map(|(limit, _)| *limit),
+        max_queued: None,
     };
     let backend = Threads {
         respawn,

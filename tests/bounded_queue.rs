@@ -1,0 +1,205 @@
+//! A bounded queue (`max_queued`) on both pools, through the public API: `try_submit` says
+//! "full" and gives the argument back, `submit` fails its handle, `reserve` and
+//! `submit_when_ready` wait for room in turn, a `map` waits instead of failing, room comes
+//! back the moment a job ends (a cancelled queued job too), and a shutdown wakes whoever
+//! waits. Jobs are held on gates, so "full" never depends on timing.
+
+mod common;
+
+use common::{Gate, bounded, leave_mark, wait_for_gate, wait_until_exists};
+use futures::{FutureExt, StreamExt};
+use procpool::{Executor, ExecutorExt, JobError, SubmitError, ThreadPoolExecutor};
+use std::path::Path;
+
+fn bounded_pools(workers: usize, queued: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
+    common::pools_built(workers, |t| t.max_queued(queued), |p| p.max_queued(queued))
+}
+
+fn echo(s: String) -> String {
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_refuses_try_submit_and_submit_then_takes_jobs_again() {
+    for (name, pool) in bounded_pools(1, 1) {
+        let gate = Gate::new();
+        let running = pool.try_submit(wait_for_gate, gate.path()).unwrap();
+        let waiting = pool.try_submit(wait_for_gate, gate.path()).unwrap();
+        assert_eq!(pool.stats().max_queued, Some(1), "{name}");
+        match pool.try_submit(echo, "keep me".to_owned()) {
+            Err(SubmitError::Full(arg)) => assert_eq!(arg, "keep me", "{name}"),
+            other => panic!("{name}: a full pool took a job: {other:?}"),
+        }
+        let refused = bounded("a refused submit", pool.submit(echo, "x".to_owned())).await;
+        assert_eq!(refused, Err(JobError::QueueFull), "{name}");
+        assert!(refused.unwrap_err().to_string().contains("max_queued"));
+        gate.open();
+        bounded("the gated jobs", async {
+            running.await.unwrap();
+            waiting.await.unwrap();
+        })
+        .await;
+        // Room came back with the jobs' ends.
+        let again = pool.try_submit(echo, "again".to_owned()).unwrap();
+        assert_eq!(
+            bounded("a job after", again).await.unwrap(),
+            "again",
+            "{name}"
+        );
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_job_gives_its_room_back_at_once() {
+    for (name, pool) in bounded_pools(1, 1) {
+        let gate = Gate::new();
+        let running = pool.submit(wait_for_gate, gate.path());
+        let queued = pool.submit(leave_mark, gate.sibling("queued"));
+        assert!(pool.try_submit(echo, String::new()).unwrap_err().is_full());
+        assert!(queued.cancel(), "{name}: a queued job cancels");
+        // The gate is still closed: the room can only have come from the cancellation.
+        let next = pool.try_submit(echo, "next".to_owned()).unwrap();
+        gate.open();
+        assert!(bounded("running", running).await.is_ok(), "{name}");
+        assert_eq!(bounded("next", next).await.unwrap(), "next", "{name}");
+        assert!(bounded("queued", queued).await.unwrap_err().is_cancelled());
+        assert!(
+            !Path::new(&gate.sibling("queued")).exists(),
+            "{name}: it ran"
+        );
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_when_ready_and_reserve_wait_for_room_in_turn() {
+    for (name, pool) in bounded_pools(1, 0) {
+        let gate = Gate::new();
+        let running = pool.submit(wait_for_gate, gate.path());
+        let first = gate.sibling("first");
+        let mut waits_first = Box::pin(pool.submit_when_ready(leave_mark, first.clone()));
+        let mut waits_second = Box::pin(pool.reserve());
+        assert!(futures::poll!(&mut waits_first).is_pending(), "{name}");
+        assert!(futures::poll!(&mut waits_second).is_pending(), "{name}");
+        gate.open();
+        bounded("the gated job", running).await.unwrap();
+        // The first to ask gets the room; the second waits until its job has ended.
+        let first_job = bounded("room", &mut waits_first).await.unwrap();
+        assert!(futures::poll!(&mut waits_second).is_pending(), "{name}");
+        bounded("first", first_job).await.unwrap();
+        assert!(wait_until_exists(&first));
+        let permit = bounded("second's room", waits_second).await.unwrap();
+        // The permit holds the room: nobody else gets it.
+        assert!(pool.try_submit(echo, String::new()).unwrap_err().is_full());
+        let job = permit.submit(echo, "with a permit".to_owned());
+        assert_eq!(bounded("permit's job", job).await.unwrap(), "with a permit");
+        // A permit dropped unused gives the room back.
+        let unused = bounded("an unused permit", pool.reserve()).await.unwrap();
+        assert!(pool.try_submit(echo, String::new()).unwrap_err().is_full());
+        drop(unused);
+        let after = pool.try_submit(echo, "after".to_owned()).unwrap();
+        assert_eq!(bounded("after", after).await.unwrap(), "after", "{name}");
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_wakes_those_waiting_for_room() {
+    for (name, pool) in bounded_pools(1, 0) {
+        let gate = Gate::new();
+        let running = pool.submit(wait_for_gate, gate.path());
+        let mut waiting = Box::pin(pool.submit_when_ready(echo, "give it back".to_owned()));
+        let mut reserving = Box::pin(pool.reserve());
+        assert!(futures::poll!(&mut waiting).is_pending(), "{name}");
+        assert!(futures::poll!(&mut reserving).is_pending(), "{name}");
+        pool.begin_shutdown(false);
+        match bounded("a waiter at shutdown", waiting).await {
+            Err(SubmitError::ShutDown(arg)) => assert_eq!(arg, "give it back", "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        let reserved = bounded("a reserve at shutdown", reserving).await;
+        assert_eq!(reserved.unwrap_err(), JobError::ShutDown, "{name}");
+        gate.open();
+        assert!(bounded("running", running).await.is_ok(), "{name}");
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_waits_for_room_instead_of_failing_its_chunks() {
+    // 2 slots, 32 chunks in flight wanted: every chunk past the second waits for room.
+    for (name, pool) in bounded_pools(2, 0) {
+        let results: Vec<_> = bounded(
+            "a map on a bounded pool",
+            pool.map(common::double, 0..2_000_u64)
+                .chunk_size(10)
+                .max_in_flight(32)
+                .collect(),
+        )
+        .await;
+        let doubled: Vec<u64> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            doubled,
+            (0..2_000).map(|x| x * 2).collect::<Vec<_>>(),
+            "{name}"
+        );
+        // And while the pool is full of someone else's jobs, it waits for them.
+        let gate = Gate::new();
+        let held: Vec<_> = (0..2)
+            .map(|_| pool.submit(wait_for_gate, gate.path()))
+            .collect();
+        let mut map = pool.map(common::double, 0..100_u64).chunk_size(10);
+        assert!(
+            map.next().now_or_never().is_none(),
+            "{name}: ran in a full pool"
+        );
+        gate.open();
+        let rest: Vec<u64> = bounded("the map after the gate", map.collect::<Vec<_>>())
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(rest.len(), 100, "{name}");
+        for handle in held {
+            bounded("held", handle).await.unwrap();
+        }
+        pool.shutdown().await;
+    }
+}
+
+#[test]
+fn an_unbounded_pool_never_says_full() {
+    common::bounded_sync("many jobs on an unbounded pool", || {
+        for (name, pool) in common::pools(1) {
+            assert_eq!(pool.stats().max_queued, None, "{name}");
+            let gate = Gate::new();
+            let held = pool.submit(wait_for_gate, gate.path());
+            let handles: Vec<_> = (0..1_000_u64)
+                .map(|i| pool.try_submit(common::double, i).unwrap())
+                .collect();
+            gate.open();
+            held.wait().unwrap();
+            for (i, handle) in handles.into_iter().enumerate() {
+                assert_eq!(handle.wait().unwrap(), 2 * i as u64, "{name}");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_closure_spawned_on_a_full_thread_pool_fails_with_queue_full() {
+    common::bounded_sync("spawn on a full pool", || {
+        let pool = ThreadPoolExecutor::builder()
+            .max_workers(1)
+            .max_queued(0)
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let held = pool.spawn(move || rx.recv().is_ok());
+        assert_eq!(pool.spawn(|| 1).wait(), Err(JobError::QueueFull));
+        tx.send(()).unwrap();
+        assert!(held.wait().unwrap());
+        assert_eq!(pool.spawn(|| 2).wait(), Ok(2));
+    });
+}
