@@ -47,7 +47,8 @@ const DONE: u8 = 2;
 /// result is written exactly once and is present whenever `state == DONE`.
 pub(crate) struct JobState {
     state: AtomicU8,
-    result: Mutex<Option<Result<Finished, JobError>>>,
+    /// The result, once ended, and the admission slot held until then.
+    result: Mutex<Ending>,
     waker: AtomicWaker,
     /// Set by the pool when it starts the job, if it can stop a running job (the process
     /// pool kills the worker).
@@ -58,29 +59,37 @@ pub(crate) struct JobState {
     /// How long a worker ran the job, in nanoseconds (0: not said), set before it ends:
     /// what sizes `map`'s automatic chunks.
     ran_for: AtomicU64,
-    /// The admission slot the job holds on a bounded pool, given back when it ends.
-    slot: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+}
+
+/// What ending a job writes and takes, under one lock: its result, and the admission slot
+/// it held on a bounded pool (given back when it ends).
+struct Ending {
+    result: Option<Result<Finished, JobError>>,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl JobState {
     pub(crate) fn new() -> Arc<JobState> {
         Arc::new(JobState {
             state: AtomicU8::new(QUEUED),
-            result: Mutex::new(None),
+            result: Mutex::new(Ending {
+                result: None,
+                slots: None,
+            }),
             waker: AtomicWaker::new(),
             stoppable: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
             ran_for: AtomicU64::new(0),
-            slot: std::sync::OnceLock::new(),
         })
     }
 
     /// Gives one permit back to `slots` when the job ends (exactly once: only the one who
     /// ends it does).
     pub(crate) fn give_back_at_end(&self, slots: Arc<tokio::sync::Semaphore>) {
-        if let Err(slots) = self.slot.set(slots) {
-            slots.add_permits(1); // a second slot for one job: never held
+        let mut ending = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = ending.slots.replace(slots) {
+            held.add_permits(1); // a second slot for one job: never held
         }
     }
 
@@ -192,11 +201,12 @@ impl JobState {
         {
             return false;
         }
-        *slot = Some(result);
+        slot.result = Some(result);
+        let slots = slot.slots.take();
         drop(slot);
         on_end();
         // Room for the next job before the caller hears of this one's end.
-        if let Some(slots) = self.slot.get() {
+        if let Some(slots) = slots {
             slots.add_permits(1);
         }
         wake(&self.waker);
@@ -272,13 +282,17 @@ impl JobState {
         self.result
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .result
             .take()
     }
 
     fn finished_with_error(&self) -> bool {
         self.is_done()
             && matches!(
-                *self.result.lock().unwrap_or_else(PoisonError::into_inner),
+                self.result
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .result,
                 Some(Err(_))
             )
     }

@@ -190,7 +190,7 @@ impl Core {
             return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
-        slot.hold_until_end(&state);
+        crate::admission::Slot::held_by(slot, &state);
         let queued = QueuedJob {
             target,
             decoder: call.decoder(),

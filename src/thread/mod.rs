@@ -3,7 +3,7 @@
 
 mod timer;
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Refusal, Slot};
 use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobHandle, JobState};
@@ -368,7 +368,7 @@ impl ThreadPoolExecutor {
             Err(refusal) => return Err((body, options, refusal)),
         };
         let state = JobState::new();
-        slot.hold_until_end(&state);
+        Slot::held_by(slot, &state);
         let task = Task {
             state: state.clone(),
             body,
