@@ -329,7 +329,8 @@ pub trait ExecutorExt: Executor {
     /// # Errors
     ///
     /// [`SubmitError::ShutDown`] holding `arg` if a shutdown begins before the job was
-    /// queued.
+    /// queued. A broken pool gives a handle instead, which fails with
+    /// [`JobError::PoolBroken`](crate::JobError::PoolBroken) and why it broke.
     ///
     /// # Examples
     ///
@@ -362,10 +363,9 @@ pub trait ExecutorExt: Executor {
     {
         let slots = self.admission_slots();
         async move {
-            let permit = match crate::admission::reserve(slots).await {
-                Ok(permit) => permit,
-                Err(refusal) => return Err(refusal.with(arg)),
-            };
+            // Refused room (a shutdown, or a broken pool, which closes its queue too):
+            // submit anyway, so that a broken pool's handle says why it broke.
+            let permit = crate::admission::reserve(slots).await.unwrap_or(None);
             let mut job = ErasedJob::single(f, arg);
             job.permit = permit;
             submit_job(self, job).map_err(give_back)

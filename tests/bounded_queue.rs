@@ -8,7 +8,9 @@ mod common;
 
 use common::{Gate, bounded, leave_mark, wait_for_gate, wait_until_exists};
 use futures::{FutureExt, StreamExt};
-use procpool::{Executor, ExecutorExt, JobError, SubmitError, ThreadPoolExecutor};
+use procpool::{
+    Executor, ExecutorExt, JobError, ProcessPoolExecutor, SubmitError, ThreadPoolExecutor,
+};
 use std::path::Path;
 
 fn bounded_pools(workers: usize, queued: usize) -> Vec<(&'static str, Box<dyn Executor>)> {
@@ -202,4 +204,33 @@ fn a_closure_spawned_on_a_full_thread_pool_fails_with_queue_full() {
         assert!(held.wait().unwrap());
         assert_eq!(pool.spawn(|| 2).wait(), Ok(2));
     });
+}
+
+fn broken_initializer() {
+    panic!("no configuration file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_when_ready_on_a_broken_pool_says_why_it_broke() {
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .max_queued(0)
+        .initializer(broken_initializer)
+        .build()
+        .unwrap();
+    // The pool breaks when its first worker's initializer panics.
+    let first = bounded("the first job", pool.submit(common::double, 1)).await;
+    assert!(first.unwrap_err().is_pool_broken());
+    let handle = bounded(
+        "room on a broken pool",
+        pool.submit_when_ready(common::double, 2),
+    )
+    .await
+    .unwrap();
+    let error = bounded("its job", handle).await.unwrap_err();
+    assert!(error.is_pool_broken(), "{error}");
+    assert!(
+        error.to_string().contains("no configuration file"),
+        "{error}"
+    );
 }
