@@ -243,8 +243,12 @@
 //!   Workers reach the pool over an inherited socket pair with no path: `TMPDIR` (of any
 //!   bytes or length) is never used, nothing can be left there, and a parent whose
 //!   standard descriptors are closed (a daemon) is fine, since links never take fds 0–2.
+//! - **A full pool** (one built with [`ProcessPoolBuilder::max_queued`]): `try_submit`
+//!   gives the argument back in [`SubmitError::Full`], `submit`'s handle fails with
+//!   [`JobError::QueueFull`]; nothing is queued, so nothing is lost. A `map` and
+//!   [`ExecutorExt::submit_when_ready`] wait for room instead.
 //! - **Shutdown:** jobs submitted afterwards get [`JobError::ShutDown`] (or
-//!   [`SubmitError`] from `try_submit`); dropping a process pool kills and reaps its
+//!   [`SubmitError::ShutDown`] from `try_submit`); dropping a process pool kills and reaps its
 //!   workers, and a worker whose parent dies is killed by the kernel (Linux) so that no
 //!   orphan is left.
 //! - **Ctrl-C:** each worker process leads a process group of its own, so a terminal's
@@ -333,6 +337,26 @@
 //! and from synchronous code ([`JobHandle::wait`]). The process pool's supervision runs on
 //! its own thread, so a busy or blocked runtime never delays a worker's replacement.
 //!
+//! # In a service
+//!
+//! A tokio / axum / tower service puts its CPU-heavy or crash-prone work on a pool and
+//! keeps its runtime free. What it needs from the pool:
+//!
+//! - **Back-pressure:** [`ProcessPoolBuilder::max_queued`] (and the thread pool's) bounds
+//!   the unfinished jobs; [`try_submit`](ExecutorExt::try_submit) sheds at once,
+//!   [`submit_when_ready`](ExecutorExt::submit_when_ready) and
+//!   [`reserve`](ExecutorExt::reserve) wait for room in turn (a timeout around them is a
+//!   bounded wait).
+//! - **Stopping work nobody waits for:** [`JobHandle::cancel_on_drop`], so that a request
+//!   dropped by a timeout or a client that hung up kills its running job's worker; or a
+//!   job's own [`JobOptions::timeout`], which stops it on the worker.
+//! - **Health:** [`Executor::health`] for `/health` (serving, restarting a worker, broken
+//!   and why, shut down), [`Executor::stats`] for a status page.
+//! - **tower** (feature `tower`): `PoolService` is one function on a pool as a
+//!   `tower::Service` whose `poll_ready` is the pool's admission and whose future cancels
+//!   its job when dropped, so `load_shed`, `concurrency_limit`, `timeout` and `buffer`
+//!   compose with it.
+//!
 //! # Platforms
 //!
 //! | platform | status |
@@ -367,6 +391,7 @@
 //! `tokio_service` (an axum service with back-pressure and graceful shutdown),
 //! `thread_vs_process` (every executor on the reference workloads, with a chart) and
 //! `no_auto_init`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -391,6 +416,8 @@ mod pool;
 mod process;
 mod queue;
 mod run;
+#[cfg(feature = "tower")]
+mod service;
 pub mod shared;
 mod ship;
 mod spares;
@@ -411,9 +438,13 @@ pub use handle::{ErasedHandle, JobHandle};
 pub use job::ErasedJob;
 pub use map::{Map, Progress};
 #[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use mpi::MpiPoolExecutor;
 pub use options::JobOptions;
 pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use service::PoolService;
 pub use shared::{Element, SharedBuffer, SharedSlice};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
 pub use stats::{Health, PoolStats};

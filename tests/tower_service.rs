@@ -1,0 +1,163 @@
+//! `PoolService` (feature `tower`) through tower's own layers: `poll_ready` is the pool's
+//! admission (`load_shed` sheds exactly when a bounded pool is full), a dropped future
+//! cancels its job (a `timeout` layer kills the running job's worker), `buffer` and
+//! `concurrency_limit` compose, and a shut-down pool fails `poll_ready`.
+
+#[cfg(not(feature = "tower"))]
+#[test]
+fn skipped_without_the_tower_feature() {
+    println!("skipped: built without the `tower` feature (cargo test --features tower)");
+}
+
+#[cfg(feature = "tower")]
+mod common;
+
+#[cfg(feature = "tower")]
+mod with_tower {
+    use super::common::{self, Gate, bounded, is_gone, read_pid, wait_for_gate};
+    use futures::FutureExt;
+    use procpool::{
+        Executor, ExecutorExt, JobError, PoolService, ProcessPoolExecutor, ThreadPoolExecutor,
+    };
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+    fn bounded_pools(workers: usize, queued: usize) -> Vec<(&'static str, Arc<dyn Executor>)> {
+        common::pools_built(workers, |t| t.max_queued(queued), |p| p.max_queued(queued))
+            .into_iter()
+            .map(|(name, pool)| (name, Arc::from(pool)))
+            .collect()
+    }
+
+    fn report_pid_then_wait(files: (String, String)) -> u32 {
+        common::report_pid_then_wait(files)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_runs_the_function_on_either_pool() {
+        for (name, pool) in common::pools(2) {
+            let pool: Arc<dyn Executor> = Arc::from(pool);
+            let service = PoolService::new(pool.clone(), common::double);
+            let doubled = bounded("oneshot", service.clone().oneshot(21))
+                .await
+                .unwrap();
+            assert_eq!(doubled, 42, "{name}");
+            drop(service);
+            let panics = PoolService::new(pool.clone(), common::fail_on_seven);
+            let error = bounded("a panicking job", panics.oneshot(7))
+                .await
+                .unwrap_err();
+            assert!(error.is_panic(), "{name}: {error}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poll_ready_waits_for_room_and_load_shed_sheds_when_full() {
+        for (name, pool) in bounded_pools(1, 0) {
+            let gate = Gate::new();
+            let mut service = PoolService::new(pool.clone(), wait_for_gate);
+            bounded("ready", service.ready()).await.unwrap();
+            let running = service.call(gate.path());
+            // The one slot is taken: readiness waits.
+            let mut other = service.clone();
+            assert!(
+                other.ready().now_or_never().is_none(),
+                "{name}: ready while full"
+            );
+            let mut shed = ServiceBuilder::new()
+                .load_shed()
+                .service(PoolService::new(pool.clone(), common::double));
+            let refused: Result<u64, BoxError> = shed.ready().await.unwrap().call(1).await;
+            let refused = refused.unwrap_err();
+            assert!(
+                refused.is::<tower::load_shed::error::Overloaded>(),
+                "{name}: {refused}"
+            );
+            gate.open();
+            bounded("the running job", running).await.unwrap();
+            // Room came back: both are served now.
+            bounded("ready again", other.ready()).await.unwrap();
+            let job = other.call(gate.path());
+            bounded("other's job", job).await.unwrap();
+            let doubled = bounded("shed's job", shed.ready().await.unwrap().call(4)).await;
+            assert_eq!(doubled.unwrap(), 8, "{name}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_layer_kills_the_job_it_gives_up_on() {
+        let pool = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .build()
+            .unwrap();
+        let gate = Gate::new();
+        let pid_file = gate.sibling("pid");
+        let mut service = ServiceBuilder::new()
+            .timeout(Duration::from_millis(300))
+            .service(PoolService::new(pool.clone(), report_pid_then_wait));
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call((pid_file.clone(), gate.path()));
+        let waited = tokio::spawn(call);
+        let pid = tokio::task::spawn_blocking(move || read_pid(&pid_file) as u32)
+            .await
+            .unwrap();
+        let error = bounded("the timed-out call", waited)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+        // The gate never opens: only the cancellation can have ended the worker.
+        let deadline = Instant::now() + common::BOUND;
+        while !is_gone(pid) {
+            assert!(Instant::now() < deadline, "worker {pid} runs on for nobody");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let next = bounded("after", pool.submit(common::pid, ()))
+            .await
+            .unwrap();
+        assert_ne!(next, pid, "a new worker");
+        pool.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn buffer_and_concurrency_limit_compose_with_it() {
+        let pool = ThreadPoolExecutor::builder()
+            .max_workers(2)
+            .max_queued(2)
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .buffer(16)
+            .concurrency_limit(3)
+            .service(PoolService::new(pool.clone(), common::double));
+        let calls = (0..200_u64).map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move { service.oneshot(i).await })
+        });
+        let mut sum = 0;
+        for call in calls {
+            sum += bounded("a buffered call", call).await.unwrap().unwrap();
+        }
+        assert_eq!(sum, 2 * (0..200).sum::<u64>());
+        assert!(pool.stats().jobs_completed >= 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shut_down_pool_fails_poll_ready() {
+        for (name, pool) in bounded_pools(1, 1)
+            .into_iter()
+            .chain(common::pools(1).into_iter().map(|(n, p)| (n, Arc::from(p))))
+        {
+            let mut service = PoolService::new(pool.clone(), common::double);
+            pool.begin_shutdown(false);
+            let error = bounded("ready after shutdown", service.ready())
+                .await
+                .unwrap_err();
+            assert_eq!(error, JobError::ShutDown, "{name}");
+        }
+    }
+}
