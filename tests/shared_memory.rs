@@ -231,7 +231,9 @@ async fn child_probe_hold_a_segment_until_killed() {
     let input = SharedSlice::from_slice(&[1_u64; 1 << 16]).unwrap();
     let gate = dir.join("never").to_str().unwrap().to_owned();
     let _job = pool.submit(hold_until, (input.clone(), gate));
-    std::fs::write(dir.join("name"), segment_name(&input)).unwrap();
+    // Written whole, then renamed: the test reads the name as soon as the file exists.
+    std::fs::write(dir.join("name.partial"), segment_name(&input)).unwrap();
+    std::fs::rename(dir.join("name.partial"), dir.join("name")).unwrap();
     std::thread::sleep(BOUND); // killed long before
 }
 
@@ -257,6 +259,7 @@ fn nothing_is_left_when_the_pools_parent_is_sigkilled() {
         "the probe never started"
     );
     let name = std::fs::read_to_string(&name_file).unwrap();
+    assert!(!name.is_empty(), "the probe wrote no segment name");
     // Its worker maps the segment (holds no descriptor of it); the parent holds one.
     let deadline = Instant::now() + BOUND;
     while holders_of(&name).is_empty() {
