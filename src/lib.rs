@@ -425,6 +425,7 @@ mod state;
 mod stats;
 mod sys;
 mod thread;
+mod timing;
 mod wait;
 mod wire;
 mod worker;
@@ -449,6 +450,7 @@ pub use shared::{Element, SharedBuffer, SharedSlice};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
 pub use stats::{Health, PoolStats};
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
+pub use timing::DurationSummary;
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};
 
 /// Entry points for the fuzz targets in `fuzz/`; not a public API.

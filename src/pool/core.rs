@@ -46,6 +46,8 @@ pub(crate) struct QueuedJob {
     pub(crate) retries_left: u32,
     /// How many times it has been run so far.
     pub(crate) attempts: u32,
+    /// When it was submitted: its queue wait ends when a worker first starts it.
+    pub(crate) submitted: std::time::Instant,
     /// The shared arrays its argument names, held until it has ended and its answer was
     /// read (see [`crate::shared`]).
     pub(crate) kept: crate::shared::Kept,
@@ -199,6 +201,7 @@ impl Core {
             input: crate::spares::returning(input),
             retries_left: options.retries,
             attempts: 0,
+            submitted: std::time::Instant::now(),
             kept,
         };
         match self.queue.push(queued) {

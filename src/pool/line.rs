@@ -254,6 +254,10 @@ impl<'a> Line<'a> {
         };
         self.counters.windowed.fetch_sub(1, Ordering::Relaxed);
         sent.job.attempts += 1;
+        if sent.job.attempts == 1 {
+            let waited = now.saturating_duration_since(sent.job.submitted);
+            self.counters.queue_wait.record_from_one_thread(waited);
+        }
         self.bytes -= sent.job.input.len();
         if sent.job.retries_left == 0 {
             // The worker has it: free it now (a large one goes to the spares once the
@@ -290,6 +294,7 @@ impl<'a> Line<'a> {
             return;
         };
         self.observe(sent.target, took);
+        self.counters.run_time.record_from_one_thread(took);
         sent.job.state.set_ran_for(took);
         let result = match outcome.into_error() {
             Some(error) => Err(error),
@@ -416,6 +421,7 @@ mod tests {
             input: vec![0; 8].into(),
             retries_left: 0,
             attempts: 0,
+            submitted: Instant::now(),
             kept: Default::default(),
         };
         (target, job)
