@@ -1,6 +1,8 @@
 //! Runs `examples/tokio_service.rs` as a real process on `127.0.0.1:0` and talks HTTP to it:
 //! correct results, `/health` answering while CPU-heavy requests run, 503 with
-//! `Retry-After` under overload, and a graceful shutdown on SIGTERM that drains and exits 0.
+//! `Retry-After` under overload, 504 when a request runs past its time limit (its job
+//! killed), `/health` saying 503 when the pool is broken, and a graceful shutdown on
+//! SIGTERM that drains and exits 0, cutting jobs that outlast the drain deadline.
 
 mod common;
 
@@ -69,6 +71,7 @@ impl Service {
 
     fn start_with(mut command: Command, args: &[&str]) -> Service {
         let mut child = command
+            .env("RUST_LOG", "warn") // its log on standard error, for a failing test
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -203,10 +206,10 @@ async fn stats_when(
     .await
 }
 
-/// Waits until `n` requests hold a permit and `n` jobs run.
+/// Waits until `n` jobs run.
 async fn until_in_flight(service: &Service, n: u64) {
     stats_when(service, "requests to start", |stats| {
-        stats["requests_in_flight"] == n && stats["pool"]["jobs_running"] == n
+        stats["pool"]["jobs_running"] == n
     })
     .await;
 }
@@ -216,8 +219,8 @@ async fn answers_primes_health_and_stats_correctly() {
     let service = Service::start(&[
         "--workers",
         "2",
-        "--max-in-flight",
-        "16",
+        "--max-queued",
+        "14",
         "--max-below",
         "10000000",
     ]);
@@ -245,13 +248,29 @@ async fn answers_primes_health_and_stats_correctly() {
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
     let stats = service.get("/stats").await.json();
     assert_eq!(stats["pool"]["max_workers"], 2);
-    assert_eq!(stats["max_in_flight"], 16);
+    assert_eq!(stats["pool"]["max_queued"], 14);
+    assert_eq!(stats["health"], "serving");
+    assert_eq!(stats["pool"]["run_time"]["count"], 17, "{stats}");
     assert_eq!(stats["served"], 17, "{stats}");
     assert_eq!(stats["pool"]["jobs_completed"], 17, "{stats}");
     service.terminate();
     let (status, _) = service.wait();
     assert!(status.success(), "{status:?}");
 }
+
+/// Two workers, no job waiting beyond them, and no wait for room: a third request is
+/// turned away at once. The drain deadline is far (heavy requests take seconds in a
+/// debug build): these tests check that a drain lets requests finish.
+const NO_QUEUE: [&str; 8] = [
+    "--workers",
+    "2",
+    "--max-queued",
+    "0",
+    "--admission-wait-ms",
+    "0",
+    "--drain-timeout-ms",
+    "120000",
+];
 
 /// Awaits the heavy requests: each answered in full.
 async fn both_answered(heavy: Vec<tokio::task::JoinHandle<std::io::Result<Response>>>) {
@@ -278,7 +297,7 @@ async fn two_heavy_requests(
 
 #[tokio::test]
 async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
-    let service = Service::start(&["--workers", "2", "--max-in-flight", "2"]);
+    let service = Service::start(&NO_QUEUE);
     let heavy = two_heavy_requests(&service).await;
 
     // /health answers while both workers are busy with CPU-heavy requests.
@@ -289,7 +308,8 @@ async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
         slowest = slowest.max(start.elapsed());
         assert_eq!(health.status, 200);
     }
-    // Overload: both permits are held, so every further heavy request is turned away.
+    // Overload: both workers are busy and nothing may wait, so every further heavy
+    // request is turned away at once.
     for _ in 0..6 {
         let busy = service.get(&format!("/primes?below={HEAVY_BELOW}")).await;
         assert_eq!(busy.status, 503, "{busy:?}");
@@ -326,7 +346,7 @@ async fn stays_responsive_rejects_overload_and_drains_on_sigterm() {
 // (SIGINT)" and the service reported "drained: 0 requests served".
 #[tokio::test]
 async fn ctrl_c_leaves_the_jobs_to_the_service_which_drains() {
-    let service = Service::start_as_a_terminal_would(&["--workers", "2", "--max-in-flight", "2"]);
+    let service = Service::start_as_a_terminal_would(&NO_QUEUE);
     let heavy = two_heavy_requests(&service).await;
     service.interrupt_group();
     both_answered(heavy).await;
@@ -344,7 +364,7 @@ async fn a_client_that_disconnects_cancels_its_job() {
     until_in_flight(&service, 1).await;
     drop(stream);
     let stats = stats_when(&service, "the job to be cancelled", |stats| {
-        stats["requests_in_flight"] == 0 && stats["pool"]["jobs_running"] == 0
+        stats["pool"]["jobs_running"] == 0
     })
     .await;
     assert_eq!(
@@ -354,4 +374,87 @@ async fn a_client_that_disconnects_cancels_its_job() {
     assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
     service.terminate();
     assert!(service.wait().0.success());
+}
+
+/// A request that runs for minutes even in a release build.
+const ENDLESS_BELOW: &str = "/primes?below=50000000";
+
+#[tokio::test]
+async fn a_request_past_its_time_limit_gets_504_and_its_job_is_killed() {
+    let service = Service::start(&["--workers", "1", "--timeout-ms", "300"]);
+    let answer = bounded("a request past its limit", service.get(ENDLESS_BELOW)).await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    let stats = stats_when(&service, "the worker to be replaced", |stats| {
+        stats["pool"]["respawns"] == 1 && stats["pool"]["workers_alive"] == 1
+    })
+    .await;
+    assert_eq!(stats["timed_out"], 1, "{stats}");
+    assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
+    // The replacement serves.
+    let next = service.get("/primes?below=1000").await;
+    assert_eq!(
+        (next.status, next.json()["count"].clone()),
+        (200, 168.into())
+    );
+    service.terminate();
+    assert!(service.wait().0.success());
+}
+
+#[tokio::test]
+async fn health_says_503_when_the_pool_is_broken() {
+    let service = Service::start(&["--workers", "1", "--broken-workers", "1"]);
+    // The pool breaks once its worker's initializer has panicked.
+    let health = bounded("the pool to break", async {
+        loop {
+            let health = service.get("/health").await;
+            if health.status != 200 {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(health.status, 503, "{health:?}");
+    assert!(health.body.starts_with("broken: "), "{health:?}");
+    assert!(health.body.contains("--broken-workers"), "{health:?}");
+    let primes = service.get("/primes?below=1000").await;
+    assert_eq!(primes.status, 503, "{primes:?}");
+    assert_eq!(primes.header("retry-after"), Some("1"), "{primes:?}");
+    assert!(
+        !primes.body.contains("panicked"),
+        "internal text leaked: {primes:?}"
+    );
+    service.terminate();
+    assert!(service.wait().0.success());
+}
+
+#[tokio::test]
+async fn sigterm_cuts_jobs_that_outlast_the_drain_deadline() {
+    let service = Service::start(&["--workers", "2", "--drain-timeout-ms", "300"]);
+    let endless: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = service.addr.clone();
+            tokio::spawn(async move { get(&addr, ENDLESS_BELOW).await })
+        })
+        .collect();
+    until_in_flight(&service, 2).await;
+    let signalled = Instant::now();
+    service.terminate();
+    for task in endless {
+        let answer = bounded("a request cut by the drain", task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    let (status, output) = service.wait();
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {output}");
+    // The jobs would run for minutes: only the deadline can have ended them this soon.
+    assert!(
+        took < Duration::from_secs(30),
+        "exited {took:?} after SIGTERM"
+    );
+    println!("exited {took:?} after SIGTERM, with a drain deadline of 300 ms");
+    assert!(output.contains("drained: 0 requests served"), "{output}");
 }
