@@ -10,6 +10,7 @@
 //! curl 'http://127.0.0.1:3000/primes?below=5000000'   # {"below":5000000,"count":348513}
 //! curl  http://127.0.0.1:3000/health                  # ok (503 when the pool is broken)
 //! curl  http://127.0.0.1:3000/stats                   # the pool's PoolStats and the service's counters
+//! curl  http://127.0.0.1:3000/metrics                 # Prometheus text (built with --features metrics)
 //! RUST_LOG=debug cargo run --example tokio_service    # the pool's own events and every request
 //! ```
 //!
@@ -31,6 +32,9 @@
 //! - **Shutdown** on Ctrl-C or SIGTERM: no new connections, new requests get `503`, the
 //!   requests in progress have `--drain-timeout-ms` to finish; then the jobs still
 //!   running are killed (their requests get `503`) and the process exits 0.
+//! - **`/metrics`** (when built with `--features metrics`): the pool's figures in
+//!   Prometheus text format, through the `metrics` facade and
+//!   `metrics-exporter-prometheus`, read from the pool at each scrape.
 //! - **Logs** go through `tracing` (a `tracing-subscriber` on standard error, `RUST_LOG`
 //!   to filter): each request (tower-http's `TraceLayer`) and the pool's own events (a
 //!   worker died, the pool broke). Standard output carries two lines for scripts: the
@@ -86,6 +90,8 @@ struct App {
     rejected: AtomicU64,
     timed_out: AtomicU64,
     failed: AtomicU64,
+    #[cfg(feature = "metrics")]
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +203,18 @@ async fn stats(State(app): State<Arc<App>>) -> Json<Stats> {
     })
 }
 
+/// The pool's figures, as a Prometheus scrape reads them.
+#[cfg(feature = "metrics")]
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    app.pool.stats().record_metrics("primes");
+    app.pool.health().record_metrics("primes");
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.prometheus.render(),
+    )
+        .into_response()
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -268,11 +286,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rejected: AtomicU64::new(0),
         timed_out: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        #[cfg(feature = "metrics")]
+        prometheus: metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
     });
     let router = Router::new()
         .route("/primes", get(primes))
         .route("/health", get(health))
-        .route("/stats", get(stats))
+        .route("/stats", get(stats));
+    #[cfg(feature = "metrics")]
+    let router = router.route("/metrics", get(metrics_text));
+    let router = router
         .layer(TraceLayer::new_for_http())
         .with_state(app.clone());
 

@@ -356,6 +356,11 @@
 //!   `tower::Service` whose `poll_ready` is the pool's admission and whose future cancels
 //!   its job when dropped, so `load_shed`, `concurrency_limit`, `timeout` and `buffer`
 //!   compose with it.
+//! - **Metrics** (feature `metrics`): `PoolStats::record_metrics` and
+//!   `Health::record_metrics` hand the pool's counters, gauges and duration summaries to
+//!   whatever `metrics` recorder the application installed (Prometheus, say).
+//!
+//! `examples/tokio_service.rs` puts all of it together in an axum service.
 //!
 //! # Platforms
 //!
@@ -409,6 +414,8 @@ mod exit;
 mod handle;
 mod job;
 mod map;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod options;

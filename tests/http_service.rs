@@ -39,6 +39,10 @@ fn example_binary() -> PathBuf {
     if profile_dir.file_name().unwrap() == "release" {
         build.arg("--release");
     }
+    // The example as this test was built: with /metrics when the feature is on.
+    if cfg!(feature = "metrics") {
+        build.args(["--features", "metrics"]);
+    }
     let status = build.status().expect("running cargo build");
     assert!(status.success(), "building the example failed");
     profile_dir.join("examples").join("tokio_service")
@@ -457,4 +461,38 @@ async fn sigterm_cuts_jobs_that_outlast_the_drain_deadline() {
     );
     println!("exited {took:?} after SIGTERM, with a drain deadline of 300 ms");
     assert!(output.contains("drained: 0 requests served"), "{output}");
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_are_scraped_in_prometheus_text() {
+    let service = Service::start(&["--workers", "2"]);
+    for below in [1000, 2000] {
+        assert_eq!(
+            service.get(&format!("/primes?below={below}")).await.status,
+            200
+        );
+    }
+    let scrape = service.get("/metrics").await;
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    assert!(
+        scrape
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    for line in [
+        "procpool_workers{pool=\"primes\"} 2",
+        "procpool_jobs_completed_total{pool=\"primes\"} 2",
+        "procpool_health{pool=\"primes\",state=\"serving\"} 1",
+        "procpool_run_time_seconds_count{pool=\"primes\"} 2",
+    ] {
+        assert!(
+            scrape.body.lines().any(|l| l == line),
+            "no {line:?} in\n{}",
+            scrape.body
+        );
+    }
+    service.terminate();
+    assert!(service.wait().0.success());
 }
