@@ -496,3 +496,80 @@ async fn metrics_are_scraped_in_prometheus_text() {
     service.terminate();
     assert!(service.wait().0.success());
 }
+
+/// The service's worker processes (its children), by `pgrep -P`.
+fn workers_of(service: &Service) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &service.child.id().to_string()])
+        .output()
+        .expect("running pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits until the service has one worker that is not `dead`, and it runs a job; returns it.
+async fn the_running_worker(service: &Service, dead: &[u32]) -> u32 {
+    bounded("a worker running the request", async {
+        loop {
+            let stats = service.get("/stats").await.json();
+            let alive: Vec<u32> = workers_of(service)
+                .into_iter()
+                .filter(|pid| !dead.contains(pid))
+                .collect();
+            if stats["pool"]["jobs_running"] == 1 && alive.len() == 1 {
+                return alive[0];
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "killing {pid}");
+}
+
+#[tokio::test]
+async fn a_dead_worker_is_retried_once_then_answered_503() {
+    let service = Service::start(&["--workers", "1"]);
+    let path = format!("/primes?below={HEAVY_BELOW}");
+    // Killed once: the job runs again on a fresh worker, and the client sees no error.
+    let addr = service.addr.clone();
+    let (once, twice) = (path.clone(), path.clone());
+    let request = tokio::spawn(async move { get(&addr, &once).await });
+    let first = the_running_worker(&service, &[]).await;
+    kill_9(first);
+    let answer = bounded("the retried request", request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["count"], HEAVY_COUNT);
+    // Killed on both attempts: 503, to be retried by the client, with no internal text.
+    let addr = service.addr.clone();
+    let request = tokio::spawn(async move { get(&addr, &twice).await });
+    let second = the_running_worker(&service, &[first]).await;
+    kill_9(second);
+    let third = the_running_worker(&service, &[first, second]).await;
+    kill_9(third);
+    let answer = bounded("the twice-failed request", request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.header("retry-after"), Some("1"), "{answer:?}");
+    assert!(
+        !answer.body.contains("SIGKILL"),
+        "internal text leaked: {answer:?}"
+    );
+    let stats = service.get("/stats").await.json();
+    assert_eq!(stats["failed"], 1, "{stats}");
+    service.terminate();
+    assert!(service.wait().0.success());
+}

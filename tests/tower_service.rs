@@ -1,7 +1,8 @@
 //! `PoolService` (feature `tower`) through tower's own layers: `poll_ready` is the pool's
 //! admission (`load_shed` sheds exactly when a bounded pool is full), a dropped future
-//! cancels its job (a `timeout` layer kills the running job's worker), `buffer` and
-//! `concurrency_limit` compose, and a shut-down pool fails `poll_ready`.
+//! cancels its job (a `timeout` layer kills the running job's worker), `retry` runs a
+//! request again when its worker died, `buffer` and `concurrency_limit` compose, and a
+//! shut-down pool fails `poll_ready`.
 
 #[cfg(not(feature = "tower"))]
 #[test]
@@ -144,6 +145,69 @@ mod with_tower {
         }
         assert_eq!(sum, 2 * (0..200).sum::<u64>());
         assert!(pool.stats().jobs_completed >= 200);
+    }
+
+    /// Aborts its worker the first time (no mark yet), answers `x` the next.
+    fn abort_once((mark, x): (String, u64)) -> u64 {
+        if !std::path::Path::new(&mark).exists() {
+            std::fs::write(&mark, b"died once").unwrap();
+            std::process::abort();
+        }
+        x
+    }
+
+    /// Retries a request once when its worker died, as a pure function allows.
+    #[derive(Clone)]
+    struct OnceOnWorkerDeath(u32);
+
+    impl<Req: Clone, Res> tower::retry::Policy<Req, Res, JobError> for OnceOnWorkerDeath {
+        type Future = std::future::Ready<()>;
+
+        fn retry(
+            &mut self,
+            _: &mut Req,
+            result: &mut Result<Res, JobError>,
+        ) -> Option<Self::Future> {
+            match result {
+                Err(error) if error.is_worker_died() && self.0 > 0 => {
+                    self.0 -= 1;
+                    Some(std::future::ready(()))
+                }
+                _ => None,
+            }
+        }
+
+        fn clone_request(&mut self, request: &Req) -> Option<Req> {
+            Some(request.clone())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_layer_runs_a_request_again_when_its_worker_died() {
+        let pool = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .build()
+            .unwrap();
+        let gate = Gate::new();
+        let mark = gate.sibling("died");
+        let retried = ServiceBuilder::new()
+            .retry(OnceOnWorkerDeath(1))
+            .service(PoolService::new(pool.clone(), abort_once));
+        let answer = bounded("a retried request", retried.oneshot((mark.clone(), 7))).await;
+        assert_eq!(answer.unwrap(), 7);
+        assert!(
+            std::path::Path::new(&mark).exists(),
+            "the first attempt never ran"
+        );
+        assert_eq!(pool.stats().respawns, 1, "the first attempt's worker died");
+        // Without the layer, the same death fails the request.
+        std::fs::remove_file(&mark).unwrap();
+        let plain = PoolService::new(pool.clone(), abort_once);
+        let error = bounded("a plain request", plain.oneshot((mark, 7)))
+            .await
+            .unwrap_err();
+        assert!(error.is_worker_died(), "{error}");
+        pool.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
