@@ -29,6 +29,14 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The error of a handle whose job was refused this way.
+    pub(crate) fn job_error(self) -> crate::JobError {
+        match self {
+            Refusal::Full => crate::JobError::QueueFull,
+            Refusal::ShutDown => crate::JobError::ShutDown,
+        }
+    }
+
     /// The typed error that gives `arg` back.
     pub(crate) fn with<A>(self, arg: A) -> SubmitError<A> {
         match self {
@@ -187,7 +195,7 @@ impl<'a, E: Executor + ?Sized> Permit<'a, E> {
         job.permit = self.permit;
         match self.executor.execute(job) {
             Ok(handle) => crate::JobHandle::from_erased(handle),
-            Err(_) => crate::JobHandle::shut_down(),
+            Err(job) => crate::JobHandle::failed(job.refusal().job_error()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The [`Executor`] trait (object-safe, type-erased) and [`ExecutorExt`] (typed, generic,
 //! implemented for every executor), in the manner of `Stream` / `StreamExt`.
 
-use crate::admission::{Permit, Refusal};
+use crate::admission::Permit;
 use crate::error::SubmitError;
 use crate::handle::{ErasedHandle, JobHandle};
 use crate::job::ErasedJob;
@@ -271,12 +271,8 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        submit_job(self, ErasedJob::single(f, arg).with_options(options)).unwrap_or_else(|job| {
-            JobHandle::failed(match job.refusal() {
-                Refusal::Full => crate::JobError::QueueFull,
-                Refusal::ShutDown => crate::JobError::ShutDown,
-            })
-        })
+        submit_job(self, ErasedJob::single(f, arg).with_options(options))
+            .unwrap_or_else(|job| JobHandle::failed(job.refusal().job_error()))
     }
 
     /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument

@@ -155,8 +155,8 @@ where
         let handle = match self.pool.execute(job) {
             Ok(handle) => JobHandle::from_erased(handle),
             Err(job) => JobHandle::failed(match job.refusal() {
-                Refusal::Full => JobError::QueueFull,
-                Refusal::ShutDown => self.closed(),
+                Refusal::ShutDown => self.closed(), // broken, with why, or shut down
+                refusal => refusal.job_error(),
             }),
         };
         handle.cancel_on_drop()

@@ -113,11 +113,6 @@ impl<R: 'static> JobHandle<R> {
         }
     }
 
-    /// A handle whose job was refused because the executor is shut down.
-    pub(crate) fn shut_down() -> JobHandle<R> {
-        JobHandle::failed(JobError::ShutDown)
-    }
-
     /// A handle whose job ended before it was queued, with `error`.
     pub(crate) fn failed(error: JobError) -> JobHandle<R> {
         JobHandle::from_erased(ErasedHandle::failed(error))

@@ -378,8 +378,7 @@ impl ThreadPoolExecutor {
         let body = Body::Closure(Box::new(move || Box::new(f()) as Output));
         let handle = match self.push(body, crate::options::JobOptions::new(), None) {
             Ok(handle) => handle,
-            Err((.., Refusal::Full)) => ErasedHandle::failed(JobError::QueueFull),
-            Err((.., Refusal::ShutDown)) => ErasedHandle::failed(JobError::ShutDown),
+            Err((.., refusal)) => ErasedHandle::failed(refusal.job_error()),
         };
         JobHandle::from_erased(handle)
     }
