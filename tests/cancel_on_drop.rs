@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{Gate, bounded, is_gone, leave_mark, read_pid, report_pid_then_wait, wait_for_gate};
+use common::{Gate, bounded, leave_mark, read_pid, report_pid_then_wait, wait_for_gate};
 use procpool::{ExecutorExt, ProcessPoolExecutor};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_guard_of_a_running_job_kills_its_worker() {
@@ -23,14 +22,7 @@ async fn dropping_the_guard_of_a_running_job_kills_its_worker() {
     let pid = read_pid(&pid_file) as u32;
     assert!(!running.is_finished());
     drop(running);
-    let deadline = Instant::now() + common::BOUND;
-    while !is_gone(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "worker {pid} still runs the dropped job"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    common::wait_until_gone(pid, "still runs the dropped job");
     // The pool replaced it: the next job runs in another worker. The gate never opened.
     let next = bounded("a job after", pool.submit(common::pid, ()))
         .await

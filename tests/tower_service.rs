@@ -15,13 +15,13 @@ mod common;
 
 #[cfg(feature = "tower")]
 mod with_tower {
-    use super::common::{self, Gate, bounded, is_gone, read_pid, wait_for_gate};
+    use super::common::{self, Gate, bounded, read_pid, wait_for_gate};
     use futures::FutureExt;
     use procpool::{
         Executor, ExecutorExt, JobError, PoolService, ProcessPoolExecutor, ThreadPoolExecutor,
     };
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
     fn bounded_pools(workers: usize, queued: usize) -> Vec<(&'static str, Arc<dyn Executor>)> {
@@ -112,11 +112,9 @@ mod with_tower {
             .unwrap_err();
         assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
         // The gate never opens: only the cancellation can have ended the worker.
-        let deadline = Instant::now() + common::BOUND;
-        while !is_gone(pid) {
-            assert!(Instant::now() < deadline, "worker {pid} runs on for nobody");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        tokio::task::spawn_blocking(move || common::wait_until_gone(pid, "runs on for nobody"))
+            .await
+            .unwrap();
         let next = bounded("after", pool.submit(common::pid, ()))
             .await
             .unwrap();

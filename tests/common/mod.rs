@@ -148,6 +148,16 @@ pub fn is_gone(pid: u32) -> bool {
     }
 }
 
+/// Waits (polling) until `pid` has exited, failing the test after [`BOUND`]: `why` says
+/// what would keep it alive.
+pub fn wait_until_gone(pid: u32, why: &str) {
+    let deadline = Instant::now() + BOUND;
+    while !is_gone(pid) {
+        assert!(Instant::now() < deadline, "worker {pid} {why}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// `true` while a process with this pid exists (a zombie counts: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
