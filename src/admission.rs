@@ -193,10 +193,7 @@ impl<'a, E: Executor + ?Sized> Permit<'a, E> {
     {
         let mut job = ErasedJob::single(f, arg).with_options(options);
         job.permit = self.permit;
-        match self.executor.execute(job) {
-            Ok(handle) => crate::JobHandle::from_erased(handle),
-            Err(job) => crate::JobHandle::failed(job.refusal().job_error()),
-        }
+        crate::executor::handle_of(self.executor, job)
     }
 }
 

@@ -271,8 +271,7 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        submit_job(self, ErasedJob::single(f, arg).with_options(options))
-            .unwrap_or_else(|job| JobHandle::failed(job.refusal().job_error()))
+        handle_of(self, ErasedJob::single(f, arg).with_options(options))
     }
 
     /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument
@@ -474,6 +473,14 @@ pub trait ExecutorExt: Executor {
 }
 
 impl<E: Executor + ?Sized> ExecutorExt for E {}
+
+/// The handle of `job`: a refused job's handle fails with why it was refused.
+pub(crate) fn handle_of<E: Executor + ?Sized, R: 'static>(
+    executor: &E,
+    job: ErasedJob,
+) -> JobHandle<R> {
+    submit_job(executor, job).unwrap_or_else(|job| JobHandle::failed(job.refusal().job_error()))
+}
 
 /// The argument of a single job the pool gave back, with why.
 fn give_back<A: 'static>(job: ErasedJob) -> SubmitError<A> {

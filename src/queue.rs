@@ -2,7 +2,7 @@
 //! any thread without blocking, popped by blocking threads (thread pool) or async tasks
 //! (the process pool's supervisor), closed once at shutdown.
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Slot};
 use crate::error::JobError;
 use crate::handle::JobState;
 use std::collections::VecDeque;
@@ -75,6 +75,17 @@ impl<T: Queued> JobQueue<T> {
         inner.items.push_back(item);
         self.wake(inner, false);
         Ok(())
+    }
+
+    /// Appends a new job that took `slot` of the pool's admission (see
+    /// [`Admission::admit`]); the job holds it until it ends. If the queue is closed the
+    /// job comes back, its state ended (so that the slot is free again).
+    pub(crate) fn push_admitted(&self, item: T, slot: Option<Slot>) -> Result<(), T> {
+        // Before the push: a worker may end the job before this thread runs again.
+        Slot::held_by(slot, item.state());
+        self.push(item).inspect_err(|item| {
+            item.state().abandon(JobError::ShutDown);
+        })
     }
 
     /// Releases the lock after jobs were added, waking one popper of each kind (every

@@ -10,10 +10,7 @@ use std::path::Path;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_guard_of_a_running_job_kills_its_worker() {
-    let pool = ProcessPoolExecutor::builder()
-        .max_workers(1)
-        .build()
-        .unwrap();
+    let pool = ProcessPoolExecutor::new(1).unwrap();
     let gate = Gate::new();
     let pid_file = gate.sibling("pid");
     let running = pool

@@ -88,10 +88,7 @@ mod with_tower {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timeout_layer_kills_the_job_it_gives_up_on() {
-        let pool = ProcessPoolExecutor::builder()
-            .max_workers(1)
-            .build()
-            .unwrap();
+        let pool = ProcessPoolExecutor::new(1).unwrap();
         let gate = Gate::new();
         let pid_file = gate.sibling("pid");
         let mut service = ServiceBuilder::new()
@@ -182,10 +179,7 @@ mod with_tower {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retry_layer_runs_a_request_again_when_its_worker_died() {
-        let pool = ProcessPoolExecutor::builder()
-            .max_workers(1)
-            .build()
-            .unwrap();
+        let pool = ProcessPoolExecutor::new(1).unwrap();
         let gate = Gate::new();
         let mark = gate.sibling("died");
         let retried = ServiceBuilder::new()

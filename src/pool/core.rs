@@ -192,7 +192,6 @@ impl Core {
             return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
-        crate::admission::Slot::held_by(slot, &state);
         let queued = QueuedJob {
             target,
             decoder: call.decoder(),
@@ -204,22 +203,18 @@ impl Core {
             submitted: std::time::Instant::now(),
             kept,
         };
-        match self.queue.push(queued) {
+        match self.queue.push_admitted(queued, slot) {
             Ok(()) => Ok(ErasedHandle::new(state)),
             // A broken pool closes its queue: report why rather than "shut down".
-            Err(queued) => {
-                // Never queued: ending its state gives its slot back.
-                queued.state.abandon(JobError::ShutDown);
-                match self.broken.get() {
-                    Some(error) => Ok(ErasedHandle::failed(error.clone())),
-                    None => {
-                        // Never sent: back to a `Vec` (a copy, for a large one, whose
-                        // buffer goes to the spares).
-                        call.restore_input(queued.input.into());
-                        Err(ErasedJob::from_parts(call, options))
-                    }
+            Err(queued) => match self.broken.get() {
+                Some(error) => Ok(ErasedHandle::failed(error.clone())),
+                None => {
+                    // Never sent: back to a `Vec` (a copy, for a large one, whose buffer
+                    // goes to the spares).
+                    call.restore_input(queued.input.into());
+                    Err(ErasedJob::from_parts(call, options))
                 }
-            }
+            },
         }
     }
 

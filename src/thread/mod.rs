@@ -3,7 +3,7 @@
 
 mod timer;
 
-use crate::admission::{Admission, Refusal, Slot};
+use crate::admission::{Admission, Refusal};
 use crate::error::{Error, JobError};
 use crate::executor::{Executor, ShutdownOptions, sealed};
 use crate::handle::{ErasedHandle, JobHandle, JobState};
@@ -397,7 +397,6 @@ impl ThreadPoolExecutor {
             Err(refusal) => return Err((body, options, refusal)),
         };
         let state = JobState::new();
-        Slot::held_by(slot, &state);
         let task = Task {
             state: state.clone(),
             body,
@@ -405,13 +404,9 @@ impl ThreadPoolExecutor {
             submitted: timed(),
         };
         queue
-            .push(task)
+            .push_admitted(task, slot)
             .map(|()| ErasedHandle::new(state))
-            .map_err(|task| {
-                // Never queued: ending its state gives its slot back.
-                task.state.abandon(JobError::ShutDown);
-                (task.body, task.options, Refusal::ShutDown)
-            })
+            .map_err(|task| (task.body, task.options, Refusal::ShutDown))
     }
 }
 
