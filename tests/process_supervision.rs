@@ -355,6 +355,16 @@ async fn stats_count_workers_and_jobs_on_both_pools() {
         let pid_file = gate.sibling("pid");
         let running = pool.submit(report_pid_then_wait, (pid_file.clone(), gate.path()));
         bounded_sync("start", move || read_pid(&pid_file));
+        // A pool does not wait for its workers to start: the second may still be starting.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while pool.stats().workers_alive != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: {:?}",
+                pool.stats()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let stats = pool.stats();
         assert_eq!(stats.max_workers, 2, "{name}");
         assert_eq!(stats.workers_alive, 2, "{name}: {stats:?}");

@@ -246,6 +246,13 @@ fn another_backend_plugs_in_under_the_same_core() {
         for (x, handle) in (0..).zip(handles) {
             assert_eq!(handle.wait(), Ok(2 * x));
         }
+        // The pool does not wait for its workers to start: the first may have run all
+        // 1000 jobs before the second is up.
+        let deadline = Instant::now() + BOUND / 4;
+        while pool.core.stats().workers_alive != 2 {
+            assert!(Instant::now() < deadline, "{:?}", pool.core.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let stats = pool.core.stats();
         assert_eq!(stats.jobs_completed, 1000, "{stats:?}");
         assert_eq!(stats.workers_alive, 2, "{stats:?}");
