@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Gate, bounded, leave_mark, wait_for_gate, wait_until_exists};
+use common::{Gate, bounded, leave_mark, report_pid_then_wait, wait_for_gate, wait_until_exists};
 use futures::{FutureExt, StreamExt};
 use procpool::{
     Executor, ExecutorExt, JobError, ProcessPoolExecutor, SubmitError, ThreadPoolExecutor,
@@ -79,8 +79,12 @@ async fn submit_when_ready_and_reserve_wait_for_room_in_turn() {
     for (name, pool) in bounded_pools(1, 0) {
         let gate = Gate::new();
         let running = pool.submit(wait_for_gate, gate.path());
-        let first = gate.sibling("first");
-        let mut waits_first = Box::pin(pool.submit_when_ready(leave_mark, first.clone()));
+        // The first to get room holds it until its own gate opens.
+        let first_gate = Gate::new();
+        let first = first_gate.sibling("first");
+        let mut waits_first = Box::pin(
+            pool.submit_when_ready(report_pid_then_wait, (first.clone(), first_gate.path())),
+        );
         let mut waits_second = Box::pin(pool.reserve());
         assert!(futures::poll!(&mut waits_first).is_pending(), "{name}");
         assert!(futures::poll!(&mut waits_second).is_pending(), "{name}");
@@ -88,9 +92,13 @@ async fn submit_when_ready_and_reserve_wait_for_room_in_turn() {
         bounded("the gated job", running).await.unwrap();
         // The first to ask gets the room; the second waits until its job has ended.
         let first_job = bounded("room", &mut waits_first).await.unwrap();
+        assert!(
+            wait_until_exists(&first),
+            "{name}: the first job never started"
+        );
         assert!(futures::poll!(&mut waits_second).is_pending(), "{name}");
+        first_gate.open();
         bounded("first", first_job).await.unwrap();
-        assert!(wait_until_exists(&first));
         let permit = bounded("second's room", waits_second).await.unwrap();
         // The permit holds the room: nobody else gets it.
         assert!(pool.try_submit(echo, String::new()).unwrap_err().is_full());

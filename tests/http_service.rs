@@ -510,15 +510,22 @@ fn workers_of(service: &Service) -> Vec<u32> {
 }
 
 /// Waits until the service has one worker that is not `dead`, and it runs a job; returns it.
+///
+/// The workers are listed before the stats are read: a replacement starts only after its
+/// dead predecessor's job stopped counting as running, so a job counted afterwards, with
+/// every dead worker replaced, is the listed worker's (read the other way round, the stats
+/// could still count the dead worker's job while the listing shows its replacement,
+/// still starting).
 async fn the_running_worker(service: &Service, dead: &[u32]) -> u32 {
     bounded("a worker running the request", async {
         loop {
-            let stats = service.get("/stats").await.json();
             let alive: Vec<u32> = workers_of(service)
                 .into_iter()
                 .filter(|pid| !dead.contains(pid))
                 .collect();
-            if stats["pool"]["jobs_running"] == 1 && alive.len() == 1 {
+            let stats = service.get("/stats").await.json();
+            let pool = &stats["pool"];
+            if pool["jobs_running"] == 1 && pool["respawns"] == dead.len() && alive.len() == 1 {
                 return alive[0];
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

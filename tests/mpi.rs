@@ -462,6 +462,13 @@ mod imp {
         runtime().block_on(async {
             // submit, and where jobs ran
             assert_eq!(pool.submit(square, 12).await.unwrap(), 144);
+            // The pool does not wait for its workers to start: with one still starting,
+            // the other agent could run all four jobs.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while pool.stats().workers_alive != pool.max_workers() {
+                assert!(Instant::now() < deadline, "{:?}", pool.stats());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let handles: Vec<_> = (0..4).map(|_| pool.submit(whereami, ())).collect();
             let mut ranks = BTreeSet::new();
             for handle in handles {

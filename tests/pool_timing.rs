@@ -45,7 +45,13 @@ fn the_thread_pool_times_one_job_in_sixteen() {
     common::bounded_sync("timed jobs on threads", || {
         // A thread of its own (bounded_sync's): its first job is timed, then every 16th.
         let pool = ThreadPoolExecutor::new(1).unwrap();
-        let handles: Vec<_> = (0..32).map(|i| pool.submit(nap, i % 2)).collect();
+        // The worker is held until every job is queued, so that job 16 waits behind all
+        // the jobs before it however the submitting thread is scheduled.
+        let gate = common::Gate::new();
+        let held = pool.submit(common::wait_for_gate, gate.path());
+        let handles: Vec<_> = (1..32).map(|i| pool.submit(nap, i % 2)).collect();
+        gate.open();
+        held.wait().unwrap();
         for handle in handles {
             handle.wait().unwrap();
         }
