@@ -39,6 +39,7 @@ mod imp {
             std::process::exit(match scenario.as_str() {
                 "api" => api(),
                 "one_job" => one_job(),
+                "held_answers" => held_answers(),
                 "killed_agent" => killed_agent(),
                 "panic_on_rank_0" => panic_on_rank_0(),
                 "two_hosts" => two_hosts(),
@@ -49,10 +50,14 @@ mod imp {
             });
         }
         let started = Instant::now();
-        let tests: [(&str, fn()); 6] = [
+        let tests: [(&str, fn()); 7] = [
             (
                 "the_public_api_works_across_ranks",
                 the_public_api_works_across_ranks,
+            ),
+            (
+                "answers_a_worker_held_back_arrive_when_the_next_job_aborts_it",
+                answers_a_worker_held_back_arrive_when_the_next_job_aborts_it,
             ),
             (
                 "a_copy_of_the_binary_elsewhere_is_accepted",
@@ -163,6 +168,12 @@ mod imp {
         let mut command = mpirun();
         command.args(["-n", "3"]).arg(this_program());
         runs_ok(command, "api");
+    }
+
+    fn answers_a_worker_held_back_arrive_when_the_next_job_aborts_it() {
+        let mut command = mpirun();
+        command.args(["-n", "3"]).arg(this_program());
+        runs_ok(command, "held_answers");
     }
 
     fn a_panic_on_rank_0_ends_the_program() {
@@ -357,6 +368,14 @@ mod imp {
 
     fn pattern(size: usize) -> Vec<u8> {
         (0..size).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Doubles `x`; aborts its worker for `u64::MAX`.
+    fn double_or_abort(x: u64) -> u64 {
+        if x == u64::MAX {
+            std::process::abort();
+        }
+        x * 2
     }
 
     fn square(x: u64) -> u64 {
@@ -644,6 +663,47 @@ mod imp {
             assert_eq!(pool.submit(square, 7).await.unwrap(), 49);
             pool.shutdown().await;
             println!("one_job: ok");
+            0
+        })
+    }
+
+    /// An agent's worker holds small answers back while its next job is there, as a local
+    /// pool's does; when that job aborts it, the agent hands on the answers left in its
+    /// journal before its end, so that none is lost (as `process_held_answers` proves
+    /// for the local pool).
+    fn held_answers() -> i32 {
+        runtime().block_on(async {
+            let Some(pool) = world("held_answers", ProcessPoolExecutor::builder()) else {
+                return 1;
+            };
+            for round in 0..5 {
+                // Timed as short, so that the pool streams jobs to each worker a window
+                // ahead and the abort arrives right behind the jobs before it.
+                for x in 0..200 {
+                    assert_eq!(pool.submit(double_or_abort, x).await, Ok(x * 2));
+                }
+                let before: Vec<_> = (0..2_000)
+                    .map(|x| pool.submit(double_or_abort, x))
+                    .collect();
+                let abort = pool.submit(double_or_abort, u64::MAX);
+                let after: Vec<_> = (0..100).map(|x| pool.submit(double_or_abort, x)).collect();
+                for (x, handle) in (0..).zip(before) {
+                    let result = handle.await;
+                    assert_eq!(result, Ok(x * 2), "round {round}: job {x} before the abort");
+                }
+                match abort.await {
+                    Err(JobError::WorkerDied { exit, .. }) => {
+                        assert_eq!(exit.signal(), Some(libc::SIGABRT), "round {round}")
+                    }
+                    other => panic!("round {round}: the aborting job gave {other:?}"),
+                }
+                for (x, handle) in (0..).zip(after) {
+                    let result = handle.await;
+                    assert_eq!(result, Ok(x * 2), "round {round}: job {x} after the abort");
+                }
+            }
+            pool.shutdown().await;
+            println!("held_answers: ok");
             0
         })
     }

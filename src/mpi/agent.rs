@@ -13,6 +13,7 @@ use crate::pool::backend::{Backend, StartError, WorkerLink};
 use crate::process::child::{LocalWorker, RawReceived, resident_bytes};
 use crate::process::{Launcher, Settings};
 use crate::spares::{LARGE, SPARES};
+use crate::wire::message::FromWorker;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,7 +166,6 @@ fn launcher(config: AgentConfig) -> Result<Launcher, String> {
         initializers: config.initializers,
         handshake_timeout: config.handshake_timeout,
         max_frame: usize::try_from(config.max_frame).unwrap_or(usize::MAX),
-        hold_answers: false,
         #[cfg(test)]
         stall_handshake: false,
     })
@@ -212,6 +212,9 @@ async fn run_worker(
     let mut read = Cut::default();
     let mut written = Cut::default();
     let mut handed_on = 0_u64;
+    // The last job whose answer was handed on: a worker that dies leaves the answers it
+    // held back in its journal, and those after it are handed on before its end.
+    let mut answered = None;
     let mut flush_at: Option<tokio::time::Instant> = None;
     let exit = loop {
         let memory_tick = async {
@@ -226,8 +229,12 @@ async fn run_worker(
                 None => std::future::pending().await,
             }
         };
-        let hand_on = |pending: &mut Vec<u8>, handed_on: &mut u64, frames: u64| {
+        let hand_on = |pending: &mut Vec<u8>,
+                       handed_on: &mut u64,
+                       frames: u64,
+                       answered: &mut Option<u64>| {
             if !pending.is_empty() {
+                *answered = last_answer(pending).or(*answered);
                 say(ToRoot::Bytes(worker, std::mem::take(pending)));
             }
             *handed_on = frames;
@@ -253,7 +260,7 @@ async fn run_worker(
                     if read.at_boundary() {
                         let due = written.frames > read.frames;
                         if !due || read.frames - handed_on >= BATCH || pending.len() >= READ {
-                            hand_on(&mut pending, &mut handed_on, read.frames);
+                            hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                             flush_at = None;
                         } else if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + HOLD_AT_MOST);
@@ -261,17 +268,21 @@ async fn run_worker(
                     }
                 }
                 RawReceived::Closed => {
-                    hand_on(&mut pending, &mut handed_on, read.frames);
+                    salvage(&link, &mut pending, answered);
+                    hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                     closed = true;
                     say(ToRoot::Closed(worker));
                 }
                 RawReceived::Exited(exit) => {
-                    hand_on(&mut pending, &mut handed_on, read.frames);
+                    if !closed {
+                        salvage(&link, &mut pending, answered);
+                    }
+                    hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                     break exit;
                 }
             },
             () = held => {
-                hand_on(&mut pending, &mut handed_on, read.frames);
+                hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                 flush_at = None;
             }
             _ = memory_tick => {
@@ -282,6 +293,40 @@ async fn run_worker(
         }
     };
     say(ToRoot::Exited(worker, exit.code(), exit.signal()));
+}
+
+/// The job of the last answer in `bytes`, which begin with a frame.
+fn last_answer(bytes: &[u8]) -> Option<u64> {
+    let (_, message) = crate::wire::frame::whole_frames(bytes).last()?;
+    match postcard::from_bytes(message) {
+        Ok(FromWorker::Done { id, .. }) => Some(id),
+        _ => None,
+    }
+}
+
+/// At the end of a worker's link, makes `pending` what rank 0 must still read: the whole
+/// frames the worker wrote (a frame it died writing is dropped: if it held that answer
+/// back, its journal has it), then the answers it held back and never wrote, after
+/// job `answered`, the last one handed on. As the local pool reads a dead worker's link.
+fn salvage(link: &LocalWorker, pending: &mut Vec<u8>, answered: Option<u64>) {
+    let whole = crate::wire::frame::whole_frames(pending)
+        .map(|(frame, _)| frame.len())
+        .sum();
+    if whole < pending.len() {
+        tracing::debug!(
+            bytes = pending.len() - whole,
+            "dropped the frame a worker died writing"
+        );
+        pending.truncate(whole);
+    }
+    let answered = last_answer(pending).or(answered);
+    let held = link.held_answers_after(answered, pending);
+    if held > 0 {
+        tracing::debug!(
+            answers = held,
+            "handing on the answers a worker held back when it ended"
+        );
+    }
 }
 
 /// What the worker wrote next, appended to `pending`; once its link closed, only its

@@ -102,14 +102,9 @@ impl LocalWorker {
         if std::mem::replace(&mut self.left.read, true) {
             return;
         }
-        let Some((length, bytes)) = self.claims.as_ref().and_then(SharedWord::journal) else {
+        let Some(mut held) = self.journal() else {
             return;
         };
-        let len = (length.load(Ordering::Acquire) as usize).min(bytes.len());
-        let mut held: bytes::BytesMut = bytes[..len]
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
         let mut codec = Codec::<FromWorker>::new(crate::sys::JOURNAL);
         loop {
             match codec.decode(&mut held) {
@@ -137,6 +132,21 @@ impl LocalWorker {
     }
 }
 
+impl LocalWorker {
+    /// A copy of what the worker's journal holds: the frames of the answers it held back
+    /// and had not written when it was last cleared. `None` without a journal.
+    fn journal(&self) -> Option<bytes::BytesMut> {
+        let (length, bytes) = self.claims.as_ref().and_then(SharedWord::journal)?;
+        let len = (length.load(Ordering::Acquire) as usize).min(bytes.len());
+        Some(
+            bytes[..len]
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+}
+
 /// What a worker's link delivered, undecoded (see [`LocalWorker::recv_bytes`]).
 #[cfg(feature = "mpi")]
 #[derive(Debug)]
@@ -154,6 +164,26 @@ impl LocalWorker {
     /// The worker's process id.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.id.pid()
+    }
+
+    /// Appends to `out`, undecoded, the frames of the answers the worker held back and
+    /// never wrote, those after job `answered` (the last one its link delivered): for a
+    /// worker whose link has ended, as [`WorkerLink::recv`] delivers them itself. The
+    /// journal's frames are whole; one that does not decode is not handed on.
+    pub(crate) fn held_answers_after(&self, answered: Option<u64>, out: &mut Vec<u8>) -> usize {
+        let Some(held) = self.journal() else {
+            return 0;
+        };
+        let mut count = 0;
+        for (frame, message) in crate::wire::frame::whole_frames(&held) {
+            if let Ok(FromWorker::Done { id, .. }) = postcard::from_bytes(message)
+                && answered.is_none_or(|last| id > last)
+            {
+                out.extend_from_slice(frame);
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Appends to `buffer` the next bytes the worker wrote, up to `most`, without decoding

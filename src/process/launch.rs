@@ -38,11 +38,6 @@ pub(crate) struct Settings {
     pub(crate) initializers: Vec<Target>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_frame: usize,
-    /// Whether workers may hold answers back for a moment while their next job is already
-    /// here (see [`crate::wire::outbox`]): not for an MPI agent's workers, whose bytes it
-    /// forwards undecoded, so that it could not tell the held answers a dead worker leaves
-    /// from those it already sent.
-    pub(crate) hold_answers: bool,
     /// Tests only: start workers that never handshake.
     #[cfg(test)]
     pub(crate) stall_handshake: bool,
@@ -89,8 +84,10 @@ impl Launcher {
         let ours = ours
             .try_clone()
             .map_err(|e| transient("the pool's descriptor", e))?;
-        // Without it the worker runs every job it is sent, and jobs behind a slow one wait.
-        let word = SharedWord::create(self.settings.hold_answers);
+        // Without it the worker runs every job it is sent, and jobs behind a slow one wait;
+        // its journal lets the worker hold answers back for a moment while its next job is
+        // already here (see `crate::wire::outbox`).
+        let word = SharedWord::create(true);
         let spec = Spec {
             worker_id,
             parent_pid: std::process::id(),
@@ -412,7 +409,6 @@ mod tests {
             initializers: Vec::new(),
             handshake_timeout: Duration::from_secs(1),
             max_frame: 1 << 20,
-            hold_answers: true,
             stall_handshake: false,
         })
         .unwrap()

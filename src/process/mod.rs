@@ -376,7 +376,6 @@ impl ProcessPoolBuilder {
             initializers: self.initializers,
             handshake_timeout: self.handshake_timeout,
             max_frame: self.max_frame_size,
-            hold_answers: true,
             #[cfg(test)]
             stall_handshake: self.stall_handshake,
         };
