@@ -251,3 +251,71 @@ async fn a_jobs_argument_is_dropped_on_the_submitting_thread() {
         "dropped on the pool's thread: {dropped:?}"
     );
 }
+
+/// Arguments of [`take_counted`] alive in this process.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts its instances alive in the process that holds them; its `Serialize` panics for
+/// a multiple of 7.
+#[derive(Debug, Deserialize)]
+struct Counted(u64);
+
+impl Counted {
+    fn new(x: u64) -> Counted {
+        LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(x)
+    }
+}
+
+impl Serialize for Counted {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        assert!(!self.0.is_multiple_of(7), "no encoding a multiple of 7");
+        self.0.serialize(serializer)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn take_counted(x: Counted) -> u64 {
+    x.0 * 2
+}
+
+#[tokio::test]
+async fn a_map_drops_each_argument_once_it_is_encoded_and_a_failed_one_fails_alone() {
+    let pool = pool(2);
+    // Each argument is made as the map pulls it; how many were alive at that moment says
+    // whether the map gathers a chunk of arguments (1,000 alive) or encodes each at once.
+    let most_alive = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = most_alive.clone();
+    let source = (0..3_000).map(move |x| {
+        seen.fetch_max(
+            LIVE.load(std::sync::atomic::Ordering::SeqCst),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Counted::new(x)
+    });
+    let results: Vec<_> = bounded(
+        "map",
+        pool.map(take_counted, source)
+            .chunk_size(1_000)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(results.len(), 3_000);
+    for (x, result) in (0..).zip(&results) {
+        match result {
+            Err(JobError::Encode(m)) if x % 7 == 0 => {
+                assert!(m.contains("no encoding a multiple of 7"), "{m}")
+            }
+            Ok(doubled) if x % 7 != 0 => assert_eq!(*doubled, 2 * x),
+            other => panic!("item {x}: {other:?}"),
+        }
+    }
+    let most = most_alive.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 1, "{most} arguments were alive at once");
+    assert_eq!(LIVE.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

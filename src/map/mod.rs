@@ -5,7 +5,7 @@ use crate::admission::Refusal;
 use crate::error::JobError;
 use crate::executor::Executor;
 use crate::handle::ErasedHandle;
-use crate::job::ErasedJob;
+use crate::job::{EncodedChunk, ErasedJob};
 use crate::options::JobOptions;
 use crate::wire::items::EncodedItems;
 use futures::Stream;
@@ -46,6 +46,13 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     options: JobOptions,
     ordered: bool,
     pending: Vec<A>,
+    /// On a pool that ships its jobs, a chunk of arguments that are not plain is encoded
+    /// as they are pulled, instead of gathered in `pending` (see [`EncodedChunk`]).
+    encoded: Option<EncodedChunk<A, R>>,
+    encode_as_pulled: bool,
+    /// The encoded size of an argument in the last chunk encoded, rounded up: the next
+    /// chunk's buffer is made that large.
+    bytes_per_item: usize,
     in_flight: VecDeque<InFlight>,
     /// The results of the last chunk taken from `in_flight`, handed out one by one
     /// without being copied again.
@@ -179,6 +186,10 @@ where
             options: JobOptions::new(),
             ordered,
             pending: Vec::new(),
+            encoded: None,
+            encode_as_pulled: executor.hand_off_is_a_round_trip()
+                && crate::wire::plain::width::<A>().is_none(),
+            bytes_per_item: 0,
             in_flight: VecDeque::new(),
             ready: Ready::Decoded(Vec::new().into_iter()),
             pulled: 0,
@@ -317,10 +328,41 @@ where
     }
 
     fn submit_pending(&mut self) {
-        let items = std::mem::take(&mut self.pending);
-        let len = items.len();
-        let job = ErasedJob::chunk(self.f, items).with_options(self.options);
-        self.submit(job, len);
+        let (job, len) = match self.encoded.take() {
+            Some(chunk) => {
+                let len = chunk.len();
+                self.bytes_per_item = chunk.encoded_len().div_ceil(len.max(1));
+                (ErasedJob::encoded_chunk(chunk), len)
+            }
+            None => {
+                let items = std::mem::take(&mut self.pending);
+                let len = items.len();
+                (ErasedJob::chunk(self.f, items), len)
+            }
+        };
+        self.submit(job.with_options(self.options), len);
+    }
+
+    /// Adds a pulled item to the chunk being gathered; returns how many it holds.
+    fn gather(&mut self, item: A, chunk: usize) -> usize {
+        if self.encode_as_pulled {
+            let (f, room) = (self.f, self.bytes_per_item.saturating_mul(chunk));
+            let encoded = self
+                .encoded
+                .get_or_insert_with(|| EncodedChunk::with_capacity(f, room));
+            encoded.push(item);
+            return encoded.len();
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(chunk);
+        }
+        self.pending.push(item);
+        self.pending.len()
+    }
+
+    /// Items pulled and not yet submitted.
+    fn gathered(&self) -> usize {
+        self.pending.len() + self.encoded.as_ref().map_or(0, EncodedChunk::len)
     }
 
     /// Submits a chunk of `len` items; a full pool's refusal leaves it waiting for room.
@@ -382,18 +424,14 @@ where
             match self.source.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     self.pulled += 1;
-                    if self.pending.capacity() == 0 {
-                        self.pending.reserve_exact(chunk);
-                    }
-                    self.pending.push(item);
-                    if self.pending.len() >= chunk {
+                    if self.gather(item, chunk) >= chunk {
                         self.submit_pending();
                         chunk = self.effective_chunk_size();
                     }
                 }
                 Poll::Ready(None) => {
                     self.source_done = true;
-                    if !self.pending.is_empty() {
+                    if self.gathered() > 0 {
                         self.submit_pending();
                     }
                     if self.progress.total != Some(self.pulled) {
@@ -403,7 +441,7 @@ where
                 }
                 Poll::Pending => {
                     // A slow source: do not sit on a partial chunk while the pool idles.
-                    if !self.pending.is_empty() && self.in_flight.is_empty() {
+                    if self.gathered() > 0 && self.in_flight.is_empty() {
                         self.submit_pending();
                     }
                     break;
@@ -575,7 +613,7 @@ where
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         let buffered = self.ready.len()
-            + self.pending.len()
+            + self.gathered()
             + self.blocked.as_ref().map_or(0, |b| b.len)
             + self.in_flight.iter().map(|c| c.len).sum::<usize>();
         let (lo, hi) = if self.source_done {

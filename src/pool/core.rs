@@ -186,7 +186,9 @@ impl Core {
             return Ok(ErasedHandle::failed(error));
         }
         let mut input = Vec::new();
-        let (encoded, kept) = crate::shared::keeping(|| crate::job::encode(&mut *call, &mut input));
+        let (encoded, mut kept) =
+            crate::shared::keeping(|| crate::job::encode(&mut *call, &mut input));
+        kept.extend(call.take_kept());
         if let Err(error) = encoded {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Ok(ErasedHandle::failed(error));

@@ -92,6 +92,13 @@ thread_local! {
 #[derive(Default)]
 pub(crate) struct Kept(pub(super) Vec<Arc<Segment>>);
 
+impl Kept {
+    /// Holds `other`'s segments too.
+    pub(crate) fn extend(&mut self, other: Kept) {
+        self.0.extend(other.0);
+    }
+}
+
 impl fmt::Debug for Kept {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Kept({} segments)", self.0.len())

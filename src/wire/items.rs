@@ -168,15 +168,26 @@ pub(crate) fn put_args<A: Serialize + 'static>(
     out.reserve(4 + args.len().saturating_mul(guess));
     out.extend_from_slice(&count.to_le_bytes());
     for arg in args {
-        let start = out.len();
-        out.push(TAG_OK);
-        let encoded = catch_unwind(AssertUnwindSafe(|| encode_value(arg, out)))
-            .unwrap_or_else(|panic| Err(format!("Serialize panicked: {}", panic_message(&*panic))));
-        if let Err(message) = encoded {
-            out.truncate(start);
-            out.push(TAG_ARG_ENCODE);
-            encode_into(&message, out).map_err(JobError::Encode)?;
-        }
+        put_tagged(arg, out)?;
+    }
+    Ok(())
+}
+
+/// Appends one argument of a chunk of a type that is not plain, tagged: [`put_args`]
+/// writes each this way after the count. An argument that does not encode (its
+/// `Serialize` fails or panics) is written as that error, for its item alone.
+pub(crate) fn put_tagged<A: Serialize + 'static>(
+    arg: &A,
+    out: &mut Vec<u8>,
+) -> Result<(), JobError> {
+    let start = out.len();
+    out.push(TAG_OK);
+    let encoded = catch_unwind(AssertUnwindSafe(|| encode_value(arg, out)))
+        .unwrap_or_else(|panic| Err(format!("Serialize panicked: {}", panic_message(&*panic))));
+    if let Err(message) = encoded {
+        out.truncate(start);
+        out.push(TAG_ARG_ENCODE);
+        encode_into(&message, out).map_err(JobError::Encode)?;
     }
     Ok(())
 }
