@@ -7,6 +7,9 @@
 //!
 //! Without the feature it prints why it is skipped and passes.
 
+#[cfg(feature = "mpi")]
+mod common;
+
 #[cfg(not(feature = "mpi"))]
 fn main() {
     println!("tests/mpi.rs: skipped: built without the `mpi` feature (cargo test --features mpi)");
@@ -370,14 +373,6 @@ mod imp {
         (0..size).map(|i| (i % 251) as u8).collect()
     }
 
-    /// Doubles `x`; aborts its worker for `u64::MAX`.
-    fn double_or_abort(x: u64) -> u64 {
-        if x == u64::MAX {
-            std::process::abort();
-        }
-        x * 2
-    }
-
     fn square(x: u64) -> u64 {
         x * x
     }
@@ -677,30 +672,7 @@ mod imp {
                 return 1;
             };
             for round in 0..5 {
-                // Timed as short, so that the pool streams jobs to each worker a window
-                // ahead and the abort arrives right behind the jobs before it.
-                for x in 0..200 {
-                    assert_eq!(pool.submit(double_or_abort, x).await, Ok(x * 2));
-                }
-                let before: Vec<_> = (0..2_000)
-                    .map(|x| pool.submit(double_or_abort, x))
-                    .collect();
-                let abort = pool.submit(double_or_abort, u64::MAX);
-                let after: Vec<_> = (0..100).map(|x| pool.submit(double_or_abort, x)).collect();
-                for (x, handle) in (0..).zip(before) {
-                    let result = handle.await;
-                    assert_eq!(result, Ok(x * 2), "round {round}: job {x} before the abort");
-                }
-                match abort.await {
-                    Err(JobError::WorkerDied { exit, .. }) => {
-                        assert_eq!(exit.signal(), Some(libc::SIGABRT), "round {round}")
-                    }
-                    other => panic!("round {round}: the aborting job gave {other:?}"),
-                }
-                for (x, handle) in (0..).zip(after) {
-                    let result = handle.await;
-                    assert_eq!(result, Ok(x * 2), "round {round}: job {x} after the abort");
-                }
+                crate::common::jobs_around_an_abort(&pool, round).await;
             }
             pool.shutdown().await;
             println!("held_answers: ok");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use procpool::{ExecutorExt, JobError, ProcessPoolExecutor};
+use procpool::{ExecutorExt, ProcessPoolExecutor};
 use std::time::Duration;
 
 fn one_worker() -> ProcessPoolExecutor {
@@ -13,14 +13,6 @@ fn one_worker() -> ProcessPoolExecutor {
         .max_workers(1)
         .build()
         .unwrap()
-}
-
-/// Doubles `x`; aborts its worker for `u64::MAX`.
-fn double_or_abort(x: u64) -> u64 {
-    if x == u64::MAX {
-        std::process::abort();
-    }
-    x * 2
 }
 
 /// Returns `x` at once when `gate` is empty; otherwise waits for the gate first.
@@ -35,38 +27,7 @@ fn now_or_at_gate((x, gate): (u64, String)) -> u64 {
 async fn answers_held_back_when_the_next_job_aborts_the_worker_still_arrive() {
     let pool = one_worker();
     for round in 0..5 {
-        // Timed as short, so that the pool streams the jobs to the worker a window ahead
-        // and the abort arrives right behind the jobs before it.
-        for x in 0..200 {
-            assert_eq!(pool.submit(double_or_abort, x).await, Ok(x * 2));
-        }
-        let before: Vec<_> = (0..2_000)
-            .map(|x| pool.submit(double_or_abort, x))
-            .collect();
-        let abort = pool.submit(double_or_abort, u64::MAX);
-        let after: Vec<_> = (0..100).map(|x| pool.submit(double_or_abort, x)).collect();
-        for (x, handle) in before.into_iter().enumerate() {
-            let result = bounded("a job before the abort", handle).await;
-            assert_eq!(
-                result,
-                Ok(x as u64 * 2),
-                "round {round}: job {x} before the abort"
-            );
-        }
-        match bounded("the abort", abort).await {
-            Err(JobError::WorkerDied { exit, .. }) => {
-                assert_eq!(exit.signal(), Some(libc::SIGABRT), "round {round}")
-            }
-            other => panic!("round {round}: the aborting job gave {other:?}"),
-        }
-        for (x, handle) in after.into_iter().enumerate() {
-            let result = bounded("a job after the abort", handle).await;
-            assert_eq!(
-                result,
-                Ok(x as u64 * 2),
-                "round {round}: job {x} after the abort"
-            );
-        }
+        jobs_around_an_abort(&pool, round).await;
     }
 }
 

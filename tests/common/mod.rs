@@ -261,3 +261,43 @@ pub fn pools(workers: usize) -> Vec<(&'static str, Box<dyn procpool::Executor>)>
         ),
     ]
 }
+
+/// Doubles `x`; aborts its worker for `u64::MAX`.
+pub fn double_or_abort(x: u64) -> u64 {
+    if x == u64::MAX {
+        std::process::abort();
+    }
+    x * 2
+}
+
+/// One round of the held-answers check: 2,000 jobs, then one that aborts its worker, then
+/// 100 more. Every job before the abort gets its answer though its worker held some back
+/// when it died; the abort fails with the worker's SIGABRT; the jobs after it run on a
+/// new worker.
+pub async fn jobs_around_an_abort(pool: &dyn procpool::Executor, round: u64) {
+    use procpool::{ExecutorExt, JobError};
+    // Timed as short, so that the pool streams the jobs to a worker a window ahead and
+    // the abort arrives right behind the jobs before it.
+    for x in 0..200 {
+        assert_eq!(pool.submit(double_or_abort, x).await, Ok(x * 2));
+    }
+    let before: Vec<_> = (0..2_000)
+        .map(|x| pool.submit(double_or_abort, x))
+        .collect();
+    let abort = pool.submit(double_or_abort, u64::MAX);
+    let after: Vec<_> = (0..100).map(|x| pool.submit(double_or_abort, x)).collect();
+    for (x, handle) in (0..).zip(before) {
+        let result = bounded("a job before the abort", handle).await;
+        assert_eq!(result, Ok(x * 2), "round {round}: job {x} before the abort");
+    }
+    match bounded("the abort", abort).await {
+        Err(JobError::WorkerDied { exit, .. }) => {
+            assert_eq!(exit.signal(), Some(libc::SIGABRT), "round {round}")
+        }
+        other => panic!("round {round}: the aborting job gave {other:?}"),
+    }
+    for (x, handle) in (0..).zip(after) {
+        let result = bounded("a job after the abort", handle).await;
+        assert_eq!(result, Ok(x * 2), "round {round}: job {x} after the abort");
+    }
+}
