@@ -281,7 +281,8 @@ async fn run_worker(
                     break exit;
                 }
             },
-            () = held => {
+            // Only at a frame boundary: what is handed on must end with a whole frame.
+            () = held, if read.at_boundary() => {
                 hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                 flush_at = None;
             }
