@@ -298,7 +298,7 @@ async fn run_worker(
 
 /// The job of the last answer in `bytes`, which begin with a frame.
 fn last_answer(bytes: &[u8]) -> Option<u64> {
-    let (_, message) = crate::wire::frame::whole_frames(bytes).last()?;
+    let (_, message) = crate::wire::headers::whole_frames(bytes).last()?;
     match postcard::from_bytes(message) {
         Ok(FromWorker::Done { id, .. }) => Some(id),
         _ => None,
@@ -310,7 +310,7 @@ fn last_answer(bytes: &[u8]) -> Option<u64> {
 /// back, its journal has it), then the answers it held back and never wrote, after
 /// job `answered`, the last one handed on. As the local pool reads a dead worker's link.
 fn salvage(link: &LocalWorker, pending: &mut Vec<u8>, answered: Option<u64>) {
-    let whole = crate::wire::frame::whole_frames(pending)
+    let whole = crate::wire::headers::whole_frames(pending)
         .map(|(frame, _)| frame.len())
         .sum();
     if whole < pending.len() {

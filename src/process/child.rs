@@ -175,7 +175,7 @@ impl LocalWorker {
             return 0;
         };
         let mut count = 0;
-        for (frame, message) in crate::wire::frame::whole_frames(&held) {
+        for (frame, message) in crate::wire::headers::whole_frames(&held) {
             if let Ok(FromWorker::Done { id, .. }) = postcard::from_bytes(message)
                 && answered.is_none_or(|last| id > last)
             {

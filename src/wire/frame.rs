@@ -136,26 +136,6 @@ pub(crate) fn put_frame<'p, M: Serialize>(
     Ok(payload)
 }
 
-/// The whole frames at the start of `bytes`, found by their headers alone, each as the
-/// frame's bytes and its message's: for a reader that hands frames on without decoding
-/// them (an MPI node agent). It stops at the first frame cut short, or whose lengths do
-/// not describe a frame.
-#[cfg(feature = "mpi")]
-pub(crate) fn whole_frames(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        let head = bytes.first_chunk::<HEADER>()?;
-        let lengths = u64::from_be_bytes(*head);
-        let (frame_len, message_len) = ((lengths >> 32) as usize, lengths as u32 as usize);
-        let end = HEADER.checked_add(frame_len)?;
-        if message_len > frame_len || end > bytes.len() {
-            return None;
-        }
-        let (frame, rest) = bytes.split_at(end);
-        bytes = rest;
-        Some((frame, &frame[HEADER..HEADER + message_len]))
-    })
-}
-
 /// Parses `In` frames out of a byte stream; [`put_frame`] writes them.
 pub(crate) struct Codec<In> {
     max_frame: usize,
@@ -396,31 +376,6 @@ mod tests {
         let tail = put_frame(message, payload, 1 << 30, &mut bytes).unwrap();
         bytes.extend_from_slice(tail);
         bytes
-    }
-
-    #[cfg(feature = "mpi")]
-    #[test]
-    fn whole_frames_are_found_by_their_headers_and_a_frame_cut_short_is_not() {
-        let large = vec![5_u8; INLINE_PAYLOAD + 10];
-        let mut stream = wire(&FromWorker::done(1), &[1, 2]).to_vec();
-        let mut head = BytesMut::new();
-        let tail = put_frame(&FromWorker::done(2), &large, 1 << 20, &mut head).unwrap();
-        stream.extend_from_slice(&head);
-        stream.extend_from_slice(tail);
-        let whole = stream.len();
-        stream.extend_from_slice(&wire(&FromWorker::done(3), &[9; 100])[..50]);
-        let frames: Vec<_> = whole_frames(&stream).collect();
-        assert_eq!(frames.len(), 2, "the third is cut short");
-        assert_eq!(frames.iter().map(|(f, _)| f.len()).sum::<usize>(), whole);
-        for ((_, message), id) in frames.iter().zip(1..) {
-            let decoded: FromWorker = postcard::from_bytes(message).unwrap();
-            assert_eq!(decoded, FromWorker::done(id));
-        }
-        // Lengths that do not describe a frame end the walk, without a panic.
-        let mut corrupt = (10_u64 << 32 | 11).to_be_bytes().to_vec();
-        corrupt.resize(18, 0);
-        assert_eq!(whole_frames(&corrupt).count(), 0);
-        assert_eq!(whole_frames(&[0xff; 7]).count(), 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub(crate) mod blocking;
 pub(crate) mod claims;
 pub(crate) mod frame;
+#[cfg(feature = "mpi")]
+pub(crate) mod headers;
 pub(crate) mod items;
 pub(crate) mod message;
 pub(crate) mod outbox;
