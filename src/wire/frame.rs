@@ -362,7 +362,7 @@ pub(crate) fn fuzz_decode(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::run::Outcome;
     use crate::wire::message::{FromWorker, HANDSHAKE_MAX_FRAME, SECRET_LEN, ToWorker};
@@ -371,7 +371,7 @@ mod tests {
     type ParentCodec = Codec<FromWorker>;
 
     /// The whole frame of `message` and `payload` as it goes on the wire.
-    fn wire(message: &FromWorker, payload: &[u8]) -> BytesMut {
+    pub(crate) fn wire(message: &FromWorker, payload: &[u8]) -> BytesMut {
         let mut bytes = BytesMut::new();
         let tail = put_frame(message, payload, 1 << 30, &mut bytes).unwrap();
         bytes.extend_from_slice(tail);

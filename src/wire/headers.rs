@@ -25,16 +25,10 @@ pub(crate) fn whole_frames(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frame::tests::wire;
     use crate::wire::frame::{INLINE_PAYLOAD, put_frame};
     use crate::wire::message::FromWorker;
     use bytes::BytesMut;
-
-    fn wire(message: &FromWorker, payload: &[u8]) -> BytesMut {
-        let mut bytes = BytesMut::new();
-        let tail = put_frame(message, payload, 1 << 30, &mut bytes).unwrap();
-        bytes.extend_from_slice(tail);
-        bytes
-    }
 
     #[test]
     fn whole_frames_are_found_by_their_headers_and_a_frame_cut_short_is_not() {
