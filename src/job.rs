@@ -340,11 +340,10 @@ where
 {
     /// As a worker runs it (only a pool that does not ship jobs runs one here, and this
     /// crate's such pool gets plain chunks instead).
-    fn run_here(self: Box<Self>) -> Result<Output, JobError> {
-        let mut input = self.input;
+    fn run_here(mut self: Box<Self>) -> Result<Output, JobError> {
+        let mut input = Vec::new();
+        self.encode_input(&mut input)?;
         let mut out = Vec::new();
-        let count = u32::try_from(self.items).map_err(|_| too_many_items())?;
-        input[..4].copy_from_slice(&count.to_le_bytes());
         match run::run_chunk(self.f, &input, &mut out) {
             run::Outcome::Ok => decode_chunk::<R>(out.into()),
             other => Err(JobError::Decode(format!("a chunk ran here: {other:?}"))),

@@ -13,7 +13,7 @@ use crate::pool::backend::{Backend, StartError, WorkerLink};
 use crate::process::child::{LocalWorker, RawReceived, resident_bytes};
 use crate::process::{Launcher, Settings};
 use crate::spares::{LARGE, SPARES};
-use crate::wire::message::FromWorker;
+use crate::wire::frame::{HEADER, header_lengths};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -299,10 +299,7 @@ async fn run_worker(
 /// The job of the last answer in `bytes`, which begin with a frame.
 fn last_answer(bytes: &[u8]) -> Option<u64> {
     let (_, message) = crate::wire::headers::whole_frames(bytes).last()?;
-    match postcard::from_bytes(message) {
-        Ok(FromWorker::Done { id, .. }) => Some(id),
-        _ => None,
-    }
+    crate::wire::headers::answer_id(message)
 }
 
 /// At the end of a worker's link, makes `pending` what rank 0 must still read: the whole
@@ -375,11 +372,11 @@ impl Cut {
                 }
                 continue;
             }
-            let taken = (8 - self.head.len()).min(bytes.len());
+            let taken = (HEADER - self.head.len()).min(bytes.len());
             self.head.extend_from_slice(&bytes[..taken]);
             bytes = &bytes[taken..];
-            if let [a, b, c, d, _, _, _, _] = self.head[..] {
-                self.left = u32::from_be_bytes([a, b, c, d]) as usize;
+            if let Some(head) = self.head.first_chunk::<HEADER>() {
+                self.left = header_lengths(head).0;
                 self.head.clear();
                 if self.left == 0 {
                     self.frames += 1;

@@ -97,6 +97,19 @@ impl LocalWorker {
         }
     }
 
+    /// A copy of what the worker's journal holds: the frames of the answers it held back
+    /// and had not written when it was last cleared. `None` without a journal.
+    fn journal(&self) -> Option<bytes::BytesMut> {
+        let (length, bytes) = self.claims.as_ref().and_then(SharedWord::journal)?;
+        let len = (length.load(Ordering::Acquire) as usize).min(bytes.len());
+        Some(
+            bytes[..len]
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
     /// Reads the answers left in the journal, once, keeping those not delivered yet.
     fn read_journal(&mut self) {
         if std::mem::replace(&mut self.left.read, true) {
@@ -132,21 +145,6 @@ impl LocalWorker {
     }
 }
 
-impl LocalWorker {
-    /// A copy of what the worker's journal holds: the frames of the answers it held back
-    /// and had not written when it was last cleared. `None` without a journal.
-    fn journal(&self) -> Option<bytes::BytesMut> {
-        let (length, bytes) = self.claims.as_ref().and_then(SharedWord::journal)?;
-        let len = (length.load(Ordering::Acquire) as usize).min(bytes.len());
-        Some(
-            bytes[..len]
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-        )
-    }
-}
-
 /// What a worker's link delivered, undecoded (see [`LocalWorker::recv_bytes`]).
 #[cfg(feature = "mpi")]
 #[derive(Debug)]
@@ -176,7 +174,7 @@ impl LocalWorker {
         };
         let mut count = 0;
         for (frame, message) in crate::wire::headers::whole_frames(&held) {
-            if let Ok(FromWorker::Done { id, .. }) = postcard::from_bytes(message)
+            if let Some(id) = crate::wire::headers::answer_id(message)
                 && answered.is_none_or(|last| id > last)
             {
                 out.extend_from_slice(frame);

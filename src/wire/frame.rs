@@ -208,10 +208,7 @@ impl<In> Codec<In> {
     /// next [`decode`](Decoder::decode) returns one (or fails) without more input.
     pub(crate) fn has_frame(&self, buffered: &[u8]) -> bool {
         match (&self.state, buffered.first_chunk::<HEADER>()) {
-            (State::Head, Some(head)) => {
-                let frame_len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-                buffered.len() - HEADER >= frame_len as usize
-            }
+            (State::Head, Some(head)) => buffered.len() - HEADER >= header_lengths(head).0,
             _ => false,
         }
     }
@@ -227,6 +224,16 @@ impl<In> Codec<In> {
             _ => None,
         }
     }
+}
+
+/// The lengths a frame's header gives: the frame's (the bytes after the header), then its
+/// message's.
+pub(crate) fn header_lengths(head: &[u8; HEADER]) -> (usize, usize) {
+    let [a, b, c, d, e, f, g, h] = *head;
+    (
+        u32::from_be_bytes([a, b, c, d]) as usize,
+        u32::from_be_bytes([e, f, g, h]) as usize,
+    )
 }
 
 /// Decodes a message that must fill `bytes` exactly.
@@ -251,9 +258,7 @@ impl<In: DeserializeOwned> Decoder for Codec<In> {
             let Some(head) = src.first_chunk::<HEADER>() else {
                 return Ok(None);
             };
-            let [a, b, c, d, e, f, g, h] = *head;
-            let frame_len = u32::from_be_bytes([a, b, c, d]) as usize;
-            let message_len = u32::from_be_bytes([e, f, g, h]) as usize;
+            let (frame_len, message_len) = header_lengths(head);
             if frame_len > self.max_frame {
                 return Err(ProtocolError::FrameTooLarge {
                     max: self.max_frame,

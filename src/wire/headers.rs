@@ -1,7 +1,8 @@
 //! Frames found by their headers alone, for a reader that hands them on undecoded (an
 //! MPI node agent); the layout is [`super::frame`]'s.
 
-use super::frame::HEADER;
+use super::frame::{HEADER, header_lengths};
+use super::message::FromWorker;
 
 /// The whole frames at the start of `bytes`, found by their headers alone, each as the
 /// frame's bytes and its message's: for a reader that hands frames on without decoding
@@ -9,9 +10,7 @@ use super::frame::HEADER;
 /// not describe a frame.
 pub(crate) fn whole_frames(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     std::iter::from_fn(move || {
-        let head = bytes.first_chunk::<HEADER>()?;
-        let lengths = u64::from_be_bytes(*head);
-        let (frame_len, message_len) = ((lengths >> 32) as usize, lengths as u32 as usize);
+        let (frame_len, message_len) = header_lengths(bytes.first_chunk::<HEADER>()?);
         let end = HEADER.checked_add(frame_len)?;
         if message_len > frame_len || end > bytes.len() {
             return None;
@@ -22,12 +21,20 @@ pub(crate) fn whole_frames(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u
     })
 }
 
+/// The job a worker's frame answers, from the frame's message; `None` for any other
+/// message, or bytes that do not decode.
+pub(crate) fn answer_id(message: &[u8]) -> Option<u64> {
+    match postcard::from_bytes(message) {
+        Ok(FromWorker::Done { id, .. }) => Some(id),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::frame::tests::wire;
     use crate::wire::frame::{INLINE_PAYLOAD, put_frame};
-    use crate::wire::message::FromWorker;
     use bytes::BytesMut;
 
     #[test]
@@ -46,7 +53,9 @@ mod tests {
         for ((_, message), id) in frames.iter().zip(1..) {
             let decoded: FromWorker = postcard::from_bytes(message).unwrap();
             assert_eq!(decoded, FromWorker::done(id));
+            assert_eq!(answer_id(message), Some(id));
         }
+        assert_eq!(answer_id(&[0xff; 3]), None);
         // Lengths that do not describe a frame end the walk, without a panic.
         let mut corrupt = (10_u64 << 32 | 11).to_be_bytes().to_vec();
         corrupt.resize(18, 0);
