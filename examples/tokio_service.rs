@@ -9,7 +9,7 @@
 //!     [--drain-timeout-ms 10000] [--max-below 50000000]
 //! curl 'http://127.0.0.1:3000/primes?below=5000000'   # {"below":5000000,"count":348513}
 //! curl  http://127.0.0.1:3000/health                  # ok (503 when the pool is broken)
-//! curl  http://127.0.0.1:3000/stats                   # the pool's PoolStats and the service's counters
+//! curl  http://127.0.0.1:3000/stats                   # PoolStats (failures by kind, queue wait, run time), the service's counters
 //! curl  http://127.0.0.1:3000/metrics                 # Prometheus text (built with --features metrics)
 //! RUST_LOG=debug cargo run --example tokio_service    # the pool's own events and every request
 //! ```

@@ -455,7 +455,7 @@ pub use process::{ProcessPoolBuilder, ProcessPoolExecutor};
 pub use service::PoolService;
 pub use shared::{Element, SharedBuffer, SharedSlice};
 pub use state::{install_worker_state, try_with_worker_state, with_worker_state};
-pub use stats::{Health, PoolStats};
+pub use stats::{FailureCounts, Health, PoolStats};
 pub use thread::{ThreadPoolBuilder, ThreadPoolExecutor};
 pub use timing::DurationSummary;
 pub use wait::{AsCompleted, ReturnWhen, Waited, as_completed, wait};

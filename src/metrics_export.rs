@@ -16,6 +16,7 @@ impl PoolStats {
     /// | `procpool_workers_alive` / `procpool_workers_busy` | gauge | workers up, workers running a job |
     /// | `procpool_jobs_queued` / `procpool_jobs_running` | gauge | jobs waiting, jobs running |
     /// | `procpool_jobs_completed_total` / `procpool_jobs_failed_total` | counter | jobs that ended well, with an error |
+    /// | `procpool_job_failures_total`, `kind` = `panicked`, `worker_died`, `timed_out`... | counter | [`failures`](PoolStats::failures), by kind (the names of [`FailureCounts`](crate::FailureCounts)'s fields) |
     /// | `procpool_worker_respawns_total` | counter | workers started to replace one |
     /// | `procpool_queue_wait_seconds` / `procpool_run_time_seconds` | gauge, `quantile` = `0.5`, `0.9`, `0.99`, `1` | the [`queue_wait`](PoolStats::queue_wait) and [`run_time`](PoolStats::run_time) summaries (`1` is the largest) |
     /// | `procpool_queue_wait_seconds_count` / `..._sum`, `procpool_run_time_seconds_count` / `..._sum` | counter, gauge | how many were timed, and their total |
@@ -47,6 +48,10 @@ impl PoolStats {
         counter("procpool_jobs_completed_total", self.jobs_completed);
         counter("procpool_jobs_failed_total", self.jobs_failed);
         counter("procpool_worker_respawns_total", self.respawns);
+        for (kind, count) in self.failures.kinds() {
+            metrics::counter!("procpool_job_failures_total", "pool" => pool.clone(), "kind" => kind)
+                .absolute(count);
+        }
         record_summary("procpool_queue_wait_seconds", &pool, &self.queue_wait);
         record_summary("procpool_run_time_seconds", &pool, &self.run_time);
     }

@@ -1,5 +1,6 @@
 //! [`PoolStats`], a snapshot of a pool's workers and jobs, and the counters behind it.
 
+use crate::JobError;
 use crate::handle::{Finished, JobState, Wakes};
 use crate::timing::{DurationSummary, Histogram};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -40,8 +41,12 @@ pub struct PoolStats {
     /// fails to decode counts here too.
     pub jobs_completed: u64,
     /// Jobs that started but ended with an error: a panic, a dead worker, a timeout, a
-    /// cancellation while running, a shutdown.
+    /// cancellation while running, a shutdown. [`failures`](PoolStats::failures) says
+    /// which.
     pub jobs_failed: u64,
+    /// [`jobs_failed`](PoolStats::jobs_failed) by kind of error.
+    #[serde(default)]
+    pub failures: FailureCounts,
     /// Workers started to replace one that died, was killed or was retired.
     pub respawns: u64,
     /// The pool's bound on waiting jobs, if it has one
@@ -58,6 +63,88 @@ pub struct PoolStats {
     /// panic, an error of its own); sampled as `queue_wait` is.
     #[serde(default)]
     pub run_time: DurationSummary,
+}
+
+/// The jobs a pool counted as failed ([`PoolStats::jobs_failed`]), by the kind of their
+/// [`JobError`]: what a service's error rates are made of. The fields add up to
+/// `jobs_failed`.
+///
+/// # Examples
+///
+/// ```
+/// use procpool::{Executor, ExecutorExt, ThreadPoolExecutor};
+///
+/// let pool = ThreadPoolExecutor::new(1)?;
+/// let _ = pool.submit(|_: ()| -> u32 { panic!("no luck") }, ()).wait();
+/// let stats = pool.stats();
+/// assert_eq!(stats.failures.panicked, 1);
+/// assert_eq!(stats.failures.total(), stats.jobs_failed);
+/// # Ok::<(), procpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+#[serde(default)]
+pub struct FailureCounts {
+    /// The function panicked ([`JobError::Panicked`]).
+    pub panicked: u64,
+    /// The worker process died under the job ([`JobError::WorkerDied`]).
+    pub worker_died: u64,
+    /// The job ran past its time limit ([`JobError::TimedOut`]).
+    pub timed_out: u64,
+    /// The worker grew past the pool's memory limit ([`JobError::MemoryLimit`]).
+    pub memory_limit: u64,
+    /// The job was cancelled while it ran ([`JobError::Cancelled`]).
+    pub cancelled: u64,
+    /// A shutdown ended the job ([`JobError::ShutDown`]).
+    pub shut_down: u64,
+    /// The job's data could not travel: it did not encode or decode, was too large, or
+    /// its function cannot be shipped ([`JobError::Encode`], [`JobError::Decode`],
+    /// [`JobError::TooLarge`], [`JobError::Unshippable`]).
+    pub data: u64,
+    /// Anything else: a broken connection to the worker, a broken pool
+    /// ([`JobError::Protocol`], [`JobError::PoolBroken`]).
+    pub other: u64,
+}
+
+impl FailureCounts {
+    /// All of them: [`PoolStats::jobs_failed`] when read from one snapshot.
+    pub fn total(&self) -> u64 {
+        self.kinds().iter().map(|(_, count)| count).sum()
+    }
+
+    /// Each kind with its count, named as its field is (`"panicked"`, `"worker_died"`...).
+    pub fn kinds(&self) -> [(&'static str, u64); FAILURE_KINDS] {
+        [
+            ("panicked", self.panicked),
+            ("worker_died", self.worker_died),
+            ("timed_out", self.timed_out),
+            ("memory_limit", self.memory_limit),
+            ("cancelled", self.cancelled),
+            ("shut_down", self.shut_down),
+            ("data", self.data),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// How many kinds [`FailureCounts`] tells apart.
+const FAILURE_KINDS: usize = 8;
+
+/// Where `error` counts in [`FailureCounts::kinds`]'s order.
+fn failure_kind(error: &JobError) -> usize {
+    match error {
+        JobError::Panicked { .. } => 0,
+        JobError::WorkerDied { .. } => 1,
+        JobError::TimedOut(_) => 2,
+        JobError::MemoryLimit { .. } => 3,
+        JobError::Cancelled => 4,
+        JobError::ShutDown => 5,
+        JobError::Encode(_)
+        | JobError::Decode(_)
+        | JobError::TooLarge { .. }
+        | JobError::Unshippable { .. } => 6,
+        JobError::Protocol { .. } | JobError::PoolBroken { .. } | JobError::QueueFull => 7,
+    }
 }
 
 /// Whether a pool can run jobs now, from [`Executor::health`](crate::Executor::health): what
@@ -121,6 +208,8 @@ pub(crate) struct Counters {
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// `failed` by kind, in [`FailureCounts::kinds`]'s order.
+    failures: [AtomicU64; FAILURE_KINDS],
     pub(crate) respawns: AtomicU64,
     /// Jobs sent to a worker that wait behind the job it runs (process pool).
     pub(crate) windowed: AtomicUsize,
@@ -146,6 +235,7 @@ impl Counters {
             jobs_running: busy,
             jobs_completed: self.completed.load(Ordering::Relaxed),
             jobs_failed: self.failed.load(Ordering::Relaxed),
+            failures: self.failures(),
             respawns: self.respawns.load(Ordering::Relaxed),
             max_queued: None,
             queue_wait: self.queue_wait.summary(),
@@ -153,41 +243,69 @@ impl Counters {
         }
     }
 
+    fn failures(&self) -> FailureCounts {
+        let [
+            panicked,
+            worker_died,
+            timed_out,
+            memory_limit,
+            cancelled,
+            shut_down,
+            data,
+            other,
+        ] = std::array::from_fn(|kind| self.failures[kind].load(Ordering::Relaxed));
+        FailureCounts {
+            panicked,
+            worker_died,
+            timed_out,
+            memory_limit,
+            cancelled,
+            shut_down,
+            data,
+            other,
+        }
+    }
+
+    /// Counts a job that ended with `error` without reaching a worker's answer.
+    pub(crate) fn count_failure(&self, error: &JobError) {
+        self.count(Some(failure_kind(error)));
+    }
+
+    /// Counts a job that ended well (`None`) or failed with an error of `kind`.
+    fn count(&self, outcome: Option<usize>) {
+        match outcome {
+            None => self.completed.fetch_add(1, Ordering::Relaxed),
+            Some(kind) => {
+                self.failures[kind].fetch_add(1, Ordering::Relaxed);
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
     /// Ends a running job with `result` and counts it, unless something (a timeout, a
     /// cancellation) ended it first. Returns whether this call ended it.
     pub(crate) fn finish(
         &self,
         state: &JobState,
-        result: Result<crate::job::Output, crate::JobError>,
+        result: Result<crate::job::Output, JobError>,
     ) -> bool {
-        let counter = self.outcome_counter(&result);
-        state.complete_then(result, || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        })
+        let outcome = outcome(&result);
+        state.complete_then(result, || self.count(outcome))
     }
 
     /// [`finish`](Self::finish), holding the handle's waker in `wakes` (see [`Wakes`]).
     pub(crate) fn finish_deferred(
         &self,
         state: &JobState,
-        result: Result<Finished, crate::JobError>,
+        result: Result<Finished, JobError>,
         wakes: &mut Wakes,
     ) -> bool {
-        let counter = self.outcome_counter(&result);
-        state.complete_deferred(
-            result,
-            || {
-                counter.fetch_add(1, Ordering::Relaxed);
-            },
-            wakes,
-        )
+        let outcome = outcome(&result);
+        state.complete_deferred(result, || self.count(outcome), wakes)
     }
+}
 
-    fn outcome_counter<T, E>(&self, result: &Result<T, E>) -> &AtomicU64 {
-        if result.is_ok() {
-            &self.completed
-        } else {
-            &self.failed
-        }
-    }
+/// What [`Counters::count`] counts for `result`.
+fn outcome<T>(result: &Result<T, JobError>) -> Option<usize> {
+    result.as_ref().err().map(failure_kind)
 }

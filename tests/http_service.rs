@@ -376,6 +376,7 @@ async fn a_client_that_disconnects_cancels_its_job() {
         "the job ran to its end: {stats}"
     );
     assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
+    assert_eq!(stats["pool"]["failures"]["cancelled"], 1, "{stats}");
     service.terminate();
     assert!(service.wait().0.success());
 }
@@ -394,6 +395,7 @@ async fn a_request_past_its_time_limit_gets_504_and_its_job_is_killed() {
     .await;
     assert_eq!(stats["timed_out"], 1, "{stats}");
     assert_eq!(stats["pool"]["jobs_failed"], 1, "{stats}");
+    assert_eq!(stats["pool"]["failures"]["timed_out"], 1, "{stats}");
     // The replacement serves.
     let next = service.get("/primes?below=1000").await;
     assert_eq!(

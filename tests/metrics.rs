@@ -31,6 +31,8 @@ fn a_pools_figures_reach_a_prometheus_scrape() {
         "procpool_workers{pool=\"cpu\"} 2",
         "procpool_jobs_completed_total{pool=\"cpu\"} 40",
         "procpool_jobs_failed_total{pool=\"cpu\"} 1",
+        "procpool_job_failures_total{pool=\"cpu\",kind=\"panicked\"} 1",
+        "procpool_job_failures_total{pool=\"cpu\",kind=\"timed_out\"} 0",
         "procpool_health{pool=\"cpu\",state=\"serving\"} 1",
         "procpool_health{pool=\"cpu\",state=\"broken\"} 0",
     ] {

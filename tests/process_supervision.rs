@@ -385,6 +385,86 @@ async fn stats_count_workers_and_jobs_on_both_pools() {
     }
 }
 
+/// An argument whose `Serialize` fails: its job fails before it reaches a worker.
+#[derive(Debug, serde::Deserialize)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("not this one"))
+    }
+}
+
+fn take_unencodable(_: Unencodable) -> u32 {
+    0
+}
+
+fn panic_now(_: ()) -> u32 {
+    panic!("on purpose")
+}
+
+/// Waits until `pool`'s stats satisfy `done`, and returns them.
+async fn stats_when(
+    pool: &ProcessPoolExecutor,
+    what: &str,
+    done: impl Fn(&procpool::PoolStats) -> bool,
+) -> procpool::PoolStats {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = pool.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_stats_count_failures_by_kind() {
+    let pool = pool(1);
+    let panicked = bounded("panic", pool.submit(panic_now, ())).await;
+    assert!(panicked.unwrap_err().is_panic());
+    let died = bounded("abort", pool.submit(abort_now, ())).await;
+    assert!(died.unwrap_err().is_worker_died());
+    let short = JobOptions::new().timeout(Duration::from_millis(100));
+    let gate = Gate::new();
+    let late = bounded(
+        "timeout",
+        pool.submit_with(wait_for_gate, gate.path(), short),
+    )
+    .await;
+    assert!(late.unwrap_err().is_timeout());
+    let refused = bounded("encode", pool.submit(take_unencodable, Unencodable)).await;
+    assert!(refused.unwrap_err().is_encode());
+    // A running job, cancelled.
+    let running = pool.submit(wait_for_gate, gate.path());
+    stats_when(&pool, "the job to start", |stats| stats.jobs_running == 1).await;
+    running.cancel();
+    let stats = stats_when(&pool, "the cancelled job to be counted", |stats| {
+        stats.jobs_failed == 5
+    })
+    .await;
+    let failures = stats.failures;
+    assert_eq!(
+        (
+            failures.panicked,
+            failures.worker_died,
+            failures.timed_out,
+            failures.data,
+            failures.cancelled,
+        ),
+        (1, 1, 1, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        (failures.memory_limit, failures.shut_down, failures.other),
+        (0, 0, 0)
+    );
+    assert_eq!(failures.total(), stats.jobs_failed, "{stats:?}");
+    assert_eq!(stats.jobs_completed, 0, "{stats:?}");
+}
+
 // ---- parent death ----
 
 /// Run as a child process by the test below: builds a pool whose two workers block, writes

@@ -190,7 +190,7 @@ impl Core {
             crate::shared::keeping(|| crate::job::encode(&mut *call, &mut input));
         kept.extend(call.take_kept());
         if let Err(error) = encoded {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.counters.count_failure(&error);
             return Ok(ErasedHandle::failed(error));
         }
         let state = JobState::new();
