@@ -423,26 +423,35 @@ async fn stats_when(
 #[tokio::test]
 async fn the_stats_count_failures_by_kind() {
     let pool = pool(1);
-    let panicked = bounded("panic", pool.submit(panic_now, ())).await;
-    assert!(panicked.unwrap_err().is_panic());
-    let died = bounded("abort", pool.submit(abort_now, ())).await;
-    assert!(died.unwrap_err().is_worker_died());
+    // A different count for each kind, so that two kinds counted in each other's place fail.
+    for _ in 0..5 {
+        let panicked = bounded("panic", pool.submit(panic_now, ())).await;
+        assert!(panicked.unwrap_err().is_panic());
+    }
+    for _ in 0..3 {
+        let died = bounded("abort", pool.submit(abort_now, ())).await;
+        assert!(died.unwrap_err().is_worker_died());
+    }
     let short = JobOptions::new().timeout(Duration::from_millis(100));
     let gate = Gate::new();
-    let late = bounded(
-        "timeout",
-        pool.submit_with(wait_for_gate, gate.path(), short),
-    )
-    .await;
-    assert!(late.unwrap_err().is_timeout());
-    let refused = bounded("encode", pool.submit(take_unencodable, Unencodable)).await;
-    assert!(refused.unwrap_err().is_encode());
+    for _ in 0..2 {
+        let late = bounded(
+            "timeout",
+            pool.submit_with(wait_for_gate, gate.path(), short),
+        )
+        .await;
+        assert!(late.unwrap_err().is_timeout());
+    }
+    for _ in 0..4 {
+        let refused = bounded("encode", pool.submit(take_unencodable, Unencodable)).await;
+        assert!(refused.unwrap_err().is_encode());
+    }
     // A running job, cancelled.
     let running = pool.submit(wait_for_gate, gate.path());
     stats_when(&pool, "the job to start", |stats| stats.jobs_running == 1).await;
     running.cancel();
     let stats = stats_when(&pool, "the cancelled job to be counted", |stats| {
-        stats.jobs_failed == 5
+        stats.jobs_failed == 15
     })
     .await;
     let failures = stats.failures;
@@ -454,7 +463,7 @@ async fn the_stats_count_failures_by_kind() {
             failures.data,
             failures.cancelled,
         ),
-        (1, 1, 1, 1, 1),
+        (5, 3, 2, 4, 1),
         "{stats:?}"
     );
     assert_eq!(
