@@ -66,8 +66,7 @@ pub struct PoolStats {
 }
 
 /// The jobs a pool counted as failed ([`PoolStats::jobs_failed`]), by the kind of their
-/// [`JobError`]: what a service's error rates are made of. The fields add up to
-/// `jobs_failed`.
+/// [`JobError`]: what a service's error rates are made of. `jobs_failed` is their sum.
 ///
 /// # Examples
 ///
@@ -101,8 +100,8 @@ pub struct FailureCounts {
     /// its function cannot be shipped ([`JobError::Encode`], [`JobError::Decode`],
     /// [`JobError::TooLarge`], [`JobError::Unshippable`]).
     pub data: u64,
-    /// Anything else: a broken connection to the worker, a broken pool
-    /// ([`JobError::Protocol`], [`JobError::PoolBroken`]).
+    /// Anything else: a broken connection to the worker, a broken pool, a full queue
+    /// ([`JobError::Protocol`], [`JobError::PoolBroken`], [`JobError::QueueFull`]).
     pub other: u64,
 }
 
@@ -207,8 +206,8 @@ pub(crate) struct Counters {
     pub(crate) workers_alive: AtomicUsize,
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    /// `failed` by kind, in [`FailureCounts::kinds`]'s order.
+    /// Failed jobs by kind, in [`FailureCounts::kinds`]'s order (their sum is
+    /// `jobs_failed`).
     failures: [AtomicU64; FAILURE_KINDS],
     pub(crate) respawns: AtomicU64,
     /// Jobs sent to a worker that wait behind the job it runs (process pool).
@@ -227,6 +226,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self, max_workers: usize, jobs_queued: usize) -> PoolStats {
         let busy = self.workers_busy.load(Ordering::Relaxed);
+        let failures = self.failures();
         PoolStats {
             max_workers,
             workers_alive: self.workers_alive.load(Ordering::Relaxed),
@@ -234,8 +234,8 @@ impl Counters {
             jobs_queued,
             jobs_running: busy,
             jobs_completed: self.completed.load(Ordering::Relaxed),
-            jobs_failed: self.failed.load(Ordering::Relaxed),
-            failures: self.failures(),
+            jobs_failed: failures.total(),
+            failures,
             respawns: self.respawns.load(Ordering::Relaxed),
             max_queued: None,
             queue_wait: self.queue_wait.summary(),
@@ -243,7 +243,7 @@ impl Counters {
         }
     }
 
-    fn failures(&self) -> FailureCounts {
+    pub(crate) fn failures(&self) -> FailureCounts {
         let [
             panicked,
             worker_died,
@@ -275,10 +275,7 @@ impl Counters {
     fn count(&self, outcome: Option<usize>) {
         match outcome {
             None => self.completed.fetch_add(1, Ordering::Relaxed),
-            Some(kind) => {
-                self.failures[kind].fetch_add(1, Ordering::Relaxed);
-                self.failed.fetch_add(1, Ordering::Relaxed)
-            }
+            Some(kind) => self.failures[kind].fetch_add(1, Ordering::Relaxed),
         };
     }
 

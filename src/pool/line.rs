@@ -605,7 +605,7 @@ mod tests {
         assert!(states[0].is_done() && !states[1].is_done() && !states[2].is_done());
         assert_eq!(&waiting[0].input[..], &[1_u8; 4][..], "as encoded");
         assert_eq!(counters.waiting(), 0);
-        assert_eq!(counters.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.failures().cancelled, 1);
         assert!(line.is_empty() && line.bytes() == 0);
         assert_eq!(line.room(None), MAX_WINDOW, "the function stays timed");
     }
