@@ -77,7 +77,7 @@ impl Spares {
                 buffer.clear();
                 buffer
             }
-            None => Vec::with_capacity(capacity),
+            None => fresh(capacity),
         }
     }
 
@@ -91,7 +91,11 @@ impl Spares {
                 buffer.resize(len, 0);
                 buffer
             }
-            None => vec![0; len],
+            None => {
+                let mut buffer = fresh(len);
+                buffer.resize(len, 0);
+                buffer
+            }
         }
     }
 
@@ -200,6 +204,14 @@ impl Spares {
         let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         kept.buffers.iter().map(Vec::capacity).collect()
     }
+}
+
+/// A new buffer with room for `capacity` bytes, backed by huge pages where it is large
+/// enough and the kernel offers them (see [`crate::sys::prefer_huge_pages`]).
+fn fresh(capacity: usize) -> Vec<u8> {
+    let buffer = Vec::with_capacity(capacity);
+    crate::sys::prefer_huge_pages(&buffer);
+    buffer
 }
 
 /// `buffer` (a job's encoded argument) as `Bytes` that any number of holders may share
