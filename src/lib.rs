@@ -103,11 +103,16 @@
 //! | 100,000 tiny jobs (W2) | | 4.05–4.83 M jobs/s | 721–741 k jobs/s | same |
 //! | 1M items mapped, chunks of 1,000 (W3) | | 55–59 M items/s | 53–58 M items/s | same |
 //! | the same through [`Map::try_collect_vec`] | | 155–168 M items/s | 59–66 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 32–56 ms (bare socket: 24–27 ms) | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 30–32 ms, lent (bare socket: 37–38 ms in those runs) | same |
 //! | primes below 5M, CPU only (W4) | 1.00× | 1.96–1.97× | 1.96–1.97× | same |
 //! | 1M short reviews, lexicon per worker | 1.00× | 1.02–1.64× | 1.28–1.37× | `cargo run --release --example sentiment` |
 //! | moving average, 10M samples (80 MB each way) | 1.00× | 1.80–1.90× | 1.43–1.53× | `cargo run --release --example signal_filter` |
 //! | the same, signal and output in shared arrays | 1.00× | 1.82–1.86× | 1.79–1.83× | same |
+//!
+//! The W6 row is from two later runs that day, once arguments and results of 1 MiB or
+//! more were lent: on Linux the receiving side reads them out of the other's memory in
+//! one copy (`process_vm_readv`) instead of through the socket; elsewhere, or where
+//! the system forbids it, the socket carries them.
 //!
 //! The moving average does about 100 additions per 16 bytes shipped, so processes that
 //! ship the samples spend much of their time moving them: keep such work on threads, or

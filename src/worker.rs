@@ -7,8 +7,10 @@ use crate::run::Outcome;
 use crate::ship::{self, ImageId, VerifiedParent};
 use crate::wire::blocking::BlockingConn;
 use crate::wire::claims::claim;
-use crate::wire::frame::ProtocolError;
-use crate::wire::message::{FromWorker, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker};
+use crate::wire::frame::{LEND_FROM, ProtocolError};
+use crate::wire::message::{
+    FromWorker, Hello, Lending, Lent, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
+};
 use crate::wire::outbox::Outbox;
 use std::io::{Read, Write};
 use std::sync::atomic::AtomicU64;
@@ -48,18 +50,20 @@ pub(crate) fn serve<S: Read + Write>(
         image: ImageId::current().map_err(|e| e.to_string())?,
         probe: ship::probe_offset(),
         claims: claims.is_some(),
+        secret_at: me.secret.as_ptr() as u64,
     })))
     .map_err(protocol)?;
-    let (proof, initializers) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
+    let (proof, initializers, lending) = match conn.recv().map_err(protocol)?.map(|f| f.message) {
         Some(ToWorker::Welcome {
             image,
             probe,
             initializers,
             max_frame,
+            lending,
         }) => {
             let proof = VerifiedParent::verify(&image, probe)?;
             conn.set_max_frame(usize::try_from(max_frame).unwrap_or(usize::MAX));
-            (proof, initializers)
+            (proof, initializers, Lends::agreed(lending, me))
         }
         None => return Ok(()), // the pool went away during the handshake
         Some(other) => return Err(format!("expected Welcome, got {other:?}")),
@@ -75,7 +79,14 @@ pub(crate) fn serve<S: Read + Write>(
             return Ok(());
         }
     }
-    conn.send(&FromWorker::Ready).map_err(protocol)?;
+    conn.send(&FromWorker::Ready {
+        reads_lent: lending.pool.is_some(),
+    })
+    .map_err(protocol)?;
+    // The large results lent to the pool and not taken yet, and whether the pool has
+    // said `Shutdown` (the worker then waits for them to be taken).
+    let mut lent: Vec<Vec<u8>> = Vec::new();
+    let mut leaving = false;
     // A small argument is copied here (the read buffer goes on holding the next frames);
     // a large one arrives in a buffer of its own, which the job takes without a copy.
     let mut small = Vec::new();
@@ -90,45 +101,138 @@ pub(crate) fn serve<S: Read + Write>(
         let Some(frame) = conn.recv().map_err(protocol)? else {
             return Ok(());
         };
-        match frame.message {
-            ToWorker::Shutdown => return flush(outbox),
-            ToWorker::Run { id, target } => {
-                if let Some(word) = claims
-                    && !claim(word, id)
-                {
-                    // Taken back while it waited here: it runs elsewhere.
-                    send_done(conn, outbox, id, Outcome::Revoked, &[])?;
-                    continue;
-                }
-                out.clear();
-                let mut input = if frame.payload.is_unique() {
-                    Vec::from(frame.payload)
-                } else {
-                    small.clear();
-                    small.extend_from_slice(&frame.payload);
-                    drop(frame.payload);
-                    std::mem::take(&mut small)
-                };
-                let outcome = ship::run_shipped(&proof, target, &mut input, &mut out);
-                if input.capacity() < LARGE_BUFFER {
-                    small = input;
-                } else {
-                    conn.recycle(input);
-                }
-                #[cfg(test)]
-                if flush(outbox).is_ok() && fault::inject(conn.stream_mut()) {
-                    continue;
-                }
-                send_done(conn, outbox, id, outcome, &out)?;
-                if out.capacity() >= LARGE_BUFFER {
-                    // Mapped already: the next large payload is read into it.
-                    conn.recycle(std::mem::take(&mut out));
-                }
+        let (id, target, argument) = match frame.message {
+            ToWorker::Shutdown if lent.is_empty() => return flush(outbox),
+            ToWorker::Shutdown => {
+                flush(outbox)?;
+                leaving = true;
+                continue;
             }
+            ToWorker::Taken { addr } => {
+                let Some(at) = lent.iter().position(|b| b.as_ptr() as u64 == addr) else {
+                    return Err(format!(
+                        "the pool took back a result never lent ({addr:#x})"
+                    ));
+                };
+                let buffer = lent.swap_remove(at);
+                conn.recycle(buffer);
+                if leaving && lent.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            ToWorker::Run { id, target } => (id, target, None),
+            ToWorker::RunLent {
+                id,
+                target,
+                argument,
+            } => (id, target, Some(argument)),
             other @ ToWorker::Welcome { .. } => {
                 return Err(format!("unexpected message {other:?}"));
             }
+        };
+        if let Some(word) = claims
+            && !claim(word, id)
+        {
+            // Taken back while it waited here: it runs elsewhere.
+            send_done(conn, outbox, id, Outcome::Revoked, &[])?;
+            continue;
         }
+        out.clear();
+        let mut input = if let Some(argument) = argument {
+            // Claimed: the pool holds the argument until this job is answered.
+            lending.read_argument(conn, argument)?
+        } else if frame.payload.is_unique() {
+            Vec::from(frame.payload)
+        } else {
+            small.clear();
+            small.extend_from_slice(&frame.payload);
+            drop(frame.payload);
+            std::mem::take(&mut small)
+        };
+        let outcome = ship::run_shipped(&proof, target, &mut input, &mut out);
+        if input.capacity() < LARGE_BUFFER {
+            small = input;
+        } else {
+            conn.recycle(input);
+        }
+        #[cfg(test)]
+        if flush(outbox).is_ok() && fault::inject(conn.stream_mut()) {
+            continue;
+        }
+        if lending.results && out.len() >= LEND_FROM && out.len() <= conn.max_frame() {
+            // Written at once, never held: a held answer outlives a dead worker in
+            // its journal, but what it lent dies with it.
+            let result = Lent::of(&out);
+            let done = FromWorker::DoneLent {
+                id,
+                outcome,
+                result,
+            };
+            match outbox {
+                Some(outbox) => conn.send_through(outbox, &done, &[], false),
+                None => conn.send(&done),
+            }
+            .map_err(protocol)?;
+            lent.push(std::mem::take(&mut out));
+            continue;
+        }
+        send_done(conn, outbox, id, outcome, &out)?;
+        if out.capacity() >= LARGE_BUFFER {
+            // Mapped already: the next large payload is read into it.
+            conn.recycle(std::mem::take(&mut out));
+        }
+    }
+}
+
+/// What the handshake agreed on lending (see [`crate::wire::message::Lent`]).
+struct Lends {
+    /// The pool's process, if the worker reads what it lends (its arguments).
+    pool: Option<u32>,
+    /// Whether the pool reads the results the worker lends.
+    results: bool,
+}
+
+impl Lends {
+    /// What the pool offered, once the worker has read the pool's secret where the pool
+    /// said it is.
+    fn agreed(offer: Option<Lending>, me: &Identity) -> Lends {
+        let Some(offer) = offer else {
+            return Lends {
+                pool: None,
+                results: false,
+            };
+        };
+        let mut read = Vec::new();
+        let reads =
+            crate::sys::remote::read_lent(offer.pid, offer.secret_at, SECRET_LEN, &mut read)
+                .is_ok()
+                && read == me.secret;
+        Lends {
+            pool: reads.then_some(offer.pid),
+            results: offer.reads_lent,
+        }
+    }
+
+    /// Reads a lent argument out of the pool's memory.
+    fn read_argument<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        argument: Lent,
+    ) -> Result<Vec<u8>, String> {
+        let (Some(pool), Ok(len)) = (self.pool, usize::try_from(argument.len)) else {
+            return Err("the pool lent an argument this worker cannot read".into());
+        };
+        if len > conn.max_frame() {
+            return Err(format!(
+                "the pool lent an argument of {len} bytes, past the frame limit"
+            ));
+        }
+        let mut input = conn.buffer_for(len);
+        crate::sys::remote::read_lent(pool, argument.addr, len, &mut input).map_err(|e| {
+            format!("cannot read a lent argument of {len} bytes from the pool: {e}")
+        })?;
+        Ok(input)
     }
 }
 
@@ -143,7 +247,7 @@ fn send_done<S: Read + Write>(
     let mut send = |outcome, output: &[u8]| {
         let done = FromWorker::Done { id, outcome };
         match outbox {
-            Some(outbox) => conn.send_through(outbox, &done, output),
+            Some(outbox) => conn.send_through(outbox, &done, output, true),
             None => conn.send_with(&done, output),
         }
     };

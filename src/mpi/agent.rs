@@ -166,8 +166,12 @@ fn launcher(config: AgentConfig) -> Result<Launcher, String> {
         initializers: config.initializers,
         handshake_timeout: config.handshake_timeout,
         max_frame: usize::try_from(config.max_frame).unwrap_or(usize::MAX),
+        // The workers' frames cross MPI as they are: nothing may refer to their memory.
+        lend: false,
         #[cfg(test)]
         stall_handshake: false,
+        #[cfg(test)]
+        lent: None,
     })
     .map_err(|e| e.to_string())
 }

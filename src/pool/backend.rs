@@ -180,6 +180,20 @@ pub(crate) trait WorkerLink: Send + 'static {
         false
     }
 
+    /// Whether a large argument is lent to the worker (`ToWorker::RunLent`: it reads the
+    /// argument out of the pool's memory) rather than written after its frame; by default
+    /// not.
+    fn lends_arguments(&self) -> bool {
+        false
+    }
+
+    /// Keeps `argument`, lent to the worker as job `id`'s, alive until the worker has
+    /// answered that job or is gone (it reads the argument in between). Called, before
+    /// the job's frame is sent, only where [`lends_arguments`](Self::lends_arguments).
+    fn lend_argument(&mut self, id: u64, argument: &Bytes) {
+        let _ = (id, argument);
+    }
+
     /// Takes back, at once, the jobs written to the worker (those numbered below `next`)
     /// that it has not started, provided it has started every job below `from`: the
     /// worker will answer each of them [`Outcome::Revoked`](crate::run::Outcome::Revoked)

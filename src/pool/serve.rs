@@ -23,8 +23,8 @@ use crate::handle::Wakes;
 use crate::run::Outcome;
 use crate::ship::Target;
 use crate::wire::claims::Revoke;
-use crate::wire::frame::{Frame, INLINE_PAYLOAD, ProtocolError, put_frame};
-use crate::wire::message::{FromWorker, ToWorker};
+use crate::wire::frame::{Frame, INLINE_PAYLOAD, LEND_FROM, ProtocolError, put_frame};
+use crate::wire::message::{FromWorker, Lent, ToWorker};
 use bytes::BytesMut;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -502,7 +502,26 @@ impl<B: Backend> Serving<'_, B> {
             }
             let id = self.next_id;
             let message = ToWorker::Run { id, target };
+            let start = out.len();
             let large = match put_frame(&message, &job.input, self.core.config.max_frame, out) {
+                Ok(tail) if size >= LEND_FROM && self.link.lends_arguments() => {
+                    // Lent instead (the same jobs fit or not): the worker reads it here.
+                    out.truncate(start);
+                    let argument = Lent::of(&job.input);
+                    self.link.lend_argument(id, &job.input);
+                    let lent = ToWorker::RunLent {
+                        id,
+                        target,
+                        argument,
+                    };
+                    match put_frame(&lent, &[], usize::MAX, out) {
+                        Ok(_) => false,
+                        Err(_) => {
+                            let _ = put_frame(&message, &job.input, usize::MAX, out);
+                            !tail.is_empty()
+                        }
+                    }
+                }
                 Ok(tail) => !tail.is_empty(),
                 Err(ProtocolError::MessageTooLarge { size, max }) => {
                     counters.finish(&job.state, Err(JobError::TooLarge { size, max }));

@@ -6,8 +6,8 @@ use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
 use crate::sys::SharedWord;
 use crate::wire::claims::Revoke;
-use crate::wire::frame::{Codec, Frame, ProtocolError};
-use crate::wire::message::FromWorker;
+use crate::wire::frame::{Codec, Frame, ProtocolError, put_frame};
+use crate::wire::message::{FromWorker, Lent, ToWorker};
 use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -34,6 +34,18 @@ pub(crate) struct LocalWorker {
     answered: Option<u64>,
     /// What it left in its journal, once its link has ended.
     left: Leftovers,
+    /// Whether it reads large arguments from this process's memory (see
+    /// [`super::Settings::lend`]).
+    lends: bool,
+    /// The arguments lent to it, by job, until it answers that job or is gone: it reads
+    /// them out of this process's memory in between.
+    lent: VecDeque<(u64, bytes::Bytes)>,
+    /// `Taken` frames for the results it lent that were read here, not written yet: sent
+    /// at once where the socket takes them, else before the next frames.
+    owed: bytes::BytesMut,
+    /// Tests only: counts the arguments lent and the results read.
+    #[cfg(test)]
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The answers a worker held back and never wrote (it died first), read from its journal
@@ -60,6 +72,79 @@ impl LocalWorker {
             claims,
             answered: None,
             left: Leftovers::default(),
+            lends: false,
+            lent: VecDeque::new(),
+            owed: bytes::BytesMut::new(),
+            #[cfg(test)]
+            counted: None,
+        }
+    }
+
+    /// Says whether large arguments are lent to this worker rather than written to it.
+    pub(super) fn lend_arguments(&mut self, lend: bool) {
+        self.lends = lend;
+    }
+
+    /// Tests only: counts the arguments lent and the results read in `count`.
+    #[cfg(test)]
+    pub(super) fn count_lent(
+        &mut self,
+        count: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) {
+        self.counted = count;
+    }
+
+    #[cfg(test)]
+    fn count(&self) {
+        if let Some(count) = &self.counted {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Reads the result the worker lent, and owes it a `Taken`; the answer is then
+    /// delivered as if its result had come in the frame.
+    fn take_lent(&mut self, id: u64, outcome: crate::run::Outcome, result: Lent) -> Received {
+        // First, so that the result can be read into the argument's buffer.
+        self.release_arguments(id);
+        let max = self.conn.codec().max_frame();
+        let Some(len) = usize::try_from(result.len).ok().filter(|&len| len <= max) else {
+            return Received::Broken(ProtocolError::FrameTooLarge { max });
+        };
+        let pid = self.id.pid().unwrap_or(0);
+        let mut payload = crate::spares::SPARES.empty(len);
+        if let Err(e) = crate::sys::remote::read_lent(pid, result.addr, len, &mut payload) {
+            // Gone before its result was read, usually: the job is lost with the worker.
+            return Received::Broken(ProtocolError::Io(e));
+        }
+        #[cfg(test)]
+        self.count();
+        let taken = ToWorker::Taken { addr: result.addr };
+        if put_frame(&taken, &[], usize::MAX, &mut self.owed).is_ok() {
+            self.write_owed();
+        }
+        let message = FromWorker::Done { id, outcome };
+        Received::Frame(Frame {
+            message,
+            payload: bytes::Bytes::from(payload),
+        })
+    }
+
+    /// Lets go of the arguments lent for jobs up to `answered`, which the worker read.
+    fn release_arguments(&mut self, answered: u64) {
+        while self.lent.front().is_some_and(|(id, _)| *id <= answered) {
+            self.lent.pop_front();
+        }
+    }
+
+    /// Writes what of the owed `Taken` frames the socket takes without waiting. Called
+    /// only between sends (every send is awaited to its end), so no frame is cut.
+    fn write_owed(&mut self) {
+        use bytes::Buf;
+        while !self.owed.is_empty() {
+            match self.conn.get_ref().try_write(&self.owed) {
+                Ok(n) if n > 0 => self.owed.advance(n),
+                _ => break, // the rest goes before the next frames
+            }
         }
     }
 
@@ -75,9 +160,22 @@ impl LocalWorker {
     /// delivers first the answers it had not written yet.
     fn deliver(&mut self, received: Received) -> Received {
         match received {
+            Received::Frame(Frame {
+                message:
+                    FromWorker::DoneLent {
+                        id,
+                        outcome,
+                        result,
+                    },
+                ..
+            }) => {
+                let received = self.take_lent(id, outcome, result);
+                self.deliver(received)
+            }
             Received::Frame(frame) => {
                 if let FromWorker::Done { id, .. } = &frame.message {
                     self.answered = Some(*id);
+                    self.release_arguments(*id);
                 }
                 Received::Frame(frame)
             }
@@ -219,6 +317,10 @@ impl WorkerLink for LocalWorker {
 
     async fn send(&mut self, frames: &[u8], payload: &bytes::Bytes) -> std::io::Result<()> {
         let stream = self.conn.get_mut();
+        if !self.owed.is_empty() {
+            stream.write_all(&self.owed).await?;
+            self.owed.clear();
+        }
         stream.write_all(frames).await?;
         if !payload.is_empty() {
             stream.write_all(payload).await?;
@@ -263,6 +365,16 @@ impl WorkerLink for LocalWorker {
 
     fn can_revoke(&self) -> bool {
         self.claims.is_some()
+    }
+
+    fn lends_arguments(&self) -> bool {
+        self.lends
+    }
+
+    fn lend_argument(&mut self, id: u64, argument: &bytes::Bytes) {
+        #[cfg(test)]
+        self.count();
+        self.lent.push_back((id, argument.clone()));
     }
 
     fn revoke(&self, from: u64, next: u64) -> Revoke {

@@ -14,7 +14,7 @@ use crate::ship::{self, ImageId, Target};
 use crate::sys::SharedWord;
 use crate::wire::frame::{Codec, Frame, put_frame};
 use crate::wire::message::{
-    FromWorker, HANDSHAKE_MAX_FRAME, Hello, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
+    FromWorker, HANDSHAKE_MAX_FRAME, Hello, Lending, PROTOCOL_VERSION, SECRET_LEN, ToWorker,
 };
 use futures::StreamExt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -38,15 +38,25 @@ pub(crate) struct Settings {
     pub(crate) initializers: Vec<Target>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_frame: usize,
+    /// Whether large arguments and results may be lent between the pool and its workers
+    /// (read across with [`crate::sys::remote::read_lent`]) instead of written to their
+    /// socket, where the handshake finds both can read the other's memory. Off for an MPI
+    /// node agent, which hands its workers' bytes on undecoded.
+    pub(crate) lend: bool,
     /// Tests only: start workers that never handshake.
     #[cfg(test)]
     pub(crate) stall_handshake: bool,
+    /// Tests only: counts the arguments lent and the results read.
+    #[cfg(test)]
+    pub(crate) lent: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The local backend: starts child processes, each on a socket pair of its own.
 pub(crate) struct Launcher {
     settings: Settings,
-    secret: [u8; SECRET_LEN],
+    /// Boxed: a worker reads it at this address to learn that it can read the pool's
+    /// memory (see [`Settings::lend`]).
+    secret: Box<[u8; SECRET_LEN]>,
     image: ImageId,
     exe: PathBuf,
     next_worker: AtomicU64,
@@ -61,7 +71,7 @@ impl Launcher {
         let image = ImageId::current().map_err(|e| Error::io("identifying this executable", e))?;
         Ok(Launcher {
             settings,
-            secret,
+            secret: Box::new(secret),
             image,
             exe: ship::exe_path(),
             next_worker: AtomicU64::new(0),
@@ -91,7 +101,7 @@ impl Launcher {
         let spec = Spec {
             worker_id,
             parent_pid: std::process::id(),
-            secret: self.secret,
+            secret: *self.secret,
             word: word.is_some(),
         };
         let mut command = Command::new(&self.exe);
@@ -192,15 +202,25 @@ impl Launcher {
         Ok(())
     }
 
+    /// Whether lending is on and this process reads the pool's secret at `addr` in
+    /// process `pid`: then it can read what that process lends it.
+    fn reads_secret_at(&self, pid: u32, addr: u64) -> bool {
+        let mut read = Vec::new();
+        self.settings.lend
+            && addr != 0
+            && crate::sys::remote::read_lent(pid, addr, SECRET_LEN, &mut read).is_ok()
+            && read.as_slice() == self.secret.as_slice()
+    }
+
     /// Waits for the worker's introduction and checks it; says whether the worker claims
-    /// its jobs in the shared word.
+    /// its jobs in the shared word, and whether this process can read what it lends.
     async fn hello(
         &self,
         conn: &mut Conn,
         child: &mut Child,
         worker_id: u64,
         kill: &CancellationToken,
-    ) -> Result<bool, StartError> {
+    ) -> Result<(bool, bool), StartError> {
         let pid = child.id().unwrap_or(0);
         let timeout = self.settings.handshake_timeout;
         let first = tokio::select! {
@@ -223,7 +243,7 @@ impl Launcher {
                 ..
             }) => self
                 .check_hello(&hello, worker_id, pid)
-                .map(|()| hello.claims),
+                .map(|()| (hello.claims, self.reads_secret_at(pid, hello.secret_at))),
             Received::Frame(Frame {
                 message: FromWorker::HookMissing { secret, .. },
                 ..
@@ -255,15 +275,18 @@ impl Launcher {
     ) -> Result<LocalWorker, StartError> {
         let (mut child, mut conn, mut word) = self.spawn(worker_id).await?;
         let pid = child.id().unwrap_or(0);
-        match self.hello(&mut conn, &mut child, worker_id, kill).await {
+        let reads_lent = match self.hello(&mut conn, &mut child, worker_id, kill).await {
             // A worker that could not map the word runs every job it is sent: none may be
             // taken back from it.
-            Ok(claims) => word = word.filter(|_| claims),
+            Ok((claims, reads_lent)) => {
+                word = word.filter(|_| claims);
+                reads_lent
+            }
             Err(e) => {
                 child::reap(&mut child, WorkerId::process(pid)).await;
                 return Err(e);
             }
-        }
+        };
         conn.codec_mut().set_max_frame(self.settings.max_frame);
         let mut worker = LocalWorker::new(child, conn, pid, word);
         let welcome = ToWorker::Welcome {
@@ -271,6 +294,11 @@ impl Launcher {
             probe: ship::probe_offset(),
             initializers: self.settings.initializers.clone(),
             max_frame: self.settings.max_frame as u64,
+            lending: self.settings.lend.then(|| Lending {
+                pid: std::process::id(),
+                secret_at: self.secret.as_ptr() as u64,
+                reads_lent,
+            }),
         };
         let mut frame = bytes::BytesMut::new();
         let sent = match put_frame(&welcome, &[], self.settings.max_frame, &mut frame) {
@@ -296,9 +324,14 @@ impl Launcher {
         };
         match ready {
             Received::Frame(Frame {
-                message: FromWorker::Ready,
+                message: FromWorker::Ready { reads_lent },
                 ..
-            }) => Ok(worker),
+            }) => {
+                worker.lend_arguments(reads_lent && self.settings.lend);
+                #[cfg(test)]
+                worker.count_lent(self.settings.lent.clone());
+                Ok(worker)
+            }
             Received::Frame(Frame {
                 message: FromWorker::InitFailed { message, location },
                 ..
@@ -409,7 +442,9 @@ mod tests {
             initializers: Vec::new(),
             handshake_timeout: Duration::from_secs(1),
             max_frame: 1 << 20,
+            lend: true,
             stall_handshake: false,
+            lent: None,
         })
         .unwrap()
     }
@@ -419,10 +454,11 @@ mod tests {
             version: PROTOCOL_VERSION,
             worker_id,
             pid,
-            secret: launcher.secret,
+            secret: *launcher.secret,
             image: launcher.image.clone(),
             probe: ship::probe_offset(),
             claims: true,
+            secret_at: 0,
         }
     }
 

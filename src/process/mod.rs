@@ -140,6 +140,8 @@ pub struct ProcessPoolBuilder {
     max_queued: Option<usize>,
     #[cfg(test)]
     stall_handshake: bool,
+    #[cfg(test)]
+    lending: Option<(bool, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 impl Default for ProcessPoolBuilder {
@@ -155,6 +157,8 @@ impl Default for ProcessPoolBuilder {
             max_queued: None,
             #[cfg(test)]
             stall_handshake: false,
+            #[cfg(test)]
+            lending: None,
         }
     }
 }
@@ -376,8 +380,14 @@ impl ProcessPoolBuilder {
             initializers: self.initializers,
             handshake_timeout: self.handshake_timeout,
             max_frame: self.max_frame_size,
+            #[cfg(not(test))]
+            lend: true,
+            #[cfg(test)]
+            lend: self.lending.as_ref().is_none_or(|(lend, _)| *lend),
             #[cfg(test)]
             stall_handshake: self.stall_handshake,
+            #[cfg(test)]
+            lent: self.lending.map(|(_, count)| count),
         };
         Ok((config, settings))
     }
@@ -394,6 +404,18 @@ impl ProcessPoolBuilder {
     #[cfg(test)]
     pub(crate) fn stall_handshake(mut self) -> Self {
         self.stall_handshake = true;
+        self
+    }
+
+    /// Tests only: whether large arguments and results may be lent, and a count of those
+    /// that were (arguments lent, results read).
+    #[cfg(test)]
+    pub(crate) fn lending(
+        mut self,
+        lend: bool,
+        count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        self.lending = Some((lend, count));
         self
     }
 }

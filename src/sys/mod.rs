@@ -7,6 +7,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+pub(crate) mod remote;
 pub(crate) mod segment;
 
 /// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's

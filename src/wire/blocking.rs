@@ -76,6 +76,17 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         self.codec.recycle(buffer);
     }
 
+    /// An empty buffer with room for a large payload of `len` bytes (see
+    /// [`Codec::buffer_for`]).
+    pub(crate) fn buffer_for(&mut self, len: usize) -> Vec<u8> {
+        self.codec.buffer_for(len)
+    }
+
+    /// The largest frame the peer accepts.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.codec.max_frame()
+    }
+
     /// The stream.
     pub(crate) fn stream(&self) -> &S {
         &self.stream
@@ -93,18 +104,19 @@ impl<S: Read + Write, In: DeserializeOwned, Out: Serialize> BlockingConn<S, In, 
         self.codec.has_frame(&self.read_buf)
     }
 
-    /// Sends `message` with `payload` through `outbox`: held back there if the next frame
-    /// is here already (the worker has another job to run first) and it fits, written at
-    /// once (after what is held) otherwise.
+    /// Sends `message` with `payload` through `outbox`: held back there if `may_hold`, the
+    /// next frame is here already (the worker has another job to run first) and it fits,
+    /// written at once (after what is held) otherwise.
     pub(crate) fn send_through(
         &mut self,
         outbox: &Outbox,
         message: &Out,
         payload: &[u8],
+        may_hold: bool,
     ) -> Result<(), ProtocolError> {
         let max_frame = self.codec.max_frame();
         let tail = put_frame(message, payload, max_frame, &mut self.write_buf)?;
-        let held = if tail.is_empty() && self.next_is_here() {
+        let held = if tail.is_empty() && may_hold && self.next_is_here() {
             outbox.hold(&self.write_buf)
         } else {
             Ok(false)
@@ -176,7 +188,9 @@ mod tests {
         let mut sender: Sender = BlockingConn::new(Pipe(Default::default(), Vec::new()), 1 << 20);
         sender.send_with(&FromWorker::done(1), &large).unwrap();
         sender.send_with(&FromWorker::done(2), &[1, 2]).unwrap();
-        sender.send(&FromWorker::Ready).unwrap();
+        sender
+            .send(&FromWorker::Ready { reads_lent: false })
+            .unwrap();
         let mut receiver = receiver_of(&mut sender, 1 << 20);
         assert_eq!(
             receiver.recv().unwrap(),
@@ -188,7 +202,7 @@ mod tests {
         );
         assert_eq!(
             receiver.recv().unwrap(),
-            Some(Frame::bare(FromWorker::Ready))
+            Some(Frame::bare(FromWorker::Ready { reads_lent: false }))
         );
         assert_eq!(receiver.recv().unwrap(), None);
     }
@@ -245,11 +259,13 @@ mod tests {
             Err(ProtocolError::MessageTooLarge { max: 64, .. })
         ));
         assert!(sender.stream_mut().1.is_empty());
-        sender.send(&FromWorker::Ready).unwrap();
+        sender
+            .send(&FromWorker::Ready { reads_lent: false })
+            .unwrap();
         let mut receiver = receiver_of(&mut sender, 64);
         assert_eq!(
             receiver.recv().unwrap(),
-            Some(Frame::bare(FromWorker::Ready))
+            Some(Frame::bare(FromWorker::Ready { reads_lent: false }))
         );
     }
 }

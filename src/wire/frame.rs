@@ -35,6 +35,9 @@ pub(crate) const HEADER: usize = 8;
 pub(crate) const INLINE_PAYLOAD: usize = 64 * 1024;
 /// Frames from this size up gather their payload in a buffer of its own.
 const DIRECT_PAYLOAD: usize = 1 << 20;
+/// Arguments and results from this size up are lent rather than written, where the link
+/// allows it (see [`crate::wire::message::Lent`]).
+pub(crate) const LEND_FROM: usize = DIRECT_PAYLOAD;
 /// Room kept in the read buffer while a large payload streams through it.
 const READ_ROOM: usize = 1 << 20;
 
@@ -204,6 +207,20 @@ impl<In> Codec<In> {
         }
     }
 
+    /// An empty buffer with room for `len` bytes, for a large payload: a buffer this
+    /// process is done with (a large argument a worker has received) if one is large
+    /// enough, since it is already mapped; a new one faults page by page.
+    pub(crate) fn buffer_for(&mut self, len: usize) -> Vec<u8> {
+        let mut buffer = std::mem::take(&mut self.spare);
+        if buffer.capacity() < len {
+            self.spare = buffer;
+            buffer = crate::spares::SPARES.empty(len);
+        }
+        buffer.clear();
+        buffer.reserve_exact(len);
+        buffer
+    }
+
     /// Whether `buffered`, the bytes read and not yet decoded, holds a whole frame: the
     /// next [`decode`](Decoder::decode) returns one (or fails) without more input.
     pub(crate) fn has_frame(&self, buffered: &[u8]) -> bool {
@@ -303,14 +320,7 @@ impl<In: DeserializeOwned> Decoder for Codec<In> {
             self.state = State::Head;
             let message = parse_message(&message_bytes)?;
             let want = frame_len - message_len;
-            let mut payload = std::mem::take(&mut self.spare);
-            if payload.capacity() < want {
-                // A buffer this process is done with (a large argument a worker has
-                // received) is already mapped; a new one faults page by page.
-                payload = crate::spares::SPARES.empty(want);
-            }
-            payload.clear();
-            payload.reserve_exact(want);
+            let payload = self.buffer_for(want);
             self.state = State::Payload {
                 message,
                 payload,
@@ -464,7 +474,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_message_that_does_not_fill_its_length_is_corrupt() {
-        let message = postcard::to_allocvec(&FromWorker::Ready).unwrap();
+        let message = postcard::to_allocvec(&FromWorker::Ready { reads_lent: false }).unwrap();
         let mut buf = BytesMut::new();
         buf.put_u32(message.len() as u32 + 2);
         buf.put_u32(message.len() as u32 + 2); // claims the payload's bytes too
@@ -484,7 +494,7 @@ pub(crate) mod tests {
             buf.put_u32(3);
             buf.put_u32(3);
             buf.put_slice(&[0xff, 0xff, 0xff]); // no such variant
-            buf.extend_from_slice(&wire(&FromWorker::Ready, &[]));
+            buf.extend_from_slice(&wire(&FromWorker::Ready { reads_lent: false }, &[]));
             let mut parent = ParentCodec::new(1024);
             parent.direct_from = direct_from;
             assert!(matches!(
@@ -493,7 +503,7 @@ pub(crate) mod tests {
             ));
             assert_eq!(
                 parent.decode_eof(&mut buf).unwrap(),
-                Some(Frame::bare(FromWorker::Ready)),
+                Some(Frame::bare(FromWorker::Ready { reads_lent: false })),
                 "direct from {direct_from}"
             );
         }
@@ -514,14 +524,14 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated_frame_at_eof_is_an_error() {
-        let mut bytes = wire(&FromWorker::Ready, &[]);
+        let mut bytes = wire(&FromWorker::Ready { reads_lent: false }, &[]);
         bytes.put_u32(100);
         bytes.put_u32(1);
         bytes.put_slice(b"short");
         let mut parent = ParentCodec::new(1024);
         assert_eq!(
             parent.decode_eof(&mut bytes).unwrap(),
-            Some(Frame::bare(FromWorker::Ready))
+            Some(Frame::bare(FromWorker::Ready { reads_lent: false }))
         );
         assert!(matches!(
             parent.decode_eof(&mut bytes),
@@ -538,7 +548,7 @@ pub(crate) mod tests {
     #[test]
     fn a_payload_over_the_limit_fails_and_leaves_the_buffer_alone() {
         let mut buf = BytesMut::new();
-        put_frame(&FromWorker::Ready, &[], 64, &mut buf).unwrap();
+        put_frame(&FromWorker::Ready { reads_lent: false }, &[], 64, &mut buf).unwrap();
         let before = buf.clone();
         for payload in [&[0_u8; 100][..], &[0; INLINE_PAYLOAD + 1]] {
             let err = put_frame(&FromWorker::done(1), payload, 64, &mut buf).unwrap_err();
@@ -585,9 +595,16 @@ pub(crate) mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame<FromWorker>> {
         let message = prop_oneof![
-            Just(FromWorker::Ready),
+            any::<bool>().prop_map(|reads_lent| FromWorker::Ready { reads_lent }),
             (any::<u64>(), arb_outcome())
                 .prop_map(|(id, outcome)| FromWorker::Done { id, outcome }),
+            (any::<u64>(), arb_outcome(), any::<u64>(), any::<u64>()).prop_map(
+                |(id, outcome, addr, len)| FromWorker::DoneLent {
+                    id,
+                    outcome,
+                    result: crate::wire::message::Lent { addr, len },
+                }
+            ),
             (any::<u64>(), any::<[u8; SECRET_LEN]>())
                 .prop_map(|(worker_id, secret)| FromWorker::HookMissing { worker_id, secret }),
             (".*", proptest::option::of(".*"))

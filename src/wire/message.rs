@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped whenever a message or the frame layout changes shape. Version 4: the frame
 /// header states the message's length beside the frame's; 5: a result over the frame
 /// limit is answered as such (`Outcome::TooLarge`); 6: a panic carries its backtrace; 7: a
-/// job the pool took back is answered as skipped (`Outcome::Revoked`).
-pub(crate) const PROTOCOL_VERSION: u32 = 8;
+/// job the pool took back is answered as skipped (`Outcome::Revoked`); 9: large
+/// arguments and results may be lent rather than written (`RunLent`, `DoneLent`).
+pub(crate) const PROTOCOL_VERSION: u32 = 9;
 /// The frame limit before a peer has proven it knows the pool's secret.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
 /// Bytes of the per-pool secret.
@@ -31,8 +32,9 @@ pub(crate) enum FromWorker {
         worker_id: u64,
         secret: [u8; SECRET_LEN],
     },
-    /// The initializers (if any) ran; jobs may come.
-    Ready,
+    /// The initializers (if any) ran; jobs may come. `reads_lent`: the worker read the
+    /// bytes the `Welcome` lent it, so the pool may lend it large arguments.
+    Ready { reads_lent: bool },
     /// An initializer panicked; the worker exits.
     InitFailed {
         message: String,
@@ -40,6 +42,13 @@ pub(crate) enum FromWorker {
     },
     /// The answer to `Run { id, .. }`; the frame's payload is the encoded result.
     Done { id: u64, outcome: Outcome },
+    /// As `Done`, but the encoded result is not in the frame: the worker lends it, and
+    /// keeps it until the pool sends `Taken` with its address.
+    DoneLent {
+        id: u64,
+        outcome: Outcome,
+        result: Lent,
+    },
 }
 
 impl FromWorker {
@@ -48,9 +57,10 @@ impl FromWorker {
         match self {
             FromWorker::Hello(_) => "Hello",
             FromWorker::HookMissing { .. } => "HookMissing",
-            FromWorker::Ready => "Ready",
+            FromWorker::Ready { .. } => "Ready",
             FromWorker::InitFailed { .. } => "InitFailed",
             FromWorker::Done { .. } => "Done",
+            FromWorker::DoneLent { .. } => "DoneLent",
         }
     }
 
@@ -77,6 +87,41 @@ pub(crate) struct Hello {
     /// Whether the worker claims its jobs in the word it shares with the pool (it has it
     /// mapped): only then may the pool take jobs back from it.
     pub(crate) claims: bool,
+    /// Where in the worker its copy of the secret is, for the pool to try reading it
+    /// there: if it can, the worker may lend it large results.
+    pub(crate) secret_at: u64,
+}
+
+/// Bytes one process lends another: `len` bytes at `addr` in the lender, which keeps them
+/// alive and unchanged until the borrower has read them (with
+/// [`crate::sys::remote::read_lent`]). The pool's lent argument lives as long as its job
+/// is the worker's, and the worker reads it only once it has claimed the job; a worker's
+/// lent result lives until the pool sends `Taken`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lent {
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+}
+
+impl Lent {
+    /// The bytes of `buffer`, which the caller keeps alive and unchanged until they are
+    /// read.
+    pub(crate) fn of(buffer: &[u8]) -> Lent {
+        Lent {
+            addr: buffer.as_ptr() as u64,
+            len: buffer.len() as u64,
+        }
+    }
+}
+
+/// What a pool offers a worker in its `Welcome`: to lend it large arguments, if it can
+/// read the pool's copy of the secret at `secret_at` in process `pid`; and whether the
+/// pool read the worker's copy (so the worker may lend it large results).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lending {
+    pub(crate) pid: u32,
+    pub(crate) secret_at: u64,
+    pub(crate) reads_lent: bool,
 }
 
 /// A message from a pool to one of its workers.
@@ -90,9 +135,20 @@ pub(crate) enum ToWorker {
         probe: i64,
         initializers: Vec<Target>,
         max_frame: u64,
+        /// `None` where the pool lends nothing (an MPI node agent's workers).
+        lending: Option<Lending>,
     },
     /// Run one job (or one chunk of a `map`); the frame's payload is the encoded argument.
     Run { id: u64, target: Target },
+    /// As `Run`, but the encoded argument is lent: the worker reads it once it has
+    /// claimed the job.
+    RunLent {
+        id: u64,
+        target: Target,
+        argument: Lent,
+    },
+    /// The pool has read the result the worker lent at `addr`: the worker may reuse it.
+    Taken { addr: u64 },
     /// Finish: exit after the current job.
     Shutdown,
 }

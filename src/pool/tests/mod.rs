@@ -350,4 +350,5 @@ fn until_waiting(core: &super::core::Core, jobs: usize) {
     }
 }
 
+mod lending;
 mod threads;

@@ -115,6 +115,7 @@ impl Backend for Threads {
             probe,
             initializers: Vec::new(),
             max_frame: 1 << 20,
+            lending: None,
         };
         put_frame(&message, &[], 1 << 20, &mut welcome).unwrap();
         link.send(&welcome, &bytes::Bytes::new())
@@ -122,7 +123,7 @@ impl Backend for Threads {
             .map_err(transient)?;
         match link.recv().await {
             Received::Frame(Frame {
-                message: FromWorker::Ready,
+                message: FromWorker::Ready { .. },
                 ..
             }) => Ok(link),
             other => Err(StartError::Transient(other.describe())),
