@@ -356,8 +356,13 @@ async fn stats_count_workers_and_jobs_on_both_pools() {
         let running = pool.submit(report_pid_then_wait, (pid_file.clone(), gate.path()));
         bounded_sync("start", move || read_pid(&pid_file));
         // A pool does not wait for its workers to start: the second may still be starting.
+        // Nor does a worker wait for its pool: it may run the job before the pool's thread,
+        // descheduled right after writing it, has counted it as running.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while pool.stats().workers_alive != 2 {
+        while {
+            let stats = pool.stats();
+            stats.workers_alive != 2 || stats.workers_busy != 1
+        } {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{name}: {:?}",
