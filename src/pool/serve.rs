@@ -24,7 +24,7 @@ use crate::run::Outcome;
 use crate::ship::Target;
 use crate::wire::claims::Revoke;
 use crate::wire::frame::{Frame, INLINE_PAYLOAD, LEND_FROM, ProtocolError, put_frame};
-use crate::wire::message::{FromWorker, Lent, ToWorker};
+use crate::wire::message::{FromWorker, ToWorker, put_run};
 use bytes::BytesMut;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -501,28 +501,16 @@ impl<B: Backend> Serving<'_, B> {
                 return (false, true);
             }
             let id = self.next_id;
-            let message = ToWorker::Run { id, target };
-            let start = out.len();
-            let large = match put_frame(&message, &job.input, self.core.config.max_frame, out) {
-                Ok(tail) if size >= LEND_FROM && self.link.lends_arguments() => {
-                    // Lent instead (the same jobs fit or not): the worker reads it here.
-                    out.truncate(start);
-                    let argument = Lent::of(&job.input);
-                    self.link.lend_argument(id, &job.input);
-                    let lent = ToWorker::RunLent {
-                        id,
-                        target,
-                        argument,
-                    };
-                    match put_frame(&lent, &[], usize::MAX, out) {
-                        Ok(_) => false,
-                        Err(_) => {
-                            let _ = put_frame(&message, &job.input, usize::MAX, out);
-                            !tail.is_empty()
-                        }
+            // Lent where the worker reads it here (the line, then the link, keep it).
+            let lend = size >= LEND_FROM && self.link.lends_arguments();
+            let max_frame = self.core.config.max_frame;
+            let large = match put_run(id, target, &job.input, lend, max_frame, out) {
+                Ok(tail) => {
+                    if lend {
+                        self.link.lend_argument(id, &job.input);
                     }
+                    !tail.is_empty()
                 }
-                Ok(tail) => !tail.is_empty(),
                 Err(ProtocolError::MessageTooLarge { size, max }) => {
                     counters.finish(&job.state, Err(JobError::TooLarge { size, max }));
                     continue;

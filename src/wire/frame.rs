@@ -22,10 +22,9 @@
 //! follows tokio-util's length-delimited codec: an explicit [`State`], and
 //! `decode(&mut buf) -> Result<Option<Frame>>` with `Ok(None)` meaning "need more bytes".
 
-use crate::error::{Cause, JobError};
+pub(crate) use super::error::ProtocolError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
-use std::io;
 use tokio_util::codec::Decoder;
 
 /// Header bytes: the frame's length, then its message's length.
@@ -40,41 +39,6 @@ const DIRECT_PAYLOAD: usize = 1 << 20;
 pub(crate) const LEND_FROM: usize = DIRECT_PAYLOAD;
 /// Room kept in the read buffer while a large payload streams through it.
 const READ_ROOM: usize = 1 << 20;
-
-/// What can go wrong on a link.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ProtocolError {
-    #[error("frame exceeds the maximum frame size of {max} bytes")]
-    FrameTooLarge { max: usize },
-    #[error("message of {size} bytes exceeds the maximum frame size of {max} bytes")]
-    MessageTooLarge { size: usize, max: usize },
-    /// The header's lengths do not describe a frame.
-    #[error("corrupt frame: {0}")]
-    Corrupt(String),
-    /// The message does not decode, or does not fill the length its header gives.
-    #[error("corrupt frame: its message does not decode")]
-    Malformed(#[source] postcard::Error),
-    #[error("cannot encode a message")]
-    Unencodable(#[source] postcard::Error),
-    #[error("connection closed in the middle of a frame")]
-    Truncated,
-    #[error("i/o error on the worker connection")]
-    Io(#[from] io::Error),
-}
-
-impl ProtocolError {
-    /// This error as the error of the job it cost: [`JobError::Protocol`], its text the
-    /// reason and what lies underneath it (an I/O or a decoding error) the cause.
-    pub(crate) fn into_job_error(self) -> JobError {
-        let reason = self.to_string();
-        let cause = match self {
-            ProtocolError::Malformed(e) | ProtocolError::Unencodable(e) => Some(Cause::new(e)),
-            ProtocolError::Io(e) => Some(Cause::new(e)),
-            _ => None,
-        };
-        JobError::Protocol { reason, cause }
-    }
-}
 
 /// One decoded frame: a message and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]

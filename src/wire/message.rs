@@ -5,8 +5,10 @@
 //! and the worker's `Ready` (or `InitFailed`); then the pool sends `Run` and the worker
 //! answers each with `Done`, in order, until the pool sends `Shutdown` or the link closes.
 
+use super::frame::{ProtocolError, put_frame};
 use crate::run::Outcome;
 use crate::ship::{ImageId, Target};
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message or the frame layout changes shape. Version 4: the frame
@@ -101,6 +103,39 @@ pub(crate) struct Hello {
 pub(crate) struct Lent {
     pub(crate) addr: u64,
     pub(crate) len: u64,
+}
+
+/// Appends job `id`'s frame to `out` (see [`put_frame`]): with `lend`, a `RunLent` that
+/// names `input` (which the caller keeps alive and unchanged while the job is the
+/// worker's), else a `Run` with `input` as its payload. Returns what of the payload the
+/// sender writes after `out` (nothing when lent). A job too large for a frame is refused
+/// either way.
+pub(crate) fn put_run<'i>(
+    id: u64,
+    target: Target,
+    input: &'i [u8],
+    lend: bool,
+    max_frame: usize,
+    out: &mut BytesMut,
+) -> Result<&'i [u8], ProtocolError> {
+    let start = out.len();
+    let tail = put_frame(&ToWorker::Run { id, target }, input, max_frame, out)?;
+    if !lend {
+        return Ok(tail);
+    }
+    out.truncate(start);
+    let argument = Lent::of(input);
+    put_frame(
+        &ToWorker::RunLent {
+            id,
+            target,
+            argument,
+        },
+        &[],
+        max_frame,
+        out,
+    )?;
+    Ok(&[])
 }
 
 impl Lent {

@@ -1,5 +1,5 @@
 //! The wire format between a pool and its workers, whatever carries it: how a frame is laid
-//! out and decoded ([`frame`]), the messages it carries ([`message`]), how the items of a
+//! out and decoded ([`frame`], with its [`error`]s), the messages it carries ([`message`]), how the items of a
 //! `map` chunk travel inside a payload ([`items`], with [`plain`] values packed), and the
 //! worker's blocking end of a link ([`blocking`], with the [`outbox`] that holds its
 //! answers back for a moment).
@@ -9,6 +9,7 @@
 
 pub(crate) mod blocking;
 pub(crate) mod claims;
+pub(crate) mod error;
 pub(crate) mod frame;
 #[cfg(feature = "mpi")]
 pub(crate) mod headers;
