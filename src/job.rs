@@ -301,7 +301,9 @@ impl<A: Serialize + 'static, R> EncodedChunk<A, R> {
     /// An empty chunk, with room for `bytes` of arguments (so that it rarely grows by
     /// copying).
     pub(crate) fn with_capacity(f: fn(A) -> R, bytes: usize) -> EncodedChunk<A, R> {
-        let mut input = Vec::with_capacity(bytes.saturating_add(4));
+        // A large one in a kept buffer, whose pages are already there (the arguments of
+        // the chunks before it, and their answers, went back to the spares).
+        let mut input = crate::spares::SPARES.empty(bytes.saturating_add(4));
         input.extend_from_slice(&[0; 4]);
         EncodedChunk {
             f,
@@ -503,14 +505,18 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
         // Without a copy when the answer has a buffer of its own (a large one does).
         return Ok(Box::new(Vec::<u8>::from(bytes)));
     }
+    // Decoded into a value of its own: the answer's buffer is kept for the next message.
     if let Some(numbers) = crate::wire::plain::get_vec::<R>(&bytes) {
+        crate::spares::recycle(bytes);
         return numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
             JobError::Decode("result: packed numbers of a length no whole number of values".into())
         });
     }
-    postcard::from_bytes::<R>(&bytes)
+    let decoded = postcard::from_bytes::<R>(&bytes)
         .map(|r| Box::new(r) as Output)
-        .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}"))))
+        .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}"))));
+    crate::spares::recycle(bytes);
+    decoded
 }
 
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(

@@ -151,6 +151,13 @@ impl Spares {
         drop(gone);
     }
 
+    /// What [`recycle`] does, for these spares.
+    fn recycle(&self, bytes: bytes::Bytes) {
+        if bytes.len() >= LARGE && bytes.is_unique() {
+            self.keep(Vec::from(bytes));
+        }
+    }
+
     /// Lets every kept buffer go.
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // an MPI rank's needs
     pub(crate) fn release(&self) {
@@ -224,6 +231,14 @@ pub(crate) fn returning(buffer: Vec<u8>) -> bytes::Bytes {
     bytes::Bytes::from_owner(Returning(buffer))
 }
 
+/// Keeps the buffer behind `bytes` (an answer that has been decoded) in [`SPARES`], if it
+/// is large and `bytes` is its only holder: the next large argument is encoded into it,
+/// or the next large answer read into it, instead of into fresh memory. The buffer moves,
+/// its bytes are not copied (`Bytes` made from a `Vec`; any other kind is never unique).
+pub(crate) fn recycle(bytes: bytes::Bytes) {
+    SPARES.recycle(bytes);
+}
+
 /// A buffer that goes to [`SPARES`] when dropped.
 struct Returning(Vec<u8>);
 
@@ -287,6 +302,32 @@ mod tests {
     }
 
     #[test]
+    fn a_decoded_answer_gives_its_buffer_back_only_if_it_is_its_only_holder() {
+        let spares = Spares::default();
+        let answer = vec![3_u8; 2 * LARGE];
+        let at = answer.as_ptr();
+        spares.recycle(bytes::Bytes::from(answer));
+        let mut again = spares.empty(LARGE);
+        assert_eq!(again.as_ptr(), at, "the same buffer, moved, not copied");
+        again.resize(LARGE, 1); // the next answer read into it
+
+        let shared = bytes::Bytes::from(again);
+        let other = shared.clone();
+        spares.recycle(shared);
+        assert!(spares.kept().is_empty(), "another holder still reads it");
+        spares.recycle(other);
+        assert_eq!(spares.kept().len(), 1, "the last holder lets it go");
+
+        spares.release();
+        spares.recycle(bytes::Bytes::from(vec![0_u8; 100]));
+        spares.recycle(returning(vec![0_u8; 2 * LARGE]).slice(..));
+        assert!(
+            spares.kept().is_empty(),
+            "small ones are not kept, and a buffer that returns by itself is never unique"
+        );
+    }
+
+    #[test]
     fn filled_grows_a_shorter_buffer_and_reserve_moves_into_a_kept_one() {
         let spares = Spares::default();
         let mut short = Vec::with_capacity(4 * LARGE);
@@ -318,20 +359,21 @@ mod tests {
         assert!(spares.release_if_idle());
         assert!(spares.kept().is_empty());
         // This process's own spares are watched by a thread that lets them go; a large
-        // argument's buffer goes to them when its last holder lets go.
-        let mut buffer = Vec::with_capacity(LARGE + 4321); // told apart by its capacity
+        // argument's buffer goes to them when its last holder lets go. Tests running
+        // beside this one keep buffers there too: this one is told apart by its capacity,
+        // larger than theirs, so that none of theirs makes it go (only its pages up to
+        // `LARGE` are ever touched).
+        let capacity = KEPT_BYTES / 2 + 4321;
+        let mut buffer = Vec::with_capacity(capacity);
         buffer.resize(LARGE, 5);
         let argument = returning(buffer);
         let writer = argument.clone();
         drop(argument);
-        assert!(!SPARES.kept().contains(&(LARGE + 4321)), "a holder is left");
+        assert!(!SPARES.kept().contains(&capacity), "a holder is left");
         drop(writer);
-        assert!(
-            SPARES.kept().contains(&(LARGE + 4321)),
-            "the last one let go"
-        );
+        assert!(SPARES.kept().contains(&capacity), "the last one let go");
         let deadline = Instant::now() + 30 * IDLE;
-        while !SPARES.kept().is_empty() {
+        while SPARES.kept().contains(&capacity) {
             assert!(Instant::now() < deadline, "the watcher never let them go");
             std::thread::sleep(IDLE / 10);
         }

@@ -423,6 +423,14 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
 
 impl<R: DeserializeOwned + 'static> ExactSizeIterator for EncodedItems<R> {}
 
+impl<R> Drop for EncodedItems<R> {
+    /// A large answer's buffer is kept for the next large message (its items are decoded
+    /// into values of their own).
+    fn drop(&mut self) {
+        crate::spares::recycle(std::mem::take(&mut self.bytes));
+    }
+}
+
 /// Decodes arbitrary bytes as a chunk's answer, as a fuzzer does.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_decode(data: &[u8]) {
