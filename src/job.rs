@@ -505,16 +505,15 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
         // Without a copy when the answer has a buffer of its own (a large one does).
         return Ok(Box::new(Vec::<u8>::from(bytes)));
     }
-    // Decoded into a value of its own: the answer's buffer is kept for the next message.
-    if let Some(numbers) = crate::wire::plain::get_vec::<R>(&bytes) {
-        crate::spares::recycle(bytes);
-        return numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
+    let decoded = match crate::wire::plain::get_vec::<R>(&bytes) {
+        Some(numbers) => numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
             JobError::Decode("result: packed numbers of a length no whole number of values".into())
-        });
-    }
-    let decoded = postcard::from_bytes::<R>(&bytes)
-        .map(|r| Box::new(r) as Output)
-        .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}"))));
+        }),
+        None => postcard::from_bytes::<R>(&bytes)
+            .map(|r| Box::new(r) as Output)
+            .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}")))),
+    };
+    // Decoded into a value of its own: the answer's buffer is kept for the next message.
     crate::spares::recycle(bytes);
     decoded
 }

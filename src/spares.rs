@@ -153,7 +153,9 @@ impl Spares {
 
     /// What [`recycle`] does, for these spares.
     fn recycle(&self, bytes: bytes::Bytes) {
-        if bytes.len() >= LARGE && bytes.is_unique() {
+        // Moved out only when no other holder reads it (`Vec::from` would copy a shared
+        // one); whether it is large enough to keep is `keep`'s to say.
+        if bytes.is_unique() {
             self.keep(Vec::from(bytes));
         }
     }
@@ -231,10 +233,10 @@ pub(crate) fn returning(buffer: Vec<u8>) -> bytes::Bytes {
     bytes::Bytes::from_owner(Returning(buffer))
 }
 
-/// Keeps the buffer behind `bytes` (an answer that has been decoded) in [`SPARES`], if it
-/// is large and `bytes` is its only holder: the next large argument is encoded into it,
-/// or the next large answer read into it, instead of into fresh memory. The buffer moves,
-/// its bytes are not copied (`Bytes` made from a `Vec`; any other kind is never unique).
+/// Keeps the buffer behind `bytes` (an answer that has been decoded, a payload that has
+/// been sent) in [`SPARES`], if it is large and `bytes` is its only holder: the next large
+/// message is built or read into it instead of into fresh memory. The buffer moves, its
+/// bytes are not copied (`Bytes` made from a `Vec`; any other kind is never unique).
 pub(crate) fn recycle(bytes: bytes::Bytes) {
     SPARES.recycle(bytes);
 }

@@ -252,9 +252,7 @@ async fn run_worker(
                     let payload = bytes::Bytes::from(payload);
                     let _ = link.send(&frames, &payload).await;
                     SPARES.keep(frames);
-                    if let Ok(payload) = payload.try_into_mut() {
-                        SPARES.keep(payload.into());
-                    }
+                    crate::spares::recycle(payload);
                 }
                 Some(Order::Kill) | None => break link.kill().await,
             },

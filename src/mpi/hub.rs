@@ -223,9 +223,7 @@ fn carry(world: &impl Communicator, request: Request, router: &mut Router) {
         Request::SendPair(rank, head, payload) => {
             send(world, rank, &head, router);
             send(world, rank, &payload, router);
-            if let Ok(payload) = payload.try_into_mut() {
-                SPARES.keep(payload.into());
-            }
+            crate::spares::recycle(payload);
         }
         Request::Stop | Request::Abort(_) => {}
     }
