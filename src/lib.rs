@@ -105,7 +105,7 @@
 //! | the same through [`Map::try_collect_vec`] | | 155–168 M items/s | 59–66 M items/s | same |
 //! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 30–32 ms, lent (bare socket: 37–38 ms in those runs) | same |
 //! | primes below 5M, CPU only (W4) | 1.00× | 1.96–1.97× | 1.96–1.97× | same |
-//! | 1M short reviews, lexicon per worker | 1.00× | 1.02–1.64× | 1.28–1.37× | `cargo run --release --example sentiment` |
+//! | 1M short reviews, lexicon per worker, strings moved into the jobs (2026-12-04) | 1.00× | 1.73–1.75× | 1.27–1.35× | `cargo run --release --example sentiment` |
 //! | moving average, 10M samples (80 MB each way) | 1.00× | 1.80–1.90× | 1.43–1.53× | `cargo run --release --example signal_filter` |
 //! | the same, signal and output in shared arrays | 1.00× | 1.82–1.86× | 1.79–1.83× | same |
 //!
@@ -117,10 +117,14 @@
 //! The moving average does about 100 additions per 16 bytes shipped, so processes that
 //! ship the samples spend much of their time moving them: keep such work on threads, or
 //! put the data in shared arrays, which processes read and write in place. A review
-//! takes about a quarter of a microsecond to classify, about what a process pool spends
-//! encoding, sending and decoding its string and what either pool spends handing one
-//! result to the caller, so both stay well below 2× there (and the thread pool's figure
-//! swings with where the scheduler puts its threads).
+//! takes about a third of a microsecond to classify. Moved into the jobs (`map(f,
+//! reviews)`, not `reviews.iter().cloned()`), the strings cost the caller nothing per item
+//! on threads; cloning each one in the timed loop held the thread pool to 1.5–1.6× on two
+//! cores, the caller's allocations taking their time from the workers. A process pool
+//! still encodes, sends and decodes every string, and frees it on the caller's side: a
+//! profile puts about a fifth of its workers' time into decoding them and encoding the
+//! answers, and a sixth of all the time on the two cores into the caller and the pool's
+//! thread.
 //! Counting primes ships a few bytes per millisecond of work, and processes scale as well
 //! as threads while isolating crashes.
 //!
