@@ -19,9 +19,13 @@ const SPINS: u32 = 8;
 const SPIN_PAUSES: u32 = 64;
 
 pub(crate) struct JobQueue<T> {
-    inner: Mutex<Inner<T>>,
+    /// Taken by the submitter and a worker for every job. On lines of its own: beside the
+    /// fields a pool's workers read for every job (its own struct's), each read pulled
+    /// the line away from the submitter, whose next lock then waited to get it back.
+    inner: Padded<Mutex<Inner<T>>>,
     available: Condvar,
-    notify: tokio::sync::Notify,
+    /// Notified at every push: on lines of its own for the same reason.
+    notify: Padded<tokio::sync::Notify>,
     /// The pool's bound on unfinished jobs, if it has one: closed with the queue.
     admission: Admission,
 }
@@ -46,14 +50,14 @@ impl<T: Queued> JobQueue<T> {
     pub(crate) fn with_admission(admission: Admission) -> JobQueue<T> {
         JobQueue {
             admission,
-            inner: Mutex::new(Inner {
+            inner: Padded(Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
                 failed: None,
                 sleepers: 0,
-            }),
+            })),
             available: Condvar::new(),
-            notify: tokio::sync::Notify::new(),
+            notify: Padded(tokio::sync::Notify::new()),
         }
     }
 
@@ -63,7 +67,7 @@ impl<T: Queued> JobQueue<T> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends a job; gives it back if the queue is closed.
@@ -100,7 +104,7 @@ impl<T: Queued> JobQueue<T> {
                 self.available.notify_one();
             }
         }
-        self.notify.notify_one();
+        self.notify.0.notify_one();
     }
 
     /// Puts jobs that were taken but never ran back at the front, in their order, even if
@@ -167,7 +171,7 @@ impl<T: Queued> JobQueue<T> {
     /// closed and empty.
     pub(crate) async fn pop(&self) -> Option<T> {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.notify.0.notified();
             futures::pin_mut!(notified);
             // Register before looking, so a push or close between the look and the await
             // still wakes us.
@@ -177,7 +181,7 @@ impl<T: Queued> JobQueue<T> {
                 if let Some(item) = inner.items.pop_front() {
                     if !inner.items.is_empty() {
                         // More work: pass the wake-up on to another waiting worker.
-                        self.notify.notify_one();
+                        self.notify.0.notify_one();
                     }
                     return Some(item);
                 }
@@ -205,7 +209,7 @@ impl<T: Queued> JobQueue<T> {
             }
         };
         self.available.notify_all();
-        self.notify.notify_waiters();
+        self.notify.0.notify_waiters();
         if let Some(error) = fail_with {
             for item in drained {
                 item.state().abandon(error.clone());
@@ -228,6 +232,11 @@ impl<T: Queued> JobQueue<T> {
         inner.closed && inner.items.is_empty()
     }
 }
+
+/// A value on cache lines of its own: 128 bytes, as `crossbeam_utils::CachePadded` has on
+/// x86-64, whose prefetcher fetches lines in pairs.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 #[cfg(test)]
 mod tests {
