@@ -119,8 +119,8 @@
 //! put the data in shared arrays, which processes read and write in place. A review
 //! takes about a third of a microsecond to classify. Moved into the jobs (`map(f,
 //! reviews)`, not `reviews.iter().cloned()`), the strings cost the caller nothing per item
-//! on threads; cloning each one in the timed loop held the thread pool to 1.5–1.6× on two
-//! cores, the caller's allocations taking their time from the workers. A process pool
+//! on threads; cloning each one in the timed loop held the thread pool to 1.2–1.6× on two
+//! cores (runs of 2026-12-04), the caller's allocations taking their time from the workers. A process pool
 //! still encodes, sends and decodes every string, and frees it on the caller's side: a
 //! profile puts about a fifth of its workers' time into decoding them and encoding the
 //! answers, and a sixth of all the time on the two cores into the caller and the pool's
