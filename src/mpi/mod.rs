@@ -42,11 +42,17 @@ const MAX_MESSAGE: usize = i32::MAX as usize - (1 << 20);
 const MAX_FRAME: usize = 1 << 30;
 
 /// How long before a running job is expected to end its worker is sent the next: more
-/// than the round trip through rank 0's and the agent's MPI threads, which took 1.1 ms
-/// with one worker busy on a 2-core machine (rank 0 to agent 0.5 ms, agent to rank 0
-/// 0.6 ms) and 1 to 6 ms with both busy; the estimate it is subtracted from includes
-/// that round trip too. 2 ms gave W4 speedups of 1.63 to 1.71, 5 ms 1.71 to 1.78.
-const LEAD: Duration = Duration::from_millis(5);
+/// than the round trip through rank 0's and the agent's MPI threads while both cores run
+/// jobs. That round trip took 1.1 ms with one worker busy on a 2-core machine, but with
+/// both busy the workers of W4 waited 3 to 10 ms for their next job whenever it was sent
+/// 5 ms ahead (2026-12-04: 35-55 ms of gaps per worker and run, mostly behind the short
+/// first jobs, whose estimate still came from the longer last ones). Sent 30 ms ahead (at
+/// once, for W4's 10-25 ms jobs: one job waits behind each running one), the gaps fell to
+/// 3-14 ms per worker and run, and W4 went from 1.76-1.83 to 1.87-1.90 (three runs each
+/// of `mpi_vs_process`'s pools, alternated). The cost: a job sent ahead cannot be taken
+/// back from a node agent, so if the job running there takes much longer than expected,
+/// the one sent ahead waits behind it even when another worker is idle.
+const LEAD: Duration = Duration::from_millis(30);
 /// How often an agent reports its workers' memory, when the pool has a ceiling (the local
 /// pool reads it as often).
 const MEMORY_EVERY: Duration = Duration::from_millis(20);
