@@ -492,9 +492,16 @@ mod imp {
             }
             assert_eq!(ranks, BTreeSet::from([1, 2]), "jobs ran on both agents");
             // large arguments and results, around the size from which they cross MPI on
-            // their own and into kept buffers, several at once and again
+            // their own and into kept buffers, and in several pieces (the last one short),
+            // several at once and again
             for _ in 0..2 {
-                for size in [(1 << 20) - 1, 1 << 20, (3 << 20) + 7, 16 << 20] {
+                for size in [
+                    (1 << 20) - 1,
+                    1 << 20,
+                    (3 << 20) + 7,
+                    16 << 20,
+                    (17 << 20) + 3,
+                ] {
                     let payload = pattern(size);
                     let handles: Vec<_> =
                         (0..3).map(|_| pool.submit(echo, payload.clone())).collect();

@@ -80,7 +80,7 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
     let kill = CancellationToken::new();
     let mut workers: HashMap<u32, Feed> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some(bytes) = inbound.recv().await {
+    'serve: while let Some(bytes) = inbound.recv().await {
         match ToAgent::decode(bytes) {
             Ok(ToAgent::Start(worker)) => {
                 let (orders, orders_rx) = unbounded_channel();
@@ -105,19 +105,25 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
                 order(&workers, worker, Order::Write(bytes, Vec::new()));
             }
             Ok(ToAgent::FramesThen(worker, frames, announced)) => {
-                // Rank 0's next message, which nothing can come before.
-                let Some(payload) = inbound.recv().await else {
-                    break;
-                };
-                if payload.len() as u64 == announced {
-                    order(&workers, worker, Order::Write(frames, payload));
-                } else {
-                    tracing::error!(
-                        "a node agent was announced a payload of {announced} bytes and sent {}; \
-                         its worker is stopped",
-                        payload.len()
-                    );
-                    order(&workers, worker, Order::Kill);
+                // Rank 0's next messages, which nothing can come before: the payload, in
+                // pieces, each written to the worker while the next one arrives.
+                let mut frames = Some(frames);
+                let mut got = 0_u64;
+                while got < announced {
+                    let Some(piece) = inbound.recv().await else {
+                        break 'serve;
+                    };
+                    got += piece.len() as u64;
+                    if piece.is_empty() || got > announced {
+                        tracing::error!(
+                            "a node agent was announced a payload of {announced} bytes and sent \
+                             {got} or more; its worker is stopped"
+                        );
+                        order(&workers, worker, Order::Kill);
+                        break;
+                    }
+                    let frames = frames.take().unwrap_or_default();
+                    order(&workers, worker, Order::Write(frames, piece));
                 }
             }
             Ok(ToAgent::Kill(worker)) => order(&workers, worker, Order::Kill),

@@ -93,9 +93,10 @@ pub(super) enum ToAgent {
     Start(Worker),
     /// Bytes for the worker, as they are to be written to it.
     Frames(Worker, Vec<u8>),
-    /// Frames for the worker whose last one's payload, this many bytes, is the next
-    /// message from rank 0, on its own: a large argument crosses MPI straight from the
-    /// caller's buffer, and into one the agent writes from as it is.
+    /// Frames for the worker whose last one's payload, this many bytes, comes next from
+    /// rank 0, on its own, in messages of at most `hub::PIECE` bytes: a large argument
+    /// crosses MPI straight from the caller's buffer, into buffers the agent writes from
+    /// as they are, each while the next one is received.
     FramesThen(Worker, Vec<u8>, u64),
     /// Stop the worker now.
     Kill(Worker),

@@ -38,11 +38,15 @@ const ASLEEP_AFTER: Duration = Duration::from_secs(1);
 /// ...and polls this often.
 const ASLEEP: Duration = Duration::from_millis(5);
 
+/// The largest message a payload of a [`Request::SendPair`] is sent in: the receiver can
+/// hand on one piece (a node agent writes it to its worker) while it receives the next.
+pub(super) const PIECE: usize = 8 << 20;
+
 /// What the other threads ask of the hub.
 enum Request {
     Send(i32, Vec<u8>),
-    /// Two messages, one after the other: a head and a large payload sent from where it
-    /// is (MPI keeps their order: nothing comes between them).
+    /// A head, then a large payload sent from where it is, in pieces of at most
+    /// [`PIECE`] bytes (MPI keeps their order: nothing comes between them).
     SendPair(i32, Vec<u8>, Bytes),
     Stop,
     Abort(i32),
@@ -58,8 +62,8 @@ impl Outbox {
         self.0.send(Request::Send(rank, bytes)).is_ok()
     }
 
-    /// Queues `head`, then `payload` right after it, for `rank`; `false` if the hub has
-    /// stopped.
+    /// Queues `head`, then `payload` right after it (in pieces of at most [`PIECE`]
+    /// bytes), for `rank`; `false` if the hub has stopped.
     pub(super) fn send_pair(&self, rank: i32, head: Vec<u8>, payload: Bytes) -> bool {
         self.0.send(Request::SendPair(rank, head, payload)).is_ok()
     }
@@ -222,7 +226,9 @@ fn carry(world: &impl Communicator, request: Request, router: &mut Router) {
         }
         Request::SendPair(rank, head, payload) => {
             send(world, rank, &head, router);
-            send(world, rank, &payload, router);
+            for piece in payload.chunks(PIECE) {
+                send(world, rank, piece, router);
+            }
             crate::spares::recycle(payload);
         }
         Request::Stop | Request::Abort(_) => {}
