@@ -119,7 +119,19 @@ fn driver() -> Result<()> {
         println!("mpi_vs_process: mpi4py is not installed (pip install mpi4py): no Python column");
     }
     let get = |w: &str, e: &str| table.get(&(w.to_owned(), e.to_owned())).copied();
-    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    // Speedups near 2 need their second decimal; the rest do not.
+    let show = |v: Option<f64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            |v| {
+                if v < 10.0 {
+                    format!("{v:.2}")
+                } else {
+                    format!("{v:.1}")
+                }
+            },
+        )
+    };
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.2}", a / b),
         _ => "-".into(),

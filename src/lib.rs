@@ -100,7 +100,7 @@
 //! |---|---|---|---|---|
 //! | one tiny job, round trip with `wait()` (W1) | | 3.3–5.7 µs | 23.1–25.8 µs (bare socket: 13.1 µs) | `cargo run --release --example thread_vs_process` |
 //! | the same, `.await`ed on a multi-thread tokio runtime | | 5.6–9.0 µs | 34.2–36.2 µs | same |
-//! | 100,000 tiny jobs (W2) | | 4.05–4.83 M jobs/s | 721–741 k jobs/s | same |
+//! | 100,000 tiny jobs (W2; 2026-12-04, a window of up to 1,024 jobs per worker) | | 3.86–5.12 M jobs/s | 1.10–1.27 M jobs/s | same |
 //! | 1M items mapped, chunks of 1,000 (W3) | | 55–59 M items/s | 53–58 M items/s | same |
 //! | the same through [`Map::try_collect_vec`] | | 155–168 M items/s | 59–66 M items/s | same |
 //! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 30–32 ms, lent (bare socket: 37–38 ms in those runs) | same |
