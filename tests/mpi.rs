@@ -396,6 +396,16 @@ mod imp {
         std::process::abort()
     }
 
+    /// Returns `size` bytes, and aborts 5 ms later: while they are being written.
+    fn die_writing(size: usize) -> Vec<u8> {
+        let answer = vec![7; size];
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(5));
+            std::process::abort()
+        });
+        answer
+    }
+
     /// Holds `mib` MiB, touched, until killed (or for 30 s).
     /// Sums its part of the input into its one element of the output.
     fn shared_sum((input, output): (SharedSlice<u64>, SharedBuffer<u64>)) {
@@ -565,6 +575,22 @@ mod imp {
                 other => panic!("{other:?}"),
             }
             assert_eq!(pool.submit(square, 3).await.unwrap(), 9);
+            // a worker that dies while it writes a large answer to its agent: the job fails
+            // alone, the frame begun is dropped, and the agent goes on
+            match pool.submit(die_writing, 96 << 20).await {
+                Err(JobError::WorkerDied { exit, .. }) => {
+                    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit}");
+                }
+                other => panic!("{:?}", other.map(|answer| answer.len())),
+            }
+            let payload = pattern((17 << 20) + 3);
+            let handles: Vec<_> = (0..4).map(|_| pool.submit(echo, payload.clone())).collect();
+            for handle in handles {
+                assert!(
+                    handle.await.unwrap() == payload,
+                    "an echo after the answer cut short"
+                );
+            }
             // a timeout stops the job, not only the wait
             let at = Instant::now();
             let late = pool.submit_with(
