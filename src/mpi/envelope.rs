@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Bumped whenever a message below changes meaning.
-pub(super) const MPI_PROTOCOL_VERSION: u32 = 2;
+pub(super) const MPI_PROTOCOL_VERSION: u32 = 3;
 
 /// Slot, generation, kind.
 const TRAILER: usize = 9;
