@@ -104,10 +104,9 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
             Ok(ToAgent::Frames(worker, bytes)) => {
                 order(&workers, worker, Order::Write(bytes, Vec::new()));
             }
-            Ok(ToAgent::FramesThen(worker, frames, announced)) => {
+            Ok(ToAgent::FramesThen(worker, mut frames, announced)) => {
                 // Rank 0's next messages, which nothing can come before: the payload, in
                 // pieces, each written to the worker while the next one arrives.
-                let mut frames = Some(frames);
                 let mut got = 0_u64;
                 while got < announced {
                     let Some(piece) = inbound.recv().await else {
@@ -122,7 +121,8 @@ async fn agent(outbox: &Outbox, mut inbound: UnboundedReceiver<Vec<u8>>, hello: 
                         order(&workers, worker, Order::Kill);
                         break;
                     }
-                    let frames = frames.take().unwrap_or_default();
+                    // The frames go with the first piece.
+                    let frames = std::mem::take(&mut frames);
                     order(&workers, worker, Order::Write(frames, piece));
                 }
             }
