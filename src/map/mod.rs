@@ -74,7 +74,10 @@ struct Blocked {
 
 /// The results of the chunk being handed out, one by one.
 enum Ready<R> {
-    /// Already decoded: a thread pool's chunk, or a chunk that failed as a whole.
+    /// A thread pool's chunk whose every item succeeded.
+    Values(std::vec::IntoIter<R>),
+    /// Already decoded: a thread pool's chunk with failed items, or a chunk that failed
+    /// as a whole.
     Decoded(std::vec::IntoIter<Result<R, JobError>>),
     /// A process pool's answer, decoded as it is read.
     Encoded(EncodedItems<R>),
@@ -83,6 +86,7 @@ enum Ready<R> {
 impl<R> Ready<R> {
     fn len(&self) -> usize {
         match self {
+            Ready::Values(values) => values.len(),
             Ready::Decoded(results) => results.len(),
             Ready::Encoded(items) => items.remaining(),
         }
@@ -95,6 +99,7 @@ impl<R: DeserializeOwned + 'static> Iterator for Ready<R> {
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
+            Ready::Values(values) => values.next().map(Ok),
             Ready::Decoded(results) => results.next(),
             Ready::Encoded(items) => items.next(),
         }
@@ -105,6 +110,10 @@ impl<R: DeserializeOwned + 'static> Ready<R> {
     /// Appends the results left to `out`, stopping at the first failed one.
     fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
         match self {
+            Ready::Values(values) => {
+                out.extend(values); // a copy of the whole rest at once
+                Ok(())
+            }
             Ready::Decoded(results) => {
                 out.reserve(results.len());
                 for result in results {
@@ -571,9 +580,16 @@ where
                         return;
                     }
                     Ok(items) => items.take(len).collect(),
-                    Err(boxed) => *boxed
-                        .downcast::<Vec<Result<R, JobError>>>()
-                        .expect("procpool bug: chunk output has the wrong type"),
+                    Err(boxed) => match boxed.downcast::<Vec<R>>() {
+                        Ok(values) if values.len() == len => {
+                            self.ready = Ready::Values(values.into_iter());
+                            return;
+                        }
+                        Ok(values) => values.into_iter().map(Ok).collect(),
+                        Err(boxed) => *boxed
+                            .downcast::<Vec<Result<R, JobError>>>()
+                            .expect("procpool bug: chunk output has the wrong type"),
+                    },
                 };
                 let got = results.len();
                 if got != len {
