@@ -375,7 +375,7 @@ where
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        let count = u32::try_from(self.items).map_err(|_| too_many_items())?;
+        let count = items::chunk_count(self.items)?;
         self.input[..4].copy_from_slice(&count.to_le_bytes());
         if out.is_empty() {
             std::mem::swap(out, &mut self.input);
@@ -410,10 +410,6 @@ where
     fn is_chunk(&self) -> bool {
         true
     }
-}
-
-fn too_many_items() -> JobError {
-    JobError::Encode("a chunk holds at most 2^32 - 1 items".into())
 }
 
 /// A worker initializer, `f()`, run once before the worker's first job.

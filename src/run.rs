@@ -8,7 +8,7 @@
 
 use crate::error::JobError;
 use crate::wire::items::{
-    TAG_ARG_DECODE, TAG_ARG_ENCODE, TAG_OK, TAG_PANICKED, encode_into, encode_value,
+    ALL_PACKED, TAG_ARG_DECODE, TAG_ARG_ENCODE, TAG_OK, TAG_PANICKED, encode_into, encode_value,
     is_byte_buffer, push_item, push_message_item, same_type, take_value,
 };
 use crate::wire::plain;
@@ -180,9 +180,10 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
     let Some((count, mut rest)) = input.split_first_chunk::<4>() else {
         return Outcome::Decode("chunk shorter than its item count".into());
     };
-    // The answer starts with the same count: the caller hands out exactly that many results.
-    out.extend_from_slice(count);
     let count = u32::from_le_bytes(*count);
+    // The answer starts with the same count: the caller hands out exactly that many results.
+    let mut answer = Answer::begin::<R>(out, count, rest.len());
+    let out = &mut answer;
     if let Some(width) = plain::width::<A>() {
         let packed = (count as usize).checked_mul(width);
         if packed != Some(rest.len()) {
@@ -197,7 +198,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                 Some(arg) => run_item(f, arg, out),
                 None => {
                     let message = format!("not a `{}`: {arg:?}", std::any::type_name::<A>());
-                    push_message_item(out, TAG_ARG_DECODE, &message);
+                    push_message_item(out.tagged(), TAG_ARG_DECODE, &message);
                 }
             }
         }
@@ -212,7 +213,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
                 return Outcome::Decode("corrupt argument-error item".into());
             };
             rest = tail;
-            push_message_item(out, TAG_ARG_ENCODE, &message);
+            push_message_item(out.tagged(), TAG_ARG_ENCODE, &message);
             continue;
         }
         let arg = match catch(|| take_value::<A>(body)) {
@@ -232,10 +233,65 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
 
 /// Runs one item of a chunk and appends its answer: the result, or why it failed.
 #[inline]
-fn run_item<A, R: Serialize + 'static>(f: fn(A) -> R, arg: A, out: &mut Vec<u8>) {
+fn run_item<A, R: Serialize + 'static>(f: fn(A) -> R, arg: A, out: &mut Answer<'_>) {
     match catch(move || f(arg)) {
-        Ok(r) => push_result(out, &r),
-        Err(report) => push_item(out, TAG_PANICKED, |o| encode_into(&report, o)),
+        Ok(r) => out.ok(&r),
+        Err(report) => push_item(out.tagged(), TAG_PANICKED, |o| encode_into(&report, o)),
+    }
+}
+
+/// A chunk's answer being written. While `R` is plain and every item so far succeeded,
+/// it is packed: its count carries [`ALL_PACKED`] and the values follow with no tags. The
+/// first item that fails turns it into the tagged layout, the values before it rewritten
+/// with their tags.
+struct Answer<'a> {
+    out: &'a mut Vec<u8>,
+    /// Where the count is.
+    start: usize,
+    /// The packed width of `R`, while the answer is packed.
+    packed: Option<usize>,
+}
+
+impl<'a> Answer<'a> {
+    /// Writes the count; `input` (the bytes of the items' arguments, one or more each)
+    /// bounds the room reserved for a corrupt count.
+    fn begin<R: 'static>(out: &'a mut Vec<u8>, count: u32, input: usize) -> Answer<'a> {
+        let start = out.len();
+        let packed = plain::width::<R>().filter(|_| count & ALL_PACKED == 0);
+        let head = if packed.is_some() {
+            count | ALL_PACKED
+        } else {
+            count
+        };
+        out.extend_from_slice(&head.to_le_bytes());
+        if let Some(width) = packed {
+            out.reserve((count as usize).min(input) * width);
+        }
+        Answer { out, start, packed }
+    }
+
+    /// Appends a successful item's answer.
+    #[inline]
+    fn ok<R: Serialize + 'static>(&mut self, r: &R) {
+        if self.packed.is_some() && plain::put(r, self.out) {
+            return;
+        }
+        push_result(self.tagged(), r);
+    }
+
+    /// The output, in the tagged layout: for an item that failed.
+    fn tagged(&mut self) -> &mut Vec<u8> {
+        if let Some(width) = self.packed.take() {
+            let values = self.out.split_off(self.start + 4);
+            let count = &mut self.out[self.start..];
+            let head = u32::from_le_bytes(count.try_into().expect("four bytes")) & !ALL_PACKED;
+            count.copy_from_slice(&head.to_le_bytes());
+            for value in values.chunks_exact(width) {
+                self.out.push(TAG_OK);
+                self.out.extend_from_slice(value);
+            }
+        }
+        self.out
     }
 }
 
@@ -365,12 +421,49 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(run_chunk(square, &input, &mut out), Outcome::Ok);
-        let mut answer = 2_u32.to_le_bytes().to_vec();
+        let mut answer = (2_u32 | ALL_PACKED).to_le_bytes().to_vec();
         for x in [1_i64, 4] {
-            answer.push(TAG_OK);
             answer.extend_from_slice(&x.to_le_bytes());
         }
-        assert_eq!(out, answer, "count, then a tag and a value per item");
+        assert_eq!(
+            out, answer,
+            "every item succeeded: the count, flagged, then the values"
+        );
+    }
+
+    #[test]
+    fn a_failed_item_turns_a_packed_answer_tagged() {
+        let mut input = 3_u32.to_le_bytes().to_vec();
+        for x in [2_i64, 3, 4] {
+            input.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut out = vec![0xAA]; // what the buffer held before the answer
+        assert_eq!(run_chunk(fussy, &input, &mut out), Outcome::Ok);
+        let mut head = vec![0xAA];
+        head.extend_from_slice(&3_u32.to_le_bytes());
+        head.push(TAG_OK);
+        head.extend_from_slice(&2_i64.to_le_bytes());
+        head.push(TAG_PANICKED);
+        assert_eq!(
+            out[..head.len()],
+            head[..],
+            "the value before the panic, retagged"
+        );
+        let mut tail = vec![TAG_OK];
+        tail.extend_from_slice(&4_i64.to_le_bytes());
+        assert_eq!(
+            out[out.len() - tail.len()..],
+            tail[..],
+            "tagged after it too"
+        );
+        let results: Vec<_> = EncodedItems::<i64>::new(out.split_off(1).into())
+            .unwrap()
+            .collect();
+        assert_eq!(results[0], Ok(2));
+        assert!(
+            matches!(&results[1], Err(JobError::Panicked { message, .. }) if message.contains("three"))
+        );
+        assert_eq!(results[2], Ok(4));
     }
 
     #[test]

@@ -7,13 +7,14 @@
 //! tag byte and either the postcard encoding of `A` ([`TAG_OK`]) or the message of the
 //! error that kept the argument from encoding ([`TAG_ARG_ENCODE`]). The answer starts with
 //! the same count and is, per item, a tag byte, `len: u32 LE` and `len` bytes: so that one
-//! item that fails to encode, decode or run fails only itself.
+//! item that fails to encode, decode or run fails only itself. A count is below 2^31.
 //!
 //! Plain types (integers, floats, `bool`: see [`super::plain`]) are packed instead, in a
 //! fixed number of little-endian bytes: a chunk of plain `A` is `count` followed by
-//! `count` packed values, with no tags (encoding one cannot fail); in the answer, an item
-//! of plain `R` that succeeded is its tag followed by the packed value, with no length
-//! (other items are as above).
+//! `count` packed values, with no tags (encoding one cannot fail). An answer of plain `R`
+//! whose every item succeeded is `count | ALL_PACKED` followed by the packed values; in
+//! any other answer, an item of plain `R` that succeeded is its tag followed by the packed
+//! value, with no length (other items are as above).
 //!
 //! A `Vec<u8>` travels as raw bytes: the whole payload of a single job, or serde bytes (one
 //! copy) inside a chunk, rather than serde's element-by-element sequence. A `Vec` of
@@ -24,6 +25,22 @@ use crate::error::{JobError, panic_message};
 use serde::{Serialize, de::DeserializeOwned};
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Set in the count of a chunk's answer whose items all succeeded, of a plain `R`: the
+/// values follow packed, with no tags. (A chunk's count is below it.)
+pub(crate) const ALL_PACKED: u32 = 1 << 31;
+
+/// The count a chunk of `len` items starts with.
+pub(crate) fn chunk_count(len: usize) -> Result<u32, JobError> {
+    u32::try_from(len)
+        .ok()
+        .filter(|count| count & ALL_PACKED == 0)
+        .ok_or_else(|| {
+            JobError::Encode(format!(
+                "a chunk of {len} items: a chunk holds at most 2^31 - 1; pass a smaller chunk_size"
+            ))
+        })
+}
 
 /// The item's result (or, in a chunk's input, its argument) follows.
 pub(crate) const TAG_OK: u8 = 0;
@@ -154,8 +171,7 @@ pub(crate) fn put_args<A: Serialize + 'static>(
     args: &Vec<A>,
     out: &mut Vec<u8>,
 ) -> Result<(), JobError> {
-    let count = u32::try_from(args.len())
-        .map_err(|_| JobError::Encode("a chunk holds at most 2^32 - 1 items".into()))?;
+    let count = chunk_count(args.len())?;
     if let Some(width) = plain::width::<A>() {
         out.reserve(4 + args.len() * width);
         out.extend_from_slice(&count.to_le_bytes());
@@ -289,6 +305,8 @@ pub(crate) struct EncodedItems<R> {
     left: usize,
     /// Set once the answer is found corrupt: the error every remaining item gets.
     broken: Option<JobError>,
+    /// Every item succeeded and is a packed value, with no tag ([`ALL_PACKED`]).
+    packed: bool,
     _results: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -306,11 +324,29 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
                 "chunk result shorter than its item count".into(),
             ));
         };
+        let count = u32::from_le_bytes(*count);
+        let packed = count & ALL_PACKED != 0;
+        let left = (count & !ALL_PACKED) as usize;
+        if packed {
+            let Some(width) = plain::width::<R>() else {
+                return Err(JobError::Decode(format!(
+                    "a chunk's answer of packed values, for `{}`, which is not plain",
+                    std::any::type_name::<R>()
+                )));
+            };
+            if left.checked_mul(width) != Some(bytes.len() - 4) {
+                return Err(JobError::Decode(format!(
+                    "a chunk's answer of {left} packed values holds {} bytes",
+                    bytes.len() - 4
+                )));
+            }
+        }
         Ok(EncodedItems {
-            left: u32::from_le_bytes(*count) as usize,
+            left,
             bytes,
             at: 4,
             broken: None,
+            packed,
             _results: std::marker::PhantomData,
         })
     }
@@ -329,6 +365,14 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     }
 
     fn decode_next(&mut self) -> Result<Result<R, JobError>, JobError> {
+        if self.packed {
+            let width = plain::width::<R>().expect("checked in `new`");
+            let body = &self.bytes[self.at..self.at + width]; // length checked in `new`
+            self.at += width;
+            return Ok(plain::get::<R>(body).ok_or_else(|| {
+                JobError::Decode(format!("result: not a `{}`", std::any::type_name::<R>()))
+            }));
+        }
         let (tag, body, rest) = split_item(&self.bytes[self.at..], plain::width::<R>())?;
         self.at = self.bytes.len() - rest.len();
         Ok(match tag {
@@ -367,6 +411,14 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     pub(crate) fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
         out.reserve(self.left);
         if let Some(width) = plain::width::<R>()
+            && self.packed
+        {
+            // The packed values' length was checked in `new`.
+            let values = &self.bytes[self.at..self.at + self.left * width];
+            let n = plain::get_into(values, out);
+            self.at += n * width;
+            self.left -= n;
+        } else if let Some(width) = plain::width::<R>()
             && self.broken.is_none()
         {
             while self.left > 0 {
@@ -400,10 +452,12 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
         // decodes. Anything else takes the general path below, which decodes it again.
         if self.broken.is_none() {
             if let Some(width) = plain::width::<R>() {
-                if let Some((&TAG_OK, rest)) = self.bytes[self.at..].split_first()
-                    && let Some(value) = plain::get::<R>(rest)
+                // A packed value, or a tag and a value.
+                let tag = usize::from(!self.packed);
+                if (self.packed || self.bytes.get(self.at) == Some(&TAG_OK))
+                    && let Some(value) = self.bytes.get(self.at + tag..).and_then(plain::get::<R>)
                 {
-                    self.at += 1 + width;
+                    self.at += tag + width;
                     return Some(Ok(value));
                 }
             } else if let Ok((TAG_OK, body, rest)) = split_item(&self.bytes[self.at..], None) {
@@ -578,12 +632,92 @@ mod tests {
         assert_eq!(items.next(), None);
         // A corrupt count is only a length: the items past the bytes are errors, produced
         // one at a time, never allocated up front.
-        let mut lying = u32::MAX.to_le_bytes().to_vec();
+        let mut lying = (ALL_PACKED - 1).to_le_bytes().to_vec();
         push_ok(&mut lying, &7_i64);
         let mut items = EncodedItems::<i64>::new(lying.into()).unwrap();
-        assert_eq!(items.len(), u32::MAX as usize);
+        assert_eq!(items.len(), (ALL_PACKED - 1) as usize);
         assert_eq!(items.next(), Some(Ok(7)));
         assert!(matches!(items.next(), Some(Err(JobError::Decode(_)))));
+    }
+
+    /// An answer of packed values, as a worker writes it when every item succeeded.
+    fn packed<R: Serialize + 'static>(values: &[R]) -> Vec<u8> {
+        let mut out = (values.len() as u32 | ALL_PACKED).to_le_bytes().to_vec();
+        for value in values {
+            assert!(plain::put(value, &mut out));
+        }
+        out
+    }
+
+    #[test]
+    fn packed_answers_decode_item_by_item_and_in_bulk() {
+        let values: Vec<u64> = (0..100).map(|x| x * 3).collect();
+        let all = packed(&values);
+        let one_by_one: Vec<_> = EncodedItems::<u64>::new(all.clone().into())
+            .unwrap()
+            .collect();
+        assert_eq!(
+            one_by_one,
+            values.iter().map(|&v| Ok(v)).collect::<Vec<_>>()
+        );
+        let mut items = EncodedItems::<u64>::new(all.into()).unwrap();
+        assert_eq!(items.next(), Some(Ok(0)));
+        let mut bulk = vec![0];
+        items.drain_ok_into(&mut bulk).unwrap();
+        assert_eq!(bulk, values);
+        assert_eq!((items.len(), items.next()), (0, None));
+        // A byte that is no `bool` fails its item alone, in either way of reading.
+        let mut odd = packed(&[true, false, true]);
+        odd[5] = 7;
+        let results = decode_all::<bool>(&odd).unwrap();
+        assert_eq!(results[0], Ok(true));
+        assert!(matches!(results[1], Err(JobError::Decode(_))));
+        assert_eq!(results[2], Ok(true));
+        let mut items = EncodedItems::<bool>::new(odd.into()).unwrap();
+        let mut bulk = Vec::new();
+        assert!(matches!(
+            items.drain_ok_into(&mut bulk),
+            Err(JobError::Decode(_))
+        ));
+        assert_eq!((bulk, items.next()), (vec![true], Some(Ok(true))));
+    }
+
+    #[test]
+    fn a_packed_answer_of_the_wrong_length_or_type_is_refused() {
+        let mut short = packed(&[1_u64, 2]);
+        short.pop();
+        assert!(matches!(
+            EncodedItems::<u64>::new(short.into()),
+            Err(JobError::Decode(_))
+        ));
+        let mut long = packed(&[1_u64, 2]);
+        long.push(0);
+        assert!(matches!(
+            EncodedItems::<u64>::new(long.into()),
+            Err(JobError::Decode(_))
+        ));
+        // A count that claims 2^31 - 1 packed values, with the bytes of one.
+        let mut lying = u32::MAX.to_le_bytes().to_vec();
+        lying.extend_from_slice(&7_u64.to_le_bytes());
+        assert!(matches!(
+            EncodedItems::<u64>::new(lying.into()),
+            Err(JobError::Decode(_))
+        ));
+        let strings = packed(&[1_u64]);
+        assert!(matches!(
+            EncodedItems::<String>::new(strings.into()),
+            Err(JobError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_chunk_count_stays_below_the_packed_flag() {
+        assert_eq!(chunk_count(5), Ok(5));
+        assert_eq!(chunk_count((ALL_PACKED - 1) as usize), Ok(ALL_PACKED - 1));
+        assert!(matches!(
+            chunk_count(ALL_PACKED as usize),
+            Err(JobError::Encode(_))
+        ));
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub trait Plain: Sized + 'static {
         }
         bytes.chunks_exact(Self::WIDTH).map(Self::get).collect()
     }
+    /// Appends the values packed in `bytes` (whole ones) to `out`, stopping before the
+    /// first that is no value of the type; returns how many it appended.
+    fn get_into(bytes: &[u8], out: &mut Vec<Self>) -> usize {
+        let before = out.len();
+        out.extend(bytes.chunks_exact(Self::WIDTH).map_while(Self::get));
+        out.len() - before
+    }
 }
 
 /// Types packed as their own `to_le_bytes`.
@@ -65,6 +72,12 @@ macro_rules! le_bytes {
                 // Every bit pattern is a value: no check per value, so the loop vectorizes.
                 let values = bytes.chunks_exact(Self::WIDTH);
                 Some(values.map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default())).collect())
+            }
+            fn get_into(bytes: &[u8], out: &mut Vec<Self>) -> usize {
+                let values = bytes.chunks_exact(Self::WIDTH);
+                let n = values.len();
+                out.extend(values.map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default())));
+                n
             }
         }
     )*};
@@ -203,6 +216,18 @@ macro_rules! dispatch {
                 *slot = Some(<$t as Plain>::get_all(bytes));
             } else)* {}
             slot
+        }
+
+        /// Appends the packed values of `bytes` to `out` if `T` is plain, as
+        /// [`Plain::get_into`]: how many it appended (0 if `T` is not plain).
+        #[inline(always)]
+        #[allow(clippy::ptr_arg)] // a `Vec`, to be downcast
+        pub(crate) fn get_into<T: 'static>(bytes: &[u8], out: &mut Vec<T>) -> usize {
+            let any = out as &mut dyn Any;
+            $(if let Some(out) = any.downcast_mut::<Vec<$t>>() {
+                return <$t as Plain>::get_into(bytes, out);
+            })*
+            0
         }
 
         /// Reads a packed `T` from the first [`width`] bytes of `bytes`. `None` if `T` is
