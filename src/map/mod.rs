@@ -369,6 +369,29 @@ where
         self.pending.len()
     }
 
+    /// Pulls items into `pending` until it holds `chunk` (then `None`) or the source
+    /// gives something else (returned). A loop of its own, with the source and the vector
+    /// in hand: for tiny items this loop is most of a map's cost on the caller's side.
+    #[inline]
+    fn pull_pending(&mut self, chunk: usize, cx: &mut Context<'_>) -> Option<Poll<Option<A>>> {
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(chunk);
+        }
+        let (mut source, pending) = (self.source.as_mut(), &mut self.pending);
+        let before = pending.len();
+        let polled = loop {
+            if pending.len() >= chunk {
+                break None;
+            }
+            match source.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => pending.push(item),
+                other => break Some(other),
+            }
+        };
+        self.pulled += (pending.len() - before) as u64;
+        polled
+    }
+
     /// Items pulled and not yet submitted.
     fn gathered(&self) -> usize {
         self.pending.len() + self.encoded.as_ref().map_or(0, EncodedChunk::len)
@@ -430,7 +453,19 @@ where
         let mut chunk = self.effective_chunk_size();
         let max = self.effective_max_in_flight();
         while !self.source_done && self.blocked.is_none() && self.in_flight.len() < max {
-            match self.source.as_mut().poll_next(cx) {
+            let polled = if self.encode_as_pulled {
+                self.source.as_mut().poll_next(cx)
+            } else {
+                match self.pull_pending(chunk, cx) {
+                    Some(polled) => polled,
+                    None => {
+                        self.submit_pending();
+                        chunk = self.effective_chunk_size();
+                        continue;
+                    }
+                }
+            };
+            match polled {
                 Poll::Ready(Some(item)) => {
                     self.pulled += 1;
                     if self.gather(item, chunk) >= chunk {
