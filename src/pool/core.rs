@@ -42,6 +42,8 @@ pub(crate) struct QueuedJob {
     /// job, unless it may be retried. Shared, so that a link may send a large one from
     /// another thread without a copy.
     pub(crate) input: bytes::Bytes,
+    /// Its number of items: 1, or a chunk's length (its expected time follows it).
+    pub(crate) items: usize,
     /// How many more times the job may run if its worker dies.
     pub(crate) retries_left: u32,
     /// How many times it has been run so far.
@@ -200,6 +202,7 @@ impl Core {
             state: state.clone(),
             timeout: options.resolve_timeout(self.config.job_timeout),
             input: crate::spares::returning(input),
+            items: call.items(),
             retries_left: options.retries,
             attempts: 0,
             submitted: std::time::Instant::now(),

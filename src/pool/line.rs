@@ -56,12 +56,33 @@ struct Sent {
     id: u64,
     /// The function it runs.
     target: Target,
+    /// Its number of items: 1, or a chunk's length.
+    items: usize,
     /// How long it was expected to take when it was sent (`None`: its function was not
     /// timed yet), counted in the line's [`Line::work`] until it leaves.
     estimate: Option<Duration>,
     /// Its encoded argument stays in `job.input` while it waits behind the head, so that
     /// it can go back to the queue as it is.
     job: QueuedJob,
+}
+
+/// How long one function's jobs take on a worker.
+#[derive(Clone, Copy)]
+struct Timed {
+    target: Target,
+    /// Per item (a moving average): chunks of a `map` change length (automatic chunks
+    /// shrink towards the input's end), and a job's time follows its length.
+    per_item: Duration,
+    /// The length of the job timed last: what the next one is expected to have.
+    items: usize,
+}
+
+impl Timed {
+    /// How long a job of `items` items is expected to take.
+    fn of(&self, items: usize) -> Duration {
+        self.per_item
+            .saturating_mul(u32::try_from(items).unwrap_or(u32::MAX))
+    }
 }
 
 /// The jobs sent to one worker, in the order it runs them: the head (running since
@@ -76,12 +97,11 @@ pub(crate) struct Line<'a> {
     head_started: Option<Instant>,
     /// Bytes of the arguments waiting behind the head.
     bytes: usize,
-    /// How long this worker's jobs take, per function (a moving average), for the few
-    /// functions it ran last, most recent first. A function's jobs are windowed by their
-    /// own times: short jobs of one function must not open a window for the first jobs
-    /// of a long one, which would then wait behind each other in one worker while
-    /// another idles.
-    job_times: Vec<(Target, Duration)>,
+    /// How long this worker's jobs take, per function, for the few functions it ran
+    /// last, most recent first. A function's jobs are windowed by their own times: short
+    /// jobs of one function must not open a window for the first jobs of a long one,
+    /// which would then wait behind each other in one worker while another idles.
+    job_times: Vec<Timed>,
     /// The function of the job sent last: the one the serving loop makes room for.
     last_target: Option<Target>,
     /// The expected work of the jobs in the line: the sum of their known estimates, and
@@ -152,10 +172,15 @@ impl<'a> Line<'a> {
         self.bytes
     }
 
-    /// How long `target`'s jobs take here, if this worker has timed them.
+    /// How `target`'s jobs are timed here, if this worker has timed them.
+    fn timed(&self, target: Target) -> Option<&Timed> {
+        self.job_times.iter().find(|timed| timed.target == target)
+    }
+
+    /// How long the next of `target`'s jobs is expected to take here (as long as the
+    /// last one), if this worker has timed them.
     fn job_time(&self, target: Target) -> Option<Duration> {
-        let (_, time) = self.job_times.iter().find(|(timed, _)| *timed == target)?;
-        Some(*time)
+        self.timed(target).map(|timed| timed.of(timed.items))
     }
 
     /// How many more jobs of `target`'s function (by default the one sent last) may join
@@ -186,17 +211,23 @@ impl<'a> Line<'a> {
         }
     }
 
-    /// Records that one of `target`'s jobs took `took`.
-    fn observe(&mut self, target: Target, took: Duration) {
-        let average = match self.job_times.iter().position(|(t, _)| *t == target) {
-            Some(i) => {
-                let (_, average) = self.job_times.remove(i);
-                (average * 7 + took) / 8
-            }
-            None => took,
+    /// Records that one of `target`'s jobs, of `items` items, took `took`.
+    fn observe(&mut self, target: Target, items: usize, took: Duration) {
+        let items = items.max(1);
+        let per_item = took / u32::try_from(items).unwrap_or(u32::MAX);
+        let per_item = match self.job_times.iter().position(|t| t.target == target) {
+            Some(i) => (self.job_times.remove(i).per_item * 7 + per_item) / 8,
+            None => per_item,
         };
         self.job_times.truncate(TIMED_FUNCTIONS - 1);
-        self.job_times.insert(0, (target, average));
+        self.job_times.insert(
+            0,
+            Timed {
+                target,
+                per_item,
+                items,
+            },
+        );
     }
 
     /// The running head, if any.
@@ -229,15 +260,16 @@ impl<'a> Line<'a> {
         if self.sent.is_empty() && self.stoppable {
             job.state.make_stoppable();
         }
-        let target = job.target;
+        let (target, items) = (job.target, job.items);
         self.bytes += job.input.len();
         self.counters.windowed.fetch_add(1, Ordering::Relaxed);
         self.last_target = Some(target);
-        let estimate = self.job_time(target);
+        let estimate = self.timed(target).map(|timed| timed.of(items));
         self.count_work(estimate, true);
         self.sent.push_back(Sent {
             id,
             target,
+            items,
             estimate,
             job,
         });
@@ -298,7 +330,7 @@ impl<'a> Line<'a> {
         let Some((mut sent, took)) = self.pop_head(now) else {
             return;
         };
-        self.observe(sent.target, took);
+        self.observe(sent.target, sent.items, took);
         self.counters.run_time.record_from_one_thread(took);
         sent.job.state.set_ran_for(took);
         let result = match outcome.into_error() {

@@ -28,6 +28,7 @@ fn claimed(f: fn(u64) -> u64, x: u64) -> (Target, QueuedJob) {
         state,
         timeout: None,
         input: vec![0; 8].into(),
+        items: 1,
         retries_left: 0,
         attempts: 0,
         submitted: Instant::now(),
@@ -53,6 +54,49 @@ fn time_jobs(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, took: Duration
         let answer = postcard::to_allocvec(&(2 * x)).unwrap();
         line.answer(Outcome::Ok, answer.into(), now, &mut Wakes::default());
     }
+}
+
+/// Runs `jobs` chunks of `items` items of `f` through `line` one at a time, each taking
+/// `took`.
+fn time_chunks(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, items: usize, took: Duration) {
+    let mut now = Instant::now();
+    for x in 0..jobs as u64 {
+        let (_, mut job) = claimed(f, x);
+        job.items = items;
+        line.push(x, with_input(job, vec![0; 8]));
+        line.promote(now);
+        now += took;
+        line.answer(Outcome::Ok, vec![0; 4].into(), now, &mut Wakes::default());
+    }
+}
+
+#[test]
+fn a_chunk_is_expected_to_take_as_long_as_its_items() {
+    let counters = Counters::default();
+    let mut line = Line::new(&counters, true);
+    // Chunks of 100 items that take 1 ms: 10 µs an item.
+    time_chunks(&mut line, double, 3, 100, Duration::from_millis(1));
+    let target = claimed(double, 0).0;
+    assert_eq!(
+        line.room(Some(target)),
+        1,
+        "the next is expected as long as the last"
+    );
+    // A chunk of 10 items is expected to take 100 µs, and leaves room behind it.
+    let (_, mut job) = claimed(double, 7);
+    job.items = 10;
+    line.push(7, with_input(job, vec![0; 8]));
+    let now = Instant::now();
+    line.promote(now);
+    assert_eq!(line.work, Duration::from_micros(100));
+    let done = now + Duration::from_micros(100);
+    line.answer(Outcome::Ok, vec![0; 4].into(), done, &mut Wakes::default());
+    // Once one of 10 items has been timed, the next are expected to be like it.
+    assert_eq!(
+        line.room(Some(target)),
+        window_for(Some(Duration::from_micros(100)))
+    );
+    assert_eq!(line.room(Some(target)), 10);
 }
 
 #[test]
@@ -143,7 +187,7 @@ fn job_times_are_a_moving_average_per_function() {
             line.job_time(target).is_some(),
             "forgotten after {i} others"
         );
-        line.observe(claimed(f, 0).0, Duration::ZERO);
+        line.observe(claimed(f, 0).0, 1, Duration::ZERO);
     }
     assert_eq!(line.job_times.len(), TIMED_FUNCTIONS);
     assert_eq!(
