@@ -93,26 +93,25 @@
 //! may crash, leak or hang, that must be stoppable, or that must not share an address
 //! space with the service.
 //!
-//! The evidence, measured on a 2-core machine (2026-12-03, 2 workers; the ranges are three
+//! The evidence, measured on a 2-core machine (2026-12-04, 2 workers; the ranges are three
 //! runs; the commands reproduce it on yours):
 //!
 //! | what | sequential | threads | processes | command |
 //! |---|---|---|---|---|
-//! | one tiny job, round trip with `wait()` (W1) | | 3.3–5.7 µs | 23.1–25.8 µs (bare socket: 13.1 µs) | `cargo run --release --example thread_vs_process` |
-//! | the same, `.await`ed on a multi-thread tokio runtime | | 5.6–9.0 µs | 34.2–36.2 µs | same |
-//! | 100,000 tiny jobs (W2; 2026-12-04, a window of up to 1,024 jobs per worker) | | 3.86–5.12 M jobs/s | 1.10–1.27 M jobs/s | same |
-//! | 1M items mapped, chunks of 1,000 (W3) | | 55–59 M items/s | 53–58 M items/s | same |
-//! | the same through [`Map::try_collect_vec`] | | 155–168 M items/s | 59–66 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 30–32 ms, lent (bare socket: 37–38 ms in those runs) | same |
-//! | primes below 5M, CPU only (W4) | 1.00× | 1.96–1.97× | 1.96–1.97× | same |
-//! | 1M short reviews, lexicon per worker, strings moved into the jobs (2026-12-04) | 1.00× | 1.73–1.75× | 1.27–1.35× | `cargo run --release --example sentiment` |
-//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.80–1.90× | 1.43–1.53× | `cargo run --release --example signal_filter` |
-//! | the same, signal and output in shared arrays | 1.00× | 1.82–1.86× | 1.79–1.83× | same |
+//! | one tiny job, round trip with `wait()` (W1) | | 4.5–4.6 µs | 21.0–21.6 µs (bare socket: 27.9–42.6 µs) | `cargo run --release --example thread_vs_process` |
+//! | the same, `.await`ed on a multi-thread tokio runtime | | 4.9–15.0 µs | 66.8–66.9 µs | same |
+//! | 100,000 tiny jobs (W2) | | 3.70–5.01 M jobs/s | 1.17–1.23 M jobs/s | same |
+//! | 1M items mapped, chunks of 1,000 (W3) | | 54–59 M items/s | 59–60 M items/s | same |
+//! | the same through [`Map::try_collect_vec`] | | 143–151 M items/s | 76–81 M items/s | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 20–24 ms, lent (bare socket: 29–35 ms in those runs) | same |
+//! | primes below 5M, CPU only (W4) | 1.00× | 1.96× | 1.94–1.96× | same |
+//! | 1M short reviews, lexicon per worker, strings moved into the jobs (four runs) | 1.00× | 1.56–1.89× | 1.19–1.40× | `cargo run --release --example sentiment` |
+//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.71–1.77× | 1.32–1.56× | `cargo run --release --example signal_filter` |
+//! | the same, signal and output in shared arrays | 1.00× | 1.77–1.84× | 1.69–1.77× | same |
 //!
-//! The W6 row is from two later runs that day, once arguments and results of 1 MiB or
-//! more were lent: on Linux the receiving side reads them out of the other's memory in
-//! one copy (`process_vm_readv`) instead of through the socket; elsewhere, or where
-//! the system forbids it, the socket carries them.
+//! Arguments and results of 1 MiB or more are lent: on Linux the receiving side reads
+//! them out of the other's memory in one copy (`process_vm_readv`) instead of through the
+//! socket; elsewhere, or where the system forbids it, the socket carries them.
 //!
 //! The moving average does about 100 additions per 16 bytes shipped, so processes that
 //! ship the samples spend much of their time moving them: keep such work on threads, or
