@@ -45,19 +45,11 @@ fn with_input(mut job: QueuedJob, input: Vec<u8>) -> QueuedJob {
 
 /// Runs `jobs` jobs of `f` through `line` one at a time, each taking `took`.
 fn time_jobs(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, took: Duration) {
-    let mut now = Instant::now();
-    for x in 0..jobs as u64 {
-        let (_, job) = claimed(f, x);
-        line.push(x, with_input(job, vec![0; 8]));
-        line.promote(now);
-        now += took;
-        let answer = postcard::to_allocvec(&(2 * x)).unwrap();
-        line.answer(Outcome::Ok, answer.into(), now, &mut Wakes::default());
-    }
+    time_chunks(line, f, jobs, 1, took);
 }
 
-/// Runs `jobs` chunks of `items` items of `f` through `line` one at a time, each taking
-/// `took`.
+/// Runs `jobs` jobs of `items` items each (chunks, but for 1) of `f` through `line` one
+/// at a time, each taking `took`.
 fn time_chunks(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, items: usize, took: Duration) {
     let mut now = Instant::now();
     for x in 0..jobs as u64 {
@@ -66,7 +58,8 @@ fn time_chunks(line: &mut Line<'_>, f: fn(u64) -> u64, jobs: usize, items: usize
         line.push(x, with_input(job, vec![0; 8]));
         line.promote(now);
         now += took;
-        line.answer(Outcome::Ok, vec![0; 4].into(), now, &mut Wakes::default());
+        let answer = postcard::to_allocvec(&(2 * x)).unwrap();
+        line.answer(Outcome::Ok, answer.into(), now, &mut Wakes::default());
     }
 }
 
