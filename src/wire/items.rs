@@ -490,7 +490,7 @@ impl<R> Drop for EncodedItems<R> {
 pub(crate) fn fuzz_decode(data: &[u8]) {
     let bytes = bytes::Bytes::copy_from_slice(data);
     if let Ok(items) = EncodedItems::<String>::new(bytes.clone()) {
-        // A corrupt count could claim 4 billion items: stop after the bytes could hold.
+        // A corrupt count could claim 2 billion items: stop after the bytes could hold.
         items.take(data.len() / 5 + 1).for_each(drop);
     }
     if let Ok(items) = EncodedItems::<(u64, Vec<u8>)>::new(bytes.clone()) {
