@@ -19,8 +19,10 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 mod chunking;
+mod ready;
 
 use self::chunking::{AutoChunk, default_in_flight, known_cost, remember_cost};
+use self::ready::Ready;
 
 /// A stream of `Result<R, JobError>`, one per input item, from
 /// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
@@ -70,60 +72,6 @@ struct Blocked {
     job: ErasedJob,
     len: usize,
     room: Pin<Box<dyn Future<Output = Result<Option<OwnedSemaphorePermit>, Refusal>> + Send>>,
-}
-
-/// The results of the chunk being handed out, one by one.
-enum Ready<R> {
-    /// A thread pool's chunk whose every item succeeded.
-    Values(std::vec::IntoIter<R>),
-    /// Already decoded: a thread pool's chunk with failed items, or a chunk that failed
-    /// as a whole.
-    Decoded(std::vec::IntoIter<Result<R, JobError>>),
-    /// A process pool's answer, decoded as it is read.
-    Encoded(EncodedItems<R>),
-}
-
-impl<R> Ready<R> {
-    fn len(&self) -> usize {
-        match self {
-            Ready::Values(values) => values.len(),
-            Ready::Decoded(results) => results.len(),
-            Ready::Encoded(items) => items.remaining(),
-        }
-    }
-}
-
-impl<R: DeserializeOwned + 'static> Iterator for Ready<R> {
-    type Item = Result<R, JobError>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Ready::Values(values) => values.next().map(Ok),
-            Ready::Decoded(results) => results.next(),
-            Ready::Encoded(items) => items.next(),
-        }
-    }
-}
-
-impl<R: DeserializeOwned + 'static> Ready<R> {
-    /// Appends the results left to `out`, stopping at the first failed one.
-    fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
-        match self {
-            Ready::Values(values) => {
-                out.extend(values); // a copy of the whole rest at once
-                Ok(())
-            }
-            Ready::Decoded(results) => {
-                out.reserve(results.len());
-                for result in results {
-                    out.push(result?);
-                }
-                Ok(())
-            }
-            Ready::Encoded(items) => items.drain_ok_into(out),
-        }
-    }
 }
 
 /// A submitted chunk.
