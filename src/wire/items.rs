@@ -410,28 +410,26 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     /// packed values of a plain `R` read back to back.
     pub(crate) fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
         out.reserve(self.left);
-        if let Some(width) = plain::width::<R>()
-            && self.packed
-        {
-            // The packed values' length was checked in `new`.
-            let values = &self.bytes[self.at..self.at + self.left * width];
-            let n = plain::get_into(values, out);
-            self.at += n * width;
-            self.left -= n;
-        } else if let Some(width) = plain::width::<R>()
-            && self.broken.is_none()
-        {
-            while self.left > 0 {
-                match self.bytes[self.at..].split_first() {
-                    Some((&TAG_OK, rest)) => match plain::get::<R>(rest) {
-                        Some(value) => {
-                            out.push(value);
-                            self.at += 1 + width;
-                            self.left -= 1;
-                        }
-                        None => break,
-                    },
-                    _ => break,
+        if let Some(width) = plain::width::<R>() {
+            if self.packed {
+                // The packed values' length was checked in `new`.
+                let values = &self.bytes[self.at..self.at + self.left * width];
+                let n = plain::get_into(values, out);
+                self.at += n * width;
+                self.left -= n;
+            } else if self.broken.is_none() {
+                while self.left > 0 {
+                    match self.bytes[self.at..].split_first() {
+                        Some((&TAG_OK, rest)) => match plain::get::<R>(rest) {
+                            Some(value) => {
+                                out.push(value);
+                                self.at += 1 + width;
+                                self.left -= 1;
+                            }
+                            None => break,
+                        },
+                        _ => break,
+                    }
                 }
             }
         }

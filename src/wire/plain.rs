@@ -34,7 +34,9 @@ pub trait Plain: Sized + 'static {
         if !bytes.len().is_multiple_of(Self::WIDTH) {
             return None;
         }
-        bytes.chunks_exact(Self::WIDTH).map(Self::get).collect()
+        let mut values = Vec::with_capacity(bytes.len() / Self::WIDTH);
+        let n = Self::get_into(bytes, &mut values);
+        (n == bytes.len() / Self::WIDTH).then_some(values)
     }
     /// Appends the values packed in `bytes` (whole ones) to `out`, stopping before the
     /// first that is no value of the type; returns how many it appended.
@@ -65,15 +67,8 @@ macro_rules! le_bytes {
             fn get(bytes: &[u8]) -> Option<Self> {
                 Some(<$t>::from_le_bytes(*bytes.first_chunk()?))
             }
-            fn get_all(bytes: &[u8]) -> Option<Vec<Self>> {
-                if !bytes.len().is_multiple_of(Self::WIDTH) {
-                    return None;
-                }
-                // Every bit pattern is a value: no check per value, so the loop vectorizes.
-                let values = bytes.chunks_exact(Self::WIDTH);
-                Some(values.map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default())).collect())
-            }
             fn get_into(bytes: &[u8], out: &mut Vec<Self>) -> usize {
+                // Every bit pattern is a value: no check per value, so the loop vectorizes.
                 let values = bytes.chunks_exact(Self::WIDTH);
                 let n = values.len();
                 out.extend(values.map(|b| <$t>::from_le_bytes(b.try_into().unwrap_or_default())));
