@@ -70,9 +70,11 @@ struct Sent {
 #[derive(Clone, Copy)]
 struct Timed {
     target: Target,
-    /// Per item (a moving average): chunks of a `map` change length (automatic chunks
-    /// shrink towards the input's end), and a job's time follows its length.
-    per_item: Duration,
+    /// Per item, in picoseconds (a moving average): chunks of a `map` change length
+    /// (automatic chunks shrink towards the input's end), and a job's time follows its
+    /// length. Picoseconds, because the items of a cheap chunk take a few nanoseconds
+    /// each, which whole nanoseconds would round down by up to a third.
+    per_item_ps: u64,
     /// The length of the job timed last: what the next one is expected to have.
     items: usize,
 }
@@ -80,8 +82,8 @@ struct Timed {
 impl Timed {
     /// How long a job of `items` items is expected to take.
     fn of(&self, items: usize) -> Duration {
-        self.per_item
-            .saturating_mul(u32::try_from(items).unwrap_or(u32::MAX))
+        let ps = u128::from(self.per_item_ps) * items as u128;
+        Duration::from_nanos(u64::try_from(ps / 1000).unwrap_or(u64::MAX))
     }
 }
 
@@ -214,9 +216,14 @@ impl<'a> Line<'a> {
     /// Records that one of `target`'s jobs, of `items` items, took `took`.
     fn observe(&mut self, target: Target, items: usize, took: Duration) {
         let items = items.max(1);
-        let per_item = took / u32::try_from(items).unwrap_or(u32::MAX);
-        let per_item = match self.job_times.iter().position(|t| t.target == target) {
-            Some(i) => (self.job_times.remove(i).per_item * 7 + per_item) / 8,
+        let per_item = took.as_nanos().saturating_mul(1000) / items as u128;
+        let per_item = u64::try_from(per_item).unwrap_or(u64::MAX);
+        let per_item_ps = match self.job_times.iter().position(|t| t.target == target) {
+            Some(i) => {
+                let average = u128::from(self.job_times.remove(i).per_item_ps);
+                // No larger than either: it fits.
+                ((average * 7 + u128::from(per_item)) / 8) as u64
+            }
             None => per_item,
         };
         self.job_times.truncate(TIMED_FUNCTIONS - 1);
@@ -224,7 +231,7 @@ impl<'a> Line<'a> {
             0,
             Timed {
                 target,
-                per_item,
+                per_item_ps,
                 items,
             },
         );

@@ -93,6 +93,18 @@ fn a_chunk_is_expected_to_take_as_long_as_its_items() {
 }
 
 #[test]
+fn items_of_a_few_nanoseconds_keep_their_fraction() {
+    let counters = Counters::default();
+    let mut line = Line::new(&counters, true);
+    // 1,000 items in 1.5 µs: 1.5 ns each, which whole nanoseconds would make 1.
+    time_chunks(&mut line, double, 3, 1000, Duration::from_nanos(1500));
+    let (_, mut job) = claimed(double, 9);
+    job.items = 1000;
+    line.push(9, with_input(job, vec![0; 8]));
+    assert_eq!(line.work, Duration::from_nanos(1500));
+}
+
+#[test]
 fn the_window_follows_job_time() {
     assert_eq!(window_for(None), 1);
     assert_eq!(window_for(Some(Duration::from_secs(1))), 1);
