@@ -300,21 +300,16 @@ where
         self.submit(job.with_options(self.options), len);
     }
 
-    /// Adds a pulled item to the chunk being gathered; returns how many it holds.
-    fn gather(&mut self, item: A, chunk: usize) -> usize {
-        if self.encode_as_pulled {
-            let (f, room) = (self.f, self.bytes_per_item.saturating_mul(chunk));
-            let encoded = self
-                .encoded
-                .get_or_insert_with(|| EncodedChunk::with_capacity(f, room));
-            encoded.push(item);
-            return encoded.len();
-        }
-        if self.pending.capacity() == 0 {
-            self.pending.reserve_exact(chunk);
-        }
-        self.pending.push(item);
-        self.pending.len()
+    /// Encodes a pulled item into the chunk being gathered (a map whose items are encoded
+    /// as they are pulled; the others gather theirs in [`pull_pending`](Self::pull_pending));
+    /// returns how many it holds.
+    fn encode_pulled(&mut self, item: A, chunk: usize) -> usize {
+        let (f, room) = (self.f, self.bytes_per_item.saturating_mul(chunk));
+        let encoded = self
+            .encoded
+            .get_or_insert_with(|| EncodedChunk::with_capacity(f, room));
+        encoded.push(item);
+        encoded.len()
     }
 
     /// Pulls items into `pending` until it holds `chunk` (then `None`) or the source
@@ -416,7 +411,7 @@ where
             match polled {
                 Poll::Ready(Some(item)) => {
                     self.pulled += 1;
-                    if self.gather(item, chunk) >= chunk {
+                    if self.encode_pulled(item, chunk) >= chunk {
                         self.submit_pending();
                         chunk = self.effective_chunk_size();
                     }
