@@ -533,6 +533,7 @@ where
     /// ```
     pub async fn try_collect_vec(mut self) -> Result<Vec<R>, JobError> {
         let mut out = Vec::with_capacity(self.size_hint().0);
+        crate::sys::prefer_huge_pages(&out);
         std::future::poll_fn(|cx| {
             loop {
                 if let Err(error) = self.ready.drain_ok_into(&mut out) {

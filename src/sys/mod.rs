@@ -45,14 +45,19 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
 /// capacity, written or not) with transparent huge pages, where it does so on request
 /// (`madvise` mode, the default of many distributions): a fresh buffer then costs a page
 /// fault per 2 MiB instead of per 4 KiB when it is first written (on this project's VMs,
-/// faults were most of the cost of a fresh 64 MiB buffer). Buffers smaller than a huge
-/// page are left alone. Best effort: an error changes nothing.
+/// faults were most of the cost of a fresh 64 MiB buffer, and a third of the time of a
+/// `map` that collects 1 M `u64`s into a fresh `Vec`). Buffers smaller than a huge page
+/// are left alone. Best effort: an error changes nothing.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub(crate) fn prefer_huge_pages(buffer: &Vec<u8>) {
+pub(crate) fn prefer_huge_pages<T>(buffer: &Vec<T>) {
     const HUGE: usize = 2 << 20;
     let start = buffer.as_ptr() as usize;
-    let Some(end) = start.checked_add(buffer.capacity()) else {
+    let Some(end) = buffer
+        .capacity()
+        .checked_mul(size_of::<T>())
+        .and_then(|bytes| start.checked_add(bytes))
+    else {
         return;
     };
     let first = start.next_multiple_of(HUGE);
@@ -74,7 +79,7 @@ pub(crate) fn prefer_huge_pages(buffer: &Vec<u8>) {
 
 /// Elsewhere buffers keep the pages they get.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn prefer_huge_pages(_: &Vec<u8>) {}
+pub(crate) fn prefer_huge_pages<T>(_: &Vec<T>) {}
 
 /// Sends SIGKILL to process group `group`: a worker (its leader, started in a group of its
 /// own) and the processes its jobs started that stayed in it.
@@ -555,6 +560,52 @@ mod tests {
         drop(pool);
         let eof = receive_descriptor(&worker).unwrap_err();
         assert_eq!(eof.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    /// The `VmFlags` of the mapping of this process that holds `address`.
+    #[cfg(target_os = "linux")]
+    fn flags_of_mapping_at(address: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((start, end)) = range.split_once('-')
+                && let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                )
+            {
+                inside = (start..end).contains(&address);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.trim().to_owned();
+            }
+        }
+        panic!("no mapping holds {address:#x}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_large_vector_of_any_type_asks_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let huge = 2 << 20;
+        // 64 MiB of u64s, reserved, not written: above the largest size glibc's malloc
+        // serves from its heaps, so a mapping of its own that nobody advised before.
+        let large: Vec<u64> = Vec::with_capacity(8 << 20);
+        let inside = (large.as_ptr() as usize).next_multiple_of(huge);
+        let flag = |flags: String| flags.split(' ').any(|flag| flag == "hg");
+        assert!(!flag(flags_of_mapping_at(inside)), "not asked yet");
+        prefer_huge_pages(&large);
+        assert!(
+            flag(flags_of_mapping_at(inside)),
+            "asked for its whole huge pages"
+        );
+        // Smaller than a huge page, or holding nothing: left alone, without failing.
+        prefer_huge_pages(&Vec::<u64>::with_capacity(1000));
+        prefer_huge_pages(&Vec::<()>::with_capacity(1 << 30));
+        prefer_huge_pages(&Vec::<u64>::new());
     }
 
     #[test]
