@@ -187,9 +187,9 @@ impl Core {
         if let Err(error) = crate::job::check_shippable(&target) {
             return Ok(ErasedHandle::failed(error));
         }
-        let mut input = Vec::new();
-        let (encoded, mut kept) =
-            crate::shared::keeping(|| crate::job::encode(&mut *call, &mut input));
+        let ((encoded, mut kept), input) = super::inputs::encode_input(|input| {
+            crate::shared::keeping(|| crate::job::encode(&mut *call, input))
+        });
         kept.extend(call.take_kept());
         if let Err(error) = encoded {
             self.counters.count_failure(&error);
@@ -201,7 +201,7 @@ impl Core {
             decoder: call.decoder(),
             state: state.clone(),
             timeout: options.resolve_timeout(self.config.job_timeout),
-            input: crate::spares::returning(input),
+            input,
             items: call.items(),
             retries_left: options.retries,
             attempts: 0,

@@ -9,6 +9,7 @@
 
 pub(crate) mod backend;
 pub(crate) mod core;
+mod inputs;
 mod line;
 mod serve;
 mod slot;
