@@ -122,6 +122,12 @@ impl JobState {
             .is_ok()
     }
 
+    /// Asks the CPU for the cache line that [`claim`](Self::claim) changes: see
+    /// [`crate::sys::prefetch_for_write`].
+    pub(crate) fn prefetch_claim(&self) {
+        crate::sys::prefetch_for_write(self.state.as_ptr());
+    }
+
     /// Lets a later `cancel()` stop this claimed job: it is running now.
     pub(crate) fn make_stoppable(&self) {
         self.stoppable.store(true, Ordering::Release);

@@ -82,7 +82,28 @@ pub(crate) struct Core {
     became_idle: Notify,
 }
 
+/// How often a busy worker's resident memory is read when the pool has a limit.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+
+/// Every [`MEMORY_POLL`]; after a pause (the worker idle), at once.
+pub(crate) fn memory_poll() -> tokio::time::Interval {
+    let mut poll = tokio::time::interval(MEMORY_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll
+}
+
 impl Core {
+    /// `Some((limit, resident))` if the pool has a memory limit and `worker` is over it.
+    pub(crate) fn over_memory_limit<B: super::backend::Backend>(
+        &self,
+        backend: &B,
+        worker: crate::exit::WorkerId,
+    ) -> Option<(u64, u64)> {
+        let limit = self.config.max_worker_memory?;
+        let resident = backend.resident_memory(worker)?;
+        (resident > limit).then_some((limit, resident))
+    }
+
     pub(crate) fn new(config: Config) -> Core {
         Core {
             queue: JobQueue::with_admission(crate::admission::Admission::new(

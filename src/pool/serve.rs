@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 /// How long a worker whose link broke may take to be seen exiting before it is treated as
 /// alive and misbehaving.
 const BROKEN_GRACE: Duration = Duration::from_secs(1);
-/// How often a busy worker's resident memory is read when the pool has a limit.
-const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// How many jobs ahead of its claim a worker's task asks for their states' cache lines.
+const CLAIM_AHEAD: usize = 8;
 /// How long a job may run, with jobs waiting behind it in its worker, while another
 /// worker is idle, before the pool takes the waiting jobs back. Short jobs are pipelined
 /// only a millisecond deep ([`super::line::PIPELINE_SPAN`]): a job running twice that is
@@ -129,7 +129,7 @@ pub(crate) async fn serve<B: Backend>(
         line: Line::new(&core.counters, caps.stop_running).with_lead(caps.lead),
         frames: BytesMut::new(),
         retiring: false,
-        memory_poll: memory_poll(),
+        memory_poll: super::core::memory_poll(),
         idle: Idle::new(core),
         revoked: 0..0,
         gave_back_for: None,
@@ -311,7 +311,7 @@ impl<B: Backend> Serving<'_, B> {
             }
             loop {
                 poll.tick().await;
-                if let Some(over) = over_limit(core, backend, id) {
+                if let Some(over) = core.over_memory_limit(backend, id) {
                     return over;
                 }
             }
@@ -482,8 +482,16 @@ impl<B: Backend> Serving<'_, B> {
         out: &mut BytesMut,
     ) -> (bool, bool) {
         let counters = &self.core.counters;
+        // Each claim waits for a cache line the submitter wrote last: ask a few ahead.
+        batch
+            .iter()
+            .take(CLAIM_AHEAD)
+            .for_each(|job| job.state.prefetch_claim());
         let mut jobs = batch.into_iter();
         while let Some(job) = jobs.next() {
+            if let Some(ahead) = jobs.as_slice().get(CLAIM_AHEAD - 1) {
+                ahead.state.prefetch_claim();
+            }
             // Claimed now (or when it was first sent): from here on, as for a job handed to
             // Python's call queue, the job counts as started and `cancel()` no longer
             // removes it; it becomes stoppable once the worker runs it.
@@ -681,20 +689,6 @@ impl<B: Backend> Serving<'_, B> {
         if !self.watches_memory() {
             return None;
         }
-        over_limit(self.core, self.backend, self.id)
+        self.core.over_memory_limit(self.backend, self.id)
     }
-}
-
-/// Every [`MEMORY_POLL`]; after a pause (the worker idle), at once.
-fn memory_poll() -> tokio::time::Interval {
-    let mut poll = tokio::time::interval(MEMORY_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll
-}
-
-/// `Some((limit, resident))` if the pool has a memory limit and `worker` is over it.
-fn over_limit<B: Backend>(core: &Core, backend: &B, worker: WorkerId) -> Option<(u64, u64)> {
-    let limit = core.config.max_worker_memory?;
-    let resident = backend.resident_memory(worker)?;
-    (resident > limit).then_some((limit, resident))
 }
