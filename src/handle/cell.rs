@@ -123,9 +123,9 @@ impl JobState {
     }
 
     /// Asks the CPU for the cache line that [`claim`](Self::claim) changes: see
-    /// [`crate::sys::prefetch_for_write`].
+    /// [`crate::sys::prefetch`].
     pub(crate) fn prefetch_claim(&self) {
-        crate::sys::prefetch_for_write(self.state.as_ptr());
+        crate::sys::prefetch(self.state.as_ptr());
     }
 
     /// Lets a later `cancel()` stop this claimed job: it is running now.
