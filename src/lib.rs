@@ -120,8 +120,8 @@
 //! reviews)`, not `reviews.iter().cloned()`), the strings cost the caller nothing per item
 //! on threads; cloning each one in the timed loop held the thread pool to 1.2–1.6× on two
 //! cores (runs of 2026-12-04), the caller's allocations taking their time from the workers.
-//! (The run above at 1.20× on threads also took 35% longer than the others to generate its
-//! reviews, untimed: a sign of another guest on the machine.) A process pool
+//! (The run above at 1.20× on threads also took 36–38% longer than the others to
+//! generate its reviews, untimed: a sign of another guest on the machine.) A process pool
 //! still encodes, sends and decodes every string, and frees it on the caller's side: a
 //! profile puts about a fifth of its workers' time into decoding them and encoding the
 //! answers, and a sixth of all the time on the two cores into the caller and the pool's

@@ -235,7 +235,7 @@ impl Core {
             Err(queued) => match self.broken.get() {
                 Some(error) => Ok(ErasedHandle::failed(error.clone())),
                 None => {
-                    // Never sent: back to a `Vec` (a copy, for a large one, whose buffer
+                    // Never sent: back to a `Vec` (a copy; a large argument's own buffer
                     // goes to the spares).
                     call.restore_input(queued.input.into());
                     Err(ErasedJob::from_parts(call, options))

@@ -7,16 +7,18 @@
 //! made when the worker took the job: a free of memory another thread allocated, at
 //! about a tenth of the supervision thread's time when 100,000 tiny jobs are submitted
 //! at once (perf). A small argument here costs a copy into the shared buffer and a
-//! reference count, and the buffer goes when the last argument split from it does.
+//! reference count. A shared buffer goes once the last argument split from it has gone
+//! and this thread has started a new one (it holds the unused end of its current one).
 
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 
 /// The largest argument copied into the shared buffer; larger ones keep their own.
 const SMALL: usize = 512;
-/// The size of a shared buffer. A queued job holds the buffer its argument is in until a
-/// worker takes it, so at most this much per waiting job (jobs are taken in order, so
-/// the arguments of one buffer mostly go together).
+/// The size of a shared buffer, and the largest scratch buffer a thread keeps. A queued
+/// job holds the buffer its argument is in until a worker takes it (a job that may be
+/// retried, until it ends), so at most this much per such job (jobs are taken in order,
+/// so the arguments of one buffer mostly go together).
 const ARENA: usize = 16 << 10;
 
 thread_local! {
@@ -37,15 +39,23 @@ struct Inputs {
 ///
 /// `encode` runs user code (a `Serialize` impl) that may submit jobs itself: the scratch
 /// buffer is taken out of the thread's slot while it runs, so that a nested call finds
-/// the slot free (and an empty buffer).
+/// the slot free (and an empty buffer). `encode` may also replace the buffer with one of
+/// its own (an argument already encoded, a `map` chunk's buffer): one with room for more
+/// than [`ARENA`] bytes is handed over whatever it holds, never kept by the thread, so a
+/// large buffer still goes with its job (or to the spares) as it did before.
+///
+/// A job submitted from a thread-local's destructor, once this thread's slot is gone,
+/// gets a buffer of its own.
 pub(crate) fn encode_input<T>(encode: impl FnOnce(&mut Vec<u8>) -> T) -> (T, Bytes) {
-    let mut scratch = INPUTS.with(|inputs| std::mem::take(&mut inputs.borrow_mut().scratch));
+    let mut scratch = INPUTS
+        .try_with(|inputs| std::mem::take(&mut inputs.borrow_mut().scratch))
+        .unwrap_or_default();
     scratch.clear();
     let result = encode(&mut scratch);
-    if scratch.len() > SMALL {
+    if scratch.len() > SMALL || scratch.capacity() > ARENA {
         return (result, crate::spares::returning(scratch));
     }
-    let input = INPUTS.with(|inputs| {
+    let input = INPUTS.try_with(|inputs| {
         let mut inputs = inputs.borrow_mut();
         if inputs.arena.capacity() < scratch.len() {
             // Shared with earlier arguments or not yet made: a new buffer (the old one
@@ -55,10 +65,11 @@ pub(crate) fn encode_input<T>(encode: impl FnOnce(&mut Vec<u8>) -> T) -> (T, Byt
         inputs.arena.extend_from_slice(&scratch);
         let input = inputs.arena.split().freeze();
         if inputs.scratch.capacity() < scratch.capacity() {
-            inputs.scratch = scratch;
+            inputs.scratch = std::mem::take(&mut scratch);
         }
         input
     });
+    let input = input.unwrap_or_else(|_| crate::spares::returning(scratch));
     (result, input)
 }
 
@@ -116,5 +127,65 @@ mod tests {
             (&inner[..], &outer[..]),
             (&b"inner"[..], &b"outer done"[..])
         );
+    }
+
+    /// The capacity of this thread's scratch buffer, as the next argument finds it.
+    fn scratch_capacity() -> usize {
+        encode_input(|out| out.capacity()).0
+    }
+
+    #[test]
+    fn a_large_buffer_put_in_place_of_the_scratch_goes_with_its_job() {
+        // A few bytes in a buffer with room for 1 MiB: an argument encoded beforehand.
+        let mut own = Vec::with_capacity(1 << 20);
+        own.extend_from_slice(b"few");
+        let at = own.as_ptr();
+        let (_, input) = encode_input(|out| std::mem::swap(out, &mut own));
+        assert_eq!(
+            (&input[..], input.as_ptr()),
+            (&b"few"[..], at),
+            "handed over"
+        );
+        assert!(scratch_capacity() <= ARENA, "the thread did not keep it");
+        // A small one is copied out of it, and the thread keeps it as its scratch.
+        let mut small = Vec::with_capacity(ARENA);
+        small.extend_from_slice(b"kept");
+        let (_, input) = encode_input(|out| std::mem::swap(out, &mut small));
+        assert_eq!(&input[..], b"kept");
+        assert_eq!(scratch_capacity(), ARENA);
+    }
+
+    /// Submits a job from its destructor, after this thread's [`INPUTS`] is gone.
+    struct SubmitsOnExit(std::sync::mpsc::Sender<(bool, Bytes)>);
+
+    impl Drop for SubmitsOnExit {
+        fn drop(&mut self) {
+            let slot_gone = INPUTS.try_with(|_| ()).is_err();
+            let (_, input) = encode_input(|out| out.extend_from_slice(b"late"));
+            let _ = self.0.send((slot_gone, input));
+        }
+    }
+
+    thread_local! {
+        static ON_EXIT: std::cell::RefCell<Option<SubmitsOnExit>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn a_job_encoded_after_the_threads_slot_is_gone_gets_a_buffer_of_its_own() {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Registered first, so destroyed last: after INPUTS (the destructors of a
+            // thread's locals run in the reverse order of their first use).
+            ON_EXIT.with(|slot| *slot.borrow_mut() = Some(SubmitsOnExit(send)));
+            let _ = encode_input(|out| out.push(0));
+        })
+        .join()
+        .expect("the thread ended without a panic");
+        let (slot_gone, input) = receive
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the destructor ran");
+        assert!(slot_gone, "INPUTS was destroyed first, as this test needs");
+        assert_eq!(&input[..], b"late");
     }
 }
