@@ -107,8 +107,15 @@ impl fmt::Debug for Kept {
 
 /// Runs `encode` (a job's argument being encoded by a pool), collecting the segments the
 /// shared arrays in it name, so that they travel as handles.
+///
+/// A job submitted from a thread-local's destructor, once this thread's [`KEPT`] is gone,
+/// is encoded without it: a shared array of this process in its argument then fails the
+/// job with [`JobError::Encode`](crate::JobError::Encode) (see [`Part::serialize`]) rather
+/// than travel as a private copy.
 pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
-    let outer = KEPT.with(|k| k.borrow_mut().replace(Vec::new()));
+    let Ok(outer) = KEPT.try_with(|k| k.borrow_mut().replace(Vec::new())) else {
+        return (encode(), Kept::default());
+    };
     let result = encode();
     let kept = KEPT.with(|k| std::mem::replace(&mut *k.borrow_mut(), outer));
     (result, Kept(kept.unwrap_or_default()))
@@ -117,7 +124,7 @@ pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
 /// `message` (a decoder's error), with why a shared array in it did not decode, if one
 /// did not.
 pub(crate) fn explain(message: String) -> String {
-    match WHY.with(|why| why.borrow_mut().take()) {
+    match WHY.try_with(|why| why.borrow_mut().take()).ok().flatten() {
         Some(why) => format!("{message}: {why}"),
         None => message,
     }
@@ -245,13 +252,27 @@ impl<E: Element> Part<E> {
         let here = self.segment.pid == std::process::id();
         // A pool encoding a job holds the segment until the job ends; a segment another
         // process created is held by it (the pool that sent it here).
-        let as_handle = KEPT.with(|kept| match kept.borrow_mut().as_mut() {
+        let as_handle = KEPT.try_with(|kept| match kept.borrow_mut().as_mut() {
             Some(kept) => {
                 kept.push(self.segment.clone());
                 true
             }
             None => !here,
         });
+        let as_handle = match as_handle {
+            Ok(as_handle) => as_handle,
+            Err(_) if !here => true,
+            // Neither kept by a pool nor safe to copy: a writable array's copy would lose
+            // what the job writes. (postcard keeps only the type's name of this message,
+            // and the thread's locals that could carry it are gone.)
+            Err(_) => {
+                return Err(serde::ser::Error::custom(
+                    "a shared array cannot travel in a job submitted from a thread-local's \
+                     destructor (this thread's pool state is gone): submit it before the \
+                     thread ends",
+                ));
+            }
+        };
         let wire = if as_handle {
             Wire::Handle(Handle {
                 pid: self.segment.pid,
@@ -285,7 +306,7 @@ impl<E: Element> Part<E> {
         what: &str,
     ) -> Result<Part<E>, D::Error> {
         let fail = |why: String| {
-            WHY.with(|w| *w.borrow_mut() = Some(why.clone()));
+            let _ = WHY.try_with(|w| *w.borrow_mut() = Some(why.clone()));
             de::Error::custom(why)
         };
         let check = |tag: u8, was_writable: bool| {
