@@ -113,7 +113,9 @@ pub enum JobError {
     )]
     QueueFull,
     /// The job's argument could not be serialized for the worker process. Check the
-    /// argument type's `Serialize` implementation.
+    /// argument type's `Serialize` implementation: the message names the type that failed
+    /// and gives what its code said (the text of an `S::Error::custom(..)` it returned,
+    /// or of its panic).
     #[error("could not encode the job's argument for the worker: {0}")]
     Encode(String),
     /// The worker's answer could not be deserialized into the result type, or the worker

@@ -319,3 +319,61 @@ async fn a_map_drops_each_argument_once_it_is_encoded_and_a_failed_one_fails_alo
     assert!(most <= 1, "{most} arguments were alive at once");
     assert_eq!(LIVE.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A price that refuses, in its `Serialize`, to be negative (with an error, not a panic).
+#[derive(Debug, Deserialize)]
+struct Price(i64);
+
+impl Serialize for Price {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 < 0 {
+            return Err(serde::ser::Error::custom(format!(
+                "a price cannot be negative ({})",
+                self.0
+            )));
+        }
+        s.serialize_i64(self.0)
+    }
+}
+
+fn cents(price: Price) -> i64 {
+    price.0 * 100
+}
+
+/// The same refusal in a result, made on the worker.
+fn negated(price: i64) -> Price {
+    Price(-price)
+}
+
+#[tokio::test]
+async fn a_serialize_error_keeps_its_own_message() {
+    // postcard alone reports "Serde Serialization Error" for any of these.
+    let pool = pool(1);
+    let submitted = bounded("submit", pool.submit(cents, Price(-5))).await;
+    match &submitted {
+        Err(JobError::Encode(m)) => {
+            assert!(m.contains("a price cannot be negative (-5)"), "{m}");
+            assert!(m.contains("Price"), "names the type: {m}");
+        }
+        other => panic!("expected Encode, got {other:?}"),
+    }
+    let items: Vec<_> = bounded(
+        "map",
+        pool.map(cents, [Price(1), Price(-2), Price(3)])
+            .chunk_size(3)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(items[0], Ok(100));
+    assert!(
+        matches!(&items[1], Err(JobError::Encode(m)) if m.contains("cannot be negative (-2)")),
+        "{:?}",
+        items[1]
+    );
+    assert_eq!(items[2], Ok(300));
+    let answered = bounded("a result", pool.submit(negated, 7)).await;
+    assert!(
+        matches!(&answered, Err(e) if e.to_string().contains("a price cannot be negative (-7)")),
+        "{answered:?}"
+    );
+}

@@ -329,9 +329,9 @@ fn a_shared_array_submitted_from_a_thread_locals_destructor_fails_clearly() {
     let ended = ended
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the destructor's job ended");
-    // postcard keeps no message of a serializer's own, only the type that failed.
     match ended {
         Err(JobError::Encode(message)) => {
+            assert!(message.contains("thread-local's destructor"), "{message}");
             assert!(message.contains("SharedSlice<u8>"), "{message}")
         }
         other => panic!("expected an encoding error, got {other:?}"),

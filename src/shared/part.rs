@@ -263,8 +263,7 @@ impl<E: Element> Part<E> {
             Ok(as_handle) => as_handle,
             Err(_) if !here => true,
             // Neither kept by a pool nor safe to copy: a writable array's copy would lose
-            // what the job writes. (postcard keeps only the type's name of this message,
-            // and the thread's locals that could carry it are gone.)
+            // what the job writes.
             Err(_) => {
                 return Err(serde::ser::Error::custom(
                     "a shared array cannot travel in a job submitted from a thread-local's \

@@ -54,8 +54,8 @@ pub(crate) const TAG_ARG_ENCODE: u8 = 3;
 pub(crate) const TAG_ARG_DECODE: u8 = 4;
 
 /// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was and
-/// the message names the type (postcard drops the `Serialize` impl's own message, so the
-/// text is all there is of the cause).
+/// the message names the type, and gives the `Serialize` impl's own message when it failed
+/// with one (postcard drops it: [`super::why`] finds it again).
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -63,7 +63,14 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     let start = out.len();
     postcard::serialize_with_flavor(value, VecTail(&mut *out)).map_err(|e| {
         out.truncate(start);
-        format!("{e} (in `{}`)", std::any::type_name::<T>())
+        let type_name = std::any::type_name::<T>();
+        match e {
+            postcard::Error::SerdeSerCustom => match super::why::serialize_message(value) {
+                Some(why) => format!("{why} (in `{type_name}`)"),
+                None => format!("{e} (in `{type_name}`)"),
+            },
+            e => format!("{e} (in `{type_name}`)"),
+        }
     })
 }
 
