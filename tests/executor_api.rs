@@ -887,7 +887,10 @@ fn a_job_submitted_from_a_thread_locals_destructor_runs() {
             let (back, handles) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 // Registered first, so destroyed last: after the pool's own locals on
-                // this thread, which the submit below uses first.
+                // this thread, which the submit below uses first. (std runs a thread's
+                // destructors in the reverse order of registration, which `LocalKey`
+                // does not promise; were it to change, this test would pass without
+                // reaching the case: tests/shared_memory.rs would then fail.)
                 ON_EXIT.with(|slot| *slot.borrow_mut() = Some(SubmitsOnExit { pool, back }));
                 ON_EXIT.with(|slot| {
                     let guard = slot.borrow();

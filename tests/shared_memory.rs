@@ -308,34 +308,36 @@ thread_local! {
 
 #[test]
 fn a_shared_array_submitted_from_a_thread_locals_destructor_fails_clearly() {
-    let pool = ProcessPoolExecutor::new(1).unwrap();
-    let shared = SharedSlice::from_slice(&[1_u8, 2, 3]).unwrap();
-    let (back, ended) = std::sync::mpsc::channel();
-    let (in_thread, sent) = (pool.clone(), shared.clone());
-    std::thread::spawn(move || {
-        // Registered first, so destroyed after the pool's locals, which this first
-        // submit sets up on this thread.
-        ON_EXIT.with(|slot| {
-            *slot.borrow_mut() = Some(SumsOnExit {
-                pool: in_thread.clone(),
-                shared: sent.clone(),
-                back,
-            })
-        });
-        assert_eq!(in_thread.submit(byte_sum, sent).wait(), Ok(6));
-    })
-    .join()
-    .expect("the thread ended without a panic");
-    let ended = ended
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the destructor's job ended");
-    match ended {
-        Err(JobError::Encode(message)) => {
-            assert!(message.contains("thread-local's destructor"), "{message}");
-            assert!(message.contains("SharedSlice<u8>"), "{message}")
+    bounded_sync("a job submitted from a destructor", || {
+        let pool = ProcessPoolExecutor::new(1).unwrap();
+        let shared = SharedSlice::from_slice(&[1_u8, 2, 3]).unwrap();
+        let (back, ended) = std::sync::mpsc::channel();
+        let (in_thread, sent) = (pool.clone(), shared.clone());
+        std::thread::spawn(move || {
+            // Registered first, so destroyed after the pool's locals, which this first
+            // submit sets up on this thread (std runs a thread's destructors in the
+            // reverse order of registration; if that changed, this test would fail
+            // with `Ok(6)`).
+            ON_EXIT.with(|slot| {
+                *slot.borrow_mut() = Some(SumsOnExit {
+                    pool: in_thread.clone(),
+                    shared: sent.clone(),
+                    back,
+                })
+            });
+            assert_eq!(in_thread.submit(byte_sum, sent).wait(), Ok(6));
+        })
+        .join()
+        .expect("the thread ended without a panic");
+        let ended = ended.recv().expect("the destructor's job ended");
+        match ended {
+            Err(JobError::Encode(message)) => {
+                assert!(message.contains("thread-local's destructor"), "{message}");
+                assert!(message.contains("SharedSlice<u8>"), "{message}")
+            }
+            other => panic!("expected an encoding error, got {other:?}"),
         }
-        other => panic!("expected an encoding error, got {other:?}"),
-    }
-    // The pool is unharmed.
-    assert_eq!(pool.submit(byte_sum, shared).wait(), Ok(6));
+        // The pool is unharmed.
+        assert_eq!(pool.submit(byte_sum, shared).wait(), Ok(6));
+    });
 }

@@ -110,8 +110,8 @@ impl fmt::Debug for Kept {
 ///
 /// A job submitted from a thread-local's destructor, once this thread's [`KEPT`] is gone,
 /// is encoded without it: a shared array of this process in its argument then fails the
-/// job with [`JobError::Encode`](crate::JobError::Encode) (see [`Part::serialize`]) rather
-/// than travel as a private copy.
+/// job (in a `map`, its item) with [`JobError::Encode`](crate::JobError::Encode) (see
+/// [`Part::serialize`]) rather than travel as a private copy.
 pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
     let Ok(outer) = KEPT.try_with(|k| k.borrow_mut().replace(Vec::new())) else {
         return (encode(), Kept::default());
@@ -262,8 +262,9 @@ impl<E: Element> Part<E> {
         let as_handle = match as_handle {
             Ok(as_handle) => as_handle,
             Err(_) if !here => true,
-            // Neither kept by a pool nor safe to copy: a writable array's copy would lose
-            // what the job writes.
+            // Not kept by a pool, and not copied: a writable array's copy would lose what
+            // the job writes, and a read-only one is refused alike, so that both kinds
+            // behave the same.
             Err(_) => {
                 return Err(serde::ser::Error::custom(
                     "a shared array cannot travel in a job submitted from a thread-local's \
