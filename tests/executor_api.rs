@@ -857,55 +857,28 @@ async fn ordered_map_progress_counts_chunks_finished_behind_a_slow_one() {
     }
 }
 
-/// Submits a job to `pool` from its destructor, and sends the handle (or the panic) back.
-struct SubmitsOnExit {
-    pool: Arc<dyn Executor>,
-    back: std::sync::mpsc::Sender<std::thread::Result<procpool::JobHandle<u64>>>,
-}
-
-impl Drop for SubmitsOnExit {
-    fn drop(&mut self) {
-        let pool = &self.pool;
-        let submitted =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.submit(double, 21)));
-        let _ = self.back.send(submitted);
-    }
-}
-
-thread_local! {
-    static ON_EXIT: std::cell::RefCell<Option<SubmitsOnExit>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 #[test]
 fn a_job_submitted_from_a_thread_locals_destructor_runs() {
     bounded_sync("jobs submitted as threads end", || {
         for (name, pool) in pools(1) {
             // Kept here too: the last handle on a pool shuts it down when dropped.
             let pool: Arc<dyn Executor> = Arc::from(pool);
-            let kept = pool.clone();
-            let (back, handles) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                // Registered first, so destroyed last: after the pool's own locals on
-                // this thread, which the submit below uses first. (std runs a thread's
-                // destructors in the reverse order of registration, which `LocalKey`
-                // does not promise; were it to change, this test would pass without
-                // reaching the case: tests/shared_memory.rs would then fail.)
-                ON_EXIT.with(|slot| *slot.borrow_mut() = Some(SubmitsOnExit { pool, back }));
-                ON_EXIT.with(|slot| {
-                    let guard = slot.borrow();
-                    let pool = &guard.as_ref().unwrap().pool;
-                    assert_eq!(pool.submit(double, 1).wait(), Ok(2), "{name}");
-                });
-            })
-            .join()
-            .unwrap_or_else(|_| panic!("{name}: the thread panicked"));
-            let handle = handles
-                .recv()
-                .unwrap_or_else(|_| panic!("{name}: the destructor did not run"))
+            let (first, late) = (pool.clone(), pool.clone());
+            // The first submit sets up the pool's thread-locals, gone by the late one.
+            // (Were std's destructor order to change, this test would pass without
+            // reaching the case: tests/shared_memory.rs would then fail.)
+            let submitted = at_thread_exit(
+                move || assert_eq!(first.submit(double, 1).wait(), Ok(2), "{name}"),
+                move || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        late.submit(double, 21)
+                    }))
+                },
+            );
+            let handle = submitted
                 .unwrap_or_else(|_| panic!("{name}: submitting from a destructor panicked"));
             assert_eq!(handle.wait(), Ok(42), "{name}");
-            drop(kept);
+            drop(pool);
         }
     });
 }

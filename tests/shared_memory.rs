@@ -285,51 +285,21 @@ fn nothing_is_left_when_the_pools_parent_is_sigkilled() {
     assert_eq!(shm_before, shm_after, "nothing new in /dev/shm");
 }
 
-/// Submits `byte_sum` of a shared array to `pool` from its destructor, and sends what
-/// the job ended with back.
-struct SumsOnExit {
-    pool: ProcessPoolExecutor,
-    shared: SharedSlice<u8>,
-    back: std::sync::mpsc::Sender<Result<u64, JobError>>,
-}
-
-impl Drop for SumsOnExit {
-    fn drop(&mut self) {
-        let _ = self
-            .back
-            .send(self.pool.submit(byte_sum, self.shared.clone()).wait());
-    }
-}
-
-thread_local! {
-    static ON_EXIT: std::cell::RefCell<Option<SumsOnExit>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 #[test]
 fn a_shared_array_submitted_from_a_thread_locals_destructor_fails_clearly() {
     bounded_sync("a job submitted from a destructor", || {
         let pool = ProcessPoolExecutor::new(1).unwrap();
         let shared = SharedSlice::from_slice(&[1_u8, 2, 3]).unwrap();
-        let (back, ended) = std::sync::mpsc::channel();
-        let (in_thread, sent) = (pool.clone(), shared.clone());
-        std::thread::spawn(move || {
-            // Registered first, so destroyed after the pool's locals, which this first
-            // submit sets up on this thread (std runs a thread's destructors in the
-            // reverse order of registration; if that changed, this test would fail
-            // with `Ok(6)`).
-            ON_EXIT.with(|slot| {
-                *slot.borrow_mut() = Some(SumsOnExit {
-                    pool: in_thread.clone(),
-                    shared: sent.clone(),
-                    back,
-                })
-            });
-            assert_eq!(in_thread.submit(byte_sum, sent).wait(), Ok(6));
-        })
-        .join()
-        .expect("the thread ended without a panic");
-        let ended = ended.recv().expect("the destructor's job ended");
+        let (first, late) = (
+            (pool.clone(), shared.clone()),
+            (pool.clone(), shared.clone()),
+        );
+        // The first submit sets up the pool's thread-locals, gone by the late one (were
+        // std's destructor order to change, this test would fail with `Ok(6)`).
+        let ended = at_thread_exit(
+            move || assert_eq!(first.0.submit(byte_sum, first.1).wait(), Ok(6)),
+            move || late.0.submit(byte_sum, late.1).wait(),
+        );
         match ended {
             Err(JobError::Encode(message)) => {
                 assert!(message.contains("thread-local's destructor"), "{message}");

@@ -30,6 +30,40 @@ pub fn bounded_sync<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send 
     }
 }
 
+/// Runs `first` on a new thread, then `at_exit` in a thread-local's destructor as that
+/// thread ends, and returns what `at_exit` returned: code that runs after this thread's
+/// other thread-locals, the ones `first` used, are gone. (std runs a thread's destructors
+/// in the reverse order of registration, and this one is registered before `first` runs;
+/// `LocalKey` does not promise that order.) A panic in `at_exit` aborts the test binary.
+pub fn at_thread_exit<T: Send + 'static>(
+    first: impl FnOnce() + Send + 'static,
+    at_exit: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    struct AtExit(Option<Box<dyn FnOnce()>>);
+    impl Drop for AtExit {
+        fn drop(&mut self) {
+            if let Some(at_exit) = self.0.take() {
+                at_exit();
+            }
+        }
+    }
+    thread_local! {
+        static AT_EXIT: std::cell::RefCell<Option<AtExit>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (back, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let at_exit: Box<dyn FnOnce()> = Box::new(move || {
+            let _ = back.send(at_exit());
+        });
+        AT_EXIT.with(|slot| *slot.borrow_mut() = Some(AtExit(Some(at_exit))));
+        first();
+    })
+    .join()
+    .expect("the thread ended without a panic");
+    result.recv().expect("the thread-local's destructor ran")
+}
+
 /// A file-based latch that jobs in any process can wait on: the test opens it when it is
 /// ready, so "still running" never depends on timing.
 pub struct Gate {
