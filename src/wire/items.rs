@@ -63,14 +63,12 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     let start = out.len();
     postcard::serialize_with_flavor(value, VecTail(&mut *out)).map_err(|e| {
         out.truncate(start);
-        let type_name = std::any::type_name::<T>();
-        match e {
-            postcard::Error::SerdeSerCustom => match super::why::serialize_message(value) {
-                Some(why) => format!("{why} (in `{type_name}`)"),
-                None => format!("{e} (in `{type_name}`)"),
-            },
-            e => format!("{e} (in `{type_name}`)"),
-        }
+        let why = match e {
+            postcard::Error::SerdeSerCustom => super::why::serialize_message(value),
+            _ => None,
+        };
+        let why = why.unwrap_or_else(|| e.to_string());
+        format!("{why} (in `{}`)", std::any::type_name::<T>())
     })
 }
 

@@ -37,10 +37,11 @@ impl ser::Error for Message {
 
 type Walked = Result<(), Message>;
 
-/// `Serializer` methods that take a value with nothing inside it.
-macro_rules! leaves {
-    ($($method:ident($($ty:ty),*);)*) => {
-        $(fn $method(self, $(_: $ty),*) -> Walked { Ok(()) })*
+/// `Serializer` methods that need nothing but their answer: a value with nothing inside
+/// it (`()`), or the start of a compound value ([`Probe`] again, to walk what is in it).
+macro_rules! answers {
+    ($answer:expr => $ok:ty { $($method:ident($($ty:ty),*);)* }) => {
+        $(fn $method(self, $(_: $ty),*) -> Result<$ok, Message> { Ok($answer) })*
     };
 }
 
@@ -55,7 +56,7 @@ impl Serializer for Probe {
     type SerializeStruct = Probe;
     type SerializeStructVariant = Probe;
 
-    leaves! {
+    answers! { () => () {
         serialize_bool(bool);
         serialize_i8(i8);
         serialize_i16(i16);
@@ -76,7 +77,7 @@ impl Serializer for Probe {
         serialize_unit();
         serialize_unit_struct(&'static str);
         serialize_unit_variant(&'static str, u32, &'static str);
-    }
+    }}
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Walked {
         value.serialize(Probe)
@@ -96,45 +97,15 @@ impl Serializer for Probe {
         value.serialize(Probe)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Probe, Message> {
-        Ok(Probe)
-    }
+    answers! { Probe => Probe {
+        serialize_seq(Option<usize>);
+        serialize_tuple(usize);
+        serialize_tuple_struct(&'static str, usize);
+        serialize_tuple_variant(&'static str, u32, &'static str, usize);
+        serialize_map(Option<usize>);
+        serialize_struct(&'static str, usize);
+        serialize_struct_variant(&'static str, u32, &'static str, usize);
+    }}
 
     fn collect_str<T: fmt::Display + ?Sized>(self, _: &T) -> Walked {
         Ok(())
