@@ -554,8 +554,13 @@ where
         match output {
             Ok(boxed) => {
                 let mut results = match boxed.downcast::<EncodedItems<R>>() {
-                    Ok(items) if items.len() == len => {
-                        self.ready = Ready::Encoded(*items);
+                    Ok(mut items) if items.len() == len => {
+                        // Numbers that all decode are decoded at once, so that handing
+                        // each out is the short path of `poll_next`.
+                        self.ready = match items.take_packed_values() {
+                            Some(values) => Ready::Values(values.into_iter()),
+                            None => Ready::Encoded(*items),
+                        };
                         return;
                     }
                     Ok(items) => items.take(len).collect(),
@@ -599,11 +604,15 @@ where
     #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // The path taken for all but one item per chunk: kept small enough to inline.
-        match this.ready.next() {
-            Some(item) => Poll::Ready(Some(item)),
-            None => this.poll_chunks(cx),
+        // The path taken for all but one item per chunk of values (a thread pool's, or a
+        // process pool's numbers): small enough to inline into the caller's loop, so that
+        // the item is handed over in registers. Everything else is behind a call.
+        if let Ready::Values(values) = &mut this.ready
+            && let Some(value) = values.next()
+        {
+            return Poll::Ready(Some(Ok(value)));
         }
+        this.poll_chunks(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -413,6 +413,22 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
     /// Appends every remaining result to `out`, stopping at the first that failed (which
     /// is returned): [`Iterator::next`] in a loop the compiler can see through, with the
     /// packed values of a plain `R` read back to back.
+    /// Every value left at once, if every item succeeded and is a packed plain value (the
+    /// answer of numbers that all decode, with no per-item tag); else `None`, and nothing
+    /// is read.
+    pub(crate) fn take_packed_values(&mut self) -> Option<Vec<R>> {
+        let width = plain::width::<R>().filter(|_| self.packed && self.broken.is_none())?;
+        // The packed values' length was checked in `new`.
+        let values = &self.bytes[self.at..self.at + self.left * width];
+        let mut out = Vec::with_capacity(self.left);
+        if plain::get_into(values, &mut out) < self.left {
+            return None; // a value that does not decode (a `bool` byte of 2): item by item
+        }
+        self.at += self.left * width;
+        self.left = 0;
+        Some(out)
+    }
+
     pub(crate) fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
         out.reserve(self.left);
         if let Some(width) = plain::width::<R>() {

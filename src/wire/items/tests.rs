@@ -176,6 +176,48 @@ fn packed_answers_decode_item_by_item_and_in_bulk() {
 }
 
 #[test]
+fn packed_answers_are_taken_whole_only_when_every_value_decodes() {
+    let values: Vec<u64> = (0..100).map(|x| x * 3).collect();
+    let mut items = EncodedItems::<u64>::new(packed(&values).into()).unwrap();
+    assert_eq!(items.next(), Some(Ok(0)));
+    assert_eq!(
+        items.take_packed_values().unwrap(),
+        values[1..],
+        "the rest, at once"
+    );
+    assert_eq!((items.len(), items.next()), (0, None));
+    // A byte that is no `bool`: nothing is taken, and that item alone fails.
+    let mut odd = packed(&[true, false, true]);
+    odd[5] = 7;
+    let mut items = EncodedItems::<bool>::new(odd.into()).unwrap();
+    assert_eq!(items.take_packed_values(), None);
+    let results: Vec<_> = items.collect();
+    assert_eq!(results[0], Ok(true));
+    assert!(
+        matches!(results[1], Err(JobError::Decode(_))),
+        "{results:?}"
+    );
+    assert_eq!(results[2], Ok(true));
+    // Tagged items (one failed) and values that are not plain are read one by one.
+    let mut tagged = 2_u32.to_le_bytes().to_vec();
+    push_ok(&mut tagged, &5_u64);
+    push_message_item(&mut tagged, TAG_RESULT_ENCODE, "no luck");
+    let mut items = EncodedItems::<u64>::new(tagged.into()).unwrap();
+    assert_eq!(items.take_packed_values(), None);
+    let results: Vec<_> = items.collect();
+    assert_eq!(results[0], Ok(5));
+    assert!(
+        matches!(results[1], Err(JobError::Encode(_))),
+        "{results:?}"
+    );
+    let mut strings = 1_u32.to_le_bytes().to_vec();
+    push_ok(&mut strings, &"x".to_string());
+    let mut items = EncodedItems::<String>::new(strings.into()).unwrap();
+    assert_eq!(items.take_packed_values(), None);
+    assert_eq!(items.collect::<Vec<_>>(), [Ok("x".to_string())]);
+}
+
+#[test]
 fn a_packed_answer_of_the_wrong_length_or_type_is_refused() {
     let mut short = packed(&[1_u64, 2]);
     short.pop();
