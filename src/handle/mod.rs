@@ -1,8 +1,8 @@
 //! [`JobHandle`], the awaitable end of a submitted job, and the shared completion cell
 //! ([`JobState`]) through which a pool hands the job's result to it.
 //!
-//! The cell is runtime-agnostic: an atomic state, the result behind a mutex and an
-//! [`AtomicWaker`]. A pool completes it from whatever thread it runs on; the caller polls
+//! The cell is runtime-agnostic: an atomic state, and the result and the awaiting task's
+//! waker behind a mutex. A pool completes it from whatever thread it runs on; the caller polls
 //! it from any executor or blocks on it.
 
 use crate::error::JobError;
@@ -398,8 +398,9 @@ mod tests {
     fn cancelling_a_stoppable_running_job_signals_the_pool() {
         let state = JobState::new();
         assert!(state.try_start());
-        state.make_stoppable();
+        let stopper = Arc::new(tokio::sync::Notify::new());
+        state.make_stoppable(&stopper);
         assert!(state.cancel());
-        futures::executor::block_on(state.stop_requested());
+        futures::executor::block_on(state.stop_requested(&stopper));
     }
 }

@@ -92,8 +92,8 @@ impl Timed {
 /// waiting jobs count as queued, a running head as a busy worker.
 pub(crate) struct Line<'a> {
     counters: &'a Counters,
-    /// Whether `cancel()` may stop a running job (the backend can stop one).
-    stoppable: bool,
+    /// What `cancel()` notifies to stop the running head, if the backend can stop one.
+    stopper: Option<Arc<tokio::sync::Notify>>,
     sent: VecDeque<Sent>,
     /// When the front job became the head; `None` until it does.
     head_started: Option<Instant>,
@@ -118,7 +118,7 @@ impl<'a> Line<'a> {
     pub(crate) fn new(counters: &'a Counters, stoppable: bool) -> Line<'a> {
         Line {
             counters,
-            stoppable,
+            stopper: stoppable.then(|| Arc::new(tokio::sync::Notify::new())),
             sent: VecDeque::new(),
             head_started: None,
             bytes: 0,
@@ -255,17 +255,23 @@ impl<'a> Line<'a> {
         self.head()?.job.timeout
     }
 
-    /// The running head's completion cell (whose caller may ask to stop it).
-    pub(crate) fn running(&self) -> Option<Arc<crate::handle::JobState>> {
-        self.head().map(|s| s.job.state.clone())
+    /// The running head's completion cell (whose caller may ask to stop it), with the
+    /// stopper its `cancel()` notifies, if the backend can stop it.
+    pub(crate) fn running(
+        &self,
+    ) -> Option<(Arc<crate::handle::JobState>, Arc<tokio::sync::Notify>)> {
+        let stopper = self.stopper.clone()?;
+        self.head().map(|s| (s.job.state.clone(), stopper))
     }
 
     /// Appends a claimed job framed into the worker's next write. The first job of an
     /// empty line is stoppable from now on: the worker runs it as soon as its bytes arrive,
     /// and may answer before the line promotes it.
     pub(crate) fn push(&mut self, id: u64, job: QueuedJob) {
-        if self.sent.is_empty() && self.stoppable {
-            job.state.make_stoppable();
+        if self.sent.is_empty()
+            && let Some(stopper) = &self.stopper
+        {
+            job.state.make_stoppable(stopper);
         }
         let (target, items) = (job.target, job.items);
         self.bytes += job.input.len();
@@ -308,8 +314,8 @@ impl<'a> Line<'a> {
             // link has written it too).
             sent.job.input = bytes::Bytes::new();
         }
-        if self.stoppable {
-            sent.job.state.make_stoppable();
+        if let Some(stopper) = &self.stopper {
+            sent.job.state.make_stoppable(stopper);
         }
         self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
         self.head_started = Some(now);

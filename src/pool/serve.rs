@@ -296,7 +296,7 @@ impl<B: Backend> Serving<'_, B> {
         let running = self.line.running();
         let stop = async {
             match &running {
-                Some(state) => state.stop_requested().await,
+                Some((state, stopper)) => state.stop_requested(stopper).await,
                 None => std::future::pending().await,
             }
         };

@@ -389,7 +389,7 @@ mod tests {
     fn in_a_pools_job_an_array_travels_as_a_handle_to_the_same_memory() {
         let buffer = SharedBuffer::<u32>::zeroed(1 << 20).unwrap();
         let (bytes, kept) = keeping(|| postcard::to_allocvec(&buffer.slice(10..20)).unwrap());
-        assert_eq!(kept.0.len(), 1);
+        assert_eq!(kept.len(), 1);
         assert!(bytes.len() < 100, "{} bytes", bytes.len());
         let part: SharedBuffer<u32> = postcard::from_bytes(&bytes).unwrap();
         part.set(0, 99);

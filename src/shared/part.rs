@@ -89,19 +89,36 @@ thread_local! {
 }
 
 /// The segments a job's argument names, held by the pool until the job has ended.
+///
+/// Boxed, so that the many jobs that name none carry a single null pointer: it is part of
+/// every process job's completion cell, which is kept small (see
+/// [`JobState`](crate::handle::JobState)).
 #[derive(Default)]
-pub(crate) struct Kept(pub(super) Vec<Arc<Segment>>);
+#[expect(
+    clippy::box_collection,
+    reason = "one thin pointer: a `Vec` is three words, a boxed slice two"
+)]
+pub(crate) struct Kept(Option<Box<Vec<Arc<Segment>>>>);
 
 impl Kept {
     /// Holds `other`'s segments too.
     pub(crate) fn extend(&mut self, other: Kept) {
-        self.0.extend(other.0);
+        match (&mut self.0, other.0) {
+            (_, None) => {}
+            (None, other) => self.0 = other,
+            (Some(mine), Some(other)) => mine.extend(*other),
+        }
+    }
+
+    /// How many segments it holds.
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |segments| segments.len())
     }
 }
 
 impl fmt::Debug for Kept {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Kept({} segments)", self.0.len())
+        write!(f, "Kept({} segments)", self.len())
     }
 }
 
@@ -118,7 +135,7 @@ pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
     };
     let result = encode();
     let kept = KEPT.with(|k| std::mem::replace(&mut *k.borrow_mut(), outer));
-    (result, Kept(kept.unwrap_or_default()))
+    (result, Kept(kept.filter(|k| !k.is_empty()).map(Box::new)))
 }
 
 /// `message` (a decoder's error), with why a shared array in it did not decode, if one
