@@ -96,7 +96,7 @@ thread_local! {
 #[derive(Default)]
 #[expect(
     clippy::box_collection,
-    reason = "one thin pointer: a `Vec` is three words, a boxed slice two"
+    reason = "one word, where `Option<Box<[_]>>` would be two (and a `Vec` three)"
 )]
 pub(crate) struct Kept(Option<Box<Vec<Arc<Segment>>>>);
 

@@ -410,16 +410,18 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
 }
 
 impl<R: DeserializeOwned + 'static> EncodedItems<R> {
-    /// Appends every remaining result to `out`, stopping at the first that failed (which
-    /// is returned): [`Iterator::next`] in a loop the compiler can see through, with the
-    /// packed values of a plain `R` read back to back.
+    /// The bytes of the packed plain values left and each one's width, if the answer is
+    /// packed values of a plain `R` (whose length was checked in `new`).
+    fn packed_left(&self) -> Option<(&[u8], usize)> {
+        let width = plain::width::<R>().filter(|_| self.packed)?;
+        Some((&self.bytes[self.at..self.at + self.left * width], width))
+    }
+
     /// Every value left at once, if every item succeeded and is a packed plain value (the
     /// answer of numbers that all decode, with no per-item tag); else `None`, and nothing
     /// is read.
     pub(crate) fn take_packed_values(&mut self) -> Option<Vec<R>> {
-        let width = plain::width::<R>().filter(|_| self.packed && self.broken.is_none())?;
-        // The packed values' length was checked in `new`.
-        let values = &self.bytes[self.at..self.at + self.left * width];
+        let (values, width) = self.packed_left().filter(|_| self.broken.is_none())?;
         let mut out = Vec::with_capacity(self.left);
         if plain::get_into(values, &mut out) < self.left {
             return None; // a value that does not decode (a `bool` byte of 2): item by item
@@ -429,28 +431,27 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
         Some(out)
     }
 
+    /// Appends every remaining result to `out`, stopping at the first that failed (which
+    /// is returned): [`Iterator::next`] in a loop the compiler can see through, with the
+    /// packed values of a plain `R` read back to back.
     pub(crate) fn drain_ok_into(&mut self, out: &mut Vec<R>) -> Result<(), JobError> {
         out.reserve(self.left);
-        if let Some(width) = plain::width::<R>() {
-            if self.packed {
-                // The packed values' length was checked in `new`.
-                let values = &self.bytes[self.at..self.at + self.left * width];
-                let n = plain::get_into(values, out);
-                self.at += n * width;
-                self.left -= n;
-            } else if self.broken.is_none() {
-                while self.left > 0 {
-                    match self.bytes[self.at..].split_first() {
-                        Some((&TAG_OK, rest)) => match plain::get::<R>(rest) {
-                            Some(value) => {
-                                out.push(value);
-                                self.at += 1 + width;
-                                self.left -= 1;
-                            }
-                            None => break,
-                        },
-                        _ => break,
-                    }
+        if let Some((values, width)) = self.packed_left() {
+            let n = plain::get_into(values, out);
+            self.at += n * width;
+            self.left -= n;
+        } else if let Some(width) = plain::width::<R>().filter(|_| self.broken.is_none()) {
+            while self.left > 0 {
+                match self.bytes[self.at..].split_first() {
+                    Some((&TAG_OK, rest)) => match plain::get::<R>(rest) {
+                        Some(value) => {
+                            out.push(value);
+                            self.at += 1 + width;
+                            self.left -= 1;
+                        }
+                        None => break,
+                    },
+                    _ => break,
                 }
             }
         }
