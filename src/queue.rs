@@ -6,6 +6,7 @@ use crate::admission::{Admission, Slot};
 use crate::error::JobError;
 use crate::handle::JobState;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A queued job: anything that carries the completion cell it must end through.
@@ -24,10 +25,22 @@ pub(crate) struct JobQueue<T> {
     /// the line away from the submitter, whose next lock then waited to get it back.
     inner: Padded<Mutex<Inner<T>>>,
     available: Condvar,
-    /// Notified at every push: on lines of its own for the same reason.
-    notify: Padded<tokio::sync::Notify>,
+    /// Notified at every push once an async popper has come: on lines of its own for the
+    /// same reason.
+    notify: Padded<Notifier>,
     /// The pool's bound on unfinished jobs, if it has one: closed with the queue.
     admission: Admission,
+}
+
+/// The wake-up of async poppers (the process pool's supervisor), and whether there has
+/// ever been one: a thread pool's workers pop blocking, and its submitter then does not
+/// pay for a notification nobody awaits.
+struct Notifier {
+    notify: tokio::sync::Notify,
+    /// Set by the first `pop` before it takes the lock. A push that takes the lock after
+    /// that `pop` looked finds it set (the lock orders the two); one that took it before
+    /// left a job the `pop` finds.
+    used: AtomicBool,
 }
 
 struct Inner<T> {
@@ -57,7 +70,10 @@ impl<T: Queued> JobQueue<T> {
                 sleepers: 0,
             })),
             available: Condvar::new(),
-            notify: Padded(tokio::sync::Notify::new()),
+            notify: Padded(Notifier {
+                notify: tokio::sync::Notify::new(),
+                used: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -104,7 +120,9 @@ impl<T: Queued> JobQueue<T> {
                 self.available.notify_one();
             }
         }
-        self.notify.0.notify_one();
+        if self.notify.0.used.load(Ordering::Relaxed) {
+            self.notify.0.notify.notify_one();
+        }
     }
 
     /// Puts jobs that were taken but never ran back at the front, in their order, even if
@@ -171,7 +189,10 @@ impl<T: Queued> JobQueue<T> {
     /// closed and empty.
     pub(crate) async fn pop(&self) -> Option<T> {
         loop {
-            let notified = self.notify.0.notified();
+            if !self.notify.0.used.load(Ordering::Relaxed) {
+                self.notify.0.used.store(true, Ordering::Relaxed);
+            }
+            let notified = self.notify.0.notify.notified();
             futures::pin_mut!(notified);
             // Register before looking, so a push or close between the look and the await
             // still wakes us.
@@ -181,7 +202,7 @@ impl<T: Queued> JobQueue<T> {
                 if let Some(item) = inner.items.pop_front() {
                     if !inner.items.is_empty() {
                         // More work: pass the wake-up on to another waiting worker.
-                        self.notify.0.notify_one();
+                        self.notify.0.notify.notify_one();
                     }
                     return Some(item);
                 }
@@ -209,7 +230,7 @@ impl<T: Queued> JobQueue<T> {
             }
         };
         self.available.notify_all();
-        self.notify.0.notify_waiters();
+        self.notify.0.notify.notify_waiters();
         if let Some(error) = fail_with {
             for item in drained {
                 item.state().abandon(error.clone());
@@ -340,5 +361,38 @@ mod tests {
             .expect("pop() was not woken by push()");
         assert!(popped);
         popper.join().unwrap();
+    }
+
+    #[test]
+    fn a_pending_async_pop_is_woken_by_the_next_push() {
+        // Polled by hand: the pop has registered and found nothing before the push, the
+        // case where a push that skipped the notification would leave it asleep.
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl futures::task::ArcWake for Flag {
+            fn wake_by_ref(flag: &Arc<Flag>) {
+                flag.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let queue = JobQueue::new();
+        assert!(queue.push(Item(JobState::new())).is_ok(), "before any pop");
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = futures::task::waker(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut pop = Box::pin(queue.pop());
+        assert!(
+            pop.as_mut().poll(&mut cx).is_ready(),
+            "the job pushed first"
+        );
+        let mut pop = Box::pin(queue.pop());
+        assert!(pop.as_mut().poll(&mut cx).is_pending());
+        assert!(queue.push(Item(JobState::new())).is_ok());
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "the push did not wake the pop"
+        );
+        assert!(matches!(
+            pop.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Some(_))
+        ));
     }
 }
