@@ -257,11 +257,9 @@ impl<'a> Line<'a> {
 
     /// The running head's completion cell (whose caller may ask to stop it), with the
     /// stopper its `cancel()` notifies, if the backend can stop it.
-    pub(crate) fn running(
-        &self,
-    ) -> Option<(Arc<crate::handle::JobState>, Arc<tokio::sync::Notify>)> {
-        let stopper = self.stopper.clone()?;
-        self.head().map(|s| (s.job.state.clone(), stopper))
+    pub(crate) fn running(&self) -> Option<(&crate::handle::JobState, &tokio::sync::Notify)> {
+        let stopper = self.stopper.as_deref()?;
+        self.head().map(|s| (&*s.job.state, stopper))
     }
 
     /// Appends a claimed job framed into the worker's next write. The first job of an
