@@ -93,21 +93,21 @@
 //! may crash, leak or hang, that must be stoppable, or that must not share an address
 //! space with the service.
 //!
-//! The evidence, measured on a 2-core machine (2026-12-05, 2 workers; the ranges are three
+//! The evidence, measured on a 2-core machine (2026-12-07, 2 workers; the ranges are three
 //! runs; the commands reproduce it on yours):
 //!
 //! | what | sequential | threads | processes | command |
 //! |---|---|---|---|---|
-//! | one tiny job, round trip with `wait()` (W1) | | 3.1–5.2 µs | 20.8–29.4 µs (bare socket: 11.6–43.0 µs) | `cargo run --release --example thread_vs_process` |
-//! | the same, `.await`ed on a multi-thread tokio runtime | | 14.2–19.0 µs | 62.3–68.9 µs | same |
-//! | 100,000 tiny jobs (W2) | | 3.70–5.43 M jobs/s | 1.39–1.87 M jobs/s | same |
-//! | 1M items mapped, chunks of 1,000 (W3) | | 52–61 M items/s | 48–65 M items/s | same |
-//! | the same through [`Map::try_collect_vec`] | | 144–155 M items/s | 57–81 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 20–24 ms, lent (bare socket: 27–30 ms in those runs) | same |
-//! | primes below 5M, CPU only (W4) | 1.00× | 1.91–1.96× | 1.94–1.95× | same |
-//! | 1M short reviews, lexicon per worker, strings moved into the jobs | 1.00× | 1.20–1.85× | 0.87–1.22× | `cargo run --release --example sentiment` |
-//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.72–1.82× | 1.15–1.58× | `cargo run --release --example signal_filter` |
-//! | the same, signal and output in shared arrays | 1.00× | 1.77–1.87× | 1.57–1.78× | same |
+//! | one tiny job, round trip with `wait()` (W1) | | 2.9–4.3 µs | 16.9–17.8 µs (bare socket: 11.6–46.1 µs) | `cargo run --release --example thread_vs_process` |
+//! | the same, `.await`ed on a multi-thread tokio runtime | | 4.4–18.6 µs | 38.8–66.5 µs | same |
+//! | 100,000 tiny jobs (W2) | | 3.70–4.70 M jobs/s | 1.78–1.86 M jobs/s | same |
+//! | 1M items mapped, chunks of 1,000 (W3) | | 173–246 M items/s | 81–110 M items/s | same |
+//! | the same through [`Map::try_collect_vec`] | | 302–458 M items/s | 92–109 M items/s | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 15–17 ms, lent (bare socket: 22–29 ms in those runs) | same |
+//! | primes below 5M, CPU only (W4) | 1.00× | 1.93–2.01× | 1.92–2.01× | same |
+//! | 1M short reviews, lexicon per worker, strings moved into the jobs | 1.00× | 1.65–1.70× | 1.13–1.23× | `cargo run --release --example sentiment` |
+//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.78–1.87× | 1.46–1.54× | `cargo run --release --example signal_filter` |
+//! | the same, signal and output in shared arrays | 1.00× | 1.78–1.81× | 1.58–1.69× | same |
 //!
 //! Arguments and results of 1 MiB or more are lent: on Linux the receiving side reads
 //! them out of the other's memory in one copy (`process_vm_readv`) instead of through the
@@ -120,12 +120,11 @@
 //! reviews)`, not `reviews.iter().cloned()`), the strings cost the caller nothing per item
 //! on threads; cloning each one in the timed loop held the thread pool to 1.2–1.6× on two
 //! cores (runs of 2026-12-04), the caller's allocations taking their time from the workers.
-//! (The run above at 1.20× on threads also took 36–38% longer than the others to
-//! generate its reviews, untimed: a sign of another guest on the machine.) A process pool
-//! still encodes, sends and decodes every string, and frees it on the caller's side: a
-//! profile puts about a fifth of its workers' time into decoding them and encoding the
-//! answers, and a sixth of all the time on the two cores into the caller and the pool's
-//! thread.
+//! A process pool still encodes, sends and decodes every string, and frees it on the
+//! caller's side: the caller's process spent 90–117 ms of CPU per million reviews
+//! (2026-12-07, `getrusage` around the map), on the two cores the workers need, and a
+//! profile puts about a seventh of the workers' own time into decoding the strings and
+//! encoding the answers.
 //! Counting primes ships a few bytes per millisecond of work, and processes scale as well
 //! as threads while isolating crashes.
 //!
