@@ -24,6 +24,10 @@ mod ready;
 use self::chunking::{AutoChunk, default_in_flight, known_cost, remember_cost};
 use self::ready::Ready;
 
+/// The most emptied argument vectors a map keeps for its next chunks: as many as a
+/// thread pool usually has in flight for a map of cheap items (two per worker).
+const SPENT_KEPT: usize = 4;
+
 /// A stream of `Result<R, JobError>`, one per input item, from
 /// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
 ///
@@ -48,6 +52,9 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     options: JobOptions,
     ordered: bool,
     pending: Vec<A>,
+    /// Emptied vectors of chunks that ran on this process's threads, to gather the next
+    /// chunks in (see [`ChunkValues`](crate::job::ChunkValues)); at most [`SPENT_KEPT`].
+    spent: Vec<Vec<A>>,
     /// On a pool that ships its jobs, a chunk of arguments that are not plain is encoded
     /// as they are pulled, instead of gathered in `pending` (see [`EncodedChunk`]).
     encoded: Option<EncodedChunk<A, R>>,
@@ -143,6 +150,7 @@ where
             options: JobOptions::new(),
             ordered,
             pending: Vec::new(),
+            spent: Vec::new(),
             encoded: None,
             encode_as_pulled: executor.hand_off_is_a_round_trip()
                 && crate::wire::plain::width::<A>().is_none(),
@@ -318,6 +326,9 @@ where
     #[inline]
     fn pull_pending(&mut self, chunk: usize, cx: &mut Context<'_>) -> Option<Poll<Option<A>>> {
         if self.pending.capacity() == 0 {
+            if let Some(spent) = self.spent.pop() {
+                self.pending = spent;
+            }
             self.pending.reserve_exact(chunk);
         }
         let (mut source, pending) = (self.source.as_mut(), &mut self.pending);
@@ -564,15 +575,27 @@ where
                         return;
                     }
                     Ok(items) => items.take(len).collect(),
-                    Err(boxed) => match boxed.downcast::<Vec<R>>() {
-                        Ok(values) if values.len() == len => {
+                    Err(boxed) => match boxed.downcast::<crate::job::ChunkValues<A, R>>() {
+                        Ok(chunk) if chunk.values.len() == len => {
+                            let crate::job::ChunkValues { values, mut spent } = *chunk;
+                            if self.spent.len() < SPENT_KEPT {
+                                spent.clear(); // empty already: a run drains it
+                                self.spent.push(spent);
+                            }
                             self.ready = Ready::Values(values.into_iter());
                             return;
                         }
-                        Ok(values) => values.into_iter().map(Ok).collect(),
-                        Err(boxed) => *boxed
-                            .downcast::<Vec<Result<R, JobError>>>()
-                            .expect("procpool bug: chunk output has the wrong type"),
+                        Ok(chunk) => chunk.values.into_iter().map(Ok).collect(),
+                        Err(boxed) => match boxed.downcast::<Vec<R>>() {
+                            Ok(values) if values.len() == len => {
+                                self.ready = Ready::Values(values.into_iter());
+                                return;
+                            }
+                            Ok(values) => values.into_iter().map(Ok).collect(),
+                            Err(boxed) => *boxed
+                                .downcast::<Vec<Result<R, JobError>>>()
+                                .expect("procpool bug: chunk output has the wrong type"),
+                        },
                     },
                 };
                 let got = results.len();
@@ -658,4 +681,44 @@ impl<E: ?Sized, S, A, R> fmt::Debug for Map<'_, E, S, A, R> {
 /// What [`chunking`] remembers a function's item cost by.
 fn cost_key<A, R>(f: fn(A) -> R, round_trip: bool) -> (usize, bool) {
     (f as usize, round_trip)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ExecutorExt, ThreadPoolExecutor};
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    #[test]
+    fn a_thread_pools_chunks_give_their_argument_vectors_back_for_the_next() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = ThreadPoolExecutor::new(1).unwrap();
+            let mut map = pool.map(double, 0..100_u64).chunk_size(10);
+            let mut sum = 0;
+            futures::executor::block_on(async {
+                while let Some(result) = map.next().await {
+                    sum += result.unwrap();
+                }
+            });
+            let spent: Vec<_> = map.spent.iter().map(|v| (v.len(), v.capacity())).collect();
+            tx.send((sum, spent)).unwrap();
+        });
+        let (sum, spent) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the map did not finish");
+        assert_eq!(sum, 9_900);
+        assert!(!spent.is_empty(), "no chunk gave its vector back");
+        assert!(spent.len() <= super::SPENT_KEPT);
+        assert!(
+            spent
+                .iter()
+                .all(|&(len, capacity)| len == 0 && capacity >= 10),
+            "{spent:?}"
+        );
+    }
 }
