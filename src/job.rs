@@ -110,9 +110,9 @@ impl fmt::Debug for ErasedJob {
     }
 }
 
-/// What a job produced: `R` for a single job; for a chunk, on a thread pool `Vec<R>` if
-/// every item succeeded, else `Vec<Result<R, JobError>>`, and [`EncodedItems<R>`] on a
-/// process pool.
+/// What a job produced: `R` for a single job; for a chunk, on a thread pool a
+/// [`ChunkValues<A, R>`] if every item succeeded, else `Vec<Result<R, JobError>>`, and
+/// [`EncodedItems<R>`] on a process pool.
 pub(crate) type Output = Box<dyn Any + Send>;
 
 /// Decodes a worker's answer into the job's [`Output`].

@@ -25,7 +25,8 @@ use self::chunking::{AutoChunk, default_in_flight, known_cost, remember_cost};
 use self::ready::Ready;
 
 /// The most emptied argument vectors a map keeps for its next chunks: as many as a
-/// thread pool usually has in flight for a map of cheap items (two per worker).
+/// thread pool of two workers has in flight for a map of cheap items (two per worker; a
+/// larger pool reuses fewer of its vectors).
 const SPENT_KEPT: usize = 4;
 
 /// A stream of `Result<R, JobError>`, one per input item, from
@@ -53,7 +54,8 @@ pub struct Map<'a, E: ?Sized, S, A, R> {
     ordered: bool,
     pending: Vec<A>,
     /// Emptied vectors of chunks that ran on this process's threads, to gather the next
-    /// chunks in (see [`ChunkValues`](crate::job::ChunkValues)); at most [`SPENT_KEPT`].
+    /// chunks in (see [`ChunkValues`](crate::job::ChunkValues)); at most [`SPENT_KEPT`],
+    /// each with room for one chunk, held until the map is dropped.
     spent: Vec<Vec<A>>,
     /// On a pool that ships its jobs, a chunk of arguments that are not plain is encoded
     /// as they are pulled, instead of gathered in `pending` (see [`EncodedChunk`]).
@@ -586,16 +588,9 @@ where
                             return;
                         }
                         Ok(chunk) => chunk.values.into_iter().map(Ok).collect(),
-                        Err(boxed) => match boxed.downcast::<Vec<R>>() {
-                            Ok(values) if values.len() == len => {
-                                self.ready = Ready::Values(values.into_iter());
-                                return;
-                            }
-                            Ok(values) => values.into_iter().map(Ok).collect(),
-                            Err(boxed) => *boxed
-                                .downcast::<Vec<Result<R, JobError>>>()
-                                .expect("procpool bug: chunk output has the wrong type"),
-                        },
+                        Err(boxed) => *boxed
+                            .downcast::<Vec<Result<R, JobError>>>()
+                            .expect("procpool bug: chunk output has the wrong type"),
                     },
                 };
                 let got = results.len();
