@@ -43,6 +43,7 @@ mod imp {
                 "api" => api(),
                 "one_job" => one_job(),
                 "held_answers" => held_answers(),
+                "streams" => streams(),
                 "killed_agent" => killed_agent(),
                 "panic_on_rank_0" => panic_on_rank_0(),
                 "two_hosts" => two_hosts(),
@@ -53,7 +54,7 @@ mod imp {
             });
         }
         let started = Instant::now();
-        let tests: [(&str, fn()); 7] = [
+        let tests: [(&str, fn()); 8] = [
             (
                 "the_public_api_works_across_ranks",
                 the_public_api_works_across_ranks,
@@ -61,6 +62,10 @@ mod imp {
             (
                 "answers_a_worker_held_back_arrive_when_the_next_job_aborts_it",
                 answers_a_worker_held_back_arrive_when_the_next_job_aborts_it,
+            ),
+            (
+                "large_answers_of_two_workers_of_one_agent_arrive_whole_together",
+                large_answers_of_two_workers_of_one_agent_arrive_whole_together,
             ),
             (
                 "a_copy_of_the_binary_elsewhere_is_accepted",
@@ -177,6 +182,12 @@ mod imp {
         let mut command = mpirun();
         command.args(["-n", "3"]).arg(this_program());
         runs_ok(command, "held_answers");
+    }
+
+    fn large_answers_of_two_workers_of_one_agent_arrive_whole_together() {
+        let mut command = mpirun();
+        command.args(["-n", "2"]).arg(this_program());
+        runs_ok(command, "streams");
     }
 
     fn a_panic_on_rank_0_ends_the_program() {
@@ -693,6 +704,48 @@ mod imp {
             println!("one_job: ok");
             0
         })
+    }
+
+    /// One agent with two workers: the payloads of their large answers come to rank 0 in
+    /// pieces, both at once, between small answers, and one of them cut short by its
+    /// worker's death beside a whole one; every answer arrives whole, or its job fails
+    /// alone.
+    fn streams() -> i32 {
+        let Some(pool) = world("streams", ProcessPoolExecutor::builder().max_workers(2)) else {
+            return 1;
+        };
+        assert_eq!(pool.max_workers(), 2);
+        runtime().block_on(async {
+            // Small arguments, large answers: both workers write theirs at once.
+            for size in [1 << 20, (9 << 20) + 5, 40 << 20] {
+                let payload = pattern(size);
+                let mut handles = Vec::new();
+                for i in 0..6_u64 {
+                    handles.push((pool.submit(pattern, size), pool.submit(square, i)));
+                }
+                for (i, (large, small)) in (0..).zip(handles) {
+                    assert!(large.await.unwrap() == payload, "answer {i} of {size} bytes");
+                    assert_eq!(small.await.unwrap(), i * i);
+                }
+            }
+            let payload = pattern(33 << 20);
+            let whole = pool.submit(echo, payload.clone());
+            let cut = pool.submit(die_writing, 96 << 20);
+            assert!(whole.await.unwrap() == payload, "the whole one beside");
+            match cut.await {
+                Err(JobError::WorkerDied { exit, .. }) => {
+                    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit}");
+                }
+                other => panic!("{:?}", other.map(|answer| answer.len())),
+            }
+            let handles: Vec<_> = (0..4).map(|_| pool.submit(echo, payload.clone())).collect();
+            for handle in handles {
+                assert!(handle.await.unwrap() == payload, "an echo after the cut");
+            }
+            pool.shutdown().await;
+        });
+        println!("streams: ok");
+        0
     }
 
     /// An agent's worker holds small answers back while its next job is there, as a local

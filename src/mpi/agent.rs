@@ -8,12 +8,12 @@
 use super::envelope::{
     AgentConfig, AgentHello, Failure, MPI_PROTOCOL_VERSION, ToAgent, ToRoot, Worker,
 };
-use super::hub::Outbox;
+use super::hub::{Outbox, PIECE, piece_tag};
 use crate::pool::backend::{Backend, StartError, WorkerLink};
 use crate::process::child::{LocalWorker, RawReceived, resident_bytes};
 use crate::process::{Launcher, Settings};
 use crate::spares::{LARGE, SPARES};
-use crate::wire::frame::{HEADER, header_lengths};
+use crate::wire::frame::{DIRECT_PAYLOAD, HEADER, header_lengths};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,12 +213,14 @@ async fn run_worker(
     say(ToRoot::Started(worker, pid));
     let mut memory = memory_every.map(tokio::time::interval);
     let mut closed = false;
-    // What the worker wrote, handed on whenever it ends with a whole frame: a large
-    // answer crosses MPI in one message, into one buffer, that the pool decodes in place.
-    // Answers that follow each other closely go together (as the local pool completes
-    // the answers that arrive together in one pass): held while more are due, up to
-    // `BATCH` frames or `HOLD_AT_MOST`.
+    // What the worker wrote, handed on whenever it ends with a whole frame, or with the
+    // message of a large one, whose payload is then handed on in pieces as it is read
+    // (see `Streaming`). Answers that follow each other closely go together (as the local
+    // pool completes the answers that arrive together in one pass): held while more are
+    // due, up to `BATCH` frames or `HOLD_AT_MOST`.
     let mut pending = Vec::new();
+    let tag = piece_tag(worker.slot);
+    let mut streaming: Option<Streaming> = None;
     let mut read = Cut::default();
     let mut written = Cut::default();
     let mut handed_on = 0_u64;
@@ -262,10 +264,32 @@ async fn run_worker(
                 }
                 Some(Order::Kill) | None => break link.kill().await,
             },
-            received = next_from(&mut link, closed, &mut pending, read.next_read()) => match received {
+            received = async {
+                match &mut streaming {
+                    Some(stream) => stream.read_from(&mut link).await,
+                    None => next_from(&mut link, closed, &mut pending, read.next_read(tag.is_some())).await,
+                }
+            } => match received {
+                RawReceived::Bytes(n) if streaming.is_some() => {
+                    if let Some(stream) = &mut streaming
+                        && stream.took(n, &mut read, &outbox)
+                    {
+                        answered = stream.answer.or(answered);
+                        handed_on = read.frames;
+                        streaming = None;
+                    }
+                }
                 RawReceived::Bytes(n) => {
                     read.feed(&pending[pending.len() - n..]);
-                    if read.at_boundary() {
+                    if let Some(tag) = tag
+                        && let Some(stream) = Streaming::begin(&read, &mut pending, worker, tag, &outbox)
+                    {
+                        // What came before the payload went on, the large frame's head last.
+                        answered = stream.before.or(answered);
+                        handed_on = read.frames;
+                        flush_at = None;
+                        streaming = Some(stream);
+                    } else if read.at_boundary() {
                         let due = written.frames > read.frames;
                         if !due || read.frames - handed_on >= BATCH || pending.len() >= READ {
                             hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
@@ -276,12 +300,14 @@ async fn run_worker(
                     }
                 }
                 RawReceived::Closed => {
+                    cut_short(&mut streaming, &outbox);
                     salvage(&link, &mut pending, answered);
                     hand_on(&mut pending, &mut handed_on, read.frames, &mut answered);
                     closed = true;
                     say(ToRoot::Closed(worker));
                 }
                 RawReceived::Exited(exit) => {
+                    cut_short(&mut streaming, &outbox);
                     if !closed {
                         salvage(&link, &mut pending, answered);
                     }
@@ -301,7 +327,91 @@ async fn run_worker(
             }
         }
     };
+    cut_short(&mut streaming, &outbox);
     say(ToRoot::Exited(worker, exit.code(), exit.signal()));
+}
+
+/// The payload of a large answer, handed on to rank 0 in pieces of at most [`PIECE`]
+/// bytes as it is read from the worker, each while the next is read, rather than read
+/// whole first: rank 0 receives the pieces into one buffer of the payload's size (see
+/// `hub`), which becomes the caller's value without a copy.
+struct Streaming {
+    /// The pieces' tag: the worker's.
+    tag: i32,
+    /// The payload's bytes still to be read from the worker.
+    left: usize,
+    /// The next piece, as it fills.
+    piece: Vec<u8>,
+    /// The job whose answer the payload is.
+    answer: Option<u64>,
+    /// The job of the last whole answer handed on before it.
+    before: Option<u64>,
+}
+
+impl Streaming {
+    /// If what the worker wrote ends inside the payload of a large frame whose message
+    /// it holds whole: hands on what comes before the payload ([`ToRoot::BytesThen`]),
+    /// and returns the payload's stream, whose first piece begins with the payload's
+    /// bytes read so far.
+    fn begin(
+        read: &Cut,
+        pending: &mut Vec<u8>,
+        worker: Worker,
+        tag: i32,
+        outbox: &Outbox,
+    ) -> Option<Streaming> {
+        let (taken, left) = read.payload_begun()?;
+        let head = pending.len().checked_sub(taken)?;
+        let message = head.checked_sub(read.message_len)?;
+        let answer = crate::wire::headers::answer_id(&pending[message..head]);
+        let mut piece = SPARES.empty(PIECE.min(taken + left));
+        piece.extend_from_slice(&pending[head..]);
+        pending.truncate(head);
+        let before = last_answer(pending);
+        let head = ToRoot::BytesThen(worker, std::mem::take(pending), (taken + left) as u64);
+        outbox.send(0, head.encode());
+        Some(Streaming {
+            tag,
+            left,
+            piece,
+            answer,
+            before,
+        })
+    }
+
+    /// Reads the next bytes of the payload into the piece.
+    async fn read_from(&mut self, link: &mut LocalWorker) -> RawReceived {
+        let most = self.left.min(PIECE.saturating_sub(self.piece.len()));
+        link.recv_bytes(&mut self.piece, most).await
+    }
+
+    /// Takes in the `n` bytes just read into the piece, and hands the piece on if it is
+    /// full or the payload whole; `true` once it is.
+    fn took(&mut self, n: usize, read: &mut Cut, outbox: &Outbox) -> bool {
+        read.feed(&self.piece[self.piece.len() - n..]);
+        self.left -= n;
+        if self.piece.len() >= PIECE || self.left == 0 {
+            let next = if self.left == 0 {
+                Vec::new()
+            } else {
+                SPARES.empty(PIECE.min(self.left))
+            };
+            outbox.send_piece(0, self.tag, std::mem::replace(&mut self.piece, next));
+        }
+        self.left == 0
+    }
+}
+
+/// Tells rank 0 that the payload being handed on, if one is, ends here (an empty piece):
+/// its worker died writing it, and rank 0 drops the frame it began.
+fn cut_short(streaming: &mut Option<Streaming>, outbox: &Outbox) {
+    if let Some(stream) = streaming.take() {
+        tracing::debug!(
+            missing = stream.left,
+            "a worker died writing a large answer; rank 0 drops it"
+        );
+        outbox.send_piece(0, stream.tag, Vec::new());
+    }
 }
 
 /// The job of the last answer in `bytes`, which begin with a frame.
@@ -361,6 +471,10 @@ async fn next_from(
 struct Cut {
     /// Bytes of the current frame still to come, after its header.
     left: usize,
+    /// The current frame's lengths, from its header: the bytes after the header, and its
+    /// message's.
+    frame_len: usize,
+    message_len: usize,
     /// The part of the next header read so far.
     head: Vec<u8>,
     /// Whole frames taken in.
@@ -384,7 +498,8 @@ impl Cut {
             self.head.extend_from_slice(&bytes[..taken]);
             bytes = &bytes[taken..];
             if let Some(head) = self.head.first_chunk::<HEADER>() {
-                self.left = header_lengths(head).0;
+                (self.frame_len, self.message_len) = header_lengths(head);
+                self.left = self.frame_len;
                 self.head.clear();
                 if self.left == 0 {
                     self.frames += 1;
@@ -398,9 +513,24 @@ impl Cut {
         self.left == 0 && self.head.is_empty()
     }
 
-    /// How much to read next: the rest of the current frame if it is large.
-    fn next_read(&self) -> usize {
+    /// How much to read next: the rest of the current frame if it is large, or only the
+    /// rest of its message if its payload is to be handed on apart (`streams`).
+    fn next_read(&self, streams: bool) -> usize {
+        let taken = self.frame_len - self.left;
+        if streams && self.left > 0 && self.frame_len >= DIRECT_PAYLOAD && taken < self.message_len
+        {
+            return self.message_len - taken;
+        }
         self.left.max(READ)
+    }
+
+    /// If the current frame is large enough for rank 0 to gather its payload apart, and
+    /// its message has been taken in whole: how many bytes of its payload were taken in,
+    /// and how many are still to come.
+    fn payload_begun(&self) -> Option<(usize, usize)> {
+        let taken = self.frame_len - self.left;
+        (self.left > 0 && self.frame_len >= DIRECT_PAYLOAD && taken >= self.message_len)
+            .then(|| (taken - self.message_len, self.left))
     }
 }
 
@@ -438,6 +568,42 @@ mod tests {
         bytes
     }
 
+    /// A frame of `message` message bytes and `payload` payload bytes.
+    fn frame_of(message: usize, payload: usize) -> Vec<u8> {
+        let mut bytes = ((message + payload) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&(message as u32).to_be_bytes());
+        bytes.resize(8 + message + payload, 7);
+        bytes
+    }
+
+    #[test]
+    fn a_large_frames_payload_is_begun_once_its_message_is_whole() {
+        let large = frame_of(20, DIRECT_PAYLOAD);
+        let mut cut = Cut::default();
+        cut.feed(&frame_of(3, 2));
+        cut.feed(&large[..8 + 5]);
+        assert_eq!(cut.payload_begun(), None, "its message is not whole");
+        assert_eq!(cut.next_read(true), 15, "only the rest of its message");
+        assert_eq!(
+            cut.next_read(false),
+            20 + DIRECT_PAYLOAD - 5,
+            "the rest of it"
+        );
+        cut.feed(&large[8 + 5..8 + 20]);
+        assert_eq!(cut.payload_begun(), Some((0, DIRECT_PAYLOAD)));
+        cut.feed(&large[8 + 20..8 + 20 + 100]);
+        assert_eq!(cut.payload_begun(), Some((100, DIRECT_PAYLOAD - 100)));
+        cut.feed(&large[8 + 20 + 100..]);
+        assert_eq!(cut.payload_begun(), None, "the frame is whole");
+        assert_eq!(cut.frames, 2);
+        // A smaller frame is read whole, however its bytes come.
+        let mut cut = Cut::default();
+        let small = frame_of(20, DIRECT_PAYLOAD - 21);
+        cut.feed(&small[..100]);
+        assert_eq!(cut.payload_begun(), None);
+        assert_eq!(cut.next_read(true), small.len() - 100);
+    }
+
     #[test]
     fn frames_are_cut_where_they_end_however_the_bytes_arrive() {
         let stream: Vec<u8> = [frame(3), frame(0), frame(200_000), frame(5)].concat();
@@ -464,7 +630,7 @@ mod tests {
         let mut cut = Cut::default();
         cut.feed(&frame(200_000)[..100]);
         assert_eq!(
-            cut.next_read(),
+            cut.next_read(false),
             200_008 - 100,
             "the rest of a large frame at once"
         );

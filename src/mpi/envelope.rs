@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Bumped whenever a message below changes meaning.
-pub(super) const MPI_PROTOCOL_VERSION: u32 = 3;
+pub(super) const MPI_PROTOCOL_VERSION: u32 = 4;
 
 /// Slot, generation, kind.
 const TRAILER: usize = 9;
@@ -113,6 +113,11 @@ pub(super) enum ToRoot {
     StartFailed(Worker, Failure, String),
     /// Bytes the worker wrote, as it wrote them.
     Bytes(Worker, Vec<u8>),
+    /// Bytes the worker wrote, which end where the payload of a large frame begins; the
+    /// payload, this many bytes, comes next in pieces tagged for the worker
+    /// (`hub::piece_tag`), each handed on as the agent reads it, or is cut short by an
+    /// empty piece if the worker dies writing it.
+    BytesThen(Worker, Vec<u8>, u64),
     /// The worker's link closed.
     Closed(Worker),
     /// The worker is gone (its exit code and signal): nothing more comes from it.
@@ -149,6 +154,7 @@ const CLOSED: u8 = 15;
 const EXITED: u8 = 16;
 const MEMORY: u8 = 17;
 const BYE: u8 = 18;
+const BYTES_THEN: u8 = 19;
 
 const NOBODY: Worker = Worker {
     slot: u32::MAX,
@@ -183,6 +189,23 @@ fn open(bytes: &mut Vec<u8>) -> Result<(Worker, u8), EnvelopeError> {
     Ok((Worker { slot, generation }, kind))
 }
 
+/// `bytes` followed by the length of the payload that comes after them.
+fn with_length(mut bytes: Vec<u8>, payload: u64) -> Vec<u8> {
+    bytes.extend_from_slice(&payload.to_le_bytes());
+    bytes
+}
+
+/// Splits the length [`with_length`] wrote off `bytes`.
+fn length_of(bytes: &mut Vec<u8>) -> Result<u64, EnvelopeError> {
+    let Some(at) = bytes.len().checked_sub(8) else {
+        return Err(EnvelopeError::Short(bytes.len() + TRAILER));
+    };
+    let mut payload = [0; 8];
+    payload.copy_from_slice(&bytes[at..]);
+    bytes.truncate(at);
+    Ok(u64::from_le_bytes(payload))
+}
+
 fn body_of<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EnvelopeError> {
     postcard::from_bytes(body).map_err(|e| EnvelopeError::Body(e.to_string()))
 }
@@ -195,9 +218,8 @@ impl ToAgent {
             ToAgent::Refused(reason) => seal(postcard_of(&reason), NOBODY, REFUSED),
             ToAgent::Start(worker) => seal(Vec::new(), worker, START),
             ToAgent::Frames(worker, bytes) => seal(bytes, worker, FRAMES),
-            ToAgent::FramesThen(worker, mut bytes, payload) => {
-                bytes.extend_from_slice(&payload.to_le_bytes());
-                seal(bytes, worker, FRAMES_THEN)
+            ToAgent::FramesThen(worker, bytes, payload) => {
+                seal(with_length(bytes, payload), worker, FRAMES_THEN)
             }
             ToAgent::Kill(worker) => seal(Vec::new(), worker, KILL),
             ToAgent::Shutdown => seal(Vec::new(), NOBODY, SHUTDOWN),
@@ -213,13 +235,7 @@ impl ToAgent {
             START => ToAgent::Start(worker),
             FRAMES => ToAgent::Frames(worker, bytes),
             FRAMES_THEN => {
-                let Some(at) = bytes.len().checked_sub(8) else {
-                    return Err(EnvelopeError::Short(bytes.len() + TRAILER));
-                };
-                let mut payload = [0; 8];
-                payload.copy_from_slice(&bytes[at..]);
-                let payload = u64::from_le_bytes(payload);
-                bytes.truncate(at);
+                let payload = length_of(&mut bytes)?;
                 ToAgent::FramesThen(worker, bytes, payload)
             }
             KILL => ToAgent::Kill(worker),
@@ -248,6 +264,9 @@ impl ToRoot {
                 seal(postcard_of(&(failure, text)), worker, START_FAILED)
             }
             ToRoot::Bytes(worker, bytes) => seal(bytes, worker, BYTES),
+            ToRoot::BytesThen(worker, bytes, payload) => {
+                seal(with_length(bytes, payload), worker, BYTES_THEN)
+            }
             ToRoot::Closed(worker) => seal(Vec::new(), worker, CLOSED),
             ToRoot::Exited(worker, code, signal) => {
                 seal(postcard_of(&(code, signal)), worker, EXITED)
@@ -268,6 +287,10 @@ impl ToRoot {
                 ToRoot::StartFailed(worker, failure, text)
             }
             BYTES => ToRoot::Bytes(worker, bytes),
+            BYTES_THEN => {
+                let payload = length_of(&mut bytes)?;
+                ToRoot::BytesThen(worker, bytes, payload)
+            }
             CLOSED => ToRoot::Closed(worker),
             EXITED => {
                 let (code, signal) = body_of(&bytes)?;
@@ -339,6 +362,12 @@ mod tests {
             (worker(), ".*").prop_map(|(w, t)| ToRoot::StartFailed(w, Failure::Transient, t)),
             (worker(), proptest::collection::vec(any::<u8>(), 0..64))
                 .prop_map(|(w, b)| ToRoot::Bytes(w, b)),
+            (
+                worker(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u64>()
+            )
+                .prop_map(|(w, b, n)| ToRoot::BytesThen(w, b, n)),
             worker().prop_map(ToRoot::Closed),
             (worker(), any::<Option<i32>>(), any::<Option<i32>>())
                 .prop_map(|(w, c, s)| ToRoot::Exited(w, c, s)),

@@ -16,6 +16,14 @@
 //! messages at the same time cannot deadlock. A message is received into a buffer of its
 //! exact size (`MPI_Improbe`, `MPI_Mrecv`).
 //!
+//! A large payload may also arrive in pieces, each a message of its own with the tag of
+//! the stream it belongs to ([`piece_tag`]): once the router has said that a payload of
+//! some length comes next on that tag ([`Expect`]), the hub receives each piece straight
+//! into its place in one buffer of the payload's exact size, and hands the router the
+//! whole payload ([`Arrived::Payload`]); an empty piece says the payload was cut short
+//! ([`Arrived::Cut`]). A node agent hands on its workers' large answers so, each piece
+//! while it reads the next from the worker.
+//!
 //! A panic on the hub thread (a procpool bug) aborts the MPI job (`MPI_Abort`) rather than
 //! unwinding through MPI, whose `MPI_Finalize` would then wait forever for the other
 //! ranks.
@@ -24,6 +32,7 @@ use crate::error::Error;
 use crate::spares::SPARES;
 use ::mpi::traits::{Communicator, Destination, Equivalence, Source};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +51,20 @@ const ASLEEP: Duration = Duration::from_millis(5);
 /// hand on one piece (a node agent writes it to its worker) while it receives the next.
 pub(super) const PIECE: usize = 8 << 20;
 
+/// The tag of the pieces of payloads that concern the worker of `slot` of the sending rank,
+/// if it has one: every such tag is below [`TAG`], so within the 32,767 every MPI library
+/// offers.
+pub(super) fn piece_tag(slot: u32) -> Option<i32> {
+    i32::try_from(slot)
+        .ok()
+        .and_then(|slot| slot.checked_add(1))
+        .filter(|&tag| tag < TAG)
+}
+
 /// What the other threads ask of the hub.
 enum Request {
-    Send(i32, Vec<u8>),
+    /// To a rank, with a tag.
+    Send(i32, i32, Vec<u8>),
     /// A head, then a large payload sent from where it is, in pieces of at most
     /// [`PIECE`] bytes (MPI keeps their order: nothing comes between them).
     SendPair(i32, Vec<u8>, Bytes),
@@ -59,7 +79,13 @@ pub(super) struct Outbox(mpsc::Sender<Request>);
 impl Outbox {
     /// Queues `bytes` for `rank`; `false` if the hub has stopped.
     pub(super) fn send(&self, rank: i32, bytes: Vec<u8>) -> bool {
-        self.0.send(Request::Send(rank, bytes)).is_ok()
+        self.0.send(Request::Send(rank, TAG, bytes)).is_ok()
+    }
+
+    /// Queues `piece` of a payload for `rank`, with `tag` (from [`piece_tag`]); an empty
+    /// one says that the payload is cut short. `false` if the hub has stopped.
+    pub(super) fn send_piece(&self, rank: i32, tag: i32, piece: Vec<u8>) -> bool {
+        self.0.send(Request::Send(rank, tag, piece)).is_ok()
     }
 
     /// Queues `head`, then `payload` right after it (in pieces of at most [`PIECE`]
@@ -69,9 +95,54 @@ impl Outbox {
     }
 }
 
-/// Where the hub puts what arrives: called on its thread with the sender's rank and the
-/// message. It must not block.
-pub(super) type Router = Box<dyn FnMut(i32, Vec<u8>) + Send>;
+/// Where the hub puts what arrives: called on its thread with the sender's rank and what
+/// arrived; returns what the sender sends next, if a payload in pieces. It must not
+/// block.
+pub(super) type Router = Box<dyn FnMut(i32, Arrived) -> Option<Expect> + Send>;
+
+/// What the hub hands its router.
+#[derive(Debug)]
+pub(super) enum Arrived {
+    /// A message, with the tag of every message but pieces.
+    Message(Vec<u8>),
+    /// The payload announced on `tag`, whole.
+    Payload { tag: i32, bytes: Vec<u8> },
+    /// The payload announced on `tag` was cut short (its sender said so with an empty
+    /// piece, or sent a piece longer than what was missing): what came of it is dropped.
+    Cut { tag: i32 },
+}
+
+/// A payload that a rank sends next, in pieces with this tag, and its length in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Expect {
+    pub(super) tag: i32,
+    pub(super) len: usize,
+}
+
+/// The router, and the payloads it was told to expect, by sender and tag: each a buffer
+/// of its exact length and how much of it has arrived.
+struct Inbox {
+    router: Router,
+    payloads: HashMap<(i32, i32), (Vec<u8>, usize)>,
+}
+
+impl Inbox {
+    /// Hands `arrived` from `source` to the router, and takes note of what it says comes
+    /// next.
+    fn route(&mut self, source: i32, arrived: Arrived) {
+        if let Some(Expect { tag, len }) = (self.router)(source, arrived) {
+            let buffer = SPARES.filled(len);
+            if self.payloads.insert((source, tag), (buffer, 0)).is_some() {
+                tracing::error!(
+                    rank = source,
+                    tag,
+                    "a payload was announced before the last one on its tag ended"
+                );
+                let _ = (self.router)(source, Arrived::Cut { tag });
+            }
+        }
+    }
+}
 
 /// The rank's MPI thread.
 #[derive(Debug)]
@@ -171,15 +242,20 @@ impl Drop for Hub {
 fn serve(
     world: &impl Communicator,
     requests: &mpsc::Receiver<Request>,
-    mut router: Router,
+    router: Router,
 ) -> Option<i32> {
+    let mut inbox = Inbox {
+        router,
+        payloads: HashMap::new(),
+    };
+    let router = &mut inbox;
     let mut last_active = Instant::now();
     loop {
         let mut active = false;
         loop {
             match requests.try_recv() {
                 Ok(request @ (Request::Send(..) | Request::SendPair(..))) => {
-                    carry(world, request, &mut router);
+                    carry(world, request, router);
                     active = true;
                 }
                 Ok(Request::Stop) | Err(mpsc::TryRecvError::Disconnected) => return None,
@@ -187,7 +263,7 @@ fn serve(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        active |= receive_ready(world, &mut router);
+        active |= receive_ready(world, router);
         if active {
             last_active = Instant::now();
             continue;
@@ -206,7 +282,7 @@ fn serve(
         };
         match requests.recv_timeout(nap) {
             Ok(request @ (Request::Send(..) | Request::SendPair(..))) => {
-                carry(world, request, &mut router);
+                carry(world, request, router);
                 last_active = Instant::now();
             }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -218,16 +294,16 @@ fn serve(
 
 /// Sends what `request` asks, then keeps the buffers it is done with for later messages
 /// (a shared payload, once the pool has let go of it too).
-fn carry(world: &impl Communicator, request: Request, router: &mut Router) {
+fn carry(world: &impl Communicator, request: Request, inbox: &mut Inbox) {
     match request {
-        Request::Send(rank, bytes) => {
-            send(world, rank, &bytes, router);
+        Request::Send(rank, tag, bytes) => {
+            send(world, rank, tag, &bytes, inbox);
             SPARES.keep(bytes);
         }
         Request::SendPair(rank, head, payload) => {
-            send(world, rank, &head, router);
+            send(world, rank, TAG, &head, inbox);
             for piece in payload.chunks(PIECE) {
-                send(world, rank, piece, router);
+                send(world, rank, TAG, piece, inbox);
             }
             crate::spares::recycle(payload);
         }
@@ -235,18 +311,18 @@ fn carry(world: &impl Communicator, request: Request, router: &mut Router) {
     }
 }
 
-/// Sends `bytes` to `rank`, receiving what arrives meanwhile.
-fn send(world: &impl Communicator, rank: i32, bytes: &[u8], router: &mut Router) {
+/// Sends `bytes` to `rank` with `tag`, receiving what arrives meanwhile.
+fn send(world: &impl Communicator, rank: i32, tag: i32, bytes: &[u8], inbox: &mut Inbox) {
     ::mpi::request::scope(|scope| {
         let mut request = world
             .process_at_rank(rank)
-            .immediate_send_with_tag(scope, bytes, TAG);
+            .immediate_send_with_tag(scope, bytes, tag);
         loop {
             match request.test() {
                 Ok(_) => break,
                 Err(pending) => {
                     request = pending;
-                    if !receive_ready(world, router) {
+                    if !receive_ready(world, inbox) {
                         std::hint::spin_loop();
                     }
                 }
@@ -255,16 +331,54 @@ fn send(world: &impl Communicator, rank: i32, bytes: &[u8], router: &mut Router)
     });
 }
 
-/// Receives every message that has arrived; `true` if there was one.
-fn receive_ready(world: &impl Communicator, router: &mut Router) -> bool {
+/// Receives every message that has arrived; `true` if there was one. Messages of every
+/// tag are probed for together, so that those from one rank are received in the order it
+/// sent them.
+fn receive_ready(world: &impl Communicator, inbox: &mut Inbox) -> bool {
     let mut any = false;
-    while let Some((message, status)) = world.any_process().immediate_matched_probe_with_tag(TAG) {
+    while let Some((message, status)) = world.any_process().immediate_matched_probe() {
+        any = true;
         // A count that does not fit a usize cannot have been sent.
         let len = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0);
-        let mut bytes = SPARES.filled(len);
-        let status = message.matched_receive_into(&mut bytes[..]);
-        router(status.source_rank(), bytes);
-        any = true;
+        let (source, tag) = (status.source_rank(), status.tag());
+        if tag == TAG {
+            let mut bytes = SPARES.filled(len);
+            message.matched_receive_into(&mut bytes[..]);
+            inbox.route(source, Arrived::Message(bytes));
+            continue;
+        }
+        match inbox.payloads.get_mut(&(source, tag)) {
+            Some((payload, arrived)) if len > 0 && len <= payload.len() - *arrived => {
+                let at = *arrived;
+                message.matched_receive_into(&mut payload[at..at + len]);
+                *arrived += len;
+                if *arrived == payload.len()
+                    && let Some((bytes, _)) = inbox.payloads.remove(&(source, tag))
+                {
+                    inbox.route(source, Arrived::Payload { tag, bytes });
+                }
+            }
+            expected => {
+                // An empty piece (the payload is cut short), or one that nothing awaits
+                // or too long for what is missing: received only to be dropped.
+                let expected = expected.is_some();
+                let mut dropped = vec![0; len];
+                message.matched_receive_into(&mut dropped[..]);
+                if len > 0 {
+                    tracing::error!(
+                        rank = source,
+                        tag,
+                        len,
+                        "a piece of a payload that was not expected, or longer than what \
+                         was missing, was dropped"
+                    );
+                }
+                if expected {
+                    inbox.payloads.remove(&(source, tag));
+                    inbox.route(source, Arrived::Cut { tag });
+                }
+            }
+        }
     }
     any
 }

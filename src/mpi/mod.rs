@@ -18,7 +18,7 @@ mod hub;
 mod ranks;
 
 use self::envelope::{AgentConfig, AgentHello, MPI_PROTOCOL_VERSION, ToAgent, ToRoot};
-use self::hub::{Hub, Router};
+use self::hub::{Arrived, Expect, Hub, Router};
 use self::ranks::{Ranks, Routes};
 use crate::error::Error;
 use crate::executor::{Executor, ShutdownOptions, sealed};
@@ -29,7 +29,7 @@ use crate::process::{ProcessPoolBuilder, ProcessPoolExecutor};
 use crate::ship::build_id;
 use crate::stats::{Health, PoolStats};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -140,19 +140,56 @@ impl MpiPoolExecutor {
         let (hellos_tx, hellos) = std::sync::mpsc::channel();
         let (agent_tx, agent_rx) = tokio::sync::mpsc::unbounded_channel();
         let delivered = routes.clone();
+        let max_frame = settings.max_frame;
+        // The worker whose payload arrives from a rank with a tag.
+        let mut payloads = HashMap::new();
         // Rank 0 sends only to agents, agents only to rank 0.
-        let router: Router = Box::new(move |source, bytes| {
+        let router: Router = Box::new(move |source, arrived| {
+            let bytes = match arrived {
+                Arrived::Message(bytes) => bytes,
+                Arrived::Payload { tag, bytes } => {
+                    if let Some(worker) = payloads.remove(&(source, tag)) {
+                        delivered.deliver_payload(worker, Some(bytes));
+                    }
+                    return None;
+                }
+                Arrived::Cut { tag } => {
+                    if let Some(worker) = payloads.remove(&(source, tag)) {
+                        delivered.deliver_payload(worker, None);
+                    }
+                    return None;
+                }
+            };
             if source == 0 {
                 let _ = agent_tx.send(bytes);
-                return;
+                return None;
             }
             match ToRoot::decode(bytes) {
                 Ok(ToRoot::Hello(hello)) => {
                     let _ = hellos_tx.send((source, *hello));
                 }
+                Ok(ToRoot::BytesThen(worker, head, len)) => {
+                    delivered.deliver(source, ToRoot::Bytes(worker, head));
+                    let len = usize::try_from(len)
+                        .ok()
+                        .filter(|&len| (1..=max_frame).contains(&len));
+                    match hub::piece_tag(worker.slot).zip(len) {
+                        Some((tag, len)) => {
+                            payloads.insert((source, tag), worker);
+                            return Some(Expect { tag, len });
+                        }
+                        // The frame's header says as much: decoding it fails.
+                        None => tracing::error!(
+                            rank = source,
+                            slot = worker.slot,
+                            "rank 0 was announced a payload it cannot take"
+                        ),
+                    }
+                }
                 Ok(message) => delivered.deliver(source, message),
                 Err(e) => tracing::error!(rank = source, "rank 0 cannot read a message: {e}"),
             }
+            None
         });
         let hub = Hub::start(router)?;
         if hub.rank != 0 {

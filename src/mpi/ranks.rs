@@ -6,7 +6,9 @@
 //! worker as they are; what the worker writes comes back the same way and is decoded here.
 //! So timeouts, cancellation, recycling, memory ceilings, retries and the worker's exit
 //! are the core's business, as on one machine; the agent only starts, feeds, reads and
-//! kills processes.
+//! kills processes. The payload of a large answer comes apart from the frame that carries
+//! it, received straight into a buffer of its own (see `hub`), and becomes the frame's
+//! payload, then the caller's value, without a copy.
 
 use super::envelope::{Failure, ToAgent, ToRoot, Worker};
 use super::hub::Outbox;
@@ -34,6 +36,9 @@ enum Said {
     Started(u32),
     StartFailed(Failure, String),
     Bytes(Vec<u8>),
+    /// The payload of the large frame the last bytes began, whole (`Some`), or cut short
+    /// because the worker died writing it.
+    Payload(Option<Vec<u8>>),
     Closed,
     Exited(Option<i32>, Option<i32>),
 }
@@ -57,6 +62,7 @@ impl Routes {
             ToRoot::Started(w, pid) => (w, Said::Started(pid)),
             ToRoot::StartFailed(w, failure, text) => (w, Said::StartFailed(failure, text)),
             ToRoot::Bytes(w, bytes) => (w, Said::Bytes(bytes)),
+            ToRoot::BytesThen(w, bytes, _) => (w, Said::Bytes(bytes)),
             ToRoot::Closed(w) => (w, Said::Closed),
             ToRoot::Exited(w, code, signal) => (w, Said::Exited(code, signal)),
             ToRoot::Memory(w, pid, bytes) => {
@@ -76,6 +82,16 @@ impl Routes {
                 return;
             }
         };
+        self.to_link(worker, said);
+    }
+
+    /// Hands the payload that followed a [`ToRoot::BytesThen`], or word that it was cut
+    /// short, to the link of `worker`.
+    pub(super) fn deliver_payload(&self, worker: Worker, payload: Option<Vec<u8>>) {
+        self.to_link(worker, Said::Payload(payload));
+    }
+
+    fn to_link(&self, worker: Worker, said: Said) {
         let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((generation, link)) = links.get(&worker.slot)
             && *generation == worker.generation
@@ -182,7 +198,7 @@ impl Backend for Ranks {
                 id: WorkerId::on_rank(pid, rank_id),
                 rx,
                 outbox: self.outbox.clone(),
-                codec: Codec::whole(self.max_frame),
+                codec: Codec::new(self.max_frame),
                 buffer: BytesMut::new(),
                 ended: None,
                 routes: self.routes.clone(),
@@ -250,8 +266,8 @@ impl RankLink {
         match self.codec.decode(&mut self.buffer) {
             Ok(Some(frame)) => {
                 if self.buffer.is_empty() {
-                    // The frame's payload is then the buffer's only holder: a large
-                    // answer becomes the caller's `Vec` without a copy.
+                    // The frames split off the buffer keep its memory; the next bytes
+                    // come in a buffer of their own.
                     self.buffer = BytesMut::new();
                 }
                 Some(Received::Frame(frame))
@@ -267,13 +283,36 @@ impl RankLink {
         match said {
             Some(Said::Bytes(bytes)) => {
                 if self.buffer.is_empty() {
-                    // Decoded in place: no copy of a large answer.
+                    // Decoded where they arrived, without a copy.
                     self.buffer = BytesMut::from(bytes::Bytes::from(bytes));
                 } else {
                     self.buffer.extend_from_slice(&bytes);
                 }
                 self.decoded()
             }
+            // Taken only once the bytes before it are decoded: the codec awaits exactly
+            // this payload, unless its frame was not large enough to be gathered apart.
+            Some(Said::Payload(Some(payload))) => {
+                match self.codec.supply_payload(payload) {
+                    Ok(set_aside) => crate::spares::SPARES.keep(set_aside),
+                    Err(payload) => self.buffer.extend_from_slice(&payload),
+                }
+                self.decoded()
+            }
+            Some(Said::Payload(None)) => match self.codec.abandon_payload() {
+                // As when a worker on this machine dies writing a frame: the frame is
+                // dropped, and what the agent salvages comes next.
+                Some(gathered) => {
+                    crate::spares::SPARES.keep(gathered);
+                    self.decoded()
+                }
+                None => Some(Received::Broken(
+                    crate::wire::frame::ProtocolError::Corrupt(format!(
+                        "rank {} cut short a payload that was not arriving",
+                        self.rank
+                    )),
+                )),
+            },
             Some(Said::Closed) => Some(match self.codec.decode_eof(&mut self.buffer) {
                 Ok(Some(frame)) => Received::Frame(frame),
                 Ok(None) => Received::Closed,

@@ -33,7 +33,7 @@ pub(crate) const HEADER: usize = 8;
 /// are written straight from their buffer after the header and message.
 pub(crate) const INLINE_PAYLOAD: usize = 64 * 1024;
 /// Frames from this size up gather their payload in a buffer of its own.
-const DIRECT_PAYLOAD: usize = 1 << 20;
+pub(crate) const DIRECT_PAYLOAD: usize = 1 << 20;
 /// Arguments and results from this size up are lent rather than written, where the link
 /// allows it (see [`crate::wire::message::Lent`]).
 pub(crate) const LEND_FROM: usize = DIRECT_PAYLOAD;
@@ -145,17 +145,6 @@ impl<In> Codec<In> {
         }
     }
 
-    /// A codec for frames that arrive whole, each message holding complete frames (an MPI
-    /// node agent's): a large payload is split off the received buffer, not gathered in
-    /// a buffer of its own, since it is in memory already.
-    #[cfg(feature = "mpi")]
-    pub(crate) fn whole(max_frame: usize) -> Self {
-        Codec {
-            direct_from: usize::MAX,
-            ..Codec::new(max_frame)
-        }
-    }
-
     pub(crate) fn max_frame(&self) -> usize {
         self.max_frame
     }
@@ -183,6 +172,40 @@ impl<In> Codec<In> {
         buffer.clear();
         buffer.reserve_exact(len);
         buffer
+    }
+
+    /// Hands the codec the whole payload of the large frame whose message it has decoded,
+    /// gathered elsewhere (rank 0 of an MPI pool receives it from a node agent into a
+    /// buffer of its own), so that it becomes the frame's payload without a copy; returns
+    /// the buffer the codec had set aside for it. `Err(payload)` if the codec is not
+    /// waiting for a payload of exactly that length with none of it gathered yet: the
+    /// caller then feeds its bytes as it would any others.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn supply_payload(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        match &mut self.state {
+            State::Payload {
+                payload: gathered,
+                want,
+                ..
+            } if gathered.is_empty() && *want == payload.len() => {
+                Ok(std::mem::replace(gathered, payload))
+            }
+            _ => Err(payload),
+        }
+    }
+
+    /// Drops the large frame whose payload is arriving (its writer died writing it), so
+    /// that the next bytes are read as the start of a frame; returns the buffer that
+    /// gathered it, or `None` (and changes nothing) if no payload is arriving.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn abandon_payload(&mut self) -> Option<Vec<u8>> {
+        match std::mem::replace(&mut self.state, State::Head) {
+            State::Payload { payload, .. } => Some(payload),
+            other => {
+                self.state = other;
+                None
+            }
+        }
     }
 
     /// Whether `buffered`, the bytes read and not yet decoded, holds a whole frame: the
@@ -388,6 +411,86 @@ pub(crate) mod tests {
                 .is_empty()
         );
         assert_eq!(small.len(), HEADER + message_len + 10);
+    }
+
+    /// The head of a large frame (its header and message) and its payload, apart.
+    #[cfg(feature = "mpi")]
+    fn large_frame_apart(id: u64, payload: &[u8]) -> (BytesMut, Vec<u8>) {
+        let whole = wire(&FromWorker::done(id), payload);
+        let head = whole.len() - payload.len();
+        (BytesMut::from(&whole[..head]), payload.to_vec())
+    }
+
+    #[test]
+    #[cfg(feature = "mpi")]
+    fn a_payload_gathered_elsewhere_becomes_the_frames_without_a_copy() {
+        let mut parent = ParentCodec::new(1 << 30);
+        let (mut buf, payload) = large_frame_apart(3, &vec![5_u8; DIRECT_PAYLOAD + 7]);
+        assert_eq!(
+            parent.decode(&mut buf).unwrap(),
+            None,
+            "the payload is missing"
+        );
+        let at = payload.as_ptr();
+        let shorter = payload[1..].to_vec();
+        assert_eq!(
+            parent
+                .supply_payload(shorter)
+                .map(|_| ())
+                .map_err(|p| p.len()),
+            Err(DIRECT_PAYLOAD + 6),
+            "a payload of another length is given back"
+        );
+        let set_aside = parent.supply_payload(payload).map_err(|p| p.len());
+        assert_eq!(
+            set_aside.map(|b| b.len()),
+            Ok(0),
+            "the codec had gathered nothing"
+        );
+        let frame = parent.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.message, FromWorker::done(3));
+        assert_eq!(
+            frame.payload.as_ptr(),
+            at,
+            "the supplied buffer, not a copy"
+        );
+        assert_eq!(frame.payload.len(), DIRECT_PAYLOAD + 7);
+        buf.extend_from_slice(&wire(&FromWorker::done(4), &[1]));
+        assert_eq!(
+            parent.decode(&mut buf).unwrap(),
+            Some(Frame::with(FromWorker::done(4), &[1])),
+            "the frame after it"
+        );
+        // Not waiting for a payload: given back.
+        assert!(parent.supply_payload(vec![0; 3]).is_err());
+    }
+
+    #[test]
+    #[cfg(feature = "mpi")]
+    fn a_payload_begun_is_not_replaced_and_an_abandoned_one_is_forgotten() {
+        let mut parent = ParentCodec::new(1 << 30);
+        let (mut buf, payload) = large_frame_apart(3, &vec![5_u8; DIRECT_PAYLOAD]);
+        buf.extend_from_slice(&payload[..10]);
+        assert_eq!(parent.decode(&mut buf).unwrap(), None);
+        assert_eq!(
+            parent
+                .supply_payload(payload)
+                .map(|_| ())
+                .map_err(|p| p.len()),
+            Err(DIRECT_PAYLOAD),
+            "ten bytes of it were gathered already"
+        );
+        assert_eq!(parent.abandon_payload().map(|p| p.len()), Some(10));
+        assert!(
+            parent.abandon_payload().is_none(),
+            "nothing is arriving now"
+        );
+        let mut next = wire(&FromWorker::done(4), &[2]);
+        assert_eq!(
+            parent.decode(&mut next).unwrap(),
+            Some(Frame::with(FromWorker::done(4), &[2])),
+            "the next bytes are the start of a frame"
+        );
     }
 
     #[test]
