@@ -724,7 +724,10 @@ mod imp {
                     handles.push((pool.submit(pattern, size), pool.submit(square, i)));
                 }
                 for (i, (large, small)) in (0..).zip(handles) {
-                    assert!(large.await.unwrap() == payload, "answer {i} of {size} bytes");
+                    assert!(
+                        large.await.unwrap() == payload,
+                        "answer {i} of {size} bytes"
+                    );
                     assert_eq!(small.await.unwrap(), i * i);
                 }
             }
