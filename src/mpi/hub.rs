@@ -20,14 +20,17 @@
 //! the stream it belongs to ([`piece_tag`]): once the router has said that a payload of
 //! some length comes next on that tag ([`Expect`]), the hub receives each piece straight
 //! into its place in one buffer of the payload's exact size, and hands the router the
-//! whole payload ([`Arrived::Payload`]); an empty piece says the payload was cut short
-//! ([`Arrived::Cut`]). A node agent hands on its workers' large answers so, each piece
-//! while it reads the next from the worker.
+//! whole payload ([`Arrived::Payload`], [`PayloadEnd::Whole`]); an empty piece says the
+//! payload was cut short ([`PayloadEnd::CutShort`]), and a piece longer than what is
+//! missing, or a second announcement on a tag whose payload is still arriving, that the
+//! sender broke the protocol ([`PayloadEnd::Invalid`]). A node agent hands on its workers'
+//! large answers so, each piece while it reads the next from the worker.
 //!
 //! A panic on the hub thread (a procpool bug) aborts the MPI job (`MPI_Abort`) rather than
 //! unwinding through MPI, whose `MPI_Finalize` would then wait forever for the other
 //! ranks.
 
+use super::envelope::Worker;
 use crate::error::Error;
 use crate::spares::SPARES;
 use ::mpi::traits::{Communicator, Destination, Equivalence, Source};
@@ -77,6 +80,12 @@ enum Request {
 pub(super) struct Outbox(mpsc::Sender<Request>);
 
 impl Outbox {
+    /// An outbox no hub serves, for tests of what holds one.
+    #[cfg(test)]
+    pub(super) fn detached() -> Outbox {
+        Outbox(mpsc::channel().0)
+    }
+
     /// Queues `bytes` for `rank`; `false` if the hub has stopped.
     pub(super) fn send(&self, rank: i32, bytes: Vec<u8>) -> bool {
         self.0.send(Request::Send(rank, TAG, bytes)).is_ok()
@@ -105,42 +114,125 @@ pub(super) type Router = Box<dyn FnMut(i32, Arrived) -> Option<Expect> + Send>;
 pub(super) enum Arrived {
     /// A message, with the tag of every message but pieces.
     Message(Vec<u8>),
-    /// The payload announced on `tag`, whole.
-    Payload { tag: i32, bytes: Vec<u8> },
-    /// The payload announced on `tag` was cut short (its sender said so with an empty
-    /// piece, or sent a piece longer than what was missing): what came of it is dropped.
-    Cut { tag: i32 },
+    /// How the payload expected for `worker` ended.
+    Payload { worker: Worker, end: PayloadEnd },
 }
 
-/// A payload that a rank sends next, in pieces with this tag, and its length in all.
+/// How a payload sent in pieces ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PayloadEnd {
+    /// Every byte arrived.
+    Whole(Vec<u8>),
+    /// Its sender said, with an empty piece, that the payload ends here (its worker died
+    /// writing it): what came of it is dropped.
+    CutShort,
+    /// Its sender broke the protocol (what this says): what came of it is dropped, and
+    /// the stream it belonged to cannot be trusted.
+    Invalid(String),
+}
+
+/// A payload that a rank sends next, in pieces with this tag: its length in all, and the
+/// worker whose it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Expect {
     pub(super) tag: i32,
     pub(super) len: usize,
+    pub(super) worker: Worker,
 }
 
-/// The router, and the payloads it was told to expect, by sender and tag: each a buffer
-/// of its exact length and how much of it has arrived.
+/// The router, and the payloads it was told to expect, by sender and tag.
 struct Inbox {
     router: Router,
-    payloads: HashMap<(i32, i32), (Vec<u8>, usize)>,
+    payloads: HashMap<(i32, i32), Assembly>,
+}
+
+/// A payload arriving in pieces: a buffer of its exact length, how much of it has
+/// arrived, and whose it is.
+#[derive(Debug)]
+struct Assembly {
+    worker: Worker,
+    buffer: Vec<u8>,
+    arrived: usize,
+}
+
+/// Where a piece that just arrived goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Placement {
+    /// Into the awaited payload, from this offset.
+    At(usize),
+    /// Nowhere: the awaited payload ends, cut short by its sender.
+    CutShort,
+    /// Nowhere: it is longer than what the awaited payload still lacks.
+    TooLong { missing: usize },
+    /// Nowhere: no payload is awaited from its sender on its tag (an empty one ends a
+    /// payload that was refused, which is not an error).
+    Stray,
+}
+
+/// Where a piece of `len` bytes goes, given the payload its sender and tag are awaited
+/// for, if one is.
+fn placement(awaited: Option<&Assembly>, len: usize) -> Placement {
+    match awaited {
+        None => Placement::Stray,
+        Some(_) if len == 0 => Placement::CutShort,
+        Some(payload) => {
+            let missing = payload.buffer.len() - payload.arrived;
+            if len <= missing {
+                Placement::At(payload.arrived)
+            } else {
+                Placement::TooLong { missing }
+            }
+        }
+    }
 }
 
 impl Inbox {
     /// Hands `arrived` from `source` to the router, and takes note of what it says comes
-    /// next.
+    /// next. A payload announced on a tag whose last one has not ended breaks the
+    /// protocol: pieces carry no worker, so the pieces that follow cannot be told apart,
+    /// and neither payload is taken.
     fn route(&mut self, source: i32, arrived: Arrived) {
-        if let Some(Expect { tag, len }) = (self.router)(source, arrived) {
-            let buffer = SPARES.filled(len);
-            if self.payloads.insert((source, tag), (buffer, 0)).is_some() {
-                tracing::error!(
-                    rank = source,
-                    tag,
-                    "a payload was announced before the last one on its tag ended"
-                );
-                let _ = (self.router)(source, Arrived::Cut { tag });
-            }
+        let Some(Expect { tag, len, worker }) = (self.router)(source, arrived) else {
+            return;
+        };
+        let assembly = Assembly {
+            worker,
+            buffer: SPARES.filled(len),
+            arrived: 0,
+        };
+        if let Some(earlier) = self.payloads.insert((source, tag), assembly) {
+            let why = format!(
+                "rank {source} announced a payload on tag {tag} before the last one on it ended"
+            );
+            tracing::error!(rank = source, tag, "{why}");
+            self.end(source, tag, dropped(PayloadEnd::Invalid(why.clone())));
+            SPARES.keep(earlier.buffer);
+            let _ = (self.router)(
+                source,
+                Arrived::Payload {
+                    worker: earlier.worker,
+                    end: PayloadEnd::Invalid(why),
+                },
+            );
         }
+    }
+
+    /// Ends the payload awaited from `source` on `tag`, if one is: `ending` makes of its
+    /// buffer what the router is handed.
+    fn end(&mut self, source: i32, tag: i32, ending: impl FnOnce(Vec<u8>) -> PayloadEnd) {
+        if let Some(Assembly { worker, buffer, .. }) = self.payloads.remove(&(source, tag)) {
+            let end = ending(buffer);
+            let _ = (self.router)(source, Arrived::Payload { worker, end });
+        }
+    }
+}
+
+/// An ending of a payload that drops what arrived of it (its buffer kept for later) and
+/// says `end`.
+fn dropped(end: PayloadEnd) -> impl FnOnce(Vec<u8>) -> PayloadEnd {
+    move |buffer| {
+        SPARES.keep(buffer);
+        end
     }
 }
 
@@ -347,38 +439,148 @@ fn receive_ready(world: &impl Communicator, inbox: &mut Inbox) -> bool {
             inbox.route(source, Arrived::Message(bytes));
             continue;
         }
-        match inbox.payloads.get_mut(&(source, tag)) {
-            Some((payload, arrived)) if len > 0 && len <= payload.len() - *arrived => {
-                let at = *arrived;
-                message.matched_receive_into(&mut payload[at..at + len]);
-                *arrived += len;
-                if *arrived == payload.len()
-                    && let Some((bytes, _)) = inbox.payloads.remove(&(source, tag))
-                {
-                    inbox.route(source, Arrived::Payload { tag, bytes });
-                }
+        let placement = placement(inbox.payloads.get(&(source, tag)), len);
+        if let Placement::At(at) = placement
+            && let Some(payload) = inbox.payloads.get_mut(&(source, tag))
+        {
+            message.matched_receive_into(&mut payload.buffer[at..at + len]);
+            payload.arrived += len;
+            if payload.arrived == payload.buffer.len() {
+                inbox.end(source, tag, PayloadEnd::Whole);
             }
-            expected => {
-                // An empty piece (the payload is cut short), or one that nothing awaits
-                // or too long for what is missing: received only to be dropped.
-                let expected = expected.is_some();
-                let mut dropped = vec![0; len];
-                message.matched_receive_into(&mut dropped[..]);
-                if len > 0 {
-                    tracing::error!(
-                        rank = source,
-                        tag,
-                        len,
-                        "a piece of a payload that was not expected, or longer than what \
-                         was missing, was dropped"
-                    );
-                }
-                if expected {
-                    inbox.payloads.remove(&(source, tag));
-                    inbox.route(source, Arrived::Cut { tag });
-                }
+            continue;
+        }
+        // Received only to be dropped.
+        let mut discard = SPARES.filled(len);
+        message.matched_receive_into(&mut discard[..]);
+        SPARES.keep(discard);
+        match placement {
+            Placement::CutShort => inbox.end(source, tag, dropped(PayloadEnd::CutShort)),
+            Placement::TooLong { missing } => {
+                let why = format!(
+                    "rank {source} sent a piece of {len} bytes on tag {tag} where {missing} \
+                     were missing"
+                );
+                tracing::error!(rank = source, tag, "{why}");
+                inbox.end(source, tag, dropped(PayloadEnd::Invalid(why)));
             }
+            Placement::Stray if len > 0 => tracing::error!(
+                rank = source,
+                tag,
+                len,
+                "a piece of a payload that nothing awaits was dropped"
+            ),
+            Placement::Stray | Placement::At(_) => {}
         }
     }
     any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn worker(slot: u32, generation: u32) -> Worker {
+        Worker { slot, generation }
+    }
+
+    fn awaiting(len: usize, arrived: usize) -> Assembly {
+        Assembly {
+            worker: worker(0, 1),
+            buffer: vec![0; len],
+            arrived,
+        }
+    }
+
+    #[test]
+    fn a_piece_goes_where_the_payload_it_belongs_to_has_come_to() {
+        assert_eq!(placement(Some(&awaiting(10, 0)), 4), Placement::At(0));
+        assert_eq!(placement(Some(&awaiting(10, 4)), 6), Placement::At(4));
+        assert_eq!(placement(Some(&awaiting(10, 4)), 0), Placement::CutShort);
+        assert_eq!(
+            placement(Some(&awaiting(10, 4)), 7),
+            Placement::TooLong { missing: 6 }
+        );
+        assert_eq!(placement(None, 3), Placement::Stray);
+        assert_eq!(placement(None, 0), Placement::Stray);
+    }
+
+    /// Every payload's end, as the router was handed it.
+    type Ends = Arc<Mutex<Vec<(Worker, PayloadEnd)>>>;
+
+    /// An inbox whose router announces, for each message, a payload of that message's
+    /// first byte in length for worker (slot 0, generation = its second byte), and
+    /// records every payload's end.
+    fn inbox() -> (Inbox, Ends) {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let seen = ends.clone();
+        let router: Router = Box::new(move |_, arrived| match arrived {
+            Arrived::Message(bytes) => Some(Expect {
+                tag: 1,
+                len: usize::from(bytes[0]),
+                worker: worker(0, u32::from(bytes[1])),
+            }),
+            Arrived::Payload { worker, end } => {
+                seen.lock().unwrap().push((worker, end));
+                None
+            }
+        });
+        let inbox = Inbox {
+            router,
+            payloads: HashMap::new(),
+        };
+        (inbox, ends)
+    }
+
+    #[test]
+    fn a_payload_announced_while_one_arrives_on_its_tag_ends_both_as_invalid() {
+        let (mut inbox, ends) = inbox();
+        inbox.route(2, Arrived::Message(vec![8, 1]));
+        assert_eq!(inbox.payloads[&(2, 1)].buffer.len(), 8);
+        inbox.route(2, Arrived::Message(vec![5, 2]));
+        // Neither is awaited any more: the pieces that follow cannot be told apart.
+        assert!(inbox.payloads.is_empty());
+        let ends = ends.lock().unwrap();
+        let mut workers: Vec<_> = ends.iter().map(|(w, _)| w.generation).collect();
+        workers.sort_unstable();
+        assert_eq!(workers, [1, 2]);
+        assert!(
+            ends.iter()
+                .all(|(_, end)| matches!(end, PayloadEnd::Invalid(why) if why.contains("before the last one"))),
+            "{ends:?}"
+        );
+    }
+
+    #[test]
+    fn a_payload_ends_whole_cut_short_or_invalid_for_the_worker_it_was_announced_for() {
+        let (mut inbox, ends) = inbox();
+        inbox.route(3, Arrived::Message(vec![4, 7]));
+        inbox
+            .payloads
+            .get_mut(&(3, 1))
+            .unwrap()
+            .buffer
+            .copy_from_slice(b"abcd");
+        inbox.end(3, 1, PayloadEnd::Whole);
+        inbox.route(3, Arrived::Message(vec![4, 8]));
+        inbox.end(3, 1, dropped(PayloadEnd::CutShort));
+        // Nothing awaited: nothing to end.
+        inbox.end(3, 1, dropped(PayloadEnd::CutShort));
+        assert_eq!(
+            *ends.lock().unwrap(),
+            [
+                (worker(0, 7), PayloadEnd::Whole(b"abcd".to_vec())),
+                (worker(0, 8), PayloadEnd::CutShort),
+            ]
+        );
+    }
+
+    #[test]
+    fn piece_tags_stay_below_the_tag_of_messages() {
+        assert_eq!(piece_tag(0), Some(1));
+        assert_eq!(piece_tag(41), Some(42));
+        assert_eq!(piece_tag(u32::try_from(TAG).unwrap() - 1), None);
+        assert_eq!(piece_tag(u32::MAX), None);
+    }
 }

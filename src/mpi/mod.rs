@@ -29,7 +29,7 @@ use crate::process::{ProcessPoolBuilder, ProcessPoolExecutor};
 use crate::ship::build_id;
 use crate::stats::{Health, PoolStats};
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -141,22 +141,12 @@ impl MpiPoolExecutor {
         let (agent_tx, agent_rx) = tokio::sync::mpsc::unbounded_channel();
         let delivered = routes.clone();
         let max_frame = settings.max_frame;
-        // The worker whose payload arrives from a rank with a tag.
-        let mut payloads = HashMap::new();
         // Rank 0 sends only to agents, agents only to rank 0.
         let router: Router = Box::new(move |source, arrived| {
             let bytes = match arrived {
                 Arrived::Message(bytes) => bytes,
-                Arrived::Payload { tag, bytes } => {
-                    if let Some(worker) = payloads.remove(&(source, tag)) {
-                        delivered.deliver_payload(worker, Some(bytes));
-                    }
-                    return None;
-                }
-                Arrived::Cut { tag } => {
-                    if let Some(worker) = payloads.remove(&(source, tag)) {
-                        delivered.deliver_payload(worker, None);
-                    }
+                Arrived::Payload { worker, end } => {
+                    delivered.deliver_payload(worker, end);
                     return None;
                 }
             };
@@ -174,10 +164,7 @@ impl MpiPoolExecutor {
                         .ok()
                         .filter(|&len| (1..=max_frame).contains(&len));
                     match hub::piece_tag(worker.slot).zip(len) {
-                        Some((tag, len)) => {
-                            payloads.insert((source, tag), worker);
-                            return Some(Expect { tag, len });
-                        }
+                        Some((tag, len)) => return Some(Expect { tag, len, worker }),
                         // The frame's header says as much: decoding it fails.
                         None => tracing::error!(
                             rank = source,

@@ -11,7 +11,7 @@
 //! payload, then the caller's value, without a copy.
 
 use super::envelope::{Failure, ToAgent, ToRoot, Worker};
-use super::hub::Outbox;
+use super::hub::{Outbox, PayloadEnd};
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Backend, Caps, Received, StartError, WorkerLink};
 use crate::spares::LARGE;
@@ -36,9 +36,8 @@ enum Said {
     Started(u32),
     StartFailed(Failure, String),
     Bytes(Vec<u8>),
-    /// The payload of the large frame the last bytes began, whole (`Some`), or cut short
-    /// because the worker died writing it.
-    Payload(Option<Vec<u8>>),
+    /// How the payload of the large frame the last bytes began ended.
+    Payload(PayloadEnd),
     Closed,
     Exited(Option<i32>, Option<i32>),
 }
@@ -61,8 +60,8 @@ impl Routes {
         let (worker, said) = match message {
             ToRoot::Started(w, pid) => (w, Said::Started(pid)),
             ToRoot::StartFailed(w, failure, text) => (w, Said::StartFailed(failure, text)),
-            ToRoot::Bytes(w, bytes) => (w, Said::Bytes(bytes)),
-            ToRoot::BytesThen(w, bytes, _) => (w, Said::Bytes(bytes)),
+            // A `BytesThen` is the router's (it says what the hub awaits next).
+            ToRoot::Bytes(w, bytes) | ToRoot::BytesThen(w, bytes, _) => (w, Said::Bytes(bytes)),
             ToRoot::Closed(w) => (w, Said::Closed),
             ToRoot::Exited(w, code, signal) => (w, Said::Exited(code, signal)),
             ToRoot::Memory(w, pid, bytes) => {
@@ -85,10 +84,10 @@ impl Routes {
         self.to_link(worker, said);
     }
 
-    /// Hands the payload that followed a [`ToRoot::BytesThen`], or word that it was cut
-    /// short, to the link of `worker`.
-    pub(super) fn deliver_payload(&self, worker: Worker, payload: Option<Vec<u8>>) {
-        self.to_link(worker, Said::Payload(payload));
+    /// Hands how the payload that followed a [`ToRoot::BytesThen`] ended to the link of
+    /// `worker`.
+    pub(super) fn deliver_payload(&self, worker: Worker, end: PayloadEnd) {
+        self.to_link(worker, Said::Payload(end));
     }
 
     fn to_link(&self, worker: Worker, said: Said) {
@@ -99,6 +98,11 @@ impl Routes {
             let _ = link.send(said);
         }
     }
+}
+
+/// The link of a worker is broken: `why`.
+fn broken(why: String) -> Received {
+    Received::Broken(crate::wire::frame::ProtocolError::Corrupt(why))
 }
 
 /// Rank 0's backend: the workers of the node agents, slot by slot.
@@ -291,28 +295,36 @@ impl RankLink {
                 self.decoded()
             }
             // Taken only once the bytes before it are decoded: the codec awaits exactly
-            // this payload, unless its frame was not large enough to be gathered apart.
-            Some(Said::Payload(Some(payload))) => {
+            // this payload (the agent announces one only for a frame large enough to be
+            // gathered apart, and from that frame's header).
+            Some(Said::Payload(PayloadEnd::Whole(payload))) => {
                 match self.codec.supply_payload(payload) {
                     Ok(set_aside) => crate::spares::SPARES.keep(set_aside),
-                    Err(payload) => self.buffer.extend_from_slice(&payload),
+                    Err(payload) => {
+                        let len = payload.len();
+                        crate::spares::SPARES.keep(payload);
+                        return Some(broken(format!(
+                            "rank {} sent a payload of {len} bytes that no frame awaited",
+                            self.rank
+                        )));
+                    }
                 }
                 self.decoded()
             }
-            Some(Said::Payload(None)) => match self.codec.abandon_payload() {
+            Some(Said::Payload(PayloadEnd::CutShort)) => match self.codec.abandon_payload() {
                 // As when a worker on this machine dies writing a frame: the frame is
                 // dropped, and what the agent salvages comes next.
                 Some(gathered) => {
                     crate::spares::SPARES.keep(gathered);
                     self.decoded()
                 }
-                None => Some(Received::Broken(
-                    crate::wire::frame::ProtocolError::Corrupt(format!(
-                        "rank {} cut short a payload that was not arriving",
-                        self.rank
-                    )),
-                )),
+                None => Some(broken(format!(
+                    "rank {} cut short a payload that was not arriving",
+                    self.rank
+                ))),
             },
+            // The worker's stream cannot be trusted past this: the pool stops the worker.
+            Some(Said::Payload(PayloadEnd::Invalid(why))) => Some(broken(why)),
             Some(Said::Closed) => Some(match self.codec.decode_eof(&mut self.buffer) {
                 Ok(Some(frame)) => Received::Frame(frame),
                 Ok(None) => Received::Closed,
@@ -444,5 +456,97 @@ impl Drop for RankLink {
         {
             links.remove(&self.worker.slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::tests::wire;
+    use crate::wire::frame::{Frame, HEADER};
+
+    fn link() -> RankLink {
+        let worker = Worker {
+            slot: 0,
+            generation: 1,
+        };
+        RankLink {
+            worker,
+            rank: 1,
+            id: WorkerId::on_rank(42, 1),
+            rx: unbounded_channel().1,
+            outbox: Outbox::detached(),
+            codec: Codec::new(64 << 20),
+            buffer: BytesMut::new(),
+            ended: None,
+            routes: Arc::new(Routes::default()),
+        }
+    }
+
+    /// A large answer's frame as an agent hands it on: what comes before its payload,
+    /// and the payload.
+    fn large_answer(id: u64, payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let whole = wire(&FromWorker::done(id), payload);
+        let head = whole.len() - payload.len();
+        assert!(head > HEADER);
+        (whole[..head].to_vec(), whole[head..].to_vec())
+    }
+
+    fn answer_id(received: Option<Received>) -> Option<(u64, usize)> {
+        match received {
+            Some(Received::Frame(Frame {
+                message: FromWorker::Done { id, .. },
+                payload,
+            })) => Some((id, payload.len())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_payload_handed_on_apart_completes_the_frame_its_head_began() {
+        let mut link = link();
+        let payload = vec![7; 3 << 20];
+        let (head, body) = large_answer(5, &payload);
+        assert!(link.take(Some(Said::Bytes(head))).is_none());
+        let received = link.take(Some(Said::Payload(PayloadEnd::Whole(body))));
+        assert_eq!(answer_id(received), Some((5, payload.len())));
+    }
+
+    #[test]
+    fn a_payload_cut_short_drops_its_frame_and_the_next_bytes_start_a_frame() {
+        let mut link = link();
+        let (head, _) = large_answer(5, &vec![7; 3 << 20]);
+        assert!(link.take(Some(Said::Bytes(head))).is_none());
+        assert!(
+            link.take(Some(Said::Payload(PayloadEnd::CutShort)))
+                .is_none()
+        );
+        let small = wire(&FromWorker::done(6), &[1, 2, 3]).to_vec();
+        let received = link.take(Some(Said::Bytes(small)));
+        assert_eq!(answer_id(received), Some((6, 3)));
+    }
+
+    #[test]
+    fn a_payload_no_frame_awaits_or_an_invalid_one_breaks_the_link() {
+        let broken = |received: Option<Received>| match received {
+            Some(Received::Broken(error)) => error.to_string(),
+            other => panic!("not broken: {other:?}"),
+        };
+        // A payload of another length than its frame's.
+        let mut other_length = link();
+        let (head, body) = large_answer(5, &vec![7; 3 << 20]);
+        assert!(other_length.take(Some(Said::Bytes(head))).is_none());
+        let why =
+            broken(other_length.take(Some(Said::Payload(PayloadEnd::Whole(body[1..].to_vec())))));
+        assert!(why.contains("no frame awaited"), "{why}");
+        // A payload, or its cut, with no large frame begun.
+        let mut idle = link();
+        let why = broken(idle.take(Some(Said::Payload(PayloadEnd::Whole(vec![1; 10])))));
+        assert!(why.contains("no frame awaited"), "{why}");
+        let why = broken(idle.take(Some(Said::Payload(PayloadEnd::CutShort))));
+        assert!(why.contains("not arriving"), "{why}");
+        // What the hub found wrong with the pieces.
+        let why = broken(idle.take(Some(Said::Payload(PayloadEnd::Invalid("bad piece".into())))));
+        assert!(why.contains("bad piece"), "{why}");
     }
 }

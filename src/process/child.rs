@@ -289,11 +289,12 @@ impl LocalWorker {
     pub(crate) async fn recv_bytes(&mut self, buffer: &mut Vec<u8>, most: usize) -> RawReceived {
         use bytes::BufMut;
         use tokio::io::AsyncReadExt;
-        // What the handshake's decoder read ahead comes first.
+        // What the handshake's decoder read ahead comes first, up to `most` of it.
         let ahead = self.conn.read_buffer_mut();
-        if !ahead.is_empty() {
-            buffer.extend_from_slice(&ahead.split());
-            return RawReceived::Bytes(buffer.len());
+        let n = ahead.len().min(most);
+        if n > 0 {
+            buffer.extend_from_slice(&ahead.split_to(n));
+            return RawReceived::Bytes(n);
         }
         buffer.reserve(most);
         let mut limited = (&mut *buffer).limit(most);
