@@ -3,54 +3,14 @@
 
 mod common;
 
+use common::events::{record_events, seen};
 use common::*;
 use procpool::{ExecutorExt, JobOptions, ProcessPoolExecutor};
-use std::sync::Mutex;
 use std::time::Duration;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
-
-static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Records every event's message.
-struct Recorder;
-
-struct Message(String);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        EVENTS.lock().unwrap().push(message.0);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-fn seen(text: &str) -> bool {
-    EVENTS.lock().unwrap().iter().any(|m| m.contains(text))
-}
 
 #[tokio::test]
 async fn lifecycle_events_are_reported() {
-    tracing::subscriber::set_global_default(Recorder).unwrap();
+    record_events();
     let pool = ProcessPoolExecutor::builder()
         .max_workers(1)
         .build()

@@ -298,10 +298,18 @@ impl RankLink {
             // this payload (the agent announces one only for a frame large enough to be
             // gathered apart, and from that frame's header).
             Some(Said::Payload(PayloadEnd::Whole(payload))) => {
+                let len = payload.len();
                 match self.codec.supply_payload(payload) {
-                    Ok(set_aside) => crate::spares::SPARES.keep(set_aside),
+                    Ok(set_aside) => {
+                        tracing::trace!(
+                            rank = self.rank,
+                            slot = self.worker.slot,
+                            len,
+                            "a large answer arrived in pieces"
+                        );
+                        crate::spares::SPARES.keep(set_aside);
+                    }
                     Err(payload) => {
-                        let len = payload.len();
                         crate::spares::SPARES.keep(payload);
                         return Some(broken(format!(
                             "rank {} sent a payload of {len} bytes that no frame awaited",
@@ -315,6 +323,11 @@ impl RankLink {
                 // As when a worker on this machine dies writing a frame: the frame is
                 // dropped, and what the agent salvages comes next.
                 Some(gathered) => {
+                    tracing::debug!(
+                        rank = self.rank,
+                        slot = self.worker.slot,
+                        "a large answer was cut short: its worker died writing it"
+                    );
                     crate::spares::SPARES.keep(gathered);
                     self.decoded()
                 }

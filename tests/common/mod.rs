@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: time bounds, gates, and job functions.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod events;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
