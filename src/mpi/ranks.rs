@@ -202,7 +202,7 @@ impl Backend for Ranks {
                 id: WorkerId::on_rank(pid, rank_id),
                 rx,
                 outbox: self.outbox.clone(),
-                codec: Codec::new(self.max_frame),
+                codec: Codec::supplied(self.max_frame),
                 buffer: BytesMut::new(),
                 ended: None,
                 routes: self.routes.clone(),

@@ -113,6 +113,10 @@ pub(crate) struct Codec<In> {
     /// A buffer to gather the next large payload in (the worker hands its last large one
     /// back, so that a stream of large jobs reuses memory that is already mapped).
     spare: Vec<u8>,
+    /// Whether every large payload is handed over whole ([`Codec::supply_payload`])
+    /// rather than read: then none is given a buffer to be gathered in.
+    #[cfg(feature = "mpi")]
+    supplied: bool,
 }
 
 /// Where the decoder is within the current frame.
@@ -142,6 +146,20 @@ impl<In> Codec<In> {
             direct_from: DIRECT_PAYLOAD,
             state: State::Head,
             spare: Vec::new(),
+            #[cfg(feature = "mpi")]
+            supplied: false,
+        }
+    }
+
+    /// A codec whose large payloads are each handed over whole, in a buffer of their own
+    /// ([`Codec::supply_payload`]), as a node agent's are to rank 0: it sets no buffer
+    /// aside for them, which would take a buffer this process keeps from the receive that
+    /// fills the payload's own (and leave that one to fault its pages in).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn supplied(max_frame: usize) -> Self {
+        Codec {
+            supplied: true,
+            ..Codec::new(max_frame)
         }
     }
 
@@ -164,6 +182,11 @@ impl<In> Codec<In> {
     /// process is done with (a large argument a worker has received) if one is large
     /// enough, since it is already mapped; a new one faults page by page.
     pub(crate) fn buffer_for(&mut self, len: usize) -> Vec<u8> {
+        #[cfg(feature = "mpi")]
+        if self.supplied {
+            // Grows only if the payload comes as bytes after all.
+            return Vec::new();
+        }
         let mut buffer = std::mem::take(&mut self.spare);
         if buffer.capacity() < len {
             self.spare = buffer;

@@ -102,6 +102,28 @@ fn a_payload_gathered_elsewhere_becomes_the_frames_without_a_copy() {
 
 #[test]
 #[cfg(feature = "mpi")]
+fn a_codec_whose_payloads_are_supplied_sets_no_buffer_aside_for_them() {
+    let mut parent = ParentCodec::supplied(1 << 30);
+    let (mut buf, payload) = large_frame_apart(3, &vec![5_u8; DIRECT_PAYLOAD + 7]);
+    assert_eq!(parent.decode(&mut buf).unwrap(), None);
+    let set_aside = parent.supply_payload(payload).map_err(|p| p.len());
+    assert_eq!(
+        set_aside.map(|b| b.capacity()),
+        Ok(0),
+        "no buffer set aside"
+    );
+    let frame = parent.decode(&mut buf).unwrap().unwrap();
+    assert_eq!(frame.payload.len(), DIRECT_PAYLOAD + 7);
+    // A payload that comes as bytes after all is still gathered whole.
+    let mut whole = wire(&FromWorker::done(4), &vec![6_u8; DIRECT_PAYLOAD + 1]);
+    let frame = parent.decode(&mut whole).unwrap().unwrap();
+    assert_eq!(frame.message, FromWorker::done(4));
+    assert!(frame.payload.iter().all(|&b| b == 6));
+    assert_eq!(frame.payload.len(), DIRECT_PAYLOAD + 1);
+}
+
+#[test]
+#[cfg(feature = "mpi")]
 fn a_payload_begun_is_not_replaced_and_an_abandoned_one_is_forgotten() {
     let mut parent = ParentCodec::new(1 << 30);
     let (mut buf, payload) = large_frame_apart(3, &vec![5_u8; DIRECT_PAYLOAD]);
