@@ -15,7 +15,7 @@
 //! `mpirun -n 3 python3 -m mpi4py.futures`, and prints one table. Figures are medians;
 //! compare ratios from one run. W6 is the steady state: every executor first echoes once
 //! per worker untimed (the floor once), since a worker's first 64 MiB costs fresh memory
-//! (its first echo through a node agent took 100–280 ms here, the next ones 40–55 ms).
+//! (its first echo through a node agent took 120–280 ms here, the next ones 39–55 ms).
 
 #[path = "support/mod.rs"]
 mod support;
