@@ -159,7 +159,7 @@ impl MpiPoolExecutor {
                     let _ = hellos_tx.send((source, *hello));
                 }
                 Ok(ToRoot::BytesThen(worker, head, len)) => {
-                    delivered.deliver(source, ToRoot::Bytes(worker, head));
+                    delivered.deliver(source, ToRoot::BytesThen(worker, head, len));
                     let len = usize::try_from(len)
                         .ok()
                         .filter(|&len| (1..=max_frame).contains(&len));

@@ -60,7 +60,7 @@ impl Routes {
         let (worker, said) = match message {
             ToRoot::Started(w, pid) => (w, Said::Started(pid)),
             ToRoot::StartFailed(w, failure, text) => (w, Said::StartFailed(failure, text)),
-            // A `BytesThen` is the router's (it says what the hub awaits next).
+            // What a `BytesThen` announces is the hub's to await (see the router).
             ToRoot::Bytes(w, bytes) | ToRoot::BytesThen(w, bytes, _) => (w, Said::Bytes(bytes)),
             ToRoot::Closed(w) => (w, Said::Closed),
             ToRoot::Exited(w, code, signal) => (w, Said::Exited(code, signal)),

@@ -200,9 +200,9 @@ impl<In> Codec<In> {
     /// Hands the codec the whole payload of the large frame whose message it has decoded,
     /// gathered elsewhere (rank 0 of an MPI pool receives it from a node agent into a
     /// buffer of its own), so that it becomes the frame's payload without a copy; returns
-    /// the buffer the codec had set aside for it. `Err(payload)` if the codec is not
-    /// waiting for a payload of exactly that length with none of it gathered yet: the
-    /// caller then feeds its bytes as it would any others.
+    /// the buffer the codec had set aside for it (empty for a [`Codec::supplied`] one).
+    /// `Err(payload)`, changing nothing, if the codec is not waiting for a payload of
+    /// exactly that length with none of it gathered yet: it is not this frame's.
     #[cfg(feature = "mpi")]
     pub(crate) fn supply_payload(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
         match &mut self.state {
