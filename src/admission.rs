@@ -193,7 +193,7 @@ impl<'a, E: Executor + ?Sized> Permit<'a, E> {
     {
         let mut job = ErasedJob::single(f, arg).with_options(options);
         job.permit = self.permit;
-        crate::executor::handle_of(self.executor, job)
+        crate::executor::handle_of(self.executor, job).watching(crate::handle::key_of(f))
     }
 }
 

@@ -272,6 +272,7 @@ pub trait ExecutorExt: Executor {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         handle_of(self, ErasedJob::single(f, arg).with_options(options))
+            .watching(crate::handle::key_of(f))
     }
 
     /// Like [`submit`](ExecutorExt::submit), but a refused submission gives the argument
@@ -288,7 +289,9 @@ pub trait ExecutorExt: Executor {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        submit_job(self, ErasedJob::single(f, arg)).map_err(give_back)
+        submit_job(self, ErasedJob::single(f, arg))
+            .map(|handle| handle.watching(crate::handle::key_of(f)))
+            .map_err(give_back)
     }
 
     /// Waits for room in the pool, then holds it: a [`Permit`] whose
@@ -363,7 +366,9 @@ pub trait ExecutorExt: Executor {
             let permit = crate::admission::reserve(slots).await.unwrap_or(None);
             let mut job = ErasedJob::single(f, arg);
             job.permit = permit;
-            submit_job(self, job).map_err(give_back)
+            submit_job(self, job)
+                .map(|handle| handle.watching(crate::handle::key_of(f)))
+                .map_err(give_back)
         }
     }
 

@@ -86,21 +86,23 @@ impl<T: Queued> JobQueue<T> {
         self.inner.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends a job; gives it back if the queue is closed.
-    pub(crate) fn push(&self, item: T) -> Result<(), T> {
+    /// Appends a job; gives it back if the queue is closed. `Ok(true)` when no other job
+    /// waited in it: the job is next.
+    pub(crate) fn push(&self, item: T) -> Result<bool, T> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(item);
         }
+        let alone = inner.items.is_empty();
         inner.items.push_back(item);
         self.wake(inner, false);
-        Ok(())
+        Ok(alone)
     }
 
     /// Appends a new job that took `slot` of the pool's admission (see
     /// [`Admission::admit`]); the job holds it until it ends. If the queue is closed the
     /// job comes back, its state ended (so that the slot is free again).
-    pub(crate) fn push_admitted(&self, item: T, slot: Option<Slot>) -> Result<(), T> {
+    pub(crate) fn push_admitted(&self, item: T, slot: Option<Slot>) -> Result<bool, T> {
         // Before the push: a worker may end the job before this thread runs again.
         Slot::held_by(slot, item.state());
         self.push(item).inspect_err(|item| {
@@ -335,13 +337,23 @@ mod tests {
             );
             std::thread::yield_now();
         }
-        assert!(queue.push(Item(JobState::new())).is_ok());
+        assert_eq!(
+            queue.push(Item(JobState::new())).ok(),
+            Some(true),
+            "an empty queue"
+        );
         let popped = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("pop_blocking() was not woken by push()");
         assert!(popped);
         popper.join().unwrap();
         assert_eq!(queue.lock().sleepers, 0);
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(
+            queue.push(Item(JobState::new())).ok(),
+            Some(false),
+            "one job waits ahead"
+        );
     }
 
     #[test]

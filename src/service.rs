@@ -153,7 +153,7 @@ where
         let mut job = ErasedJob::single(self.f, arg).with_options(self.options);
         job.permit = self.permit.take();
         let handle = match self.pool.execute(job) {
-            Ok(handle) => JobHandle::from_erased(handle),
+            Ok(handle) => JobHandle::from_erased(handle).watching(crate::handle::key_of(self.f)),
             Err(job) => JobHandle::failed(match job.refusal() {
                 Refusal::ShutDown => self.closed(), // broken, with why, or shut down
                 refusal => refusal.job_error(),

@@ -16,8 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 mod cell;
+mod watch;
 
 pub(crate) use cell::{Finished, JobState, SPIN_BEFORE_PARK, Wakes};
+pub(crate) use watch::{key_of, submitted};
 
 /// The type-erased handle of a submitted job, as the object-safe
 /// [`Executor`](crate::Executor) returns it. [`ExecutorExt`](crate::ExecutorExt) wraps it
@@ -44,6 +46,7 @@ impl ErasedHandle {
 
     /// The job's output, once it has ended. A process pool hands its answer over
     /// undecoded: it is decoded here, on the caller's thread.
+    #[inline]
     pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<Output, JobError>> {
         match self.state.poll_done(cx) {
             Poll::Pending => Poll::Pending,
@@ -76,6 +79,27 @@ impl fmt::Debug for ErasedHandle {
 /// code uses [`wait`](JobHandle::wait) or [`wait_timeout`](JobHandle::wait_timeout).
 ///
 /// The handle works under any executor: it holds no tokio type and needs no runtime.
+///
+/// # Awaiting a short job
+///
+/// A task that awaits the job it has just submitted, to a pool with room, has its first
+/// poll watch the job for up to 100 µs (yielding its CPU now and then) before it returns
+/// `Pending`, when that function's jobs have been coming back within that time.
+/// The answer of a short job is then taken at once, instead of after the wake-up of a
+/// parked runtime thread, which on a VM is most of a short job's round trip (the README's
+/// W1 figures). The watch is left out, so that it never holds up other work, when:
+///
+/// - the job found other jobs waiting in the pool's queue (or, on a process pool, no
+///   worker idle);
+/// - the thread submitted another job before it polled this one (a caller that submits a
+///   batch, then awaits it);
+/// - the tokio runtime polling it has as many live tasks as worker threads, or more (a
+///   service's requests stay interleaved on its threads);
+/// - a watch of a job of the same function missed lately: the watch is then left out for
+///   the next 32 of its jobs that would have had one, twice as many after each miss in a
+///   row, up to 1,024 (a function whose jobs are long soon costs one watch in 1,024).
+///
+/// A blocking [`wait`](JobHandle::wait) watches in the same way, always.
 ///
 /// # Cancel safety
 ///
@@ -111,6 +135,18 @@ impl<R: 'static> JobHandle<R> {
             raw,
             _result: PhantomData,
         }
+    }
+
+    /// This handle, whose first poll watches for the answer for a moment when jobs of
+    /// `function` (a [`key_of`]) have been coming back that soon.
+    pub(crate) fn watching(self, function: usize) -> JobHandle<R> {
+        watch::of_function(self.cell(), function);
+        self
+    }
+
+    /// The address of the job's completion cell: which job this is, for [`watch`].
+    fn cell(&self) -> *const () {
+        Arc::as_ptr(&self.raw.state).cast()
     }
 
     /// A handle whose job ended before it was queued, with `error`.
@@ -167,6 +203,7 @@ impl<R: 'static> JobHandle<R> {
     ///
     /// The [`JobError`] that ended the job.
     pub fn wait(mut self) -> Result<R, JobError> {
+        watch::forget(self.cell()); // it watches here, and longer
         if self.raw.state.spin_until_done(SPIN_BEFORE_PARK) {
             // Ended: one poll takes the result, without block_on's thread-local parker.
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
@@ -184,6 +221,7 @@ impl<R: 'static> JobHandle<R> {
     /// if shorter) before it sleeps.
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, JobError>, Self> {
         let start = std::time::Instant::now();
+        watch::forget(self.cell());
         if self
             .raw
             .state
@@ -201,6 +239,22 @@ impl<R: 'static> JobHandle<R> {
         }
     }
 
+    /// The first poll's bounded watch: when this is the job its thread submitted last,
+    /// it went straight to a worker, the runtime has few tasks, and jobs of its
+    /// function have been coming back within [`watch::WATCH`], watch for its answer that
+    /// long before the poll parks the task (see [`watch`]).
+    #[inline(never)]
+    fn watch_first(&self, function: usize) {
+        if !watch::few_tasks_lately() {
+            return;
+        }
+        let table = watch::table();
+        if table.should_watch(function) {
+            let saw_it = self.raw.state.spin_until_done(watch::WATCH);
+            table.watched(function, saw_it);
+        }
+    }
+
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.raw.state.poll_done(cx)
     }
@@ -215,13 +269,17 @@ impl<R: 'static> Future for JobHandle<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.raw.poll_output(cx).map(|output| {
-            output.map(|boxed| {
-                *boxed
-                    .downcast::<R>()
-                    .expect("procpool bug: job output has the wrong type")
-            })
-        })
+        if !this.raw.state.is_done()
+            && let Some(function) = watch::first_poll(this.cell())
+        {
+            this.watch_first(function);
+        }
+        let output = std::task::ready!(this.raw.poll_output(cx));
+        Poll::Ready(output.map(|boxed| {
+            *boxed
+                .downcast::<R>()
+                .expect("procpool bug: job output has the wrong type")
+        }))
     }
 }
 
@@ -320,6 +378,66 @@ mod tests {
         }
         assert_eq!(first.0.load(Ordering::SeqCst), 1);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A started job's handle, made as `submit` makes one for a job of `function`, which
+    /// went `straight` to an idle worker or not.
+    fn submitted_handle(function: usize, straight: bool) -> (Arc<JobState>, JobHandle<u8>) {
+        let state = JobState::new();
+        assert!(state.try_start());
+        submitted(&state, straight);
+        let handle = JobHandle::from_erased(ErasedHandle::new(state.clone())).watching(function);
+        (state, handle)
+    }
+
+    fn poll_once(handle: &mut JobHandle<u8>) -> Poll<Result<u8, JobError>> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        Pin::new(handle).poll(&mut cx)
+    }
+
+    #[test]
+    fn a_first_poll_watches_a_job_sent_straight_to_a_worker_and_a_miss_stops_the_next() {
+        fn only_here(x: u8) -> u8 {
+            x.wrapping_add(7)
+        }
+        let function = key_of(only_here as fn(u8) -> u8);
+        let (state, mut handle) = submitted_handle(function, true);
+        let start = std::time::Instant::now();
+        assert!(poll_once(&mut handle).is_pending());
+        assert!(start.elapsed() >= watch::WATCH, "the first poll watched");
+        assert!(
+            !watch::table().should_watch(function),
+            "the miss skips the next jobs of the function"
+        );
+        assert!(
+            poll_once(&mut handle).is_pending(),
+            "a second poll does not watch"
+        );
+        assert!(state.complete(Ok(Box::new(3_u8))));
+        assert_eq!(poll_once(&mut handle).map(Result::ok), Poll::Ready(Some(3)));
+    }
+
+    #[test]
+    fn a_job_queued_behind_others_or_submitted_before_another_is_not_watched() {
+        fn queued_here(x: u8) -> u8 {
+            x.wrapping_add(9)
+        }
+        fn earlier_here(x: u8) -> u8 {
+            x.wrapping_add(11)
+        }
+        let queued = key_of(queued_here as fn(u8) -> u8);
+        let (_state, mut handle) = submitted_handle(queued, false);
+        assert!(poll_once(&mut handle).is_pending());
+        assert!(
+            !watch::table().knows(queued),
+            "not asked about: not watched"
+        );
+
+        let earlier = key_of(earlier_here as fn(u8) -> u8);
+        let (_first, mut first) = submitted_handle(earlier, true);
+        let (_second, _later) = submitted_handle(0, true);
+        assert!(poll_once(&mut first).is_pending());
+        assert!(!watch::table().knows(earlier), "another job came after it");
     }
 
     #[test]

@@ -230,7 +230,11 @@ impl Core {
             kept,
         };
         match self.queue.push_admitted(queued, slot) {
-            Ok(()) => Ok(ErasedHandle::new(state)),
+            Ok(alone) => {
+                let straight = alone && self.has_idle_worker();
+                crate::handle::submitted(&state, straight);
+                Ok(ErasedHandle::new(state))
+            }
             // A broken pool closes its queue: report why rather than "shut down".
             Err(queued) => match self.broken.get() {
                 Some(error) => Ok(ErasedHandle::failed(error.clone())),

@@ -405,7 +405,13 @@ impl ThreadPoolExecutor {
         };
         queue
             .push_admitted(task, slot)
-            .map(|()| ErasedHandle::new(state))
+            .map(|alone| {
+                // No job ahead of it: that is all the thread pool asks (whether a worker
+                // is free would cost a cache miss per job, on the counters the workers
+                // write); a watch that misses on a busy pool skips the next ones.
+                crate::handle::submitted(&state, alone);
+                ErasedHandle::new(state)
+            })
             .map_err(|task| (task.body, task.options, Refusal::ShutDown))
     }
 }
