@@ -19,7 +19,7 @@ mod cell;
 mod watch;
 
 pub(crate) use cell::{Finished, JobState, SPIN_BEFORE_PARK, Wakes};
-pub(crate) use watch::{key_of, submitted};
+pub(crate) use watch::{key_of, submitted, submitting};
 
 /// The type-erased handle of a submitted job, as the object-safe
 /// [`Executor`](crate::Executor) returns it. [`ExecutorExt`](crate::ExecutorExt) wraps it
@@ -82,24 +82,29 @@ impl fmt::Debug for ErasedHandle {
 ///
 /// # Awaiting a short job
 ///
-/// A task that awaits the job it has just submitted, to a pool with room, has its first
-/// poll watch the job for up to 100 µs (yielding its CPU now and then) before it returns
-/// `Pending`, when that function's jobs have been coming back within that time.
-/// The answer of a short job is then taken at once, instead of after the wake-up of a
-/// parked runtime thread, which on a VM is most of a short job's round trip (the README's
-/// W1 figures). The watch is left out, so that it never holds up other work, when:
+/// On a tokio multi-thread runtime that runs this task alone, a task that awaits the job
+/// it has just submitted to a pool with room has its first poll watch the job for up to
+/// 100 µs (yielding its CPU now and then) before it returns `Pending`, when that
+/// function's jobs have been coming back within that time. The answer of a short job is
+/// then taken at once, instead of after the wake-up of a parked runtime thread, which on a
+/// VM is most of a short job's round trip (the README's W1 figures). The watch is left
+/// out:
 ///
-/// - the job found other jobs waiting in the pool's queue (or, on a process pool, no
-///   worker idle);
-/// - the thread submitted another job before it polled this one (a caller that submits a
-///   batch, then awaits it);
-/// - the tokio runtime polling it has as many live tasks as worker threads, or more (a
-///   service's requests stay interleaved on its threads);
-/// - a watch of a job of the same function missed lately: the watch is then left out for
-///   the next 32 of its jobs that would have had one, twice as many after each miss in a
-///   row, up to 1,024 (a function whose jobs are long soon costs one watch in 1,024).
+/// - when the job found other jobs waiting in the pool's queue (or, on a process pool, no
+///   worker idle; a thread pool asks the queue only);
+/// - when the thread submitted another job before it polled this one: of a batch
+///   submitted, then awaited, only the last job can be watched, once;
+/// - unless the runtime is a tokio multi-thread one with at most one live task (looked at
+///   once every 64 first polls of a thread): not on a current-thread runtime, whose one
+///   thread also runs its I/O, timers and any `LocalSet`, not beside other tasks, whose
+///   thread a watch would hold, and not outside tokio, where nothing says what else waits;
+/// - for a while after a watch of a job of the same function missed: for the next 32 of
+///   its jobs that would have had one, twice as many after each miss in a row, up to
+///   1,024 (a function whose jobs are long soon costs one watch in 1,024).
 ///
-/// A blocking [`wait`](JobHandle::wait) watches in the same way, always.
+/// A watch holds the polling thread, and any future polled in the same task (in a
+/// `join!` or `select!`), for at most those 100 µs. A blocking
+/// [`wait`](JobHandle::wait) watches in the same way, always.
 ///
 /// # Cancel safety
 ///
@@ -255,7 +260,10 @@ impl<R: 'static> JobHandle<R> {
         }
     }
 
+    /// Polls for the end without taking the result ([`wait`](crate::wait)'s way), and
+    /// without a watch: a handle polled so is not watched at a later poll either.
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        watch::forget(self.cell());
         self.raw.state.poll_done(cx)
     }
 
@@ -378,66 +386,6 @@ mod tests {
         }
         assert_eq!(first.0.load(Ordering::SeqCst), 1);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
-    }
-
-    /// A started job's handle, made as `submit` makes one for a job of `function`, which
-    /// went `straight` to an idle worker or not.
-    fn submitted_handle(function: usize, straight: bool) -> (Arc<JobState>, JobHandle<u8>) {
-        let state = JobState::new();
-        assert!(state.try_start());
-        submitted(&state, straight);
-        let handle = JobHandle::from_erased(ErasedHandle::new(state.clone())).watching(function);
-        (state, handle)
-    }
-
-    fn poll_once(handle: &mut JobHandle<u8>) -> Poll<Result<u8, JobError>> {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        Pin::new(handle).poll(&mut cx)
-    }
-
-    #[test]
-    fn a_first_poll_watches_a_job_sent_straight_to_a_worker_and_a_miss_stops_the_next() {
-        fn only_here(x: u8) -> u8 {
-            x.wrapping_add(7)
-        }
-        let function = key_of(only_here as fn(u8) -> u8);
-        let (state, mut handle) = submitted_handle(function, true);
-        let start = std::time::Instant::now();
-        assert!(poll_once(&mut handle).is_pending());
-        assert!(start.elapsed() >= watch::WATCH, "the first poll watched");
-        assert!(
-            !watch::table().should_watch(function),
-            "the miss skips the next jobs of the function"
-        );
-        assert!(
-            poll_once(&mut handle).is_pending(),
-            "a second poll does not watch"
-        );
-        assert!(state.complete(Ok(Box::new(3_u8))));
-        assert_eq!(poll_once(&mut handle).map(Result::ok), Poll::Ready(Some(3)));
-    }
-
-    #[test]
-    fn a_job_queued_behind_others_or_submitted_before_another_is_not_watched() {
-        fn queued_here(x: u8) -> u8 {
-            x.wrapping_add(9)
-        }
-        fn earlier_here(x: u8) -> u8 {
-            x.wrapping_add(11)
-        }
-        let queued = key_of(queued_here as fn(u8) -> u8);
-        let (_state, mut handle) = submitted_handle(queued, false);
-        assert!(poll_once(&mut handle).is_pending());
-        assert!(
-            !watch::table().knows(queued),
-            "not asked about: not watched"
-        );
-
-        let earlier = key_of(earlier_here as fn(u8) -> u8);
-        let (_first, mut first) = submitted_handle(earlier, true);
-        let (_second, _later) = submitted_handle(0, true);
-        assert!(poll_once(&mut first).is_pending());
-        assert!(!watch::table().knows(earlier), "another job came after it");
     }
 
     #[test]

@@ -17,10 +17,12 @@
 //! submitted would take the CPU its workers need, for an answer queued behind theirs; and
 //! on a busy pool a watch would hold the runtime's thread while other tasks could have
 //! submitted more (the pool's load, not the watch, then decides when answers come). Nor is
-//! one watched on a tokio runtime that has as many live tasks as worker threads, or more:
-//! a task that watches its jobs one after another would hold its thread, and the tasks
-//! queued behind it, for as long as the answers keep coming within a watch (a service's
-//! many requests would run one at a time per thread instead of interleaved).
+//! one watched unless the task runs alone on a tokio multi-thread runtime (at most one live
+//! task): a task that watches its jobs one after another would hold its thread, and the
+//! tasks queued behind it, for as long as the answers keep coming within a watch (a
+//! service's many requests would run one at a time per thread instead of interleaved); a
+//! current-thread runtime's one thread also runs its drivers and any `LocalSet`, whose
+//! tasks its count leaves out; and outside tokio nothing says what else waits.
 //!
 //! What a function's jobs did is kept per function, in a small table every thread shares,
 //! by trial: a function not seen yet is watched; a watch that sees the answer keeps the
@@ -28,8 +30,13 @@
 //! job back) skips the function's next [`FIRST_SKIP`] jobs, then twice as many after each
 //! miss in a row, up to [`MOST_SKIP`]. So a function whose jobs are long costs one watch
 //! per 1,024 of its jobs once six watches in a row have missed. The table is a hint: two
-//! functions that share a slot, or two threads writing one slot at once, cost at most a
+//! functions that share a slot skip together (so a long one cannot escape its skips by
+//! alternating with a short one), and two threads writing one slot at once cost at most a
 //! watch that was not needed or one not made.
+//!
+//! The thread-local mark holds the address of the job's completion cell, not the cell: a
+//! cell freed and its memory reused by another job may, rarely, make that job's first
+//! poll on this thread look like the marked one's, which costs at most one watch.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -61,13 +68,17 @@ struct Slot {
     next_skip: AtomicU32,
 }
 
-static TABLE: [Slot; SLOTS] = [const {
+/// A slot that holds no function.
+const fn unseen() -> Slot {
     Slot {
         key: AtomicUsize::new(0),
         skip: AtomicU32::new(0),
         next_skip: AtomicU32::new(FIRST_SKIP),
     }
-}; SLOTS];
+}
+
+#[cfg(not(test))]
+static TABLE: [Slot; SLOTS] = [const { unseen() }; SLOTS];
 
 thread_local! {
     /// The job this thread submitted last, if it went straight to a worker: the
@@ -83,6 +94,12 @@ const RECOUNT: u32 = 64;
 
 fn address<T>(cell: *const T) -> usize {
     cell.cast::<()>() as usize
+}
+
+/// This thread is submitting a job: no job it submitted before is to be watched, also when
+/// this one is refused or fails before it is queued.
+pub(crate) fn submitting() {
+    LATEST.with(|latest| latest.set((0, 0)));
 }
 
 /// This thread has just submitted the job whose completion cell is `cell`, which went
@@ -146,26 +163,40 @@ pub(crate) fn few_tasks_lately() -> bool {
 }
 
 /// Whether a watch on this thread would keep no other task from running: on a tokio
-/// runtime with fewer live tasks than worker threads (a task spawned beside the watching
-/// one finds a thread of its own), or outside tokio's runtimes, where nothing says.
+/// multi-thread runtime with at most one live task (the watching one, or one beside the
+/// `block_on` future that watches, which another worker thread runs). Not on a
+/// current-thread runtime, whose one thread also runs the I/O and timer drivers and any
+/// `LocalSet` (whose tasks the runtime's count leaves out), nor outside tokio, where
+/// nothing says how many tasks wait.
 fn few_tasks() -> bool {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            let metrics = runtime.metrics();
-            metrics.num_alive_tasks() < metrics.num_workers()
-        }
-        Err(_) => true,
-    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        && runtime.metrics().num_alive_tasks() <= 1
 }
 
-/// Which functions to watch: [`TABLE`] in the crate, a table of its own in a test.
+/// Which functions to watch: the process's table, or in a test a table of its own.
 pub(crate) struct Watch<'a> {
     slots: &'a [Slot; SLOTS],
 }
 
 /// The process's table.
+#[cfg(not(test))]
 pub(crate) fn table() -> Watch<'static> {
     Watch { slots: &TABLE }
+}
+
+/// In tests, a table per thread: tests run side by side, each on its thread, and one's
+/// functions must not take another's slots.
+#[cfg(test)]
+pub(crate) fn table() -> Watch<'static> {
+    thread_local! {
+        static MINE: &'static [Slot; SLOTS] = Box::leak(Box::new([const { unseen() }; SLOTS]));
+    }
+    Watch {
+        slots: MINE.with(|mine| *mine),
+    }
 }
 
 /// The key of function `f`, for the table: its address (never 0).
@@ -184,26 +215,41 @@ impl Watch<'_> {
     /// per handle: it counts the skipped ones.
     pub(crate) fn should_watch(&self, key: usize) -> bool {
         let slot = self.slot(key);
+        let left = slot.skip.load(Relaxed);
+        if left > 0 {
+            // Skipping, whichever function the slot is about: two functions that share
+            // it skip together, so a long one never escapes its skips by alternating with
+            // another.
+            slot.skip.store(left - 1, Relaxed);
+            return false;
+        }
         if slot.key.load(Relaxed) != key {
-            // Not seen (or its slot went to another function): try it.
+            // Not seen, or its slot held another function, which is not skipping: try it.
             slot.next_skip.store(FIRST_SKIP, Relaxed);
-            slot.skip.store(0, Relaxed);
             slot.key.store(key, Relaxed);
-            return true;
         }
-        match slot.skip.load(Relaxed) {
-            0 => true,
-            left => {
-                slot.skip.store(left - 1, Relaxed);
-                false
-            }
-        }
+        true
     }
 
     /// Whether the table holds `key`'s slot: a watch of it was asked about.
     #[cfg(test)]
     pub(crate) fn knows(&self, key: usize) -> bool {
         self.slot(key).key.load(Relaxed) == key
+    }
+
+    /// How many slots hold a function.
+    #[cfg(test)]
+    pub(crate) fn known(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.key.load(Relaxed) != 0)
+            .count()
+    }
+
+    /// How many asks `key`'s slot will still skip.
+    #[cfg(test)]
+    pub(crate) fn skips(&self, key: usize) -> u32 {
+        self.slot(key).skip.load(Relaxed)
     }
 
     /// What a watch of a job of `key` saw: the answer (`true`), or not within [`WATCH`].
@@ -223,117 +269,4 @@ impl Watch<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fresh() -> &'static [Slot; SLOTS] {
-        Box::leak(Box::new(
-            [const {
-                Slot {
-                    key: AtomicUsize::new(0),
-                    skip: AtomicU32::new(0),
-                    next_skip: AtomicU32::new(FIRST_SKIP),
-                }
-            }; SLOTS],
-        ))
-    }
-
-    /// How many of the next `n` handles of `key` would watch.
-    fn watches(watch: &Watch<'_>, key: usize, n: u32) -> u32 {
-        (0..n).filter(|_| watch.should_watch(key)).count() as u32
-    }
-
-    #[test]
-    fn only_the_job_a_thread_submitted_last_straight_to_a_worker_is_asked_about_and_once() {
-        let (a, b) = (Arc::new(1_u8), Arc::new(2_u8));
-        let at = |cell: &Arc<u8>| Arc::as_ptr(cell).cast::<()>();
-        let submit = |cell: &Arc<u8>, straight: bool, function: usize| {
-            submitted(cell, straight);
-            of_function(at(cell), function);
-        };
-        submit(&a, true, 7);
-        submit(&b, true, 8);
-        assert_eq!(first_poll(at(&a)), None, "b came after it");
-        submit(&a, true, 7);
-        assert_eq!(first_poll(at(&a)), Some(7));
-        assert_eq!(first_poll(at(&a)), None, "asked once");
-        submit(&a, false, 7);
-        assert_eq!(first_poll(at(&a)), None, "not straight to a worker");
-        submit(&a, true, 0);
-        assert_eq!(first_poll(at(&a)), None, "no function said");
-        submit(&a, true, 7);
-        forget(at(&a));
-        assert_eq!(first_poll(at(&a)), None, "forgotten");
-        submit(&b, true, 8);
-        let b_at = at(&b) as usize;
-        let elsewhere = std::thread::spawn(move || first_poll(b_at as *const ()));
-        assert_eq!(
-            elsewhere.join().unwrap(),
-            None,
-            "another thread submitted nothing"
-        );
-        assert_eq!(first_poll(at(&b)), Some(8));
-    }
-
-    #[test]
-    fn a_function_not_seen_is_watched_and_stays_watched_while_watches_see_answers() {
-        let watch = Watch { slots: fresh() };
-        for _ in 0..100 {
-            assert!(watch.should_watch(0x1000));
-            watch.watched(0x1000, true);
-        }
-    }
-
-    #[test]
-    fn a_miss_skips_then_skips_twice_as_many_after_each_miss_in_a_row() {
-        let watch = Watch { slots: fresh() };
-        let key = 0x2000;
-        assert!(watch.should_watch(key));
-        watch.watched(key, false);
-        assert_eq!(watches(&watch, key, FIRST_SKIP), 0, "skipped after a miss");
-        assert!(watch.should_watch(key), "tried again after the skip");
-        watch.watched(key, false);
-        assert_eq!(watches(&watch, key, 2 * FIRST_SKIP), 0, "twice as many");
-        assert!(watch.should_watch(key));
-        watch.watched(key, true);
-        assert!(
-            watch.should_watch(key),
-            "a watch that saw it ends the skips"
-        );
-        watch.watched(key, false);
-        assert_eq!(
-            watches(&watch, key, FIRST_SKIP),
-            0,
-            "back to the first skip"
-        );
-        assert!(watch.should_watch(key));
-    }
-
-    #[test]
-    fn skips_stop_growing_at_the_most() {
-        let watch = Watch { slots: fresh() };
-        let key = 0x3000;
-        for _ in 0..20 {
-            while !watch.should_watch(key) {}
-            watch.watched(key, false);
-        }
-        assert_eq!(watches(&watch, key, MOST_SKIP), 0);
-        assert!(watch.should_watch(key));
-    }
-
-    #[test]
-    fn functions_are_kept_apart_and_one_that_takes_a_slot_starts_afresh() {
-        let watch = Watch { slots: fresh() };
-        let (a, b) = (0x5000, 0x5010);
-        assert!(watch.should_watch(a));
-        watch.watched(a, false);
-        assert!(watch.should_watch(b), "another slot, not skipped");
-        assert!(!watch.should_watch(a), "a's skips go on");
-        // Same slot as a: it takes it over, and is tried.
-        let c = a + 16 * SLOTS;
-        assert!(watch.should_watch(c));
-        watch.watched(a, true); // about a, which lost its slot: ignored
-        watch.watched(c, false);
-        assert_eq!(watches(&watch, c, FIRST_SKIP), 0);
-    }
-}
+mod tests;

@@ -193,6 +193,7 @@ impl Core {
     /// The argument is encoded here, on the submitting thread, and what is left of it is
     /// dropped here too.
     pub(crate) fn execute(&self, mut job: ErasedJob) -> Result<ErasedHandle, ErasedJob> {
+        crate::handle::submitting();
         if let Some(error) = self.broken.get() {
             return Ok(ErasedHandle::failed(error.clone()));
         }

@@ -391,6 +391,7 @@ impl ThreadPoolExecutor {
         options: crate::options::JobOptions,
         reserved: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<ErasedHandle, (Body, crate::options::JobOptions, Refusal)> {
+        crate::handle::submitting();
         let queue = &self.inner.shared.queue;
         let slot = match queue.admission().admit(reserved) {
             Ok(slot) => slot,
