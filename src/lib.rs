@@ -99,7 +99,7 @@
 //! | what | sequential | threads | processes | command |
 //! |---|---|---|---|---|
 //! | one tiny job, round trip with `wait()` (W1) | | 2.9–4.3 µs | 16.9–17.8 µs (bare socket: 11.6–46.1 µs) | `cargo run --release --example thread_vs_process` |
-//! | the same, `.await`ed on a multi-thread tokio runtime | | 4.4–18.6 µs | 38.8–66.5 µs | same |
+//! | the same, `.await`ed on a multi-thread tokio runtime (four runs at b40920b, where the first poll watches a short job) | | 3.1–5.3 µs | 16.6–22.3 µs | same |
 //! | 100,000 tiny jobs (W2) | | 3.70–4.70 M jobs/s | 1.78–1.86 M jobs/s | same |
 //! | 1M items mapped, chunks of 1,000 (W3) | | 173–246 M items/s | 81–110 M items/s | same |
 //! | the same through [`Map::try_collect_vec`] | | 302–458 M items/s | 92–109 M items/s | same |
