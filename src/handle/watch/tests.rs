@@ -234,30 +234,17 @@ fn hold(k: usize) {
     }
 }
 
-// Functions that only these tests submit, so that each is unseen at first.
-fn thread_once(x: u64) -> u64 {
-    hold(0);
-    x + 1
+/// A job held at gate `K`: one function per gate, which only these tests submit, so
+/// that each is unseen at first.
+fn held<const K: usize>(x: u64) -> u64 {
+    hold(K);
+    x + 1 + K as u64
 }
-fn thread_try(x: u64) -> u64 {
-    hold(1);
-    x + 2
-}
-fn thread_when_ready(x: u64) -> u64 {
-    hold(2);
-    x + 3
-}
-fn thread_reserved(x: u64) -> u64 {
-    hold(3);
-    x + 4
-}
-fn thread_first(x: u64) -> u64 {
-    hold(4);
-    x + 6
-}
+
 fn thread_second(x: u64) -> u64 {
     x + 7
 }
+
 fn process_once(x: u64) -> u64 {
     x + 5
 }
@@ -289,15 +276,15 @@ async fn watched<R: 'static>(handle: JobHandle<R>, k: usize) -> (Result<R, JobEr
 fn each_way_of_submitting_to_a_thread_pool_with_room_is_watched() {
     let pool = ThreadPoolExecutor::new(1).expect("a pool");
     multi_thread().block_on(async {
-        let once = watched(pool.submit(thread_once, 1), 0).await;
+        let once = watched(pool.submit(held::<0>, 1), 0).await;
         assert_eq!(once, (Ok(2), true), "submit");
-        let tried = pool.try_submit(thread_try, 1).expect("room");
+        let tried = pool.try_submit(held::<1>, 1).expect("room");
         assert_eq!(watched(tried, 1).await, (Ok(3), true), "try_submit");
-        let ready = pool.submit_when_ready(thread_when_ready, 1).await;
+        let ready = pool.submit_when_ready(held::<2>, 1).await;
         let ready = watched(ready.expect("room"), 2).await;
         assert_eq!(ready, (Ok(4), true), "submit_when_ready");
         let permit = pool.reserve().await.expect("room");
-        let reserved = watched(permit.submit(thread_reserved, 1), 3).await;
+        let reserved = watched(permit.submit(held::<3>, 1), 3).await;
         assert_eq!(reserved, (Ok(5), true), "Permit::submit");
     });
 }
@@ -306,7 +293,7 @@ fn each_way_of_submitting_to_a_thread_pool_with_room_is_watched() {
 fn a_job_submitted_before_another_is_not_watched_on_a_thread_pool() {
     let pool = ThreadPoolExecutor::new(1).expect("a pool");
     multi_thread().block_on(async {
-        let first = pool.submit(thread_first, 1); // straight to the idle worker, held there
+        let first = pool.submit(held::<4>, 1); // straight to the idle worker, held there
         assert_ne!(
             marked_function(),
             0,
@@ -321,32 +308,44 @@ fn a_job_submitted_before_another_is_not_watched_on_a_thread_pool() {
         );
         assert_eq!(table().known(), 0, "the first poll asked about a watch");
         GATES[4].store(true, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(first.await, Ok(7));
+        assert_eq!(first.await, Ok(6));
         assert_eq!(second.await, Ok(8));
     });
 }
 
 #[test]
 fn a_job_submitted_to_a_process_pool_with_an_idle_worker_is_watched() {
-    let pool = ProcessPoolExecutor::builder()
-        .max_workers(1)
-        .build()
-        .expect("a pool");
-    multi_thread().block_on(async {
-        // The worker is idle once the pool has seen its answer, which may be just after
-        // the caller has (and the first job finds it starting): a few tries.
-        for x in 0..50 {
-            let handle = pool.submit(process_once, x);
-            let function = marked_function();
-            // Done before its first poll (the thread was held up): no watch to ask about.
-            let asks = function != 0 && !handle.is_finished();
-            assert_eq!(handle.await, Ok(x + 5));
-            if asks {
-                assert!(table().knows(function), "straight to a worker, not watched");
-                return;
+    // The worker is idle once the pool has seen its answer, which may be just after the
+    // caller has (and the first job finds it starting): a few tries on a pool. Seen in
+    // about one run in ten of these tests side by side: a fresh pool whose worker never
+    // counted as idle for all 50 tries (its line held one entry after every answer); the
+    // next pool is tried then, and the count of such pools goes in the failure message.
+    let mut never_idle = 0;
+    for _ in 0..3 {
+        let pool = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .build()
+            .expect("a pool");
+        let watched = multi_thread().block_on(async {
+            for x in 0..50 {
+                let handle = pool.submit(process_once, x);
+                let function = marked_function();
+                // Done before its first poll (the thread was held up): no watch to ask
+                // about.
+                let asks = function != 0 && !handle.is_finished();
+                assert_eq!(handle.await, Ok(x + 5));
+                if asks {
+                    assert!(table().knows(function), "straight to a worker, not watched");
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            false
+        });
+        if watched {
+            return;
         }
-        panic!("no job of 50 went straight to the idle worker");
-    });
+        never_idle += 1;
+    }
+    panic!("in {never_idle} pools, no job of 50 went straight to the idle worker");
 }
