@@ -230,9 +230,12 @@ impl Core {
             submitted: std::time::Instant::now(),
             kept,
         };
+        // Looked at before the push: after it, the worker may already have taken the job
+        // and be busy with it (it did, every time, for some pools in the tests).
+        let idle = self.has_idle_worker();
         match self.queue.push_admitted(queued, slot) {
             Ok(alone) => {
-                let straight = alone && self.has_idle_worker();
+                let straight = alone && idle;
                 crate::handle::submitted(&state, straight);
                 Ok(ErasedHandle::new(state))
             }

@@ -315,37 +315,25 @@ fn a_job_submitted_before_another_is_not_watched_on_a_thread_pool() {
 
 #[test]
 fn a_job_submitted_to_a_process_pool_with_an_idle_worker_is_watched() {
-    // The worker is idle once the pool has seen its answer, which may be just after the
-    // caller has (and the first job finds it starting): a few tries on a pool. Seen in
-    // about one run in ten of these tests side by side: a fresh pool whose worker never
-    // counted as idle for all 50 tries (its line held one entry after every answer); the
-    // next pool is tried then, and the count of such pools goes in the failure message.
-    let mut never_idle = 0;
-    for _ in 0..3 {
-        let pool = ProcessPoolExecutor::builder()
-            .max_workers(1)
-            .build()
-            .expect("a pool");
-        let watched = multi_thread().block_on(async {
-            for x in 0..50 {
-                let handle = pool.submit(process_once, x);
-                let function = marked_function();
-                // Done before its first poll (the thread was held up): no watch to ask
-                // about.
-                let asks = function != 0 && !handle.is_finished();
-                assert_eq!(handle.await, Ok(x + 5));
-                if asks {
-                    assert!(table().knows(function), "straight to a worker, not watched");
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .build()
+        .expect("a pool");
+    multi_thread().block_on(async {
+        // The worker is idle once the pool has seen its answer, which may be just after
+        // the caller has (and the first job finds it starting): a few tries.
+        for x in 0..50 {
+            let handle = pool.submit(process_once, x);
+            let function = marked_function();
+            // Done before its first poll (the thread was held up): no watch to ask about.
+            let asks = function != 0 && !handle.is_finished();
+            assert_eq!(handle.await, Ok(x + 5));
+            if asks {
+                assert!(table().knows(function), "straight to a worker, not watched");
+                return;
             }
-            false
-        });
-        if watched {
-            return;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        never_idle += 1;
-    }
-    panic!("in {never_idle} pools, no job of 50 went straight to the idle worker");
+        panic!("no job of 50 went straight to the idle worker");
+    });
 }
