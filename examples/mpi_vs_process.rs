@@ -1,7 +1,9 @@
 //! The MPI pool against the local process pool, side by side in one run, on the reference
 //! workloads W1–W4 and W6 of `shared/bench/WORKLOADS.md` (feature `mpi`), with the floor
 //! (a bare MPI ping-pong and 64 MiB echo between two ranks, through the `mpi` crate) and
-//! `mpi4py.futures` when it is installed (`pip install mpi4py`).
+//! `mpi4py.futures` when it is installed (`pip install mpi4py`). A sixth row runs W1 with
+//! a job of 5 ms and reports the time beyond the job: what a pool adds to a job long
+//! enough that the MPI threads stop polling hot and nap while it runs.
 //!
 //! ```text
 //! cargo build --release --features mpi --example mpi_vs_process
@@ -21,7 +23,9 @@
 mod support;
 
 use procpool::{Executor, ExecutorExt, MpiPoolExecutor, ProcessPoolExecutor};
-use procpool_bench_support::workloads::{count_sequentially, double, echo, ident, ranges};
+use procpool_bench_support::workloads::{
+    busy_for, count_sequentially, double, echo, ident, ranges,
+};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
@@ -31,6 +35,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// What the program does when `mpirun` starts it.
 const MODE: &str = "MPI_VS_PROCESS_MODE";
 const W1_N: usize = 2000;
+/// W1 with a job of this long, as many times: what the pool adds to a job that keeps the
+/// MPI threads waiting past their hot polling, into their naps.
+const W1_LONG_US: u64 = 5000;
+const W1_LONG_N: usize = 100;
 const W2_N: u64 = 100_000;
 const W2_SUM: u64 = 9_999_900_000;
 const W3_N: u64 = 1_000_000;
@@ -145,6 +153,7 @@ fn driver() -> Result<()> {
     );
     for (workload, name) in [
         ("W1", "W1 round trip, median us"),
+        ("W1long", "W1, 5 ms job: us beyond the job"),
         ("W2", "W2 submit throughput, jobs/s"),
         ("W3", "W3 map (chunk 1000), items/s"),
         ("W4", "W4 primes speedup (2 workers)"),
@@ -244,6 +253,15 @@ fn pools() -> Result<()> {
             ensure(got == i, || format!("W1 {name}: wrong echo"))?;
         }
         println!("figure W1 {name} {:.2}", median(&mut times));
+        let mut beyond = Vec::new();
+        for i in 0..(10 + W1_LONG_N) {
+            let start = Instant::now();
+            pool.submit(busy_for, W1_LONG_US).wait()?;
+            if i >= 10 {
+                beyond.push(start.elapsed().as_secs_f64() * 1e6 - W1_LONG_US as f64);
+            }
+        }
+        println!("figure W1long {name} {:.2}", median(&mut beyond));
     }
     runtime.block_on(async {
         for (name, pool) in executors {

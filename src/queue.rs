@@ -95,7 +95,7 @@ impl<T: Queued> JobQueue<T> {
         }
         let alone = inner.items.is_empty();
         inner.items.push_back(item);
-        self.wake(inner, false);
+        self.wake(inner, false, alone);
         Ok(alone)
     }
 
@@ -112,7 +112,18 @@ impl<T: Queued> JobQueue<T> {
 
     /// Releases the lock after jobs were added, waking one popper of each kind (every
     /// blocked thread with `all`, when several jobs came at once).
-    fn wake(&self, inner: MutexGuard<'_, Inner<T>>, all: bool) {
+    ///
+    /// Of the async poppers, the one that began waiting last if the job is the only one
+    /// queued (`alone`): a supervisor task waits afresh after each answer, so that is the
+    /// worker that answered last, whose threads (and, on an MPI pool, whose node agent's
+    /// MPI thread) are still awake, while the others sleep on. Waking the one that had
+    /// waited longest sent a caller's one-at-a-time jobs to the workers in turn; on an MPI
+    /// pool every agent then napped between two polls, as a long idle time has it do, and
+    /// a job of 1–5 ms came back 0.8–2.2 ms late (see the CHANGELOG). Behind other jobs,
+    /// the one that has waited longest, as before: a busy worker with room for more waits
+    /// too, and is often the one that waited last, so waking the last there could pile
+    /// jobs up behind a running one while an idle worker slept.
+    fn wake(&self, inner: MutexGuard<'_, Inner<T>>, all: bool, alone: bool) {
         let sleepers = inner.sleepers;
         drop(inner);
         if sleepers > 0 {
@@ -123,7 +134,11 @@ impl<T: Queued> JobQueue<T> {
             }
         }
         if self.notify.0.used.load(Ordering::Relaxed) {
-            self.notify.0.notify.notify_one();
+            if alone {
+                self.notify.0.notify.notify_last();
+            } else {
+                self.notify.0.notify.notify_one();
+            }
         }
     }
 
@@ -145,7 +160,7 @@ impl<T: Queued> JobQueue<T> {
         for job in jobs.into_iter().rev() {
             inner.items.push_front(job);
         }
-        self.wake(inner, true);
+        self.wake(inner, true, false);
     }
 
     /// Takes the oldest job if there is one, without waiting.
@@ -375,19 +390,63 @@ mod tests {
         popper.join().unwrap();
     }
 
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl futures::task::ArcWake for Flag {
+        fn wake_by_ref(flag: &Arc<Flag>) {
+            flag.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn new() -> Arc<Flag> {
+            Arc::new(Flag(AtomicBool::new(false)))
+        }
+
+        fn woken(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_job_alone_wakes_the_async_popper_that_waited_last_and_one_behind_it_the_first() {
+        // Three supervisors waiting, as after three answers in turn: a job that finds the
+        // queue empty goes to the one that answered last, and the others sleep on; one
+        // that finds a job queued (the woken one has not taken it yet) wakes the one that
+        // has waited longest.
+        let queue = JobQueue::new();
+        let flags = [Flag::new(), Flag::new(), Flag::new()];
+        let wakers: Vec<_> = flags
+            .iter()
+            .map(|f| futures::task::waker(f.clone()))
+            .collect();
+        let mut pops: Vec<_> = (0..3).map(|_| Box::pin(queue.pop())).collect();
+        for (pop, waker) in pops.iter_mut().zip(&wakers) {
+            let mut cx = std::task::Context::from_waker(waker);
+            assert!(pop.as_mut().poll(&mut cx).is_pending());
+        }
+        let woken = || flags.iter().map(|f| f.woken()).collect::<Vec<bool>>();
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(woken(), [false, false, true], "woken by the job alone");
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(false));
+        assert_eq!(woken(), [true, false, true], "woken by the job behind it");
+        for i in [2, 0] {
+            let mut cx = std::task::Context::from_waker(&wakers[i]);
+            assert!(matches!(
+                pops[i].as_mut().poll(&mut cx),
+                std::task::Poll::Ready(Some(_))
+            ));
+        }
+    }
+
     #[test]
     fn a_pending_async_pop_is_woken_by_the_next_push() {
         // Polled by hand: the pop has registered and found nothing before the push, the
         // case where a push that skipped the notification would leave it asleep.
-        struct Flag(std::sync::atomic::AtomicBool);
-        impl futures::task::ArcWake for Flag {
-            fn wake_by_ref(flag: &Arc<Flag>) {
-                flag.0.store(true, Ordering::SeqCst);
-            }
-        }
         let queue = JobQueue::new();
         assert!(queue.push(Item(JobState::new())).is_ok(), "before any pop");
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let flag = Flag::new();
         let waker = futures::task::waker(flag.clone());
         let mut cx = std::task::Context::from_waker(&waker);
         let mut pop = Box::pin(queue.pop());
@@ -398,10 +457,7 @@ mod tests {
         let mut pop = Box::pin(queue.pop());
         assert!(pop.as_mut().poll(&mut cx).is_pending());
         assert!(queue.push(Item(JobState::new())).is_ok());
-        assert!(
-            flag.0.load(Ordering::SeqCst),
-            "the push did not wake the pop"
-        );
+        assert!(flag.woken(), "the push did not wake the pop");
         assert!(matches!(
             pop.as_mut().poll(&mut cx),
             std::task::Poll::Ready(Some(_))

@@ -106,6 +106,25 @@ pub(crate) fn prefetch<T>(address: *const T) {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn prefetch<T>(_: *const T) {}
 
+/// Asks the kernel to end the timed sleeps of the calling thread when they are due, rather
+/// than up to 50 µs later (the default timer slack, which lets it batch wake-ups). For a
+/// thread whose short naps decide a latency (the MPI thread's): on this project's VMs a
+/// 2 µs sleep took 74–78 µs with the default slack and 20 µs with this. Best effort: an
+/// error changes nothing.
+#[cfg(all(feature = "mpi", target_os = "linux"))]
+#[allow(unsafe_code)]
+pub(crate) fn precise_timers() {
+    // SAFETY: `prctl(PR_SET_TIMERSLACK, n)` takes an integer argument, touches no memory
+    // of this process, and changes only how late this thread's timers may fire.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Elsewhere timers keep the system's slack.
+#[cfg(all(feature = "mpi", not(target_os = "linux")))]
+pub(crate) fn precise_timers() {}
+
 /// Sends SIGKILL to process group `group`: a worker (its leader, started in a group of its
 /// own) and the processes its jobs started that stayed in it.
 ///
@@ -522,6 +541,30 @@ impl Drop for SharedWord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's timer slack, in nanoseconds.
+    #[cfg(all(feature = "mpi", target_os = "linux"))]
+    #[allow(unsafe_code)]
+    fn timer_slack() -> i32 {
+        // SAFETY: `prctl(PR_GET_TIMERSLACK)` takes no pointer and touches no memory of this
+        // process; it returns the slack.
+        unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }
+    }
+
+    #[cfg(all(feature = "mpi", target_os = "linux"))]
+    #[test]
+    fn precise_timers_leave_the_calling_thread_a_slack_of_a_nanosecond_and_no_other() {
+        let (before, after) = std::thread::spawn(|| {
+            let before = timer_slack();
+            precise_timers();
+            (before, timer_slack())
+        })
+        .join()
+        .expect("the thread");
+        assert!(before > 1, "the default slack is {before} ns");
+        assert_eq!(after, 1);
+        assert_eq!(timer_slack(), before, "another thread's slack changed");
+    }
 
     #[test]
     fn a_shared_word_is_one_word_in_both_mappings() {

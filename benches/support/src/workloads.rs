@@ -6,6 +6,17 @@ pub fn ident(x: u64) -> u64 {
     x
 }
 
+/// W1 with a longer job: works (spins on the clock) for `micros` microseconds, and says
+/// how many times it read the clock.
+pub fn busy_for(micros: u64) -> u64 {
+    let end = std::time::Instant::now() + std::time::Duration::from_micros(micros);
+    let mut reads = 0;
+    while std::time::Instant::now() < end {
+        reads += 1;
+    }
+    reads
+}
+
 /// W2, W3: `x -> x * 2`.
 pub fn double(x: u64) -> u64 {
     x * 2
