@@ -6,7 +6,7 @@ use crate::admission::{Admission, Slot};
 use crate::error::JobError;
 use crate::handle::JobState;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A queued job: anything that carries the completion cell it must end through.
@@ -32,15 +32,64 @@ pub(crate) struct JobQueue<T> {
     admission: Admission,
 }
 
-/// The wake-up of async poppers (the process pool's supervisor), and whether there has
+/// The wake-ups of async poppers (the process pool's supervisors), and whether there has
 /// ever been one: a thread pool's workers pop blocking, and its submitter then does not
 /// pay for a notification nobody awaits.
+///
+/// Poppers whose worker has nothing to do wait on `idle`, those with room for one more
+/// job behind a running one on `busy`, and a push wakes an idle one if one waits. A job
+/// that finds the queue empty wakes the idle popper that began waiting last: a
+/// supervisor waits afresh after each answer, so that is the worker that answered last,
+/// whose threads (and, on an MPI pool, whose node agent's MPI thread) are still awake,
+/// while the others sleep on. Waking the one that had waited longest sent a caller's
+/// one-at-a-time jobs to the workers in turn; on an MPI pool every agent then napped
+/// between two polls, as a long idle time has it do, and a job of 1–5 ms came back
+/// 0.8–2.2 ms late (see the CHANGELOG). A job behind others wakes the idle popper that
+/// has waited longest. With one list for both kinds, a worker that had just taken a job
+/// and had room for the next was the popper that began waiting last, and a job submitted
+/// while another worker was idle waited behind the running one.
 struct Notifier {
-    notify: tokio::sync::Notify,
+    idle: tokio::sync::Notify,
+    busy: tokio::sync::Notify,
+    /// Poppers between their count and their return on `idle`. A push that finds a job
+    /// there takes the lock after it (the `pop` counts before it looks), so when the
+    /// count is read as 0 any idle popper still to come finds the job itself.
+    idle_waiting: AtomicUsize,
     /// Set by the first `pop` before it takes the lock. A push that takes the lock after
     /// that `pop` looked finds it set (the lock orders the two); one that took it before
     /// left a job the `pop` finds.
     used: AtomicBool,
+}
+
+/// An idle popper's place in [`Notifier::idle_waiting`], given back when its `pop`
+/// returns or is dropped.
+struct IdleWaiting<'a>(&'a AtomicUsize);
+
+impl<'a> IdleWaiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> IdleWaiting<'a> {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        IdleWaiting(waiting)
+    }
+}
+
+impl Drop for IdleWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Notifier {
+    /// Wakes one popper for a new job: an idle one if one waits (the one that waited last
+    /// if the job is `alone`), else one with room behind a running job.
+    fn wake_one(&self, alone: bool) {
+        if self.idle_waiting.load(Ordering::Relaxed) == 0 {
+            self.busy.notify_one();
+        } else if alone {
+            self.idle.notify_last();
+        } else {
+            self.idle.notify_one();
+        }
+    }
 }
 
 struct Inner<T> {
@@ -71,7 +120,9 @@ impl<T: Queued> JobQueue<T> {
             })),
             available: Condvar::new(),
             notify: Padded(Notifier {
-                notify: tokio::sync::Notify::new(),
+                idle: tokio::sync::Notify::new(),
+                busy: tokio::sync::Notify::new(),
+                idle_waiting: AtomicUsize::new(0),
                 used: AtomicBool::new(false),
             }),
         }
@@ -111,18 +162,8 @@ impl<T: Queued> JobQueue<T> {
     }
 
     /// Releases the lock after jobs were added, waking one popper of each kind (every
-    /// blocked thread with `all`, when several jobs came at once).
-    ///
-    /// Of the async poppers, the one that began waiting last if the job is the only one
-    /// queued (`alone`): a supervisor task waits afresh after each answer, so that is the
-    /// worker that answered last, whose threads (and, on an MPI pool, whose node agent's
-    /// MPI thread) are still awake, while the others sleep on. Waking the one that had
-    /// waited longest sent a caller's one-at-a-time jobs to the workers in turn; on an MPI
-    /// pool every agent then napped between two polls, as a long idle time has it do, and
-    /// a job of 1–5 ms came back 0.8–2.2 ms late (see the CHANGELOG). Behind other jobs,
-    /// the one that has waited longest, as before: a busy worker with room for more waits
-    /// too, and is often the one that waited last, so waking the last there could pile
-    /// jobs up behind a running one while an idle worker slept.
+    /// blocked thread with `all`, when several jobs came at once). Of the async poppers,
+    /// as [`Notifier`] says, with `alone` when the job found the queue empty.
     fn wake(&self, inner: MutexGuard<'_, Inner<T>>, all: bool, alone: bool) {
         let sleepers = inner.sleepers;
         drop(inner);
@@ -134,11 +175,7 @@ impl<T: Queued> JobQueue<T> {
             }
         }
         if self.notify.0.used.load(Ordering::Relaxed) {
-            if alone {
-                self.notify.0.notify.notify_last();
-            } else {
-                self.notify.0.notify.notify_one();
-            }
+            self.notify.0.wake_one(alone);
         }
     }
 
@@ -203,13 +240,18 @@ impl<T: Queued> JobQueue<T> {
     }
 
     /// Takes the oldest job, waiting while the queue is empty and open. `None` once it is
-    /// closed and empty.
-    pub(crate) async fn pop(&self) -> Option<T> {
+    /// closed and empty. `idle`: the popper's worker has nothing to do (else it has room
+    /// for one more job behind a running one); a push wakes an idle popper first.
+    pub(crate) async fn pop(&self, idle: bool) -> Option<T> {
+        let notifier = &self.notify.0;
+        if !notifier.used.load(Ordering::Relaxed) {
+            notifier.used.store(true, Ordering::Relaxed);
+        }
+        // Counted before the first look (see `Notifier::idle_waiting`).
+        let _waiting = idle.then(|| IdleWaiting::count(&notifier.idle_waiting));
+        let notify = if idle { &notifier.idle } else { &notifier.busy };
         loop {
-            if !self.notify.0.used.load(Ordering::Relaxed) {
-                self.notify.0.used.store(true, Ordering::Relaxed);
-            }
-            let notified = self.notify.0.notify.notified();
+            let notified = notify.notified();
             futures::pin_mut!(notified);
             // Register before looking, so a push or close between the look and the await
             // still wakes us.
@@ -219,7 +261,7 @@ impl<T: Queued> JobQueue<T> {
                 if let Some(item) = inner.items.pop_front() {
                     if !inner.items.is_empty() {
                         // More work: pass the wake-up on to another waiting worker.
-                        self.notify.0.notify.notify_one();
+                        notifier.wake_one(false);
                     }
                     return Some(item);
                 }
@@ -247,7 +289,8 @@ impl<T: Queued> JobQueue<T> {
             }
         };
         self.available.notify_all();
-        self.notify.0.notify.notify_waiters();
+        self.notify.0.idle.notify_waiters();
+        self.notify.0.busy.notify_waiters();
         if let Some(error) = fail_with {
             for item in drained {
                 item.state().abandon(error.clone());
@@ -332,7 +375,7 @@ mod tests {
         assert!(queue.push(Item(JobState::new())).is_ok());
         queue.close(None);
         assert!(queue.pop_blocking().is_some());
-        assert!(futures::executor::block_on(queue.pop()).is_none());
+        assert!(futures::executor::block_on(queue.pop(true)).is_none());
     }
 
     #[test]
@@ -378,7 +421,7 @@ mod tests {
         let popper = {
             let queue = queue.clone();
             std::thread::spawn(move || {
-                let popped = futures::executor::block_on(queue.pop()).is_some();
+                let popped = futures::executor::block_on(queue.pop(true)).is_some();
                 tx.send(popped).unwrap();
             })
         };
@@ -409,35 +452,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_job_alone_wakes_the_async_popper_that_waited_last_and_one_behind_it_the_first() {
-        // Three supervisors waiting, as after three answers in turn: a job that finds the
-        // queue empty goes to the one that answered last, and the others sleep on; one
-        // that finds a job queued (the woken one has not taken it yet) wakes the one that
-        // has waited longest.
-        let queue = JobQueue::new();
-        let flags = [Flag::new(), Flag::new(), Flag::new()];
-        let wakers: Vec<_> = flags
-            .iter()
-            .map(|f| futures::task::waker(f.clone()))
-            .collect();
-        let mut pops: Vec<_> = (0..3).map(|_| Box::pin(queue.pop())).collect();
-        for (pop, waker) in pops.iter_mut().zip(&wakers) {
-            let mut cx = std::task::Context::from_waker(waker);
+    /// Pops polled by hand until they wait, one per `idle` flag, in that order; with the
+    /// flags that say which were woken.
+    #[allow(clippy::type_complexity)]
+    fn waiting_pops<'q>(
+        queue: &'q JobQueue<Item>,
+        idle: &[bool],
+    ) -> (
+        Vec<std::pin::Pin<Box<impl Future<Output = Option<Item>> + 'q>>>,
+        Vec<Arc<Flag>>,
+    ) {
+        let flags: Vec<_> = idle.iter().map(|_| Flag::new()).collect();
+        let mut pops: Vec<_> = idle.iter().map(|&idle| Box::pin(queue.pop(idle))).collect();
+        for (pop, flag) in pops.iter_mut().zip(&flags) {
+            let waker = futures::task::waker(flag.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
             assert!(pop.as_mut().poll(&mut cx).is_pending());
         }
-        let woken = || flags.iter().map(|f| f.woken()).collect::<Vec<bool>>();
+        (pops, flags)
+    }
+
+    fn woken(flags: &[Arc<Flag>]) -> Vec<bool> {
+        flags.iter().map(|f| f.woken()).collect()
+    }
+
+    fn takes_a_job(pop: &mut std::pin::Pin<Box<impl Future<Output = Option<Item>>>>) -> bool {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        matches!(pop.as_mut().poll(&mut cx), std::task::Poll::Ready(Some(_)))
+    }
+
+    #[test]
+    fn a_job_alone_wakes_the_idle_popper_that_waited_last_and_one_behind_it_the_first() {
+        // Three idle supervisors waiting, as after three answers in turn: a job that finds
+        // the queue empty goes to the one that answered last, and the others sleep on;
+        // one that finds a job queued (the woken one has not taken it yet) wakes the one
+        // that has waited longest.
+        let queue = JobQueue::new();
+        let (mut pops, flags) = waiting_pops(&queue, &[true, true, true]);
         assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
-        assert_eq!(woken(), [false, false, true], "woken by the job alone");
+        assert_eq!(
+            woken(&flags),
+            [false, false, true],
+            "woken by the job alone"
+        );
         assert_eq!(queue.push(Item(JobState::new())).ok(), Some(false));
-        assert_eq!(woken(), [true, false, true], "woken by the job behind it");
-        for i in [2, 0] {
-            let mut cx = std::task::Context::from_waker(&wakers[i]);
-            assert!(matches!(
-                pops[i].as_mut().poll(&mut cx),
-                std::task::Poll::Ready(Some(_))
-            ));
-        }
+        assert_eq!(
+            woken(&flags),
+            [true, false, true],
+            "woken by the job behind it"
+        );
+        assert!(takes_a_job(&mut pops[2]) && takes_a_job(&mut pops[0]));
+    }
+
+    #[test]
+    fn a_job_wakes_an_idle_popper_before_one_with_a_job_running() {
+        // The worker that just took a job and has room behind it waits last: the next
+        // job still goes to the idle one, and to the busy one only when none is idle.
+        let queue = JobQueue::new();
+        let (mut pops, flags) = waiting_pops(&queue, &[true, false]);
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(woken(&flags), [true, false]);
+        assert!(takes_a_job(&mut pops[0]));
+        drop(pops.remove(0)); // the idle worker is busy now, and not waiting
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(woken(&flags), [true, true], "no idle popper: the busy one");
+        assert!(takes_a_job(&mut pops[0]));
+    }
+
+    #[test]
+    fn a_dropped_idle_pop_is_no_longer_counted_as_waiting() {
+        let queue = JobQueue::new();
+        let (pops, _) = waiting_pops(&queue, &[true, true]);
+        assert_eq!(queue.notify.0.idle_waiting.load(Ordering::Relaxed), 2);
+        drop(pops);
+        assert_eq!(queue.notify.0.idle_waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -449,12 +538,12 @@ mod tests {
         let flag = Flag::new();
         let waker = futures::task::waker(flag.clone());
         let mut cx = std::task::Context::from_waker(&waker);
-        let mut pop = Box::pin(queue.pop());
+        let mut pop = Box::pin(queue.pop(true));
         assert!(
             pop.as_mut().poll(&mut cx).is_ready(),
             "the job pushed first"
         );
-        let mut pop = Box::pin(queue.pop());
+        let mut pop = Box::pin(queue.pop(true));
         assert!(pop.as_mut().poll(&mut cx).is_pending());
         assert!(queue.push(Item(JobState::new())).is_ok());
         assert!(flag.woken(), "the push did not wake the pop");

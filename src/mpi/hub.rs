@@ -13,10 +13,10 @@
 //! 250 µs, which poll up to four times as often: within the noise of three runs each. The
 //! thread's timer slack is 1 ns, so that a nap ends when due rather than up to 50 µs later
 //! ([`crate::sys::precise_timers`]), and a poll probes until two probes in a row find
-//! nothing ([`drain`] says why). A queued send wakes a napping hub at once. A send is immediate (`MPI_Isend`), and the
-//! hub goes on receiving until it completes, so that two ranks sending each other large
-//! messages at the same time cannot deadlock. A message is received into a buffer of its
-//! exact size (`MPI_Improbe`, `MPI_Mrecv`).
+//! nothing ([`drain`] says why). A queued send wakes a napping hub at once. A send is
+//! immediate (`MPI_Isend`), and the hub goes on receiving until it completes, so that two
+//! ranks sending each other large messages at the same time cannot deadlock. A message
+//! is received into a buffer of its exact size (`MPI_Improbe`, `MPI_Mrecv`).
 //!
 //! A large payload may also arrive in pieces, each a message of its own with the tag of
 //! the stream it belongs to ([`piece_tag`]): once the router has said that a payload of
@@ -257,14 +257,15 @@ impl Hub {
         let thread = std::thread::Builder::new()
             .name("procpool-mpi".into())
             .spawn(move || {
-                // Its naps end when due, not up to 50 µs later (see `serve`).
-                crate::sys::precise_timers();
                 // MPI is called from this thread only.
                 let Some((universe, _)) = ::mpi::initialize_with_threading(::mpi::Threading::Funneled)
                 else {
                     let _ = started_tx.send(Err(()));
                     return;
                 };
+                // Its naps end when due, not up to 50 µs later (see the module's docs);
+                // after MPI's start, so that the threads MPI starts keep the default.
+                crate::sys::precise_timers();
                 let world = universe.world();
                 let _ = started_tx.send(Ok((world.rank(), world.size())));
                 let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -293,6 +293,8 @@ impl<B: Backend> Serving<'_, B> {
                 None => std::future::pending().await,
             }
         };
+        // Nothing to do: a new job is for this worker before one with a job running.
+        let idle = self.line.is_empty();
         let running = self.line.running();
         let stop = async {
             match &running {
@@ -338,7 +340,7 @@ impl<B: Backend> Serving<'_, B> {
             () = give_back => Event::GiveBack,
             () = prefetch => Event::Prefetch,
             (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
-            job = self.core.queue.pop(), if room > 0 => Event::Job(job),
+            job = self.core.queue.pop(idle), if room > 0 => Event::Job(job),
         }
     }
 
