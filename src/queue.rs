@@ -37,20 +37,16 @@ pub(crate) struct JobQueue<T> {
 /// pay for a notification nobody awaits.
 ///
 /// Poppers whose worker has nothing to do wait on `idle`, those with room for one more
-/// job behind a running one on `busy`, and a push wakes an idle one if one waits. A job
-/// that finds the queue empty wakes the idle popper that began waiting last: a
-/// supervisor waits afresh after each answer, so that is the worker that answered last,
-/// whose threads (and, on an MPI pool, whose node agent's MPI thread) are still awake,
-/// while the others sleep on. Waking the one that had waited longest sent a caller's
-/// one-at-a-time jobs to the workers in turn; on an MPI pool every agent then napped
-/// between two polls, as a long idle time has it do, and a job of 1–5 ms came back
-/// 0.8–2.2 ms late (see the CHANGELOG). A job behind others wakes the idle popper that
-/// has waited longest. With one list for both kinds, a worker that had just taken a job
-/// and had room for the next was the popper that began waiting last, and a job submitted
-/// while another worker was idle waited behind the running one.
+/// job behind a running one on `busy`, and a push wakes an idle one if one waits (of
+/// which, [`JobQueue::wake_idle_last`] says). Only when none is idle does it wake one with
+/// room behind a running job: with one list for both kinds, a worker that had just taken
+/// a job and had room for the next was often the popper that began waiting last, and a
+/// job submitted while another worker was idle waited behind the running one.
 struct Notifier {
     idle: tokio::sync::Notify,
     busy: tokio::sync::Notify,
+    /// A job that finds the queue empty wakes the idle popper that began waiting last.
+    idle_last: AtomicBool,
     /// Poppers between their count and their return on `idle`. A push that finds a job
     /// there takes the lock after it (the `pop` counts before it looks), so when the
     /// count is read as 0 any idle popper still to come finds the job itself.
@@ -80,11 +76,12 @@ impl Drop for IdleWaiting<'_> {
 
 impl Notifier {
     /// Wakes one popper for a new job: an idle one if one waits (the one that waited last
-    /// if the job is `alone`), else one with room behind a running job.
+    /// if the job is `alone` and the queue says so), else one with room behind a running
+    /// job.
     fn wake_one(&self, alone: bool) {
         if self.idle_waiting.load(Ordering::Relaxed) == 0 {
             self.busy.notify_one();
-        } else if alone {
+        } else if alone && self.idle_last.load(Ordering::Relaxed) {
             self.idle.notify_last();
         } else {
             self.idle.notify_one();
@@ -122,10 +119,26 @@ impl<T: Queued> JobQueue<T> {
             notify: Padded(Notifier {
                 idle: tokio::sync::Notify::new(),
                 busy: tokio::sync::Notify::new(),
+                idle_last: AtomicBool::new(false),
                 idle_waiting: AtomicUsize::new(0),
                 used: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// With `last`, a job that finds the queue empty wakes the idle async popper that began
+    /// waiting last, else the one that has waited longest (as a job behind others always
+    /// does).
+    ///
+    /// A supervisor waits afresh after each answer, so the one that waited last is the
+    /// worker that answered last, whose threads (and, on an MPI pool, whose node agent's
+    /// MPI thread) are still awake, while the others sleep on. Waking the one that had
+    /// waited longest sent a caller's one-at-a-time jobs to the workers in turn; on an MPI
+    /// pool every agent then napped between two polls, as a long idle time has it do, and
+    /// a job of 1–5 ms came back 0.8–2.2 ms late (see the CHANGELOG). The local process
+    /// pool keeps the one idle longest (see its `Caps`).
+    pub(crate) fn wake_idle_last(&self, last: bool) {
+        self.notify.0.idle_last.store(last, Ordering::Relaxed);
     }
 
     /// The pool's admission: take a slot here before pushing a new job.
@@ -489,6 +502,7 @@ mod tests {
         // one that finds a job queued (the woken one has not taken it yet) wakes the one
         // that has waited longest.
         let queue = JobQueue::new();
+        queue.wake_idle_last(true);
         let (mut pops, flags) = waiting_pops(&queue, &[true, true, true]);
         assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
         assert_eq!(
@@ -506,10 +520,20 @@ mod tests {
     }
 
     #[test]
+    fn without_wake_idle_last_a_job_alone_wakes_the_idle_popper_that_waited_first() {
+        let queue = JobQueue::new();
+        let (mut pops, flags) = waiting_pops(&queue, &[true, true]);
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(woken(&flags), [true, false]);
+        assert!(takes_a_job(&mut pops[0]));
+    }
+
+    #[test]
     fn a_job_wakes_an_idle_popper_before_one_with_a_job_running() {
         // The worker that just took a job and has room behind it waits last: the next
         // job still goes to the idle one, and to the busy one only when none is idle.
         let queue = JobQueue::new();
+        queue.wake_idle_last(true);
         let (mut pops, flags) = waiting_pops(&queue, &[true, false]);
         assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
         assert_eq!(woken(&flags), [true, false]);

@@ -157,6 +157,8 @@ impl Backend for Ranks {
             stop_running: true,
             memory: self.watch_memory,
             lead: super::LEAD,
+            // The other agents' MPI threads sleep on (see `JobQueue::wake_idle_last`).
+            wake_idle_last: true,
         }
     }
 

@@ -55,6 +55,11 @@ pub(crate) struct Caps {
     /// not sit idle for the round trip (a link through an MPI node agent); that one job may
     /// then wait behind a running one that takes longer than expected.
     pub(crate) lead: std::time::Duration,
+    /// A job that finds the queue empty goes to the idle worker that answered last, rather
+    /// than to the one idle longest (see [`JobQueue::wake_idle_last`]).
+    ///
+    /// [`JobQueue::wake_idle_last`]: crate::queue::JobQueue::wake_idle_last
+    pub(crate) wake_idle_last: bool,
 }
 
 /// Why a worker did not start.

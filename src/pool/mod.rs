@@ -59,6 +59,10 @@ impl Pool {
                             let _entered = runtime.enter();
                             make()?
                         };
+                        // Before any job: the caller waits for `started`.
+                        thread_core
+                            .queue
+                            .wake_idle_last(backend.caps().wake_idle_last);
                         Ok((runtime, Arc::new(backend)))
                     });
                 let (runtime, backend) = match started {

@@ -390,6 +390,10 @@ impl Backend for Launcher {
             stop_running: true,
             memory: cfg!(target_os = "linux"),
             lead: Duration::ZERO,
+            // W6 (64 MiB echoes, one at a time) was slower on one worker than on the two
+            // in turn: medians of 18.3, 15.6, 17.1 and 19.6 ms against 15.9, 17.2, 15.1
+            // and 15.0 in four alternated pairs (2026-12-07).
+            wake_idle_last: false,
         }
     }
 

@@ -72,6 +72,7 @@ impl Backend for Threads {
             stop_running: false,
             memory: self.memory.is_some(),
             lead: Duration::ZERO,
+            wake_idle_last: false,
         }
     }
 
