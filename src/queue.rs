@@ -42,6 +42,12 @@ pub(crate) struct JobQueue<T> {
 /// room behind a running job: with one list for both kinds, a worker that had just taken
 /// a job and had room for the next was often the popper that began waiting last, and a
 /// job submitted while another worker was idle waited behind the running one.
+///
+/// One wake-up can still stop short of a busy popper: an idle `pop` dropped after its
+/// wake-up came (its supervisor's select took another branch, as when its worker exited)
+/// hands it to another idle popper, or keeps it for the next one. The job then waits for
+/// the next idle popper, the busy one's next turn (its running job, expected to end soon,
+/// ends) or the next push. With one list, the wake-up went on to the busy popper.
 struct Notifier {
     idle: tokio::sync::Notify,
     busy: tokio::sync::Notify,
@@ -261,7 +267,7 @@ impl<T: Queued> JobQueue<T> {
             notifier.used.store(true, Ordering::Relaxed);
         }
         // Counted before the first look (see `Notifier::idle_waiting`).
-        let _waiting = idle.then(|| IdleWaiting::count(&notifier.idle_waiting));
+        let mut waiting = idle.then(|| IdleWaiting::count(&notifier.idle_waiting));
         let notify = if idle { &notifier.idle } else { &notifier.busy };
         loop {
             let notified = notify.notified();
@@ -272,7 +278,13 @@ impl<T: Queued> JobQueue<T> {
             {
                 let mut inner = self.lock();
                 if let Some(item) = inner.items.pop_front() {
-                    if !inner.items.is_empty() {
+                    let more = !inner.items.is_empty();
+                    // Waiting no more, under the lock: a push after this wakes another,
+                    // and the wake-up passed on below is for another (a busy popper, if
+                    // no other idle one waits).
+                    drop(waiting.take());
+                    drop(inner);
+                    if more {
                         // More work: pass the wake-up on to another waiting worker.
                         notifier.wake_one(false);
                     }
@@ -542,6 +554,30 @@ mod tests {
         assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
         assert_eq!(woken(&flags), [true, true], "no idle popper: the busy one");
         assert!(takes_a_job(&mut pops[0]));
+    }
+
+    #[test]
+    fn without_wake_idle_last_an_idle_popper_is_still_woken_before_a_busy_one_waiting_longer() {
+        let queue = JobQueue::new();
+        let (mut pops, flags) = waiting_pops(&queue, &[false, true]);
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(woken(&flags), [false, true]);
+        assert!(takes_a_job(&mut pops[1]));
+    }
+
+    #[test]
+    fn an_idle_popper_that_finds_two_jobs_passes_the_wake_up_on_to_a_busy_one() {
+        // Both jobs come before the idle popper runs: the second push finds it counted
+        // and notifies the idle list (a permit, since the popper was woken already); the
+        // popper takes the first job and must hand the second to the busy one.
+        let queue = JobQueue::new();
+        let (mut pops, flags) = waiting_pops(&queue, &[true, false]);
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(true));
+        assert_eq!(queue.push(Item(JobState::new())).ok(), Some(false));
+        assert_eq!(woken(&flags), [true, false]);
+        assert!(takes_a_job(&mut pops[0]));
+        assert_eq!(woken(&flags), [true, true], "the second job's wake-up");
+        assert!(takes_a_job(&mut pops[1]));
     }
 
     #[test]
