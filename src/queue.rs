@@ -53,9 +53,10 @@ struct Notifier {
     busy: tokio::sync::Notify,
     /// A job that finds the queue empty wakes the idle popper that began waiting last.
     idle_last: AtomicBool,
-    /// Poppers between their count and their return on `idle`. A push that finds a job
-    /// there takes the lock after it (the `pop` counts before it looks), so when the
-    /// count is read as 0 any idle popper still to come finds the job itself.
+    /// Idle poppers, each counted from before its first look at the queue (under the
+    /// lock) until it takes a job (under the lock) or is dropped. A push reads it after
+    /// its unlock: an idle popper not counted then looks after the push, and finds the
+    /// job itself.
     idle_waiting: AtomicUsize,
     /// Set by the first `pop` before it takes the lock. A push that takes the lock after
     /// that `pop` looked finds it set (the lock orders the two); one that took it before
