@@ -12,7 +12,7 @@
 //! of 1.68–1.72 with these naps and 1.71–1.78 with naps of a sixty-fourth, at most
 //! 250 µs, which poll up to four times as often: within the noise of three runs each. The
 //! thread's timer slack is 1 ns, so that a nap ends when due rather than up to 50 µs later
-//! ([`crate::sys::precise_timers`]), and a poll probes until two probes in a row find
+//! ([`crate::sys::timers::precise_timers`]), and a poll probes until two probes in a row find
 //! nothing ([`drain`] says why). A queued send wakes a napping hub at once. A send is
 //! immediate (`MPI_Isend`), and the hub goes on receiving until it completes, so that two
 //! ranks sending each other large messages at the same time cannot deadlock. A message

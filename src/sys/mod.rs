@@ -2,13 +2,18 @@
 //! parent-death signal, its standard descriptors, the socket it inherits, removing the
 //! worker variable from its environment; in the pool, handing descriptors to a child and
 //! stopping a worker's process group; and the word a worker and its pool share
-//! ([`SharedWord`]). Each function that needs `unsafe` allows it for itself alone.
+//! ([`SharedWord`]); and, with the feature `mpi`, the MPI thread's timer slack
+//! ([`timers`]). Each function that needs `unsafe` allows it for itself alone.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 pub(crate) mod remote;
 pub(crate) mod segment;
+#[cfg(feature = "mpi")]
+mod timers;
+#[cfg(feature = "mpi")]
+pub(crate) use timers::precise_timers;
 
 /// Makes writes to a closed socket fail with `EPIPE` instead of killing the worker. Rust's
 /// `main` does this for ordinary programs; a worker entered before `main` must do it itself.
@@ -105,32 +110,6 @@ pub(crate) fn prefetch<T>(address: *const T) {
 /// Elsewhere, no hint.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn prefetch<T>(_: *const T) {}
-
-/// Asks the kernel to end the timed sleeps of the calling thread when they are due, rather
-/// than up to 50 µs later (the default timer slack, which lets it batch wake-ups). For a
-/// thread whose short naps decide a latency (the MPI thread's): on this project's VMs a
-/// 2 µs sleep took 74–78 µs with the default slack and 20 µs with this. Best effort: an
-/// error changes nothing.
-#[cfg(all(feature = "mpi", target_os = "linux"))]
-#[allow(unsafe_code)]
-pub(crate) fn precise_timers() {
-    // SAFETY: `prctl(PR_SET_TIMERSLACK, n)` takes integer arguments (passed as the
-    // `unsigned long`s the kernel reads), touches no memory of this process, and changes
-    // only how late the timers of this thread, and of threads it starts later, may fire.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_TIMERSLACK,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        );
-    }
-}
-
-/// Elsewhere timers keep the system's slack.
-#[cfg(all(feature = "mpi", not(target_os = "linux")))]
-pub(crate) fn precise_timers() {}
 
 /// Sends SIGKILL to process group `group`: a worker (its leader, started in a group of its
 /// own) and the processes its jobs started that stayed in it.
@@ -548,38 +527,6 @@ impl Drop for SharedWord {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The calling thread's timer slack, in nanoseconds.
-    #[cfg(all(feature = "mpi", target_os = "linux"))]
-    #[allow(unsafe_code)]
-    fn timer_slack() -> i32 {
-        // SAFETY: `prctl(PR_GET_TIMERSLACK)` takes no pointer and touches no memory of this
-        // process; it returns the slack.
-        unsafe {
-            libc::prctl(
-                libc::PR_GET_TIMERSLACK,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
-        }
-    }
-
-    #[cfg(all(feature = "mpi", target_os = "linux"))]
-    #[test]
-    fn precise_timers_leave_the_calling_thread_a_slack_of_a_nanosecond_and_no_other() {
-        let (before, after) = std::thread::spawn(|| {
-            let before = timer_slack();
-            precise_timers();
-            (before, timer_slack())
-        })
-        .join()
-        .expect("the thread");
-        assert_ne!(before, 1, "the slack before");
-        assert_eq!(after, 1);
-        assert_eq!(timer_slack(), before, "another thread's slack changed");
-    }
 
     #[test]
     fn a_shared_word_is_one_word_in_both_mappings() {
