@@ -39,6 +39,8 @@ pub(crate) const DIRECT_PAYLOAD: usize = 1 << 20;
 pub(crate) const LEND_FROM: usize = DIRECT_PAYLOAD;
 /// Room kept in the read buffer while a large payload streams through it.
 const READ_ROOM: usize = 1 << 20;
+/// The most room set aside after a frame for a next one as long (see `decode`).
+const NEXT_ROOM: usize = INLINE_PAYLOAD;
 
 /// One decoded frame: a message and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +317,11 @@ impl<In: DeserializeOwned> Decoder for Codec<In> {
                 let mut frame = src.split_to(frame_len);
                 // At the next frame's start whatever this one holds.
                 self.state = State::Head;
+                // Room for a next frame as long as this one, so that one read takes it
+                // whole: what is left after a frame split off is only the end of its
+                // buffer, and a chunk's answer was read in two calls, its head into those
+                // few bytes and the rest after a `reserve`.
+                src.reserve((HEADER + frame_len).min(NEXT_ROOM));
                 let message = parse_message(&frame[..message_len])?;
                 // The payload is the rest of the frame: split off, not copied.
                 let payload = frame.split_off(message_len).freeze();

@@ -167,6 +167,35 @@ fn frames_arrive_whole_from_partial_input() {
 }
 
 #[test]
+fn after_a_frame_the_buffer_has_room_for_one_as_long() {
+    // A chunk's answer of 8 KiB, as a socket read would leave it: exactly one frame in a
+    // buffer with no room to spare, which the frame then takes with it.
+    let frame = wire(&FromWorker::done(7), &[9; 8 << 10]);
+    let mut buf = BytesMut::with_capacity(frame.len());
+    buf.extend_from_slice(&frame);
+    let mut parent = ParentCodec::new(1 << 20);
+    let decoded = parent.decode(&mut buf).unwrap().expect("a whole frame");
+    assert_eq!(decoded.payload.len(), 8 << 10);
+    let room = buf.capacity() - buf.len();
+    assert!(
+        room >= frame.len(),
+        "room for {room} bytes after a frame of {}",
+        frame.len()
+    );
+
+    // The room set aside is bounded, whatever the frame's length.
+    let long = wire(&FromWorker::done(8), &vec![1; 4 * NEXT_ROOM]);
+    let mut buf = BytesMut::with_capacity(long.len());
+    buf.extend_from_slice(&long);
+    let mut parent = ParentCodec::new(1 << 30);
+    assert!(parent.decode(&mut buf).unwrap().is_some());
+    assert!(
+        buf.capacity() - buf.len() <= 2 * NEXT_ROOM,
+        "{}",
+        buf.capacity()
+    );
+}
+#[test]
 fn oversized_length_is_refused_before_allocating() {
     let mut parent = ParentCodec::new(HANDSHAKE_MAX_FRAME);
     let mut buf = BytesMut::new();
