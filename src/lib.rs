@@ -93,21 +93,23 @@
 //! may crash, leak or hang, that must be stoppable, or that must not share an address
 //! space with the service.
 //!
-//! The evidence, measured on a 2-core machine (2026-12-07, 2 workers; the ranges are three
-//! runs; the commands reproduce it on yours):
+//! The evidence, measured on a 2-core machine (2026-12-07, evening, commit 75ca4b3, 2
+//! workers; the ranges are three runs, with the machine in its slow mode: the bare socket's
+//! round trip 51–55 µs, the sequential `sentiment` pass 286–336 ms against 230–246 ms on a
+//! quieter afternoon; the commands reproduce it on yours):
 //!
 //! | what | sequential | threads | processes | command |
 //! |---|---|---|---|---|
-//! | one tiny job, round trip with `wait()` (W1) | | 2.9–4.3 µs | 16.9–17.8 µs (bare socket: 11.6–46.1 µs) | `cargo run --release --example thread_vs_process` |
-//! | the same, `.await`ed on a multi-thread tokio runtime (four runs at b40920b, where the first poll watches a short job) | | 3.1–5.3 µs | 16.6–22.3 µs | same |
-//! | 100,000 tiny jobs (W2) | | 3.70–4.70 M jobs/s | 1.78–1.86 M jobs/s | same |
-//! | 1M items mapped, chunks of 1,000 (W3) | | 173–246 M items/s | 81–110 M items/s | same |
-//! | the same through [`Map::try_collect_vec`] | | 302–458 M items/s | 92–109 M items/s | same |
-//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 15–17 ms, lent (bare socket: 22–29 ms in those runs) | same |
-//! | primes below 5M, CPU only (W4) | 1.00× | 1.93–2.01× | 1.92–2.01× | same |
-//! | 1M short reviews, lexicon per worker, strings moved into the jobs | 1.00× | 1.65–1.70× | 1.13–1.23× | `cargo run --release --example sentiment` |
-//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.78–1.87× | 1.46–1.54× | `cargo run --release --example signal_filter` |
-//! | the same, signal and output in shared arrays | 1.00× | 1.78–1.81× | 1.58–1.69× | same |
+//! | one tiny job, round trip with `wait()` (W1) | | 4.7–5.2 µs | 18.2–23.2 µs (bare socket: 51.0–55.1 µs) | `cargo run --release --example thread_vs_process` |
+//! | the same, `.await`ed on a multi-thread tokio runtime (the first poll watches a short job) | | 4.5–4.7 µs | 18.9–19.1 µs | same |
+//! | 100,000 tiny jobs (W2), third round on a pool (first round on a fresh pool) | | 4.72–4.84 M jobs/s (3.87–4.05 M) | 1.72–1.88 M jobs/s (1.44–1.62 M) | same |
+//! | 1M items mapped, chunks of 1,000 (W3) | | 161–172 M items/s | 74–91 M items/s | same |
+//! | the same through [`Map::try_collect_vec`] | | 206–423 M items/s | 75–95 M items/s | same |
+//! | a 64 MiB `Vec<u8>` there and back (W6) | | no copy | 19–21 ms, lent (bare socket: 30–31 ms in those runs) | same |
+//! | primes below 5M, CPU only (W4) | 1.00× | 1.93–1.96× | 1.93–1.98× | same |
+//! | 1M short reviews, lexicon per worker, strings moved into the jobs | 1.00× | 1.46–1.60× | 0.91–1.31× | `cargo run --release --example sentiment` |
+//! | moving average, 10M samples (80 MB each way) | 1.00× | 1.68–1.84× | 1.37–1.48× | `cargo run --release --example signal_filter` |
+//! | the same, signal and output in shared arrays | 1.00× | 1.69–1.74× | 1.58–1.59× | same |
 //!
 //! Arguments and results of 1 MiB or more are lent: on Linux the receiving side reads
 //! them out of the other's memory in one copy (`process_vm_readv`) instead of through the
