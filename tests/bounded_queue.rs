@@ -178,6 +178,52 @@ async fn a_map_waits_for_room_instead_of_failing_its_chunks() {
     }
 }
 
+/// A waker that says on a channel each time it is woken.
+struct Told(std::sync::Mutex<std::sync::mpsc::Sender<()>>);
+
+impl futures::task::ArcWake for Told {
+    fn wake_by_ref(told: &std::sync::Arc<Told>) {
+        let _ = told.0.lock().unwrap().send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_refused_with_nothing_in_flight_is_woken_when_room_comes_back() {
+    // The map's first chunk finds the one slot taken by another job: nothing of its own
+    // is in flight, so only its wait for room can wake it. Polled by hand, with a waker
+    // that reports, so that no timer or runtime polls it again by chance.
+    for (name, pool) in bounded_pools(1, 0) {
+        let gate = Gate::new();
+        let held = pool.submit(wait_for_gate, gate.path());
+        let mut map = pool.map(common::double, 0..10_u64).chunk_size(5);
+        let (told, woken) = std::sync::mpsc::channel();
+        let waker = futures::task::waker(std::sync::Arc::new(Told(told.into())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(
+            map.poll_next_unpin(&mut cx).is_pending(),
+            "{name}: ran in a full pool"
+        );
+        gate.open();
+        let waited = tokio::task::spawn_blocking(move || woken.recv_timeout(common::BOUND));
+        assert!(
+            waited.await.unwrap().is_ok(),
+            "{name}: the map was not woken when the held job ended"
+        );
+        let doubled: Vec<u64> = bounded("the map after the wake-up", map.collect::<Vec<_>>())
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            doubled,
+            (0..10).map(|x| x * 2).collect::<Vec<_>>(),
+            "{name}"
+        );
+        bounded("held", held).await.unwrap();
+        pool.shutdown().await;
+    }
+}
+
 #[test]
 fn an_unbounded_pool_never_says_full() {
     common::bounded_sync("many jobs on an unbounded pool", || {

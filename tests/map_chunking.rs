@@ -57,3 +57,72 @@ async fn cheap_items_go_in_batches() {
         assert!(jobs < N / 20, "{name}: {jobs} jobs for {N} items");
     }
 }
+
+fn fails_on_seven(x: u64) -> u64 {
+    assert_ne!(x, 7, "seven fails");
+    x
+}
+
+#[tokio::test]
+async fn a_chunk_size_larger_than_the_input_is_one_chunk() {
+    // "Everything in one chunk": room is not set aside for `size` items ahead (that was
+    // a capacity-overflow panic for usize::MAX, an aborted process for 2^40).
+    for (name, pool) in pools(2) {
+        for size in [usize::MAX, 1 << 40] {
+            let doubled: Vec<u64> = bounded(
+                "the map",
+                pool.map(double, 0..10_u64).chunk_size(size).try_collect(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                doubled,
+                (0..10).map(|x| x * 2).collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn try_collect_vec_of_an_endless_input_ends_at_its_first_failed_item() {
+    for (name, pool) in pools(2) {
+        // Endless, and as long as an exact hint can say: neither is gathered room for.
+        let endless = bounded(
+            "an endless map",
+            pool.map(fails_on_seven, 0_u64..)
+                .chunk_size(4)
+                .try_collect_vec(),
+        );
+        assert!(
+            matches!(endless.await, Err(procpool::JobError::Panicked { .. })),
+            "{name}"
+        );
+        let huge = bounded(
+            "a map of 2^40 items",
+            pool.map(fails_on_seven, 0..1_u64 << 40)
+                .chunk_size(4)
+                .try_collect_vec(),
+        );
+        assert!(
+            matches!(huge.await, Err(procpool::JobError::Panicked { .. })),
+            "{name}"
+        );
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_size_hint_of_an_endless_map_saturates() {
+    use futures::{Stream, StreamExt};
+    for (name, pool) in pools(2) {
+        let mut map = pool.map(double, 0_u64..).chunk_size(4);
+        let first = bounded("the first result", map.next()).await;
+        assert_eq!(first.map(|r| r.ok()), Some(Some(0)), "{name}");
+        // Items in flight plus an endless rest: no overflow, the most a usize holds.
+        assert_eq!(map.size_hint(), (usize::MAX, None), "{name}");
+        drop(map);
+        pool.shutdown().await;
+    }
+}

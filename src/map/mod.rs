@@ -19,7 +19,10 @@ use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 mod chunking;
+mod progress;
 mod ready;
+
+pub use self::progress::Progress;
 
 use self::chunking::{AutoChunk, default_in_flight, known_cost, remember_cost};
 use self::ready::Ready;
@@ -28,6 +31,14 @@ use self::ready::Ready;
 /// thread pool of two workers has in flight for a map of cheap items (two per worker; a
 /// larger pool reuses fewer of its vectors).
 const SPENT_KEPT: usize = 4;
+/// The most items a chunk's vector is given room for before they come: past it, it grows
+/// as they do.
+const RESERVE_AT_MOST: usize = 1 << 16;
+/// The most bytes set aside ahead for a chunk's encoded arguments: a process pool's
+/// default frame limit, past which a chunk cannot travel anyway.
+const ROOM_AT_MOST: usize = 256 << 20;
+/// The most bytes set aside ahead for the results [`Map::try_collect_vec`] gathers.
+const COLLECT_ROOM_AT_MOST: usize = 64 << 20;
 
 /// A stream of `Result<R, JobError>`, one per input item, from
 /// [`ExecutorExt::map`](crate::ExecutorExt::map) and its siblings.
@@ -38,9 +49,12 @@ const SPENT_KEPT: usize = 4;
 ///
 /// # Cancel safety
 ///
-/// Dropping the stream cancels its chunks that have not started (they never run); chunks
-/// already running finish in the background and their results are discarded. Items not
-/// yet pulled from the input are never submitted.
+/// Dropping the stream cancels its chunks still queued in the pool (they never run);
+/// chunks already running finish in the background and their results are discarded, as do
+/// those a process pool had already handed to a worker behind the chunk it runs (a
+/// millisecond of work at most: such a job counts as started, see
+/// [`JobHandle::cancel`](crate::JobHandle::cancel)). Items not yet pulled from the input
+/// are never submitted.
 #[must_use = "streams do nothing unless polled"]
 pub struct Map<'a, E: ?Sized, S, A, R> {
     executor: &'a E,
@@ -92,34 +106,6 @@ struct InFlight {
     /// Its output, once finished (an ordered map holds it until the chunks before it are
     /// done).
     output: Option<Result<crate::job::Output, JobError>>,
-}
-
-/// How far a [`Map`] has come: the items whose results are known, and the input's length
-/// when known. From [`Map::progress`] and [`Map::on_progress`].
-///
-/// `completed` counts an item as soon as the worker's answer for its chunk arrives, failed
-/// items included, even if an ordered map still holds it back behind slower chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// Items whose results are known.
-    pub completed: u64,
-    /// The number of items: known from the start when the input tells its exact length
-    /// (`size_hint`, as ranges, `Vec`s and most adapters do), otherwise once the input is
-    /// exhausted.
-    pub total: Option<u64>,
-}
-
-impl Progress {
-    /// `completed / total`, between 0 and 1, once the total is known.
-    pub fn fraction(&self) -> Option<f64> {
-        self.total.map(|total| {
-            if total == 0 {
-                1.0
-            } else {
-                self.completed as f64 / total as f64
-            }
-        })
-    }
 }
 
 impl<'a, E, S, A, R> Map<'a, E, S, A, R>
@@ -314,7 +300,8 @@ where
     /// as they are pulled; the others gather theirs in [`pull_pending`](Self::pull_pending));
     /// returns how many it holds.
     fn encode_pulled(&mut self, item: A, chunk: usize) -> usize {
-        let (f, room) = (self.f, self.bytes_per_item.saturating_mul(chunk));
+        let room = self.bytes_per_item.saturating_mul(chunk).min(ROOM_AT_MOST);
+        let f = self.f;
         let encoded = self
             .encoded
             .get_or_insert_with(|| EncodedChunk::with_capacity(f, room));
@@ -331,7 +318,11 @@ where
             if let Some(spent) = self.spent.pop() {
                 self.pending = spent;
             }
-            self.pending.reserve_exact(chunk);
+            // Room for the chunk, as far as the input can fill it, and never more than
+            // `RESERVE_AT_MOST` items ahead: `chunk_size(usize::MAX)` means "one chunk".
+            let (_, most) = self.source.size_hint();
+            let room = chunk.min(most.unwrap_or(usize::MAX)).min(RESERVE_AT_MOST);
+            self.pending.reserve_exact(room);
         }
         let (mut source, pending) = (self.source.as_mut(), &mut self.pending);
         let before = pending.len();
@@ -379,33 +370,44 @@ where
     /// Submits the chunk that waits for room, once there is some: `false` while it still
     /// waits (the wait wakes the stream).
     fn unblock(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(blocked) = &mut self.blocked else {
-            return true;
-        };
-        let Poll::Ready(room) = blocked.room.as_mut().poll(cx) else {
-            return false;
-        };
-        let Blocked { mut job, len, .. } = self.blocked.take().expect("checked above");
-        match room {
-            Ok(permit) => {
-                job.permit = permit;
-                self.submit(job, len);
+        // A loop: should the chunk be refused again, its new wait is polled too.
+        while let Some(blocked) = &mut self.blocked {
+            let Poll::Ready(room) = blocked.room.as_mut().poll(cx) else {
+                return false;
+            };
+            let Blocked { mut job, len, .. } = self.blocked.take().expect("checked above");
+            match room {
+                Ok(permit) => {
+                    job.permit = permit;
+                    self.submit(job, len);
+                }
+                Err(_) => self.in_flight.push_back(InFlight {
+                    handle: ErasedHandle::failed(JobError::ShutDown),
+                    len,
+                    submitted: Instant::now(),
+                    output: None,
+                }),
             }
-            Err(_) => self.in_flight.push_back(InFlight {
-                handle: ErasedHandle::failed(JobError::ShutDown),
-                len,
-                submitted: Instant::now(),
-                output: None,
-            }),
         }
-        self.blocked.is_none()
+        true
     }
 
     /// Pulls items and submits chunks while fewer than `max_in_flight` are out.
     fn fill(&mut self, cx: &mut Context<'_>) {
-        if !self.unblock(cx) {
-            return;
+        // A chunk a full pool refuses here waits for room, and that wait is polled at once
+        // (the next turn): it is what wakes the stream when room comes back. Unpolled, it
+        // was not waiting at all, and a map with nothing else in flight (its first chunk,
+        // on a pool full of other jobs) slept for good.
+        while self.unblock(cx) {
+            self.fill_unblocked(cx);
+            if self.blocked.is_none() {
+                return;
+            }
         }
+    }
+
+    /// [`fill`](Self::fill), with no chunk waiting for room.
+    fn fill_unblocked(&mut self, cx: &mut Context<'_>) {
         let mut chunk = self.effective_chunk_size();
         let max = self.effective_max_in_flight();
         while !self.source_done && self.blocked.is_none() && self.in_flight.len() < max {
@@ -545,7 +547,10 @@ where
     /// # }).unwrap();
     /// ```
     pub async fn try_collect_vec(mut self) -> Result<Vec<R>, JobError> {
-        let mut out = Vec::with_capacity(self.size_hint().0);
+        // As many as the input says it holds, up to `COLLECT_ROOM_AT_MOST` bytes: it may
+        // hold far more than come back (this stops at the first failed item).
+        let most = COLLECT_ROOM_AT_MOST / std::mem::size_of::<R>().max(1);
+        let mut out = Vec::with_capacity(self.size_hint().0.min(most));
         crate::sys::prefer_huge_pages(&out);
         std::future::poll_fn(|cx| {
             loop {
@@ -643,7 +648,10 @@ where
         } else {
             self.source.size_hint()
         };
-        (buffered + lo, hi.and_then(|hi| hi.checked_add(buffered)))
+        (
+            buffered.saturating_add(lo),
+            hi.and_then(|hi| hi.checked_add(buffered)),
+        )
     }
 }
 
