@@ -69,7 +69,10 @@ async fn an_arc_dyn_executor_is_shared_across_tasks() {
 #[tokio::test]
 async fn map_is_ordered_for_every_chunk_size() {
     for (name, pool) in pools(2) {
-        for chunk in [1, 7, 1000] {
+        // The last two: far larger than the input, "everything in one chunk" (room is not
+        // set aside for that many items ahead: that was a capacity-overflow panic for
+        // usize::MAX, an aborted process for 2^40).
+        for chunk in [1, 7, 1000, usize::MAX, 1 << 40] {
             let out: Vec<u64> = bounded(
                 name,
                 pool.map(double, 0..2500).chunk_size(chunk).try_collect(),

@@ -64,28 +64,6 @@ fn fails_on_seven(x: u64) -> u64 {
 }
 
 #[tokio::test]
-async fn a_chunk_size_larger_than_the_input_is_one_chunk() {
-    // "Everything in one chunk": room is not set aside for `size` items ahead (that was
-    // a capacity-overflow panic for usize::MAX, an aborted process for 2^40).
-    for (name, pool) in pools(2) {
-        for size in [usize::MAX, 1 << 40] {
-            let doubled: Vec<u64> = bounded(
-                "the map",
-                pool.map(double, 0..10_u64).chunk_size(size).try_collect(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(
-                doubled,
-                (0..10).map(|x| x * 2).collect::<Vec<_>>(),
-                "{name}"
-            );
-        }
-        pool.shutdown().await;
-    }
-}
-
-#[tokio::test]
 async fn try_collect_vec_of_an_endless_input_ends_at_its_first_failed_item() {
     for (name, pool) in pools(2) {
         // Endless, and as long as an exact hint can say: neither is gathered room for.
