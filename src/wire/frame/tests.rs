@@ -195,6 +195,7 @@ fn after_a_frame_the_buffer_has_room_for_one_as_long() {
         buf.capacity()
     );
 }
+
 #[test]
 fn oversized_length_is_refused_before_allocating() {
     let mut parent = ParentCodec::new(HANDSHAKE_MAX_FRAME);
