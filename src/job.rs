@@ -119,7 +119,7 @@ pub(crate) type Output = Box<dyn Any + Send>;
 ///
 /// It owns the answer, so that a `Vec<u8>` result gathered in a buffer of its own is
 /// handed over rather than copied.
-pub(crate) type Decoder = fn(bytes::Bytes) -> Result<Output, JobError>;
+pub(crate) type Decoder = fn(bytes::Bytes, crate::shared::Kept) -> Result<Output, JobError>;
 
 /// The monomorphized helpers of one job.
 pub(crate) trait Call: Send + 'static {
@@ -379,7 +379,7 @@ where
         self.encode_input(&mut input)?;
         let mut out = Vec::new();
         match run::run_chunk(self.f, &input, &mut out) {
-            run::Outcome::Ok => decode_chunk::<R>(out.into()),
+            run::Outcome::Ok => decode_chunk::<R>(out.into(), self.take_kept()),
             other => Err(JobError::Decode(format!("a chunk ran here: {other:?}"))),
         }
     }
@@ -501,8 +501,9 @@ impl Undecoded {
             decoder,
             kept,
         } = self;
-        let decoded = catch_unwind(AssertUnwindSafe(move || decoder(payload)));
-        drop(kept); // after the result opened what it names
+        // The decoder holds `kept` until the result has opened what it names: a chunk's
+        // items decode later, one by one, so its results hold it until then.
+        let decoded = catch_unwind(AssertUnwindSafe(move || decoder(payload, kept)));
         match decoded {
             Ok(output) => output,
             Err(payload) => Err(JobError::Decode(format!(
@@ -528,6 +529,7 @@ pub(crate) fn check_shippable(target: &Target) -> Result<(), JobError> {
 
 fn decode_single<R: DeserializeOwned + Send + 'static>(
     bytes: bytes::Bytes,
+    kept: crate::shared::Kept,
 ) -> Result<Output, JobError> {
     if is_byte_buffer::<R>() {
         // Without a copy when the answer has a buffer of its own (a large one does).
@@ -541,6 +543,7 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
             .map(|r| Box::new(r) as Output)
             .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}")))),
     };
+    drop(kept); // after the result opened the shared arrays it names
     // Decoded into a value of its own: the answer's buffer is kept for the next message.
     crate::spares::recycle(bytes);
     decoded
@@ -548,8 +551,9 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
 
 fn decode_chunk<R: DeserializeOwned + Send + 'static>(
     bytes: bytes::Bytes,
+    kept: crate::shared::Kept,
 ) -> Result<Output, JobError> {
-    Ok(Box::new(EncodedItems::<R>::new(bytes)?))
+    Ok(Box::new(EncodedItems::<R>::new(bytes)?.holding(kept)))
 }
 
 #[cfg(test)]
@@ -661,9 +665,9 @@ mod tests {
         job.call.encode_input(&mut input).unwrap();
         assert_eq!(input.len(), 24, "eight bytes each, no length or tags");
         assert_eq!(&input[8..16], &(-2.0_f64).to_le_bytes());
-        let decoded = (job.call.decoder())(input.into()).unwrap();
+        let decoded = (job.call.decoder())(input.into(), Default::default()).unwrap();
         assert_eq!(*decoded.downcast::<Vec<f64>>().unwrap(), [1.0, -2.0, 0.5]);
-        let odd = (job.call.decoder())(bytes::Bytes::from_static(&[0; 9]));
+        let odd = (job.call.decoder())(bytes::Bytes::from_static(&[0; 9]), Default::default());
         assert!(matches!(odd, Err(JobError::Decode(m)) if m.contains("no whole number")));
     }
 }

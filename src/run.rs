@@ -360,7 +360,7 @@ mod tests {
         job.call.encode_input(&mut input).unwrap();
         let mut out = Vec::new();
         assert_eq!(run_chunk(f, &input, &mut out), Outcome::Ok);
-        let decoded = (job.call.decoder())(out.into()).unwrap();
+        let decoded = (job.call.decoder())(out.into(), Default::default()).unwrap();
         let items = decoded.downcast::<EncodedItems<R>>().unwrap();
         assert_eq!(
             items.len(),

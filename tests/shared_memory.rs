@@ -115,6 +115,25 @@ async fn a_buffer_a_job_returns_is_the_same_memory_and_one_it_made_is_a_copy() {
     }
 }
 
+#[tokio::test]
+async fn buffers_a_map_returns_arrive_though_the_caller_kept_none() {
+    // The map's chunks of two items decode their results after the chunk's answer has
+    // come back: the segments its arguments named must be held until then.
+    for (name, pool) in pools(2) {
+        let buffers = (0..8).map(|_| SharedBuffer::<u64>::zeroed(4).unwrap());
+        let back = pool.map(mark_and_return, buffers).chunk_size(2);
+        let back: Vec<_> = bounded(name, futures::StreamExt::collect(back)).await;
+        assert_eq!(back.len(), 8, "{name}");
+        for (i, buffer) in back.into_iter().enumerate() {
+            match buffer {
+                Ok(buffer) => assert_eq!(buffer.to_vec(), [42, 0, 0, 0], "{name}: item {i}"),
+                Err(error) => panic!("{name}: item {i}: {error}"),
+            }
+        }
+        bounded(name, pool.shutdown()).await;
+    }
+}
+
 /// Reads the slice, then dies the way a wild pointer would make it.
 fn read_then_abort(input: SharedSlice<u64>) -> u64 {
     if input[0] == 1 {

@@ -312,6 +312,9 @@ pub(crate) struct EncodedItems<R> {
     broken: Option<JobError>,
     /// Every item succeeded and is a packed value, with no tag ([`ALL_PACKED`]).
     packed: bool,
+    /// The shared arrays the chunk's arguments named, which its results may name too:
+    /// held until every item has decoded, since an item opens what it names only then.
+    kept: crate::shared::Kept,
     _results: std::marker::PhantomData<fn() -> R>,
 }
 
@@ -319,6 +322,13 @@ impl<R> EncodedItems<R> {
     /// Items still to yield, without the decoding bounds of `len()`.
     pub(crate) fn remaining(&self) -> usize {
         self.left
+    }
+
+    /// The same items, holding `kept` (see the field of that name) until they are all
+    /// decoded or dropped.
+    pub(crate) fn holding(mut self, kept: crate::shared::Kept) -> Self {
+        self.kept = kept;
+        self
     }
 }
 
@@ -352,6 +362,7 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
             at: 4,
             broken: None,
             packed,
+            kept: crate::shared::Kept::default(),
             _results: std::marker::PhantomData,
         })
     }
