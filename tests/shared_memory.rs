@@ -115,6 +115,11 @@ async fn a_buffer_a_job_returns_is_the_same_memory_and_one_it_made_is_a_copy() {
     }
 }
 
+/// The sum of the buffer's elements.
+fn buffer_sum(buffer: SharedBuffer<u64>) -> u64 {
+    buffer.to_vec().iter().sum()
+}
+
 #[tokio::test]
 async fn buffers_a_map_returns_arrive_though_the_caller_kept_none() {
     // The map's chunks of two items decode their results after the chunk's answer has
@@ -130,6 +135,31 @@ async fn buffers_a_map_returns_arrive_though_the_caller_kept_none() {
                 Err(error) => panic!("{name}: item {i}: {error}"),
             }
         }
+        bounded(name, pool.shutdown()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_returned_buffer_travels_again_once_the_original_is_dropped() {
+    for (name, pool) in pools(1) {
+        let original = SharedBuffer::<u64>::zeroed(4).unwrap();
+        let back = bounded(name, pool.submit(mark_and_return, original.clone())).await;
+        let back = back.unwrap();
+        drop(original);
+        let sum = bounded(name, pool.submit(buffer_sum, back.clone())).await;
+        assert_eq!(sum.ok(), Some(42), "{name}: after the original was dropped");
+        // A new segment takes the lowest free descriptor: the one the original had.
+        let other = SharedBuffer::<u64>::zeroed(4).unwrap();
+        other.set(0, 1000);
+        back.set(1, 8);
+        let sum = bounded(name, pool.submit(buffer_sum, back.clone())).await;
+        assert_eq!(
+            sum.ok(),
+            Some(50),
+            "{name}: with another segment made since"
+        );
+        let sum = bounded(name, pool.submit(buffer_sum, other)).await;
+        assert_eq!(sum.ok(), Some(1000), "{name}: the other segment");
         bounded(name, pool.shutdown()).await;
     }
 }

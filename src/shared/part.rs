@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 /// One shared memory segment, mapped here, and how other processes find it.
 pub(super) struct Segment {
     map: Mapping,
-    /// The process that created it and its descriptor there: what a handle names.
+    /// The process that created it and a descriptor of it there (in that process, one
+    /// that `map` owns): what a handle names.
     pid: u32,
     fd: i32,
     /// Its name (unique: process, count, random), checked by whoever opens it.
@@ -70,10 +71,17 @@ impl Segment {
                      must still hold it, on the same machine)"
             )
         })?;
+        // Back in the process that created it, the segment is named by the descriptor
+        // just opened, which it owns, and not by the one the handle named, which the
+        // original array may close.
+        let fd = match map.raw_fd() {
+            -1 => handle.fd,
+            own => own,
+        };
         Ok(Segment {
             map,
             pid: handle.pid,
-            fd: handle.fd,
+            fd,
             name: handle.name.clone(),
         })
     }

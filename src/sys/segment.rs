@@ -185,6 +185,12 @@ impl Mapping {
     /// Opens bytes `start .. start + len` of the segment that process `pid` holds as
     /// descriptor `fd`, checking that its name is `name` and, for a read-only mapping,
     /// that it is sealed against writing. Whole pages are mapped around the range.
+    ///
+    /// Opened in the process that created it (a shared array that came back in a job's
+    /// result), the mapping keeps the new descriptor ([`Mapping::raw_fd`]), which names
+    /// the segment for as long as the mapping lives: `fd` may be closed, and its number
+    /// reused, once the array it came from is dropped. Opened elsewhere, the mapping
+    /// holds no descriptor (`raw_fd` is -1): the memory stays mapped without one.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     pub(crate) fn open(
@@ -231,7 +237,9 @@ impl Mapping {
         let offset = start - start % page_size();
         let mut mapping = Mapping::map(file.into(), offset, (end - offset).max(1), writable, true)
             .map_err(|e| format!("cannot map {name}: {e}"))?;
-        mapping.fd = None;
+        if pid != std::process::id() {
+            mapping.fd = None;
+        }
         Ok(mapping)
     }
 
@@ -307,7 +315,7 @@ impl Mapping {
         (fd, this.offset, this.len)
     }
 
-    /// The descriptor's number in this process (-1 for a segment it opened).
+    /// The descriptor's number in this process (-1 for a segment it opened from another).
     pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
     }
