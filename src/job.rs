@@ -539,7 +539,7 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
         Some(numbers) => numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
             JobError::Decode("result: packed numbers of a length no whole number of values".into())
         }),
-        None => postcard::from_bytes::<R>(&bytes)
+        None => crate::shared::decoding(|| postcard::from_bytes::<R>(&bytes))
             .map(|r| Box::new(r) as Output)
             .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}")))),
     };

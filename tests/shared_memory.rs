@@ -164,6 +164,58 @@ async fn a_returned_buffer_travels_again_once_the_original_is_dropped() {
     }
 }
 
+/// Travels as a shared array of `u64`s, which cannot be read as the `u32`s it decodes
+/// as; its `Deserialize` swallows that failure.
+#[derive(Debug)]
+struct Lenient(Option<SharedSlice<u32>>);
+
+impl serde::Serialize for Lenient {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let slice = SharedSlice::from_slice(&[1_u64]).map_err(serde::ser::Error::custom)?;
+        slice.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Lenient(SharedSlice::deserialize(deserializer).ok()))
+    }
+}
+
+/// Serializes; its `Deserialize` fails, with a reason of its own.
+#[derive(Debug, serde::Serialize)]
+struct Refused;
+
+impl<'de> serde::Deserialize<'de> for Refused {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("refused"))
+    }
+}
+
+fn make_lenient(_: ()) -> Lenient {
+    Lenient(None)
+}
+
+fn make_refused(_: ()) -> Refused {
+    Refused
+}
+
+#[tokio::test]
+async fn a_swallowed_shared_array_failure_does_not_explain_a_later_error() {
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .build()
+        .unwrap();
+    // Decoded on this thread, as the next result is.
+    let lenient = bounded("lenient", pool.submit(make_lenient, ())).await;
+    assert!(matches!(lenient, Ok(Lenient(None))), "{lenient:?}");
+    match bounded("refused", pool.submit(make_refused, ())).await {
+        Err(JobError::Decode(why)) => assert!(!why.contains("shared array"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    bounded("shutdown", pool.shutdown()).await;
+}
+
 /// Reads the slice, then dies the way a wild pointer would make it.
 fn read_then_abort(input: SharedSlice<u64>) -> u64 {
     if input[0] == 1 {

@@ -56,7 +56,7 @@ mod part;
 
 use crate::error::ShareError;
 use part::Part;
-pub(crate) use part::{Kept, explain, keeping};
+pub(crate) use part::{Kept, decoding, explain, keeping};
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;

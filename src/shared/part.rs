@@ -146,8 +146,16 @@ pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
     (result, Kept(kept.filter(|k| !k.is_empty()).map(Box::new)))
 }
 
+/// Runs `decode` (a decoder that may fail with a message for [`explain`]), forgetting
+/// first why an earlier shared array did not decode: a `Deserialize` impl that swallowed
+/// that failure must not have it explain this decoder's.
+pub(crate) fn decoding<T>(decode: impl FnOnce() -> T) -> T {
+    let _ = WHY.try_with(|why| why.borrow_mut().take());
+    decode()
+}
+
 /// `message` (a decoder's error), with why a shared array in it did not decode, if one
-/// did not.
+/// did not (in a decoder run with [`decoding`]).
 pub(crate) fn explain(message: String) -> String {
     match WHY.try_with(|why| why.borrow_mut().take()).ok().flatten() {
         Some(why) => format!("{message}: {why}"),

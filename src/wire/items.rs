@@ -216,7 +216,9 @@ pub(crate) fn put_tagged<A: Serialize + 'static>(
 /// Decodes one item's result with a user `Deserialize` impl, which may panic: then the
 /// item fails with [`JobError::Decode`], and the caller goes on.
 fn decode_result<R: DeserializeOwned + 'static>(body: &[u8]) -> Result<R, JobError> {
-    match catch_unwind(AssertUnwindSafe(|| take_value::<R>(body))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        crate::shared::decoding(|| take_value::<R>(body))
+    })) {
         Ok(Ok((value, _))) => Ok(value),
         Ok(Err(e)) => Err(JobError::Decode(crate::shared::explain(format!(
             "result: {e}"
