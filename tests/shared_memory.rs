@@ -412,3 +412,41 @@ fn a_shared_array_submitted_from_a_thread_locals_destructor_fails_clearly() {
         assert_eq!(pool.submit(byte_sum, shared).wait(), Ok(6));
     });
 }
+
+#[test]
+fn a_read_only_array_is_made_while_another_thread_starts_programs() {
+    // A program started with a user id set is forked, then exec'd (std cannot use
+    // `posix_spawn` for it): meanwhile the child has every mapping of this process. It
+    // must not hold a writable mapping of a read-only array being made, which sealing it
+    // against writing would refuse (`EBUSY`).
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let starter = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut started = 0_u32;
+            while !stop.load(Ordering::Relaxed) {
+                let status = std::process::Command::new("true").uid(uid).status();
+                assert!(status.is_ok_and(|s| s.success()), "`true` failed");
+                started += 1;
+            }
+            started
+        }
+    });
+    let values = vec![7_u8; 1 << 20];
+    let failed: Vec<_> = (0..200)
+        .filter_map(|_| SharedSlice::from_slice(&values).err())
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let started = starter.join().unwrap();
+    assert!(started > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of 200 failed, {started} programs started: {}",
+        failed.len(),
+        failed[0]
+    );
+}

@@ -26,8 +26,9 @@ pub(super) struct Segment {
 }
 
 impl Segment {
-    /// A new segment of `bytes` zero bytes, or holding `values`.
-    fn create<E: Pod>(bytes: usize, values: &[E]) -> Result<Segment, ShareError> {
+    /// A new segment of `bytes` zero bytes, or holding `values`; unless `writable`,
+    /// sealed against writing.
+    fn create<E: Pod>(bytes: usize, values: &[E], writable: bool) -> Result<Segment, ShareError> {
         use std::sync::atomic::AtomicU64;
         static COUNT: AtomicU64 = AtomicU64::new(0);
         let mut random = [0_u8; 8];
@@ -39,7 +40,12 @@ impl Segment {
             u64::from_ne_bytes(random)
         );
         let c_name = std::ffi::CString::new(name.clone()).expect("no NUL in the name");
-        let map = Mapping::create(bytes, &c_name, values).map_err(|source| {
+        let map = if writable {
+            Mapping::create(bytes, &c_name, values)
+        } else {
+            Mapping::create_sealed(bytes, &c_name, values)
+        };
+        let map = map.map_err(|source| {
             if source.kind() == std::io::ErrorKind::Unsupported {
                 ShareError::Unsupported
             } else {
@@ -236,14 +242,7 @@ impl<E: Element> Part<E> {
         let bytes = len
             .checked_mul(std::mem::size_of::<E>())
             .ok_or(ShareError::TooLarge { len })?;
-        let mut segment = Segment::create(bytes, values)?;
-        if !writable {
-            let Segment { map, pid, fd, name } = segment;
-            let map = map
-                .seal()
-                .map_err(|source| ShareError::Create { bytes, source })?;
-            segment = Segment { map, pid, fd, name };
-        }
+        let segment = Segment::create(bytes, values, writable)?;
         Ok(Part {
             segment: Arc::new(segment),
             start: 0,

@@ -102,6 +102,32 @@ fn page_size() -> usize {
 const READ_ONLY_SEALS: libc::c_int =
     libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
+/// A new `memfd` of `len` bytes (at least one) named `name`, sealed against shrinking.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn new_file(len: usize, name: &std::ffi::CStr) -> io::Result<File> {
+    // SAFETY: `memfd_create` reads the NUL-terminated name and returns a new descriptor
+    // or -1.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if raw < 3 {
+        // A standard descriptor a daemon had closed: keep it free for a job's output.
+        fd = fd.try_clone()?;
+    }
+    let file = File::from(fd);
+    file.set_len(len.max(1) as u64)?;
+    // SAFETY: `fcntl(F_ADD_SEALS)` on a descriptor this process owns touches no memory.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 impl Mapping {
     /// A new segment of `len` bytes, mapped writable, starting with the bytes of `values`
     /// (at most `len` of them) and zero after them, named `name` (which shows in
@@ -117,27 +143,7 @@ impl Mapping {
         if value_bytes > len {
             return Err(io::Error::other("more values than bytes"));
         }
-        // SAFETY: `memfd_create` reads the NUL-terminated name and returns a new
-        // descriptor or -1.
-        let raw = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        if raw < 3 {
-            // A standard descriptor a daemon had closed: keep it free for a job's output.
-            fd = fd.try_clone()?;
-        }
-        let file = File::from(fd);
-        file.set_len(len.max(1) as u64)?;
-        // SAFETY: `fcntl(F_ADD_SEALS)` on a descriptor this process owns touches no
-        // memory.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let file = new_file(len, name)?;
         let mapping = Mapping::map(file.into(), 0, len.max(1), true, !values.is_empty())?;
         // SAFETY: `values` is `value_bytes` bytes of `Pod` values (no padding, so every
         // byte is initialized), and the new mapping is at least that long; no other
@@ -152,6 +158,38 @@ impl Mapping {
         Ok(mapping)
     }
 
+    /// A new segment as [`Mapping::create`] makes, sealed against any further write and
+    /// mapped read-only.
+    ///
+    /// The bytes are written through the descriptor, never through a writable mapping: a
+    /// child another thread forks meanwhile would inherit such a mapping, and sealing
+    /// would fail (`EBUSY`) for as long as it held it.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn create_sealed<E: Pod>(
+        len: usize,
+        name: &std::ffi::CStr,
+        values: &[E],
+    ) -> io::Result<Mapping> {
+        use std::os::unix::fs::FileExt;
+        if std::mem::size_of_val(values) > len {
+            return Err(io::Error::other("more values than bytes"));
+        }
+        let file = new_file(len, name)?;
+        // SAFETY: `values` is `size_of_val(values)` bytes of `Pod` values, which have no
+        // padding, so every byte is initialized; the borrow lives as long as `values`.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        file.write_all_at(bytes, 0)?;
+        // SAFETY: `fcntl(F_ADD_SEALS)` on a descriptor this process owns touches no
+        // memory.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, READ_ONLY_SEALS) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Mapping::map(file.into(), 0, len.max(1), false, !values.is_empty())
+    }
+
     /// Without `memfd` there is no segment to share.
     #[cfg(not(target_os = "linux"))]
     pub(crate) fn create<E: Pod>(
@@ -162,23 +200,12 @@ impl Mapping {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// Seals the segment against any further write and maps it again, read-only. Fails
-    /// (`EBUSY`) if another writable mapping of it exists.
-    #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
-    pub(crate) fn seal(self) -> io::Result<Mapping> {
-        let (fd, offset, len) = self.unmap();
-        let fd = fd.ok_or_else(|| io::Error::other("only its creator seals a segment"))?;
-        // SAFETY: `fcntl(F_ADD_SEALS)` on a descriptor this process owns touches no
-        // memory.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, READ_ONLY_SEALS) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Mapping::map(fd, offset, len, false, false)
-    }
-
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn seal(self) -> io::Result<Mapping> {
+    pub(crate) fn create_sealed<E: Pod>(
+        _len: usize,
+        _name: &std::ffi::CStr,
+        _values: &[E],
+    ) -> io::Result<Mapping> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
@@ -301,20 +328,6 @@ impl Mapping {
         })
     }
 
-    /// Unmaps, giving back the descriptor and what was mapped.
-    #[allow(unsafe_code)]
-    fn unmap(self) -> (Option<OwnedFd>, usize, usize) {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: the mapping was made by `map` with this address and length (the type's
-        // invariant); `this` is never used or dropped again, so no borrow of it remains.
-        unsafe {
-            libc::munmap(this.ptr.as_ptr().cast(), this.len);
-        }
-        // SAFETY: `fd` is read out once from a value that is never dropped.
-        let fd = unsafe { std::ptr::read(&this.fd) };
-        (fd, this.offset, this.len)
-    }
-
     /// The descriptor's number in this process (-1 for a segment it opened from another).
     pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
@@ -408,8 +421,7 @@ mod tests {
 
     #[test]
     fn a_sealed_segment_lends_its_elements_and_refuses_writers() {
-        let mapping = Mapping::create(16, c"procpool-test-b", &[0_u32, 5]).unwrap();
-        let sealed = mapping.seal().unwrap();
+        let sealed = Mapping::create_sealed(16, c"procpool-test-b", &[0_u32, 5]).unwrap();
         assert_eq!(sealed.elements::<u32>(0, 4).unwrap(), &[0, 5, 0, 0]);
         assert!(sealed.atoms::<u32>(0, 4).is_none());
         let pid = std::process::id();
