@@ -529,7 +529,7 @@ pub(crate) fn check_shippable(target: &Target) -> Result<(), JobError> {
 
 fn decode_single<R: DeserializeOwned + Send + 'static>(
     bytes: bytes::Bytes,
-    kept: crate::shared::Kept,
+    mut kept: crate::shared::Kept,
 ) -> Result<Output, JobError> {
     if is_byte_buffer::<R>() {
         // Without a copy when the answer has a buffer of its own (a large one does).
@@ -539,7 +539,7 @@ fn decode_single<R: DeserializeOwned + Send + 'static>(
         Some(numbers) => numbers.map(|r| Box::new(r) as Output).ok_or_else(|| {
             JobError::Decode("result: packed numbers of a length no whole number of values".into())
         }),
-        None => crate::shared::decoding(|| postcard::from_bytes::<R>(&bytes))
+        None => crate::shared::decoding(&mut kept, || postcard::from_bytes::<R>(&bytes))
             .map(|r| Box::new(r) as Output)
             .map_err(|e| JobError::Decode(crate::shared::explain(format!("result: {e}")))),
     };

@@ -135,7 +135,9 @@ pub(crate) fn run_single<A: DeserializeOwned + 'static, R: Serialize + 'static>(
             }
         }
     } else {
-        match catch(|| crate::shared::decoding(|| postcard::from_bytes::<A>(input))) {
+        match catch(|| {
+            crate::shared::decoding(&mut Default::default(), || postcard::from_bytes::<A>(input))
+        }) {
             Ok(Ok(arg)) => arg,
             Ok(Err(e)) => return Outcome::Decode(crate::shared::explain(e.to_string())),
             Err((message, ..)) => {
@@ -216,7 +218,9 @@ pub(crate) fn run_chunk<A: DeserializeOwned + 'static, R: Serialize + 'static>(
             push_message_item(out.tagged(), TAG_ARG_ENCODE, &message);
             continue;
         }
-        let arg = match catch(|| crate::shared::decoding(|| take_value::<A>(body))) {
+        let arg = match catch(|| {
+            crate::shared::decoding(&mut Default::default(), || take_value::<A>(body))
+        }) {
             Ok(Ok((arg, tail))) => {
                 rest = tail;
                 arg

@@ -139,11 +139,28 @@ async fn buffers_a_map_returns_arrive_though_the_caller_kept_none() {
     }
 }
 
+/// A buffer a job keeps for a later one, which returns it ([`unstash`]).
+static STASH: std::sync::Mutex<Option<SharedBuffer<u64>>> = std::sync::Mutex::new(None);
+
+/// Marks the buffer as [`mark_and_return`] does, and keeps it.
+fn mark_and_stash(buffer: SharedBuffer<u64>) {
+    buffer.set(0, 42);
+    *STASH.lock().unwrap() = Some(buffer);
+}
+
+fn unstash(_: ()) -> SharedBuffer<u64> {
+    STASH.lock().unwrap().take().expect("a stashed buffer")
+}
+
 #[tokio::test]
 async fn a_returned_buffer_travels_again_once_the_original_is_dropped() {
+    // Returned by a later job than the one it was sent to, the buffer is opened again
+    // here, by its creator, rather than shared with the job's argument.
     for (name, pool) in pools(1) {
         let original = SharedBuffer::<u64>::zeroed(4).unwrap();
-        let back = bounded(name, pool.submit(mark_and_return, original.clone())).await;
+        let stashed = bounded(name, pool.submit(mark_and_stash, original.clone())).await;
+        assert_eq!(stashed, Ok(()), "{name}");
+        let back = bounded(name, pool.submit(unstash, ())).await;
         let back = back.unwrap();
         drop(original);
         let sum = bounded(name, pool.submit(buffer_sum, back.clone())).await;
@@ -162,6 +179,40 @@ async fn a_returned_buffer_travels_again_once_the_original_is_dropped() {
         assert_eq!(sum.ok(), Some(1000), "{name}: the other segment");
         bounded(name, pool.shutdown()).await;
     }
+}
+
+#[tokio::test]
+async fn a_returned_buffer_shares_the_segment_it_was_sent_as() {
+    let pool = ProcessPoolExecutor::new(1).unwrap();
+    let buffer = SharedBuffer::<u64>::zeroed(1 << 12).unwrap();
+    let name = segment_name(&buffer);
+    let here = std::process::id();
+    let mine = || {
+        holders_of(&name)
+            .iter()
+            .filter(|(pid, _)| *pid == here)
+            .count()
+    };
+    let maps = || {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().filter(|line| line.contains(&name)).count()
+    };
+    assert_eq!((mine(), maps()), (1, 1), "before the job");
+    let back = bounded("a job", pool.submit(mark_and_return, buffer.clone())).await;
+    let back = back.unwrap();
+    assert_eq!(
+        (mine(), maps()),
+        (1, 1),
+        "descriptors and mappings of {name} here, with the returned buffer alive"
+    );
+    // And in a map, whose chunks decode their items later.
+    let buffers: Vec<_> = (0..4).map(|_| buffer.clone()).collect();
+    let all = pool.map(mark_and_return, buffers).chunk_size(2);
+    let all: Vec<_> = bounded("a map", futures::StreamExt::collect(all)).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!((mine(), maps()), (1, 1), "with the map's buffers alive");
+    drop((back, all));
+    bounded("shutdown", pool.shutdown()).await;
 }
 
 /// Travels as a shared array of `u64`s, which cannot be read as the `u32`s it decodes

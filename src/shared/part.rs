@@ -100,6 +100,9 @@ thread_local! {
     /// Why the last shared array failed to decode: serde formats keep only their own
     /// message, so the decoder adds this one.
     static WHY: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// While a pool decodes a job's result: the segments its argument named, which a
+    /// handle in the result to one of this process's own names again (see [`decoding`]).
+    static LENT: RefCell<Kept> = const { RefCell::new(Kept(None)) };
 }
 
 /// The segments a job's argument names, held by the pool until the job has ended.
@@ -155,9 +158,46 @@ pub(crate) fn keeping<T>(encode: impl FnOnce() -> T) -> (T, Kept) {
 /// Runs `decode` (a decoder that may fail with a message for [`explain`]), forgetting
 /// first why an earlier shared array did not decode: a `Deserialize` impl that swallowed
 /// that failure must not have it explain this decoder's.
-pub(crate) fn decoding<T>(decode: impl FnOnce() -> T) -> T {
+///
+/// Meanwhile `kept` (the segments of the job whose result this is) is lent to the shared
+/// arrays being decoded: one that names a segment of this process among them shares it,
+/// as the same memory, rather than open it again (five system calls, and a mapping and
+/// a descriptor of its own, whose pages are all mapped at once).
+pub(crate) fn decoding<T>(kept: &mut Kept, decode: impl FnOnce() -> T) -> T {
+    /// Gives the segments back to `kept`, also should `decode` panic.
+    struct GiveBack<'a> {
+        kept: &'a mut Kept,
+        outer: Kept,
+    }
+    impl Drop for GiveBack<'_> {
+        fn drop(&mut self) {
+            let outer = std::mem::take(&mut self.outer);
+            if let Ok(lent) = LENT.try_with(|lent| lent.replace(outer)) {
+                *self.kept = lent;
+            }
+        }
+    }
     let _ = WHY.try_with(|why| why.borrow_mut().take());
+    if kept.0.is_none() {
+        return decode();
+    }
+    let Ok(outer) = LENT.try_with(|lent| lent.replace(std::mem::take(kept))) else {
+        return decode(); // this thread's state is gone: arrays are opened again
+    };
+    let _give_back = GiveBack { kept, outer };
     decode()
+}
+
+/// The segment lent to this decode (see [`decoding`]) that `handle` names, if any.
+fn lent(handle: &Handle) -> Option<Arc<Segment>> {
+    if handle.pid != std::process::id() {
+        return None;
+    }
+    let named = |segment: &&Arc<Segment>| {
+        segment.fd == handle.fd && segment.pid == handle.pid && segment.name == handle.name
+    };
+    let found = LENT.try_with(|lent| lent.borrow().0.as_ref()?.iter().find(named).cloned());
+    found.ok().flatten()
 }
 
 /// `message` (a decoder's error), with why a shared array in it did not decode, if one
@@ -369,9 +409,14 @@ impl<E: Element> Part<E> {
                 if len == 0 {
                     return Part::create(0, &[], writable).map_err(|e| fail(e.to_string()));
                 }
-                let segment = Segment::open(&handle, bytes).map_err(fail)?;
+                let segment = match lent(&handle)
+                    .filter(|segment| segment.map.lends::<E>(writable, start, len))
+                {
+                    Some(segment) => segment,
+                    None => Arc::new(Segment::open(&handle, bytes).map_err(fail)?),
+                };
                 Ok(Part {
-                    segment: Arc::new(segment),
+                    segment,
                     start,
                     len,
                     _element: PhantomData,

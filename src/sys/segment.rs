@@ -68,10 +68,10 @@ pub(crate) struct Mapping {
     len: usize,
     offset: usize,
     writable: bool,
-    /// The file's descriptor, kept by the process that created it (others name it by
-    /// that process and this number) and closed by those that opened it: their mapping
-    /// holds the file, and a job that opens many arrays should not run out of
-    /// descriptors.
+    /// The file's descriptor, kept by the process that created it, also in a mapping it
+    /// opened again (others name it by that process and this number), and closed by the
+    /// other processes that opened it: their mapping holds the file, and a job that opens
+    /// many arrays should not run out of descriptors.
     fd: Option<OwnedFd>,
 }
 
@@ -331,6 +331,12 @@ impl Mapping {
     /// The descriptor's number in this process (-1 for a segment it opened from another).
     pub(crate) fn raw_fd(&self) -> i32 {
         self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// Whether [`Mapping::elements`] (unless `writable`) or [`Mapping::atoms`] (if
+    /// `writable`) would lend these elements.
+    pub(crate) fn lends<E: Pod>(&self, writable: bool, start: usize, count: usize) -> bool {
+        self.writable == writable && self.holds::<E>(start, count)
     }
 
     /// Whether the mapped bytes `start .. start + count * size_of::<E>()` of the file lie

@@ -215,9 +215,12 @@ pub(crate) fn put_tagged<A: Serialize + 'static>(
 
 /// Decodes one item's result with a user `Deserialize` impl, which may panic: then the
 /// item fails with [`JobError::Decode`], and the caller goes on.
-fn decode_result<R: DeserializeOwned + 'static>(body: &[u8]) -> Result<R, JobError> {
+fn decode_result<R: DeserializeOwned + 'static>(
+    body: &[u8],
+    kept: &mut crate::shared::Kept,
+) -> Result<R, JobError> {
     match catch_unwind(AssertUnwindSafe(|| {
-        crate::shared::decoding(|| take_value::<R>(body))
+        crate::shared::decoding(kept, || take_value::<R>(body))
     })) {
         Ok(Ok((value, _))) => Ok(value),
         Ok(Err(e)) => Err(JobError::Decode(crate::shared::explain(format!(
@@ -398,7 +401,7 @@ impl<R: DeserializeOwned + 'static> EncodedItems<R> {
                 Some(_) => plain::get::<R>(body).ok_or_else(|| {
                     JobError::Decode(format!("result: not a `{}`", std::any::type_name::<R>()))
                 }),
-                None => decode_result::<R>(body),
+                None => decode_result::<R>(body, &mut self.kept),
             },
             TAG_PANICKED => match postcard::from_bytes::<Report>(body) {
                 Ok((message, location, backtrace)) => Err(JobError::Panicked {
@@ -497,7 +500,7 @@ impl<R: DeserializeOwned + 'static> Iterator for EncodedItems<R> {
                 // A user `Deserialize` runs here, on the caller's thread: its panic fails
                 // only this item.
                 self.at = self.bytes.len() - rest.len();
-                return Some(decode_result::<R>(body));
+                return Some(decode_result::<R>(body, &mut self.kept));
             }
         }
         Some(self.next_in_general())
