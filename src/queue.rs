@@ -202,7 +202,11 @@ impl<T: Queued> JobQueue<T> {
     /// Puts jobs that were taken but never ran back at the front, in their order, even if
     /// the queue has been closed meanwhile (a graceful close still drains them). If it was
     /// closed with an error, they end with that error instead.
-    pub(crate) fn requeue_front(&self, jobs: Vec<T>) {
+    ///
+    /// A claimed job goes back queued again ([`JobState::unclaim`]), so that `cancel()`
+    /// removes it while it waits; one whose cancellation was asked for ends instead.
+    pub(crate) fn requeue_front(&self, mut jobs: Vec<T>) {
+        jobs.retain(|job| job.state().unclaim());
         if jobs.is_empty() {
             return;
         }

@@ -32,9 +32,11 @@ const DONE: u8 = 2;
 
 /// The completion cell of one job, shared by the pool and the job's handle.
 ///
-/// Invariant: `state` only moves forward (`QUEUED -> RUNNING -> DONE` or
-/// `QUEUED -> DONE`), and whoever moves it to `DONE` stores the result first, so the
-/// result is written exactly once and is present whenever `state == DONE`.
+/// Invariant: `state` moves `QUEUED -> RUNNING -> DONE` or `QUEUED -> DONE`, and back
+/// from `RUNNING` to `QUEUED` only for a claimed job that did not run and is put back in
+/// the queue ([`unclaim`](Self::unclaim), under the lock); whoever moves it to `DONE`
+/// stores the result first, so the result is written exactly once and is present
+/// whenever `state == DONE`.
 ///
 /// One is allocated for every job, so it is kept small: at most 104 bytes, which with
 /// the `Arc`'s counts is an allocation glibc serves from its fast bins (a size test
@@ -120,9 +122,9 @@ impl JobState {
         state
     }
 
-    /// Claims a job for running, if it is queued or was claimed before (a job that was
-    /// handed to a worker and put back unstarted). `false` means it has ended (cancelled
-    /// while queued) and must not run.
+    /// Claims a job for running, if it is queued (or claimed already: a job put back in
+    /// the queue is [`unclaim`](Self::unclaim)ed first, so that `cancel()` removes it
+    /// there). `false` means it has ended (cancelled while queued) and must not run.
     pub(crate) fn claim(&self) -> bool {
         self.try_start() || self.state.load(Ordering::Acquire) == RUNNING
     }
@@ -140,6 +142,32 @@ impl JobState {
     /// [`crate::sys::prefetch`].
     pub(crate) fn prefetch_claim(&self) {
         crate::sys::prefetch(self.state.as_ptr());
+    }
+
+    /// Puts a claimed job that did not run here back to queued, as a job taken back from
+    /// a worker (or to run again after its worker died) goes back in the queue: no longer
+    /// stoppable, and removed by a `cancel()` while it waits there. `false` if it must not
+    /// go back: it has ended, or a `cancel()` asked to stop it, and it ends now, with
+    /// [`JobError::Cancelled`].
+    pub(crate) fn unclaim(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            QUEUED => return true, // never claimed: nobody else moves it while it is here
+            DONE => return false,
+            _ => {}
+        }
+        let mut ending = self.lock();
+        let stopper = ending.stopper.take();
+        self.stoppable.store(false, Ordering::Relaxed);
+        let put_back = if self.stop_requested.swap(false, Ordering::AcqRel) {
+            !self.end_locked(ending, RUNNING, Err(JobError::Cancelled), || {}, wake_now)
+        } else {
+            // Under the lock, as every end of a running job and `cancel()` look at it.
+            self.state
+                .compare_exchange(RUNNING, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        drop(stopper);
+        put_back
     }
 
     /// Lets a later `cancel()` stop this claimed job, which is running now, by notifying
@@ -195,11 +223,7 @@ impl JobState {
     /// Moves `from -> DONE` and stores the result, under the result's lock so that whoever
     /// wins the exchange is the only writer and readers never see `DONE` without it.
     fn end(&self, from: u8, result: Result<Finished, JobError>, on_end: impl FnOnce()) -> bool {
-        self.end_with(from, result, on_end, |waker| {
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        })
+        self.end_with(from, result, on_end, wake_now)
     }
 
     /// [`end`](Self::end), with `wake` deciding what becomes of the handle's waker.
@@ -210,7 +234,18 @@ impl JobState {
         on_end: impl FnOnce(),
         wake: impl FnOnce(Option<Waker>),
     ) -> bool {
-        let mut ending = self.lock();
+        self.end_locked(self.lock(), from, result, on_end, wake)
+    }
+
+    /// [`end_with`](Self::end_with), under the lock `ending` holds (which it lets go).
+    fn end_locked(
+        &self,
+        mut ending: MutexGuard<'_, Ending>,
+        from: u8,
+        result: Result<Finished, JobError>,
+        on_end: impl FnOnce(),
+        wake: impl FnOnce(Option<Waker>),
+    ) -> bool {
         if self
             .state
             .compare_exchange(from, DONE, Ordering::AcqRel, Ordering::Acquire)
@@ -263,20 +298,27 @@ impl JobState {
     }
 
     /// Requests cancellation; see [`JobHandle::cancel`].
+    ///
+    /// Under the lock, so that a job being put back in the queue
+    /// ([`unclaim`](Self::unclaim)) is either still claimed, and then stopped by the
+    /// request it finds, or queued again, and removed.
     pub(crate) fn cancel(&self) -> bool {
-        if self.fail_queued(JobError::Cancelled) {
-            return true;
-        }
-        if self.state.load(Ordering::Acquire) == RUNNING && self.stoppable.load(Ordering::Relaxed) {
-            self.stop_requested.store(true, Ordering::Release);
-            // Cloned out, so that the pool's task is not woken while this holds the lock.
-            let stopper = self.lock().stopper.clone();
-            if let Some(stopper) = stopper {
-                stopper.notify_one();
+        let ending = self.lock();
+        match self.state.load(Ordering::Acquire) {
+            QUEUED => self.end_locked(ending, QUEUED, Err(JobError::Cancelled), || {}, wake_now),
+            RUNNING if self.stoppable.load(Ordering::Relaxed) => {
+                self.stop_requested.store(true, Ordering::Release);
+                // Cloned out, so that the pool's task is not woken while this holds the
+                // lock.
+                let stopper = ending.stopper.clone();
+                drop(ending);
+                if let Some(stopper) = stopper {
+                    stopper.notify_one();
+                }
+                true
             }
-            return true;
+            _ => false,
         }
-        false
     }
 
     /// Resolves when `cancel()` asks the pool to stop this running job, which the pool
@@ -318,6 +360,13 @@ impl JobState {
 
     pub(super) fn finished_with_error(&self) -> bool {
         self.is_done() && matches!(self.lock().result, Some(Err(_)))
+    }
+}
+
+/// Wakes the task awaiting a job that has just ended, if there is one.
+fn wake_now(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -368,5 +417,42 @@ mod tests {
             "JobState is {} bytes",
             size_of::<JobState>()
         );
+    }
+
+    fn ended_with(state: &JobState) -> Option<JobError> {
+        state.take()?.err()
+    }
+
+    #[test]
+    fn a_job_put_back_is_queued_again_unless_its_stop_was_asked_for() {
+        let stopper = Arc::new(tokio::sync::Notify::new());
+        // Claimed, never stoppable (it waited behind another job), put back: cancellable.
+        let waited = JobState::new();
+        assert!(waited.claim());
+        assert!(!waited.cancel(), "claimed: no longer removed");
+        assert!(waited.unclaim());
+        assert!(waited.cancel(), "queued again");
+        assert_eq!(ended_with(&waited), Some(JobError::Cancelled));
+        // Ran (stoppable), its stop asked for, then put back to run again: it ends.
+        let ran = JobState::new();
+        assert!(ran.claim());
+        ran.make_stoppable(&stopper);
+        assert!(ran.cancel());
+        assert!(
+            !ran.unclaim(),
+            "a job whose stop was asked for does not go back"
+        );
+        assert_eq!(ended_with(&ran), Some(JobError::Cancelled));
+        // Ran, put back without a request: queued, not stoppable, no request left over.
+        let retried = JobState::new();
+        assert!(retried.claim());
+        retried.make_stoppable(&stopper);
+        assert!(retried.unclaim());
+        assert!(retried.claim());
+        assert!(!retried.cancel(), "claimed again, not yet stoppable");
+        assert!(!retried.stop_requested.load(Ordering::Relaxed));
+        // An ended job does not go back.
+        let done = JobState::completed(Ok(Box::new(())));
+        assert!(!done.unclaim());
     }
 }
