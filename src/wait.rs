@@ -100,6 +100,10 @@ pub enum ReturnWhen {
     /// As soon as any job has finished.
     FirstCompleted,
     /// As soon as any job has finished with an error, or when all have finished.
+    ///
+    /// A process pool's answer that does not decode counts as the error awaiting it
+    /// gives ([`JobError::Decode`](crate::JobError::Decode)): `wait` decodes the answers
+    /// of the jobs that have ended, on the calling thread, to tell.
     FirstError,
     /// When every job has finished.
     AllCompleted,
@@ -148,7 +152,8 @@ where
         for handle in &handles {
             if handle.poll_ready(cx).is_ready() {
                 finished += 1;
-                failed |= handle.finished_with_error();
+                // Only when it matters: it decodes an answer, which `wait` need not.
+                failed |= return_when == ReturnWhen::FirstError && handle.finished_with_error();
             }
         }
         let met = match return_when {

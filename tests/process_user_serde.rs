@@ -11,7 +11,9 @@ mod common;
 
 use common::*;
 use futures::StreamExt;
-use procpool::{Executor, ExecutorExt, JobError, JobOptions, ProcessPoolExecutor};
+use procpool::{
+    Executor, ExecutorExt, JobError, JobOptions, ProcessPoolExecutor, ReturnWhen, wait,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -376,4 +378,60 @@ async fn a_serialize_error_keeps_its_own_message() {
         matches!(&answered, Err(e) if e.to_string().contains("a price cannot be negative (-7)")),
         "{answered:?}"
     );
+}
+
+/// Encodes fine in the worker; its `Deserialize` (run in the parent) fails.
+#[derive(Debug, Serialize)]
+struct FailsToDecode(u8);
+
+impl<'de> Deserialize<'de> for FailsToDecode {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("no decoding this"))
+    }
+}
+
+fn make_fails_to_decode(x: u8) -> FailsToDecode {
+    FailsToDecode(x)
+}
+
+fn gated_fails_to_decode(gate: String) -> FailsToDecode {
+    assert!(wait_until_exists(&gate), "gate never opened");
+    FailsToDecode(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_first_error_returns_on_a_result_that_fails_to_decode() {
+    let pool = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .unwrap();
+    let gate = Gate::new();
+    let handles = vec![
+        pool.submit(gated_fails_to_decode, gate.path()),
+        pool.submit(make_fails_to_decode, 1),
+    ];
+    // The second job has finished (and the first cannot until the gate opens).
+    let first = bounded(
+        "first completed",
+        wait(handles, ReturnWhen::FirstCompleted, None),
+    )
+    .await;
+    assert_eq!((first.done.len(), first.pending.len()), (1, 1));
+    let handles: Vec<_> = first.pending.into_iter().chain(first.done).collect();
+    // One of them has ended with an error (awaiting it gives Decode): FirstError must return.
+    let waited = tokio::time::timeout(
+        Duration::from_secs(15),
+        wait(handles, ReturnWhen::FirstError, None),
+    )
+    .await;
+    gate.open();
+    let waited =
+        waited.expect("wait(FirstError) did not return though a finished job's result is an error");
+    assert_eq!(waited.done.len(), 1);
+    let failed = waited.done.into_iter().next().unwrap();
+    assert!(matches!(
+        bounded("failed", failed).await,
+        Err(JobError::Decode(_))
+    ));
+    pool.shutdown().await;
 }

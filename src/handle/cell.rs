@@ -358,6 +358,29 @@ impl JobState {
         Some(result.map_err(|error| *error))
     }
 
+    /// Decodes an ended job's undecoded answer where it lies, on this (the caller's)
+    /// thread, so that one that does not decode is the error it will be when read
+    /// ([`finished_with_error`](Self::finished_with_error)).
+    pub(super) fn settle(&self) {
+        if !self.is_done() {
+            return;
+        }
+        let undecoded = {
+            let mut ending = self.lock();
+            match ending.result.take() {
+                Some(Ok(Finished::Encoded(undecoded))) => undecoded,
+                other => {
+                    ending.result = other;
+                    return;
+                }
+            }
+        };
+        // Without the lock: a `Deserialize` impl runs here. Only the handle reads the
+        // result of an ended job, and its owner is the one settling it.
+        let settled = undecoded.decode().map(Finished::Value).map_err(Box::new);
+        self.lock().result = Some(settled);
+    }
+
     pub(super) fn finished_with_error(&self) -> bool {
         self.is_done() && matches!(self.lock().result, Some(Err(_)))
     }

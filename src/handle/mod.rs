@@ -267,7 +267,10 @@ impl<R: 'static> JobHandle<R> {
         self.raw.state.poll_done(cx)
     }
 
+    /// `true` once the job has ended with an error, or with an answer that does not
+    /// decode, which this decodes (on the caller's thread, as reading it would).
     pub(crate) fn finished_with_error(&self) -> bool {
+        self.raw.state.settle();
         self.raw.state.finished_with_error()
     }
 }
