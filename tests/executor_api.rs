@@ -885,3 +885,46 @@ fn a_job_submitted_from_a_thread_locals_destructor_runs() {
         }
     });
 }
+
+#[test]
+fn a_blocking_wait_from_a_thread_locals_destructor_returns_the_result() {
+    use procpool::Executor;
+    use std::sync::Arc;
+    bounded_sync("waits as threads end", || {
+        for (name, pool) in pools(1) {
+            let pool: Arc<dyn Executor> = Arc::from(pool);
+            let late = pool.clone();
+            let gate = Gate::new();
+            let (gate_path, mark) = (gate.path(), gate.sibling("started"));
+            // Opens the gate once the job has started: the wait below outlasts its spin.
+            let opener = {
+                let (mark, gate_path) = (mark.clone(), gate_path.clone());
+                std::thread::spawn(move || {
+                    assert!(wait_until_exists(&mark));
+                    std::fs::write(gate_path, b"open").unwrap(); // the test keeps the gate
+                })
+            };
+            let waited = at_thread_exit(
+                // A blocking wait here sets up the thread-locals a blocking wait uses.
+                || futures::executor::block_on(async {}),
+                move || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        late.submit(report_pid_then_wait, (mark, gate_path)).wait()
+                    }))
+                },
+            );
+            opener.join().unwrap();
+            match waited {
+                Ok(result) => assert!(result.is_ok(), "{name}: {result:?}"),
+                Err(panic) => panic!(
+                    "{name}: JobHandle::wait panicked in a thread-local's destructor: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("?")
+                ),
+            }
+        }
+    });
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+mod block;
 mod cell;
 mod watch;
 
@@ -207,16 +208,10 @@ impl<R: 'static> JobHandle<R> {
     /// # Errors
     ///
     /// The [`JobError`] that ended the job.
-    pub fn wait(mut self) -> Result<R, JobError> {
+    pub fn wait(self) -> Result<R, JobError> {
         watch::forget(self.cell()); // it watches here, and longer
-        if self.raw.state.spin_until_done(SPIN_BEFORE_PARK) {
-            // Ended: one poll takes the result, without block_on's thread-local parker.
-            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
-                return result;
-            }
-        }
-        futures::executor::block_on(self)
+        self.raw.state.spin_until_done(SPIN_BEFORE_PARK);
+        block::block_on(self) // no allocation if it has ended
     }
 
     /// Blocks the current thread until the job ends or `timeout` passes. On timeout the
@@ -232,13 +227,12 @@ impl<R: 'static> JobHandle<R> {
             .state
             .spin_until_done(SPIN_BEFORE_PARK.min(timeout))
         {
-            return Ok(futures::executor::block_on(&mut self));
+            return Ok(block::block_on(&mut self));
         }
         let left = timeout.saturating_sub(start.elapsed());
         let ready = futures::future::poll_fn(|cx| self.raw.state.poll_done(cx));
-        let finished = futures::executor::block_on(within(ready, Some(left)));
-        if finished {
-            Ok(futures::executor::block_on(&mut self))
+        if block::block_on(within(ready, Some(left))) {
+            Ok(block::block_on(&mut self))
         } else {
             Err(self)
         }
