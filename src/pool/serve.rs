@@ -16,7 +16,7 @@
 use super::backend::{Backend, Caps, Received, WorkerLink};
 use super::core::{Core, Idle, QueuedJob};
 use super::line::{Line, WINDOW_BYTES};
-use super::{EXIT_GRACE, exit_within, stop_within};
+use super::{EXIT_GRACE, stop_within};
 use crate::error::{Cause, JobError};
 use crate::exit::{ExitInfo, WorkerId};
 use crate::handle::Wakes;
@@ -28,6 +28,8 @@ use crate::wire::message::{FromWorker, ToWorker, put_run};
 use bytes::BytesMut;
 use std::ops::Range;
 use std::time::{Duration, Instant};
+
+mod lose;
 
 /// How long a worker whose link broke may take to be seen exiting before it is treated as
 /// alive and misbehaving.
@@ -575,99 +577,6 @@ impl<B: Backend> Serving<'_, B> {
         }
         wakes.flush();
         carried
-    }
-
-    /// Gives the worker up: its running job (if any) ends with the error `loss` implies;
-    /// the jobs behind it never started and go back to the queue.
-    async fn lose(&mut self, loss: Loss) -> Next {
-        if matches!(loss, Loss::Exited(_) | Loss::Broken(_)) {
-            self.take_last_answers().await;
-        }
-        let (slot, worker, idle) = (self.slot, self.id, self.line.is_empty());
-        let error = match loss {
-            Loss::Exited(exit) if idle => {
-                tracing::warn!(slot, %worker, %exit, "idle worker exited");
-                return Next::Respawn;
-            }
-            Loss::Exited(exit) => JobError::WorkerDied {
-                exit,
-                attempts: self.line.head_attempts(),
-            },
-            Loss::Broken(error) if idle => {
-                let error = crate::error::report(&error);
-                tracing::warn!(slot, %worker, %error, "lost an idle worker");
-                self.link.kill().await;
-                return Next::Respawn;
-            }
-            // A reset or a frame cut short is what a death looks like from here: the
-            // worker usually has exited already.
-            Loss::Broken(error) => {
-                match exit_within(self.link.exited(), &self.core.kill, BROKEN_GRACE).await {
-                    Some(exit) => JobError::WorkerDied {
-                        exit,
-                        attempts: self.line.head_attempts(),
-                    },
-                    None => {
-                        self.link.kill().await;
-                        error
-                    }
-                }
-            }
-            Loss::Stopped { error, why } => {
-                self.link.kill().await;
-                match &error {
-                    JobError::Cancelled => tracing::info!(slot, %worker, "{why}"),
-                    other => {
-                        let error = crate::error::report(other);
-                        tracing::warn!(slot, %worker, %error, "{why}");
-                    }
-                }
-                error
-            }
-        };
-        let mut again = Vec::new();
-        if let JobError::WorkerDied { exit, .. } = &error {
-            let jobs = self.line.len();
-            tracing::warn!(slot, %worker, %exit, jobs, "worker died while running a job");
-            if let Some(job) = self.line.retry_head() {
-                tracing::info!(slot, attempts = job.attempts, "running the job again");
-                again.push(job);
-            }
-        }
-        self.line.fail_head(error);
-        again.extend(self.line.take_waiting());
-        self.requeue(again);
-        Next::Respawn
-    }
-
-    /// Completes the jobs a worker that is gone answered before it went, and that are not
-    /// read yet (a failed write can be how its death is first seen), with what its link
-    /// still delivers: frames in flight, then the answers left in its journal.
-    async fn take_last_answers(&mut self) {
-        while !self.line.is_empty() {
-            let received = tokio::time::timeout(BROKEN_GRACE, self.link.recv()).await;
-            let Ok(Received::Frame(Frame {
-                message: FromWorker::Done { id, outcome },
-                payload,
-            })) = received
-            else {
-                return;
-            };
-            if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
-                return;
-            }
-        }
-    }
-
-    /// Puts jobs that never started back at the front of the queue, in order.
-    fn requeue(&self, jobs: Vec<QueuedJob>) {
-        if !jobs.is_empty() {
-            tracing::debug!(
-                jobs = jobs.len(),
-                "requeued jobs a lost worker never started"
-            );
-            self.core.queue.requeue_front(jobs);
-        }
     }
 
     /// Asks the worker to exit and waits for it (killing it after a grace period).

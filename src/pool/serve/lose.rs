@@ -1,0 +1,105 @@
+//! Giving a worker up: what its running job ends with, what it answered before it went,
+//! and the jobs it never started, which go back to the queue.
+
+use super::{BROKEN_GRACE, Loss, Next, Serving};
+use crate::error::JobError;
+use crate::pool::backend::{Backend, Received, WorkerLink};
+use crate::pool::core::QueuedJob;
+use crate::pool::exit_within;
+use crate::wire::frame::Frame;
+use crate::wire::message::FromWorker;
+
+impl<B: Backend> Serving<'_, B> {
+    /// Gives the worker up: its running job (if any) ends with the error `loss` implies;
+    /// the jobs behind it never started and go back to the queue.
+    pub(super) async fn lose(&mut self, loss: Loss) -> Next {
+        if matches!(loss, Loss::Exited(_) | Loss::Broken(_)) {
+            self.take_last_answers().await;
+        }
+        let (slot, worker, idle) = (self.slot, self.id, self.line.is_empty());
+        let error = match loss {
+            Loss::Exited(exit) if idle => {
+                tracing::warn!(slot, %worker, %exit, "idle worker exited");
+                return Next::Respawn;
+            }
+            Loss::Exited(exit) => JobError::WorkerDied {
+                exit,
+                attempts: self.line.head_attempts(),
+            },
+            Loss::Broken(error) if idle => {
+                let error = crate::error::report(&error);
+                tracing::warn!(slot, %worker, %error, "lost an idle worker");
+                self.link.kill().await;
+                return Next::Respawn;
+            }
+            // A reset or a frame cut short is what a death looks like from here: the
+            // worker usually has exited already.
+            Loss::Broken(error) => {
+                match exit_within(self.link.exited(), &self.core.kill, BROKEN_GRACE).await {
+                    Some(exit) => JobError::WorkerDied {
+                        exit,
+                        attempts: self.line.head_attempts(),
+                    },
+                    None => {
+                        self.link.kill().await;
+                        error
+                    }
+                }
+            }
+            Loss::Stopped { error, why } => {
+                self.link.kill().await;
+                match &error {
+                    JobError::Cancelled => tracing::info!(slot, %worker, "{why}"),
+                    other => {
+                        let error = crate::error::report(other);
+                        tracing::warn!(slot, %worker, %error, "{why}");
+                    }
+                }
+                error
+            }
+        };
+        let mut again = Vec::new();
+        if let JobError::WorkerDied { exit, .. } = &error {
+            let jobs = self.line.len();
+            tracing::warn!(slot, %worker, %exit, jobs, "worker died while running a job");
+            if let Some(job) = self.line.retry_head() {
+                tracing::info!(slot, attempts = job.attempts, "running the job again");
+                again.push(job);
+            }
+        }
+        self.line.fail_head(error);
+        again.extend(self.line.take_waiting());
+        self.requeue(again);
+        Next::Respawn
+    }
+
+    /// Completes the jobs a worker that is gone answered before it went, and that are not
+    /// read yet (a failed write can be how its death is first seen), with what its link
+    /// still delivers: frames in flight, then the answers left in its journal.
+    async fn take_last_answers(&mut self) {
+        while !self.line.is_empty() {
+            let received = tokio::time::timeout(BROKEN_GRACE, self.link.recv()).await;
+            let Ok(Received::Frame(Frame {
+                message: FromWorker::Done { id, outcome },
+                payload,
+            })) = received
+            else {
+                return;
+            };
+            if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Puts jobs that never started back at the front of the queue, in order.
+    fn requeue(&self, jobs: Vec<QueuedJob>) {
+        if !jobs.is_empty() {
+            tracing::debug!(
+                jobs = jobs.len(),
+                "requeued jobs a lost worker never started"
+            );
+            self.core.queue.requeue_front(jobs);
+        }
+    }
+}
