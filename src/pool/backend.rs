@@ -199,6 +199,12 @@ pub(crate) trait WorkerLink: Send + 'static {
         let _ = (id, argument);
     }
 
+    /// Whether the worker has started job `id` (one written to it and not taken back),
+    /// if the link can tell: the pool gives up a worker knowing which of its jobs ran.
+    fn started(&self, _id: u64) -> Option<bool> {
+        None
+    }
+
     /// Takes back, at once, the jobs written to the worker (those numbered below `next`)
     /// that it has not started, provided it has started every job below `from`: the
     /// worker will answer each of them [`Outcome::Revoked`](crate::run::Outcome::Revoked)

@@ -251,6 +251,34 @@ impl<'a> Line<'a> {
         Some(self.head_started? + self.head()?.job.timeout?)
     }
 
+    /// The id of the oldest job written to the worker and not answered, running or not.
+    pub(crate) fn first_id(&self) -> Option<u64> {
+        self.sent.front().map(|s| s.id)
+    }
+
+    /// What bounds a write to the worker: the running head's deadline and stop request,
+    /// or, with none running, those of the first job written, its time counted from
+    /// `since`, when the write began (the worker runs it as soon as it has read it).
+    pub(crate) fn write_limits(
+        &self,
+        since: Instant,
+    ) -> (
+        Option<Instant>,
+        Option<(&crate::handle::JobState, &tokio::sync::Notify)>,
+    ) {
+        if self.head_started.is_some() {
+            return (self.head_deadline(), self.running());
+        }
+        let Some(first) = self.sent.front() else {
+            return (None, None);
+        };
+        let stopper = self.stopper.as_deref();
+        (
+            first.job.timeout.map(|limit| since + limit),
+            stopper.map(|stopper| (&*first.job.state, stopper)),
+        )
+    }
+
     pub(crate) fn head_timeout(&self) -> Option<Duration> {
         self.head()?.job.timeout
     }

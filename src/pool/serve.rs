@@ -43,10 +43,14 @@ const CLAIM_AHEAD: usize = 8;
 pub(crate) const GIVE_BACK_AFTER: Duration = Duration::from_millis(2);
 
 /// What a slot does after its worker stopped serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
     /// Start a new worker.
     Respawn,
+    /// Start a new worker after the back-off of a failed start: this one ended before it
+    /// answered a job, for the reason given (its initializer may kill it, for instance,
+    /// and a worker started at once would die as soon).
+    Failed(String),
     /// The pool is stopping: start none.
     Stop,
 }
@@ -79,6 +83,16 @@ enum Loss {
     Broken(JobError),
     /// The pool stops it: its running job ends with `error`.
     Stopped { error: JobError, why: &'static str },
+    /// The pool is being killed: every job it holds ends with [`JobError::ShutDown`].
+    Killed,
+}
+
+/// Why a write to the worker did not complete.
+enum Written {
+    /// It failed.
+    Failed(std::io::Error),
+    /// It was given up, for the reason the loss says.
+    Cut(Loss),
 }
 
 /// One worker being served, and the jobs it holds.
@@ -170,11 +184,7 @@ impl<B: Backend> Serving<'_, B> {
                 None => self.next_event(room, prefetch).await,
             };
             let loss = match event {
-                Event::Killed => {
-                    self.link.kill().await;
-                    self.line.fail_all(JobError::ShutDown);
-                    return Next::Stop;
-                }
+                Event::Killed => Some(Loss::Killed),
                 Event::Job(None) => {
                     // The queue is closed and empty: finish what was sent, then retire.
                     draining = true;
@@ -458,12 +468,13 @@ impl<B: Backend> Serving<'_, B> {
                 (true, Some(input)) => input.clone(),
                 _ => bytes::Bytes::new(),
             };
-            self.link.send(&out, &payload).await
+            self.send_within_limits(&out, &payload).await
         };
         self.frames = out;
         match sent {
             Ok(()) => Ok(held),
-            Err(error) => {
+            Err(Written::Cut(loss)) => Err(loss),
+            Err(Written::Failed(error)) => {
                 // The jobs of this write never started (they go back to the queue); an
                 // older head may have been running.
                 tracing::warn!(slot = self.slot, worker = %self.id, %error, "lost a worker while writing to it");
@@ -473,6 +484,49 @@ impl<B: Backend> Serving<'_, B> {
                 }))
             }
         }
+    }
+
+    /// Writes `out` and `payload` to the worker, unless the pool is killed first, or the
+    /// job the write is for (see [`Line::write_limits`]) reaches its time limit or is
+    /// cancelled: a worker that does not read (stopped, or stuck) must not hold its slot,
+    /// its jobs' limits, or a drop of the pool, for as long. That job is then the
+    /// worker's running head, which the loss ends.
+    async fn send_within_limits(
+        &mut self,
+        out: &[u8],
+        payload: &bytes::Bytes,
+    ) -> Result<(), Written> {
+        let (deadline, stoppable) = self.line.write_limits(Instant::now());
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            match stoppable {
+                Some((state, stopper)) => state.stop_requested(stopper).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (error, why) = tokio::select! {
+            biased;
+            _ = self.core.kill.cancelled() => return Err(Written::Cut(Loss::Killed)),
+            () = stop => (JobError::Cancelled, "killed a worker to cancel the job written to it"),
+            () = timer => (
+                JobError::TimedOut(Duration::ZERO), // the limit, once it is the head
+                "a job's time ran out while it was written to its worker; killed the worker",
+            ),
+            sent = self.link.send(out, payload) => return sent.map_err(Written::Failed),
+        };
+        self.line.promote(Instant::now());
+        let error = match error {
+            JobError::TimedOut(_) => {
+                JobError::TimedOut(self.line.head_timeout().unwrap_or_default())
+            }
+            other => other,
+        };
+        Err(Written::Cut(Loss::Stopped { error, why }))
     }
 
     /// Claims the jobs of `batch` and frames them into `out`, adding them to the line,

@@ -53,7 +53,7 @@ pub(crate) async fn run_slot<B: Backend>(
         }
         let reason = match backend.start(slot, &core.kill).await {
             Ok(link) => {
-                (failures, repeated) = (0, 0);
+                repeated = 0;
                 core.slot_started(slot);
                 tracing::debug!(slot, worker = %link.id(), "worker started");
                 counters.workers_alive.fetch_add(1, Ordering::Relaxed);
@@ -61,8 +61,13 @@ pub(crate) async fn run_slot<B: Backend>(
                 counters.workers_alive.fetch_sub(1, Ordering::Relaxed);
                 match next {
                     Next::Stop => return,
-                    Next::Respawn if backend.caps().respawn => continue,
-                    Next::Respawn => {
+                    Next::Respawn if backend.caps().respawn => {
+                        failures = 0;
+                        continue;
+                    }
+                    // Ended before it answered a job: the back-off goes on doubling.
+                    Next::Failed(reason) if backend.caps().respawn => reason,
+                    Next::Respawn | Next::Failed(_) => {
                         let last = slots_left.fetch_sub(1, Ordering::AcqRel) == 1;
                         tracing::warn!(slot, "lost a worker that this pool cannot replace");
                         if last && !core.queue.is_drained() {

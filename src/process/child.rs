@@ -378,6 +378,11 @@ impl WorkerLink for LocalWorker {
         self.lent.push_back((id, argument.clone()));
     }
 
+    fn started(&self, id: u64) -> Option<bool> {
+        let claims = self.claims.as_ref()?;
+        Some(crate::wire::claims::started(claims.word(), id))
+    }
+
     fn revoke(&self, from: u64, next: u64) -> Revoke {
         match &self.claims {
             Some(claims) => crate::wire::claims::revoke(claims.word(), from, next),

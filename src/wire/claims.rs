@@ -30,6 +30,13 @@ pub(crate) fn claim(word: &AtomicU64, id: u64) -> bool {
     }
 }
 
+/// Whether the worker has started job `id`, one still written to it (not revoked): every
+/// job below the word's id has been started, revoked ones aside, which the pool took
+/// back.
+pub(crate) fn started(word: &AtomicU64, id: u64) -> bool {
+    id < word.load(Ordering::Acquire) & !REVOKED
+}
+
 /// What [`revoke`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Revoke {

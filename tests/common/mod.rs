@@ -160,7 +160,8 @@ pub fn read_pid(pid_file: &str) -> i32 {
 /// Closes this process's standard output and error, as a daemon does once it runs (a Rust
 /// program cannot start with them closed: its runtime opens `/dev/null` on them).
 ///
-/// The tests' only `unsafe`: fault injection, in a probe process of its own.
+/// One of the tests' three `unsafe` blocks, all fault injection: this one in a probe
+/// process of its own.
 #[allow(unsafe_code)]
 pub fn close_stdout_and_stderr() {
     // SAFETY: closing descriptors 1 and 2 frees no memory of this process; what writes to
@@ -169,6 +170,36 @@ pub fn close_stdout_and_stderr() {
     unsafe {
         libc::close(1);
         libc::close(2);
+    }
+}
+
+/// Makes this process's memory unreadable to its workers, as Yama's `ptrace_scope = 1`
+/// (Ubuntu's default) does for a user who is not root: workers then cannot borrow large
+/// arguments, and the pool writes them to the socket. For the whole test binary, for good.
+///
+/// One of the tests' three `unsafe` blocks.
+#[allow(unsafe_code)]
+pub fn workers_cannot_read_this_process() {
+    const CAP_SYS_PTRACE: libc::c_ulong = 19;
+    // SAFETY: `prctl` with these options takes integers and touches no memory of this
+    // process: it drops a capability from the bounding set (workers, started later,
+    // lack it) and marks the process not dumpable (no process without it may read it).
+    unsafe {
+        libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+/// Stops this process (SIGSTOP) at once, from within, as a freeze from outside would
+/// stop it at any instant: a worker then stops with the answers its outbox still holds.
+/// (`kill -STOP` from a job takes a process start, long enough for them to go out.)
+///
+/// One of the tests' three `unsafe` blocks.
+#[allow(unsafe_code)]
+pub fn stop_this_process() {
+    // SAFETY: `raise` takes a signal number and touches no memory of this process.
+    unsafe {
+        libc::raise(libc::SIGSTOP);
     }
 }
 

@@ -8,16 +8,48 @@ use crate::pool::core::QueuedJob;
 use crate::pool::exit_within;
 use crate::wire::frame::Frame;
 use crate::wire::message::FromWorker;
+use std::time::Instant;
 
 impl<B: Backend> Serving<'_, B> {
     /// Gives the worker up: its running job (if any) ends with the error `loss` implies;
     /// the jobs behind it never started and go back to the queue.
+    ///
+    /// What it answered before it went completes first, also when the pool stops it: a
+    /// worker frozen (or descheduled) with answers still held in its outbox has the
+    /// pool's head among them, whose deadline may be what stopped it. Those answers must
+    /// not fail, nor their jobs run again. The job it was running then, one it had
+    /// claimed, is the one the loss ends, not one that never started.
     pub(super) async fn lose(&mut self, loss: Loss) -> Next {
-        if matches!(loss, Loss::Exited(_) | Loss::Broken(_)) {
-            self.take_last_answers().await;
+        match &loss {
+            Loss::Killed => {
+                self.link.kill().await;
+                self.line.fail_all(JobError::ShutDown);
+                return Next::Stop;
+            }
+            // Killed first, so that its link ends: what it delivers then is all there is.
+            Loss::Stopped { .. } => drop(self.link.kill().await),
+            Loss::Exited(_) | Loss::Broken(_) => {}
+        }
+        self.take_last_answers().await;
+        if self.line.head_id().is_none()
+            && let Some(first) = self.line.first_id()
+            && self.link.started(first) == Some(true)
+        {
+            self.line.promote(Instant::now()); // it ran: it does not go back to the queue
         }
         let (slot, worker, idle) = (self.slot, self.id, self.line.is_empty());
+        // A worker that ends before it has answered a job is a failed start, with its
+        // back-off: one killed by its own initializer would otherwise be replaced at
+        // once, again and again.
+        let unused = self.tasks == 0;
         let error = match loss {
+            Loss::Killed => unreachable!("handled above"),
+            Loss::Exited(exit) if idle && unused => {
+                tracing::warn!(slot, %worker, %exit, "worker exited before it ran a job");
+                return Next::Failed(format!(
+                    "worker {worker} exited before it ran a job: {exit}"
+                ));
+            }
             Loss::Exited(exit) if idle => {
                 tracing::warn!(slot, %worker, %exit, "idle worker exited");
                 return Next::Respawn;
@@ -30,6 +62,11 @@ impl<B: Backend> Serving<'_, B> {
                 let error = crate::error::report(&error);
                 tracing::warn!(slot, %worker, %error, "lost an idle worker");
                 self.link.kill().await;
+                if unused {
+                    return Next::Failed(format!(
+                        "lost worker {worker} before it ran a job: {error}"
+                    ));
+                }
                 return Next::Respawn;
             }
             // A reset or a frame cut short is what a death looks like from here: the
@@ -47,7 +84,6 @@ impl<B: Backend> Serving<'_, B> {
                 }
             }
             Loss::Stopped { error, why } => {
-                self.link.kill().await;
                 match &error {
                     JobError::Cancelled => tracing::info!(slot, %worker, "{why}"),
                     other => {
