@@ -6,6 +6,7 @@ use crate::error::JobError;
 use crate::pool::backend::{Backend, Received, WorkerLink};
 use crate::pool::core::QueuedJob;
 use crate::pool::exit_within;
+use crate::run::Outcome;
 use crate::wire::frame::Frame;
 use crate::wire::message::FromWorker;
 use std::time::Instant;
@@ -122,6 +123,13 @@ impl<B: Backend> Serving<'_, B> {
             else {
                 return;
             };
+            if matches!(outcome, Outcome::Revoked)
+                && !self.revoked.is_empty()
+                && id == self.revoked.start
+            {
+                self.revoked.start += 1; // a job given back, skipped: answers go on after it
+                continue;
+            }
             if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
                 return;
             }
