@@ -267,9 +267,10 @@
 //!   the application decides what becomes of the jobs (`examples/tokio_service.rs`
 //!   drains them). If the application dies of it, its workers follow (above).
 //! - **Processes a job starts** stay in its worker's group unless they leave it, and are
-//!   stopped with the worker: when its job is cancelled or times out, when the pool is
-//!   dropped. A worker that exits by itself, or leaves after a graceful `shutdown()`,
-//!   leaves them be.
+//!   stopped with the worker however it ends: when its job is cancelled or times out,
+//!   when it crashes, when it is retired (`max_tasks_per_child`, a graceful `shutdown()`)
+//!   and when the pool is dropped. A process meant to outlive its worker leaves the group
+//!   (`std::process::Command::process_group(0)`, or `setsid`).
 //!
 //! # Past one machine
 //!

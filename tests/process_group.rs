@@ -1,14 +1,17 @@
 //! A worker runs in a process group of its own: stopping it (a cancelled or timed-out job,
-//! the pool dropped) stops the processes its job started with it, and a terminal's
-//! Ctrl-C, sent to the application's group, does not reach it.
+//! the pool dropped) stops the processes its job started with it, and so does its end by
+//! itself (a crash, or an exit when it is retired); a terminal's Ctrl-C, sent to the
+//! application's group, does not reach it.
 //!
-//! Regression: a process a job started (`sleep`, a helper, a server) outlived the job's
-//! cancellation, its timeout and the pool itself.
+//! Regressions: a process a job started (`sleep`, a helper, a server) outlived the job's
+//! cancellation, its timeout and the pool itself; then, it outlived a worker that crashed,
+//! and a pool that was shut down before it was dropped (a worker that exits by itself was
+//! reaped before its group was stopped).
 
 mod common;
 
 use common::*;
-use procpool::{ExecutorExt, JobOptions, ProcessPoolExecutor};
+use procpool::{ExecutorExt, JobError, JobOptions, ProcessPoolExecutor};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,4 +91,103 @@ async fn a_timed_out_job_and_a_dropped_pool_stop_the_processes_started() {
     let sleeper = bounded_sync("the sleeper", move || read_pid(&pid_file)) as u32;
     drop(pool);
     until_gone(sleeper, "after the pool was dropped");
+}
+
+/// Starts `sleep 600` in the worker's group, writes its pid to `pid_file`, then aborts the
+/// worker (the sleeper's new parent reaps it).
+fn start_a_sleeper_then_abort(pid_file: String) -> u32 {
+    let sleeper = Command::new("sleep")
+        .arg("600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    write_pid(&pid_file, sleeper.id());
+    std::process::abort()
+}
+
+/// Starts `sleep 600` in the worker's group, writes its pid to `pid_file`, and returns it
+/// (the sleeper runs on after the job).
+#[expect(
+    clippy::zombie_processes,
+    reason = "the worker is stopped with it; the sleeper's new parent reaps it"
+)]
+fn start_a_sleeper_and_return(pid_file: String) -> u32 {
+    let sleeper = Command::new("sleep")
+        .arg("600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    write_pid(&pid_file, sleeper.id());
+    sleeper.id()
+}
+
+/// Writes `pid` to `pid_file` whole: a reader never sees it half-written.
+fn write_pid(pid_file: &str, pid: u32) {
+    let tmp = format!("{pid_file}.tmp");
+    std::fs::write(&tmp, pid.to_string()).unwrap();
+    std::fs::rename(&tmp, pid_file).unwrap();
+}
+
+/// SIGKILLs `pid` if it still runs (a sleeper a failed test left behind).
+fn clean_up(pid: u32) {
+    if !is_gone(pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+// Regression: the worker's group was stopped only when the pool killed the worker; one
+// that crashed was reaped when its exit was seen, and its group never stopped, so the
+// sleeper outlived the job, the worker and the dropped pool.
+#[tokio::test]
+async fn a_dead_workers_job_processes_are_stopped_at_the_latest_with_the_pool() {
+    let pool = pool();
+    let gate = Gate::new();
+    let pid_file = gate.sibling("sleeper");
+    let err = bounded(
+        "abort",
+        pool.submit(start_a_sleeper_then_abort, pid_file.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, JobError::WorkerDied { .. }), "{err:?}");
+    let sleeper = read_pid(&pid_file) as u32;
+    assert_eq!(
+        bounded("still serving", pool.submit(double, 2)).await,
+        Ok(4)
+    );
+    drop(pool);
+    let outcome = std::panic::catch_unwind(|| until_gone(sleeper, "after its worker died"));
+    clean_up(sleeper);
+    outcome.unwrap();
+}
+
+// Regression: `shutdown()` retires each worker (it exits by itself), which was reaped
+// before its group was stopped; the pool dropped afterwards had no worker left to kill,
+// and the sleeper lived on. Dropped without a shutdown, the pool killed it.
+#[tokio::test]
+async fn a_shut_down_and_dropped_pool_stops_the_processes_its_jobs_started() {
+    for shut_down_first in [false, true] {
+        let pool = pool();
+        let gate = Gate::new();
+        let pid_file = gate.sibling("sleeper");
+        let sleeper = bounded("job", pool.submit(start_a_sleeper_and_return, pid_file))
+            .await
+            .unwrap();
+        if shut_down_first {
+            bounded("shutdown", pool.shutdown()).await;
+        }
+        drop(pool);
+        let what = if shut_down_first {
+            "after shutdown() and drop"
+        } else {
+            "after drop"
+        };
+        let outcome = std::panic::catch_unwind(|| until_gone(sleeper, what));
+        clean_up(sleeper);
+        outcome.unwrap();
+    }
 }

@@ -1,6 +1,10 @@
 //! [`LocalWorker`]: one child process and its socket, the local backend's
 //! [`WorkerLink`]. It reads the child's frames, sees it exit, kills and reaps it, and reads
 //! its resident memory.
+//!
+//! However a worker ends (killed, crashed, or exited when it was retired), the processes
+//! its jobs left in its process group are stopped before it is reaped ([`ExitWatch`]):
+//! until then its zombie keeps the group's id from being reused.
 
 use crate::exit::{ExitInfo, WorkerId};
 use crate::pool::backend::{Received, WorkerLink};
@@ -25,6 +29,8 @@ pub(super) type Conn = Framed<tokio::net::UnixStream, Codec<FromWorker>>;
 /// A started, handshaken child process.
 pub(crate) struct LocalWorker {
     child: Child,
+    /// Sees the child exit before it is reaped.
+    watch: ExitWatch,
     conn: Conn,
     id: WorkerId,
     /// The word it claims jobs in, and the journal of the answers it holds back, mapped
@@ -67,6 +73,7 @@ impl LocalWorker {
     ) -> LocalWorker {
         LocalWorker {
             child,
+            watch: ExitWatch::default(),
             conn,
             id: WorkerId::process(pid),
             claims,
@@ -338,12 +345,10 @@ impl WorkerLink for LocalWorker {
             if let Poll::Ready(item) = self.conn.poll_next_unpin(cx) {
                 return Poll::Ready(self.deliver(Received::from_stream(item)));
             }
-            // Waiting for a child is cancel-safe: a new wait each poll loses nothing.
-            let status = {
-                let exited = std::pin::pin!(self.child.wait());
-                std::task::ready!(exited.poll(cx))
-            };
-            Poll::Ready(self.deliver(Received::Exited(exit_info(status, self.id))))
+            // Cancel-safe: the watch keeps its place, and a new wait each poll loses
+            // nothing.
+            let exit = std::task::ready!(poll_exit(&mut self.child, &mut self.watch, self.id, cx));
+            Poll::Ready(self.deliver(Received::Exited(exit)))
         })
         .await
     }
@@ -357,7 +362,7 @@ impl WorkerLink for LocalWorker {
     }
 
     async fn exited(&mut self) -> ExitInfo {
-        exit_info(self.child.wait().await, self.id)
+        std::future::poll_fn(|cx| poll_exit(&mut self.child, &mut self.watch, self.id, cx)).await
     }
 
     async fn kill(&mut self) -> ExitInfo {
@@ -389,6 +394,90 @@ impl WorkerLink for LocalWorker {
             None => Revoke::NothingLeft,
         }
     }
+}
+
+/// Sees a child exit without reaping it, so that its process group can be stopped while
+/// its zombie still holds the group's id: each SIGCHLD this process receives wakes it to
+/// look again ([`crate::sys::has_exited`]).
+#[derive(Default)]
+pub(super) struct ExitWatch {
+    /// This process's SIGCHLDs from when the watch was first polled; `None` before that.
+    signals: Option<tokio::signal::unix::Signal>,
+    /// Whether the child was looked at since the last SIGCHLD.
+    looked: bool,
+    /// How the watch ended, once it has.
+    ended: Option<Watched>,
+}
+
+/// How an [`ExitWatch`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// The child has exited, and is not reaped yet.
+    Exited,
+    /// Its exit cannot be watched without reaping it (no SIGCHLDs to be had): it is then
+    /// reaped as it is seen to exit, its group left alone.
+    Unwatched,
+}
+
+impl ExitWatch {
+    /// Ready once child `pid` has exited (a zombie, not reaped yet), or once its exit
+    /// cannot be watched this way; says which.
+    fn poll_exited(&mut self, pid: u32, cx: &mut std::task::Context<'_>) -> Poll<Watched> {
+        if let Some(ended) = self.ended {
+            return Poll::Ready(ended);
+        }
+        let signals = match &mut self.signals {
+            Some(signals) => signals,
+            // Registered before the first look: a SIGCHLD after that look wakes this watch.
+            None => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                Ok(signals) => self.signals.insert(signals),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot watch for SIGCHLD");
+                    return Poll::Ready(*self.ended.insert(Watched::Unwatched));
+                }
+            },
+        };
+        loop {
+            // One look per SIGCHLD, not per poll: the link is polled for every frame.
+            if !std::mem::replace(&mut self.looked, true) && crate::sys::has_exited(pid) {
+                return Poll::Ready(*self.ended.insert(Watched::Exited));
+            }
+            match signals.poll_recv(cx) {
+                Poll::Ready(Some(())) => self.looked = false,
+                // The runtime is shutting down.
+                Poll::Ready(None) => return Poll::Ready(*self.ended.insert(Watched::Unwatched)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Ready with how `child` ended once it has exited: the processes its jobs left in its
+/// process group are stopped first, then it is reaped. Cancel-safe.
+fn poll_exit(
+    child: &mut Child,
+    watch: &mut ExitWatch,
+    id: WorkerId,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<ExitInfo> {
+    // `id()` is `None` once the child has been reaped: then its group is left alone, its
+    // id free for reuse.
+    if let Some(pid) = child.id()
+        && std::task::ready!(watch.poll_exited(pid, cx)) == Watched::Exited
+    {
+        // Exited, not reaped: `pid` still names its group and no other.
+        crate::sys::kill_group(pid);
+    }
+    // At once for a child that has exited.
+    let status = std::task::ready!(std::pin::pin!(child.wait()).poll(cx));
+    Poll::Ready(exit_info(status, id))
+}
+
+/// How `child` ended, once it exits by itself: the processes its jobs left in its process
+/// group are stopped first, then it is reaped. Cancel-safe.
+pub(super) async fn exit_of(child: &mut Child, id: WorkerId) -> ExitInfo {
+    let mut watch = ExitWatch::default();
+    std::future::poll_fn(|cx| poll_exit(child, &mut watch, id, cx)).await
 }
 
 /// Kills a child and the processes its jobs started in its process group, and waits for

@@ -228,8 +228,7 @@ impl Launcher {
             // names the fix, wins over the bare exit.
             biased;
             first = conn.next() => first,
-            status = child.wait() => {
-                let exit = child::exit_info(status, WorkerId::process(pid));
+            exit = child::exit_of(child, WorkerId::process(pid)) => {
                 return Err(ended_while_starting(exit, "before its handshake"));
             }
             _ = tokio::time::sleep(timeout) => return Err(StartError::Repeating(format!(
@@ -253,8 +252,7 @@ impl Launcher {
             Received::Closed | Received::Broken(_) => {
                 // Closed as it died, usually: its end says whose doing it was.
                 let id = WorkerId::process(pid);
-                let exited = async { child::exit_info(child.wait().await, id) };
-                match exit_within(exited, kill, EXIT_GRACE).await {
+                match exit_within(child::exit_of(child, id), kill, EXIT_GRACE).await {
                     Some(exit) => Err(ended_while_starting(exit, "before its handshake")),
                     None => Err(StartError::Repeating(format!(
                         "worker {pid} closed its link before its handshake"

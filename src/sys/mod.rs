@@ -1,7 +1,7 @@
 //! The operating-system calls of the local backend: a worker's signal dispositions, its
 //! parent-death signal, its standard descriptors, the socket it inherits, removing the
-//! worker variable from its environment; in the pool, handing descriptors to a child and
-//! stopping a worker's process group; and the word a worker and its pool share
+//! worker variable from its environment; in the pool, handing descriptors to a child,
+//! seeing a worker exit before it is reaped and stopping its process group; and the word a worker and its pool share
 //! ([`SharedWord`]); and, with the feature `mpi`, the MPI thread's timer slack
 //! ([`timers`]). Each function that needs `unsafe` allows it for itself alone.
 
@@ -128,6 +128,32 @@ pub(crate) fn kill_group(group: u32) {
     // SAFETY: `kill` takes integers and touches no memory of this process.
     unsafe {
         libc::kill(-group, libc::SIGKILL);
+    }
+}
+
+/// Whether child `pid` of this process has exited, seen without reaping it
+/// (`waitid(WNOWAIT)`): until it is reaped, the zombie keeps its process id, and so its
+/// process group's, reserved, so that [`kill_group`] may still stop the processes its
+/// jobs left there. `true` as well when `pid` is no unreaped child of this process (then
+/// there is nothing to wait for).
+#[allow(unsafe_code)]
+pub(crate) fn has_exited(pid: u32) -> bool {
+    let id: libc::id_t = pid;
+    // SAFETY: `siginfo_t` is a plain C struct of integers (and unions of them), for which
+    // all zero bits are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
+    loop {
+        // SAFETY: `waitid` writes only into `info`, a valid, exclusively borrowed
+        // `siginfo_t` that lives across the call; `WNOWAIT` leaves the child unreaped.
+        let status = unsafe { libc::waitid(libc::P_PID, id, &mut info, flags) };
+        if status == 0 {
+            // With `WNOHANG`, a child that has not exited leaves `si_signo` zero (POSIX).
+            return info.si_signo != 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true; // `ECHILD`: reaped already, or never a child of this process
+        }
     }
 }
 
