@@ -67,6 +67,9 @@ pub(crate) struct Core {
     pub(crate) queue: JobQueue<QueuedJob>,
     /// Cancelled to stop everything now: drop, or a shutdown whose timeout ran out.
     pub(crate) kill: CancellationToken,
+    /// What stops the worker starts in progress (see [`Core::start_token`]): a child of
+    /// `kill`, cancelled and replaced by a fresh one when a shutdown leaves nothing to run.
+    starts: Mutex<CancellationToken>,
     /// Becomes `true` when supervision has stopped every worker and released the backend.
     pub(crate) terminated: watch::Sender<bool>,
     /// Set once if the pool cannot run jobs; new submissions end with it.
@@ -105,13 +108,15 @@ impl Core {
     }
 
     pub(crate) fn new(config: Config) -> Core {
+        let kill = CancellationToken::new();
         Core {
             queue: JobQueue::with_admission(crate::admission::Admission::new(
                 config.max_workers,
                 config.max_queued,
             )),
             config,
-            kill: CancellationToken::new(),
+            starts: Mutex::new(kill.child_token()),
+            kill,
             terminated: watch::channel(false).0,
             broken: OnceLock::new(),
             counters: Counters::default(),
@@ -264,6 +269,35 @@ impl Core {
     pub(crate) fn begin_shutdown(&self, cancel_queued: bool) {
         self.queue
             .close(cancel_queued.then_some(JobError::Cancelled));
+        self.stop_starts_if_drained();
+    }
+
+    /// The token that stops a worker start beginning now: cancelled when the pool is
+    /// killed, and when it is shutting down with nothing left to run (then the start ends
+    /// with [`StartError::Killed`](super::backend::StartError::Killed), and its slot
+    /// stops). A start that hangs (a worker stopped while its initializers run) then
+    /// holds up no graceful shutdown. A fresh token for every start: jobs requeued after
+    /// a drain (their worker died) are started on by a worker whose start is not stopped.
+    pub(crate) fn start_token(&self) -> CancellationToken {
+        let token = self
+            .starts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // Drained between the slot's look and the token: stopped at once.
+        self.stop_starts_if_drained();
+        token
+    }
+
+    /// Stops the worker starts in progress if the queue is closed and empty: no job will
+    /// come out of it for their workers. Called when a shutdown begins and when a serving
+    /// worker stops because the queue is drained.
+    pub(crate) fn stop_starts_if_drained(&self) {
+        if self.queue.is_drained() {
+            let fresh = self.kill.child_token();
+            let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *starts, fresh).cancel();
+        }
     }
 
     /// Shuts the pool down and waits until supervision has stopped (see

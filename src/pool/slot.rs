@@ -51,7 +51,7 @@ pub(crate) async fn run_slot<B: Backend>(
             counters.respawns.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(slot, "starting a replacement worker");
         }
-        let reason = match backend.start(slot, &core.kill).await {
+        let reason = match backend.start(slot, &core.start_token()).await {
             Ok(link) => {
                 repeated = 0;
                 core.slot_started(slot);
@@ -60,7 +60,11 @@ pub(crate) async fn run_slot<B: Backend>(
                 let next = serve(&core, &*backend, slot, link).await;
                 counters.workers_alive.fetch_sub(1, Ordering::Relaxed);
                 match next {
-                    Next::Stop => return,
+                    Next::Stop => {
+                        // Drained: workers still starting have nothing to run.
+                        core.stop_starts_if_drained();
+                        return;
+                    }
                     Next::Respawn if backend.caps().respawn => {
                         failures = 0;
                         continue;

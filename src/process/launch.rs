@@ -31,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 /// other side.
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// How long a worker's initializers may take unless the pool says otherwise (see
+/// [`Launcher::initializer_timeout`]).
+pub(super) const DEFAULT_INITIALIZER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What the local backend needs to start a worker, fixed when the pool is built.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -60,6 +64,8 @@ pub(crate) struct Launcher {
     image: ImageId,
     exe: PathBuf,
     next_worker: AtomicU64,
+    /// How long a worker may take to run its initializers and say it is ready.
+    initializer_timeout: Duration,
 }
 
 impl Launcher {
@@ -75,6 +81,40 @@ impl Launcher {
             image,
             exe: ship::exe_path(),
             next_worker: AtomicU64::new(0),
+            initializer_timeout: DEFAULT_INITIALIZER_TIMEOUT,
+        })
+    }
+
+    /// Gives workers `timeout` to run their initializers and say they are ready (the
+    /// default is [`DEFAULT_INITIALIZER_TIMEOUT`]): one that takes longer is killed, and
+    /// its start fails as one that is likely to repeat. Without initializers, the
+    /// handshake timeout bounds that stage instead.
+    pub(crate) fn initializer_timeout(mut self, timeout: Duration) -> Launcher {
+        self.initializer_timeout = timeout;
+        self
+    }
+
+    /// How long a welcomed worker may take to say it is ready.
+    fn ready_within(&self) -> Duration {
+        if self.settings.initializers.is_empty() {
+            self.settings.handshake_timeout
+        } else {
+            self.initializer_timeout
+        }
+    }
+
+    /// Why worker `pid` did not start, when it was not ready within `within`.
+    fn not_ready(&self, pid: u32, within: Duration) -> StartError {
+        StartError::Repeating(if self.settings.initializers.is_empty() {
+            format!(
+                "worker {pid} was not ready within {within:?} of its handshake and was killed \
+                 (ProcessPoolBuilder::handshake_timeout)"
+            )
+        } else {
+            format!(
+                "worker {pid} did not finish its initializers within {within:?} and was \
+                 killed (raise ProcessPoolBuilder::initializer_timeout if they need longer)"
+            )
         })
     }
 
@@ -313,8 +353,16 @@ impl Launcher {
                 &format!("as it was welcomed: {e}"),
             ));
         }
+        // Bounded: a worker whose initializer hangs, or that was stopped from outside
+        // (SIGSTOP), would otherwise keep its slot starting, and the pool's jobs waiting,
+        // for good.
+        let within = self.ready_within();
         let ready = tokio::select! {
             received = worker.recv() => received,
+            _ = tokio::time::sleep(within) => {
+                worker.kill().await;
+                return Err(self.not_ready(pid, within));
+            }
             _ = kill.cancelled() => {
                 worker.kill().await;
                 return Err(StartError::Killed);

@@ -70,7 +70,9 @@ const MAX_MAX_FRAME: usize = u32::MAX as usize;
 ///   [`JobError::PoolBroken`] naming the cause: at once when the initializer (or a
 ///   `worker_state` builder) panics, the entry hook is missing, the worker runs another
 ///   image or the executable cannot run; after five, with no worker started in between,
-///   when a worker exits with a code, crashes or does not answer while it starts. It
+///   when a worker exits with a code, crashes or does not answer while it starts
+///   (within [`ProcessPoolBuilder::handshake_timeout`], and
+///   [`ProcessPoolBuilder::initializer_timeout`] for its initializers). It
 ///   never respawns without its back-off, and
 ///   [`Executor::health`] says at any time whether it is serving, restarting (and why) or
 ///   broken.
@@ -135,6 +137,7 @@ pub struct ProcessPoolBuilder {
     max_tasks_per_child: Option<usize>,
     max_frame_size: usize,
     handshake_timeout: Duration,
+    initializer_timeout: Duration,
     job_timeout: Option<Duration>,
     max_worker_memory: Option<u64>,
     max_queued: Option<usize>,
@@ -152,6 +155,7 @@ impl Default for ProcessPoolBuilder {
             max_tasks_per_child: None,
             max_frame_size: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
+            initializer_timeout: launch::DEFAULT_INITIALIZER_TIMEOUT,
             job_timeout: None,
             max_worker_memory: None,
             max_queued: None,
@@ -241,6 +245,43 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// How long a new worker may take, once it has proved itself, to run the pool's
+    /// [`initializer`](Self::initializer)s and [`worker_state`](Self::worker_state)
+    /// builders and say it is ready. A worker that takes longer (an initializer that
+    /// hangs, or a worker stopped from outside while it starts) is killed, and its start
+    /// counts as a failure of its own: the slot backs off and starts another worker, and
+    /// after five such failures in a row the pool is broken, with a reason naming this
+    /// setting. Raise it for initializers that legitimately take long (loading a model,
+    /// filling a cache). In a pool without initializers this stage is bounded by the
+    /// [`handshake_timeout`](Self::handshake_timeout) instead. The default is 60 seconds.
+    ///
+    /// A graceful shutdown does not wait for a worker that is still starting once nothing
+    /// is left to run: it is stopped. An `MpiPoolExecutor` (feature `mpi`) built from this
+    /// builder does not carry the setting to its node agents yet: their workers have the
+    /// default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procpool::ProcessPoolExecutor;
+    /// use std::time::Duration;
+    ///
+    /// fn load_model() {
+    ///     // Reads a few gigabytes, once per worker.
+    /// }
+    ///
+    /// let pool = ProcessPoolExecutor::builder()
+    ///     .initializer(load_model)
+    ///     .initializer_timeout(Duration::from_secs(600))
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn initializer_timeout(mut self, timeout: Duration) -> Self {
+        self.initializer_timeout = timeout;
+        self
+    }
+
     /// A time limit for every job that does not set its own (see
     /// [`JobOptions::timeout`](crate::JobOptions::timeout)), counted from when a worker
     /// starts the job: a job that runs longer has its worker killed and replaced, and ends
@@ -318,8 +359,12 @@ impl ProcessPoolBuilder {
     ///   `main` (the `auto-init` feature is off and [`init`](crate::init) was not called):
     ///   a worker never starts workers of its own.
     pub fn build(self) -> Result<ProcessPoolExecutor, Error> {
+        let initializer_timeout = self.initializer_timeout;
         let (config, settings) = self.settle()?;
-        let pool = Pool::start(config, || Launcher::new(settings))?;
+        let pool = Pool::start(config, move || {
+            Launcher::new(settings)
+                .map(|launcher| launcher.initializer_timeout(initializer_timeout))
+        })?;
         Ok(ProcessPoolExecutor {
             inner: Arc::new(pool),
         })
@@ -358,6 +403,11 @@ impl ProcessPoolBuilder {
         if self.handshake_timeout.is_zero() {
             return Err(Error::Config(
                 "ProcessPoolBuilder::handshake_timeout must be longer than zero".into(),
+            ));
+        }
+        if self.initializer_timeout.is_zero() {
+            return Err(Error::Config(
+                "ProcessPoolBuilder::initializer_timeout must be longer than zero".into(),
             ));
         }
         for target in &self.initializers {
