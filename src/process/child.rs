@@ -313,7 +313,10 @@ impl LocalWorker {
                 Ok(n) if n > 0 => RawReceived::Bytes(n),
                 _ => RawReceived::Closed,
             },
-            status = self.child.wait() => RawReceived::Exited(exit_info(status, self.id)),
+            // Its group stopped before it is reaped, as on a local pool.
+            exit = std::future::poll_fn(|cx| poll_exit(&mut self.child, &mut self.watch, self.id, cx)) => {
+                RawReceived::Exited(exit)
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The operating-system calls of the local backend: a worker's signal dispositions, its
 //! parent-death signal, its standard descriptors, the socket it inherits, removing the
 //! worker variable from its environment; in the pool, handing descriptors to a child,
-//! seeing a worker exit before it is reaped and stopping its process group; and the word a worker and its pool share
-//! ([`SharedWord`]); and, with the feature `mpi`, the MPI thread's timer slack
-//! ([`timers`]). Each function that needs `unsafe` allows it for itself alone.
+//! seeing a worker exit before it is reaped and stopping its process group; and the word
+//! a worker and its pool share ([`SharedWord`]); and, with the feature `mpi`, the MPI
+//! thread's timer slack ([`timers`]). Each function that needs `unsafe` allows it for
+//! itself alone.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
