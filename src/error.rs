@@ -256,7 +256,7 @@ impl JobError {
         }
     }
 
-    pub(crate) fn from_panic_payload(payload: &(dyn std::any::Any + Send)) -> JobError {
+    pub(crate) fn from_panic_payload(payload: Box<dyn std::any::Any + Send>) -> JobError {
         JobError::Panicked {
             message: panic_message(payload),
             location: None,
@@ -265,14 +265,28 @@ impl JobError {
     }
 }
 
-/// The text of a panic payload: the `&str` or `String` that `panic!` carries.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+/// The text of a panic payload (the `&str` or `String` that `panic!` carries), which it
+/// drops ([`drop_payload`]).
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "Box<dyn Any> (a panic payload that is not a string)".to_owned()
+    };
+    drop_payload(payload);
+    message
+}
+
+/// Drops a panic payload whose `Drop` may itself panic (`std::panic::panic_any` takes
+/// any value): that second panic is caught, and its own payload leaked rather than
+/// dropped, as tokio does, so that it cannot end the thread that caught the first.
+pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+    if let Err(again) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+    {
+        std::mem::forget(again);
     }
 }
 
@@ -587,8 +601,8 @@ mod tests {
         let a: Box<dyn std::any::Any + Send> = Box::new("static");
         let b: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
         let c: Box<dyn std::any::Any + Send> = Box::new(42_u8);
-        assert_eq!(panic_message(&*a), "static");
-        assert_eq!(panic_message(&*b), "owned");
-        assert!(panic_message(&*c).contains("not a string"));
+        assert_eq!(panic_message(a), "static");
+        assert_eq!(panic_message(b), "owned");
+        assert!(panic_message(c).contains("not a string"));
     }
 }

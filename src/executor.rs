@@ -114,6 +114,9 @@ pub trait Executor: Send + Sync + sealed::Sealed {
     /// [`JobError::ShutDown`](crate::JobError::ShutDown); the thread pool cannot stop its
     /// threads, so it stops waiting and lets them finish in the background. Returns `true`
     /// if every job ended by itself, `false` if the timeout cut the wait short.
+    ///
+    /// Called from one of a thread pool's own jobs, it waits for every other thread of
+    /// the pool: the one running that job cannot stop before the job returns.
     async fn shutdown_with(&self, options: ShutdownOptions) -> bool;
 }
 

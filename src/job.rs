@@ -175,7 +175,7 @@ where
         let Single { f, arg } = *self;
         match catch_unwind(AssertUnwindSafe(move || f(arg))) {
             Ok(r) => Ok(Box::new(r)),
-            Err(payload) => Err(JobError::from_panic_payload(&*payload)),
+            Err(payload) => Err(JobError::from_panic_payload(payload)),
         }
     }
 
@@ -259,8 +259,7 @@ where
     fn run_here(self: Box<Self>) -> Result<Output, JobError> {
         let Chunk { f, mut args } = *self;
         let run = move |arg| {
-            catch_unwind(AssertUnwindSafe(move || f(arg)))
-                .map_err(|payload| JobError::from_panic_payload(&*payload))
+            catch_unwind(AssertUnwindSafe(move || f(arg))).map_err(JobError::from_panic_payload)
         };
         let mut values = Vec::with_capacity(args.len());
         let mut left = args.drain(..);
@@ -466,7 +465,7 @@ pub(crate) fn encode(call: &mut dyn Call, out: &mut Vec<u8>) -> Result<(), JobEr
         Ok(encoded) => encoded,
         Err(payload) => Err(JobError::Encode(format!(
             "Serialize panicked: {}",
-            crate::error::panic_message(&*payload)
+            crate::error::panic_message(payload)
         ))),
     }
 }
@@ -508,7 +507,7 @@ impl Undecoded {
             Ok(output) => output,
             Err(payload) => Err(JobError::Decode(format!(
                 "result: Deserialize panicked: {}",
-                crate::error::panic_message(&*payload)
+                crate::error::panic_message(payload)
             ))),
         }
     }

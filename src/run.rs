@@ -112,7 +112,7 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Report> {
     IN_JOB.with(|j| j.set(false));
     result.map_err(|payload| {
         let (location, backtrace) = PANIC_LOCATION.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        (crate::error::panic_message(&*payload), location, backtrace)
+        (crate::error::panic_message(payload), location, backtrace)
     })
 }
 

@@ -141,7 +141,7 @@ mod tests {
         let sum = with_worker_state(|a: &u8| with_worker_state(|b: &u16| u16::from(*a) + b));
         assert_eq!(sum, 3);
         let missing = std::panic::catch_unwind(|| with_worker_state(|_: &i128| ()));
-        let message = crate::error::panic_message(&*missing.unwrap_err());
+        let message = crate::error::panic_message(missing.unwrap_err());
         assert!(message.contains("i128"), "{message}");
     }
 }

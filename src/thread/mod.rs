@@ -42,6 +42,16 @@ use timer::Timer;
 ///   [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) for such work.
 /// - Dropping the last handle to the pool does not block: queued jobs end with
 ///   [`JobError::ShutDown`], running jobs finish, and then the threads exit.
+/// - Nothing a job leaves behind ends its thread: a panic payload or a result whose
+///   `Drop` panics is caught too.
+/// - A shutdown called from one of the pool's own jobs waits for the other threads; the
+///   one running that job stops once the job returns.
+///
+/// # A job that waits for another job of the same pool
+///
+/// It holds its thread while it waits: when every thread runs such a job, the jobs they
+/// wait for stay queued behind them, and none ends (Python's pools behave the same).
+/// Submit such inner jobs to another pool, or await them from the caller's side.
 ///
 /// # Examples
 ///
@@ -271,13 +281,28 @@ impl ThreadPoolBuilder {
     }
 }
 
+thread_local! {
+    /// On a pool's thread, the address of the [`Shared`] it serves: a shutdown called from
+    /// one of its jobs does not wait for the thread it runs on.
+    static SERVES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Shared {
-    fn run_worker(&self) {
+    /// How many of the pool's threads a shutdown called on this thread waits for to stop
+    /// being alive: all but this one, if it is one of them (running the job that called
+    /// it, which returns only after the wait).
+    fn alive_after_shutdown(self: &Arc<Self>) -> usize {
+        let here = SERVES.try_with(|serves| serves.get()).unwrap_or(0);
+        usize::from(here == Arc::as_ptr(self) as usize)
+    }
+
+    fn run_worker(self: &Arc<Self>) {
+        let _ = SERVES.try_with(|serves| serves.set(Arc::as_ptr(self) as usize));
         for init in &self.initializers {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(&*init.0)) {
                 let reason = format!(
                     "the thread pool's initializer panicked: {}",
-                    crate::error::panic_message(&*payload)
+                    crate::error::panic_message(payload)
                 );
                 let _ = self.broken.set(JobError::PoolBroken { reason });
                 break;
@@ -285,43 +310,55 @@ impl Shared {
         }
         self.counters.workers_alive.fetch_add(1, Relaxed);
         while let Some(task) = self.queue.pop_blocking() {
-            if !task.state.try_start() {
-                continue; // cancelled while queued
+            // Nothing a job leaves behind may end this thread, which serves the pool's
+            // later jobs: a result no one awaits, or one a timeout made late, is dropped
+            // here, and its `Drop` may panic.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.serve(task))) {
+                let message = crate::error::panic_message(payload);
+                tracing::warn!(%message, "dropping what a job left behind panicked");
             }
-            self.counters.workers_busy.fetch_add(1, Relaxed);
-            if let Some(timeout) = task.options.resolve_timeout(self.job_timeout) {
-                self.schedule_timeout(&task.state, timeout);
-            }
-            // A chunk of a map says how long it ran, for the size of the next.
-            let chunk = matches!(&task.body, Body::Job(call) if call.is_chunk());
-            let started = (chunk || task.submitted.is_some()).then(Instant::now);
-            if let (Some(submitted), Some(started)) = (task.submitted, started) {
-                let waited = started.saturating_duration_since(submitted);
-                self.counters.queue_wait.record(waited);
-            }
-            let result = match self.broken.get() {
-                Some(error) => Err(error.clone()),
-                None => match task.body {
-                    Body::Job(call) => call.run_here(),
-                    Body::Closure(run) => catch_unwind(AssertUnwindSafe(run))
-                        .map_err(|payload| JobError::from_panic_payload(&*payload)),
-                },
-            };
-            if let Some(started) = started {
-                let took = started.elapsed();
-                if chunk {
-                    task.state.set_ran_for(took);
-                }
-                if task.submitted.is_some() {
-                    self.counters.run_time.record(took);
-                }
-            }
-            // Idle again before the caller is woken, so the stats it reads agree.
-            self.counters.workers_busy.fetch_sub(1, Relaxed);
-            self.counters.finish(&task.state, result);
         }
         self.counters.workers_alive.fetch_sub(1, Relaxed);
         self.alive.send_modify(|n| *n -= 1);
+    }
+
+    /// Runs one job taken from the queue, unless it was cancelled there.
+    fn serve(&self, task: Task) {
+        if !task.state.try_start() {
+            return; // cancelled while queued
+        }
+        self.counters.workers_busy.fetch_add(1, Relaxed);
+        if let Some(timeout) = task.options.resolve_timeout(self.job_timeout) {
+            self.schedule_timeout(&task.state, timeout);
+        }
+        // A chunk of a map says how long it ran, for the size of the next.
+        let chunk = matches!(&task.body, Body::Job(call) if call.is_chunk());
+        let started = (chunk || task.submitted.is_some()).then(Instant::now);
+        if let (Some(submitted), Some(started)) = (task.submitted, started) {
+            let waited = started.saturating_duration_since(submitted);
+            self.counters.queue_wait.record(waited);
+        }
+        let result = match self.broken.get() {
+            Some(error) => Err(error.clone()),
+            None => match task.body {
+                Body::Job(call) => call.run_here(),
+                Body::Closure(run) => {
+                    catch_unwind(AssertUnwindSafe(run)).map_err(JobError::from_panic_payload)
+                }
+            },
+        };
+        if let Some(started) = started {
+            let took = started.elapsed();
+            if chunk {
+                task.state.set_ran_for(took);
+            }
+            if task.submitted.is_some() {
+                self.counters.run_time.record(took);
+            }
+        }
+        // Idle again before the caller is woken, so the stats it reads agree.
+        self.counters.workers_busy.fetch_sub(1, Relaxed);
+        self.counters.finish(&task.state, result);
     }
 
     fn schedule_timeout(&self, job: &Arc<JobState>, timeout: Duration) {
@@ -473,9 +510,11 @@ impl Executor for ThreadPoolExecutor {
     async fn shutdown_with(&self, options: ShutdownOptions) -> bool {
         self.begin_shutdown(options.cancel_queued);
         let mut alive = self.inner.shared.alive.subscribe();
+        // Called from one of this pool's jobs, it cannot wait for its own thread.
+        let left = self.inner.shared.alive_after_shutdown();
         let all_exited = async move {
             // The sender lives in `Shared`, which `self` keeps alive: `wait_for` cannot fail.
-            let _ = alive.wait_for(|&n| n == 0).await;
+            let _ = alive.wait_for(|&n| n <= left).await;
         };
         crate::handle::within(all_exited, options.timeout).await
     }

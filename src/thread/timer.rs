@@ -66,8 +66,12 @@ impl Timer {
 
     /// Ends `job` with `TimedOut(timeout)` if it is still running `timeout` from now.
     pub(crate) fn schedule(&self, job: &Arc<JobState>, timeout: Duration) {
+        // A limit past the clock's range (`Duration::MAX`) is no limit.
+        let Some(at) = Instant::now().checked_add(timeout) else {
+            return;
+        };
         let deadline = Deadline {
-            at: Instant::now() + timeout,
+            at,
             timeout,
             job: Arc::downgrade(job),
         };

@@ -204,7 +204,7 @@ pub(crate) fn put_tagged<A: Serialize + 'static>(
     let start = out.len();
     out.push(TAG_OK);
     let encoded = catch_unwind(AssertUnwindSafe(|| encode_value(arg, out)))
-        .unwrap_or_else(|panic| Err(format!("Serialize panicked: {}", panic_message(&*panic))));
+        .unwrap_or_else(|panic| Err(format!("Serialize panicked: {}", panic_message(panic))));
     if let Err(message) = encoded {
         out.truncate(start);
         out.push(TAG_ARG_ENCODE);
@@ -228,7 +228,7 @@ fn decode_result<R: DeserializeOwned + 'static>(
         )))),
         Err(panic) => Err(JobError::Decode(format!(
             "result: Deserialize panicked: {}",
-            panic_message(&*panic)
+            panic_message(panic)
         ))),
     }
 }
