@@ -1,7 +1,8 @@
 //! A pool's bounded admission (`max_queued` on its builder): at most `max_workers +
 //! max_queued` jobs admitted and not yet ended, counted by a fair semaphore, so that
 //! `try_submit` can say "full", `reserve` can wait for room in turn, and a job's slot comes
-//! back the moment it ends (also when it is cancelled while queued).
+//! back the moment it ends (also when it is cancelled while queued), except that a
+//! thread-pool job that timed out keeps it until its thread returns.
 
 use crate::error::SubmitError;
 use crate::executor::Executor;
@@ -98,6 +99,15 @@ impl Admission {
         };
         permit.forget();
         Ok(Slot(Some(slots.clone())))
+    }
+
+    /// Moves the slot `state`'s job holds to the caller, who gives it back by dropping it,
+    /// for a worker that runs on after the job ends: a thread-pool job that timed out
+    /// keeps its room until its thread returns. `None`, without looking at the job, on an
+    /// unbounded pool.
+    pub(crate) fn take_from(&self, state: &JobState) -> Option<Slot> {
+        self.slots.as_ref()?;
+        state.take_slot().map(|slots| Slot(Some(slots)))
     }
 
     /// Refuses every later admission and wakes those waiting for room: at shutdown.

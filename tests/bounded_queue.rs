@@ -260,6 +260,43 @@ fn a_closure_spawned_on_a_full_thread_pool_fails_with_queue_full() {
     });
 }
 
+/// The thread pool cannot stop a job past its time limit: the job ends with `TimedOut`,
+/// but its thread runs on and takes no other job. Its room used to come back with that
+/// end, so `max_queued(0)` let a job wait for the only thread, busy as it was; the thread
+/// now holds the room until it returns from the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_job_still_running_keeps_its_room_in_a_bounded_thread_pool() {
+    let pool = ThreadPoolExecutor::builder()
+        .max_workers(1)
+        .max_queued(0)
+        .job_timeout(std::time::Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let stuck = pool.spawn(move || go_rx.recv().is_ok());
+    let ended = bounded("the time limit", stuck).await;
+    assert!(matches!(ended, Err(JobError::TimedOut(_))), "{ended:?}");
+    // Its thread is still inside the closure, waiting for `go`.
+    match pool.try_submit(common::double, 1) {
+        Err(SubmitError::Full(1)) => {}
+        other => panic!("a job admitted to wait with max_queued(0), the thread busy: {other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    // The room comes back when the thread returns.
+    let next = bounded(
+        "room after the thread returns",
+        pool.submit_when_ready(common::double, 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bounded("the next job", next).await, Ok(4));
+    // A timed job that ends in time gives its room back before its caller hears of it.
+    let quick = pool.try_submit(common::double, 3).unwrap();
+    assert_eq!(bounded("a job in time", quick).await, Ok(6));
+    let after = pool.try_submit(common::double, 4).expect("room at once");
+    assert_eq!(bounded("the job after it", after).await, Ok(8));
+}
+
 fn broken_initializer() {
     panic!("no configuration file");
 }

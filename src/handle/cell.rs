@@ -100,6 +100,12 @@ impl JobState {
         }
     }
 
+    /// Takes back the admission slot the job holds, if any: its end then gives nothing
+    /// back, and the caller gives the slot back when it is done with it.
+    pub(crate) fn take_slot(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.lock().slots.take()
+    }
+
     /// Records how long a worker ran the job; called before the job ends, so that whoever
     /// sees it ended sees this too.
     pub(crate) fn set_ran_for(&self, took: Duration) {

@@ -37,7 +37,7 @@ use timer::Timer;
 /// - A job past its time limit ([`JobOptions::timeout`](crate::JobOptions::timeout) or
 ///   [`ThreadPoolBuilder::job_timeout`]) ends with [`JobError::TimedOut`] at once, but its
 ///   thread runs on until the function returns (the result is discarded), and it takes no
-///   other job meanwhile.
+///   other job meanwhile (on a bounded pool, the job's room comes back only then).
 /// - A job that aborts, segfaults or calls `exit` takes the whole process with it: use a
 ///   [`ProcessPoolExecutor`](crate::ProcessPoolExecutor) for such work.
 /// - Dropping the last handle to the pool does not block: queued jobs end with
@@ -232,6 +232,10 @@ impl ThreadPoolBuilder {
     /// as [`ProcessPoolBuilder::max_queued`](crate::ProcessPoolBuilder::max_queued) does
     /// (closures from [`spawn`](ThreadPoolExecutor::spawn) count too). The default is no
     /// bound.
+    ///
+    /// A job's room comes back when it ends, except that a job past its time limit
+    /// ([`job_timeout`](Self::job_timeout), [`JobOptions::timeout`](crate::JobOptions::timeout))
+    /// keeps it until its thread returns from it: the thread takes no other job meanwhile.
     pub fn max_queued(mut self, n: usize) -> Self {
         self.max_queued = Some(n);
         self
@@ -328,7 +332,11 @@ impl Shared {
             return; // cancelled while queued
         }
         self.counters.workers_busy.fetch_add(1, Relaxed);
+        // A job that times out ends while this thread runs on: the thread, not the job,
+        // holds its room in a bounded queue, until it returns.
+        let mut room = None;
         if let Some(timeout) = task.options.resolve_timeout(self.job_timeout) {
+            room = self.queue.admission().take_from(&task.state);
             self.schedule_timeout(&task.state, timeout);
         }
         // A chunk of a map says how long it ran, for the size of the next.
@@ -358,6 +366,7 @@ impl Shared {
         }
         // Idle again before the caller is woken, so the stats it reads agree.
         self.counters.workers_busy.fetch_sub(1, Relaxed);
+        drop(room); // room for the next job before the caller hears of this one's end
         self.counters.finish(&task.state, result);
     }
 
