@@ -18,6 +18,8 @@ pub(crate) struct Admission {
     slots: Option<Arc<Semaphore>>,
     /// The `max_queued` it was built with, for [`PoolStats`](crate::PoolStats).
     max_queued: Option<usize>,
+    /// `max_workers + max_queued`, if bounded: the most jobs admitted and not yet ended.
+    limit: Option<usize>,
 }
 
 /// Why a job was not admitted.
@@ -50,20 +52,26 @@ impl Refusal {
 impl Admission {
     /// No bound with `None`; else `max_workers + max_queued` slots.
     pub(crate) fn new(max_workers: usize, max_queued: Option<usize>) -> Admission {
+        let limit = max_queued.map(|queued| {
+            max_workers
+                .saturating_add(queued)
+                .min(Semaphore::MAX_PERMITS)
+        });
         Admission {
-            slots: max_queued.map(|queued| {
-                Arc::new(Semaphore::new(
-                    max_workers
-                        .saturating_add(queued)
-                        .min(Semaphore::MAX_PERMITS),
-                ))
-            }),
+            slots: limit.map(|n| Arc::new(Semaphore::new(n))),
             max_queued,
+            limit,
         }
     }
 
     pub(crate) fn max_queued(&self) -> Option<usize> {
         self.max_queued
+    }
+
+    /// The most jobs admitted and not yet ended at once (`max_workers + max_queued`), if
+    /// bounded: also the most jobs in the queue that have not ended.
+    pub(crate) fn limit(&self) -> Option<usize> {
+        self.limit
     }
 
     /// The semaphore, if bounded: what [`Reserve`] waits on.

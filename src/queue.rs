@@ -104,6 +104,9 @@ struct Inner<T> {
     /// Threads blocked in `pop_blocking`: a push wakes one only if there is one (a condvar
     /// notification is a system call even when nobody waits).
     sleepers: usize,
+    /// The length at which a push first drops the jobs that ended while queued (see
+    /// [`JobQueue::purge`]); `usize::MAX` on an unbounded pool.
+    purge_at: usize,
 }
 
 impl<T: Queued> JobQueue<T> {
@@ -115,13 +118,14 @@ impl<T: Queued> JobQueue<T> {
     /// A queue whose pool admits jobs as `admission` says.
     pub(crate) fn with_admission(admission: Admission) -> JobQueue<T> {
         JobQueue {
-            admission,
             inner: Padded(Mutex::new(Inner {
                 items: VecDeque::new(),
                 closed: false,
                 failed: None,
                 sleepers: 0,
+                purge_at: purge_at(&admission, 0),
             })),
+            admission,
             available: Condvar::new(),
             notify: Padded(Notifier {
                 idle: tokio::sync::Notify::new(),
@@ -164,10 +168,42 @@ impl<T: Queued> JobQueue<T> {
         if inner.closed {
             return Err(item);
         }
+        let purged = if inner.items.len() >= inner.purge_at {
+            self.purge(&mut inner)
+        } else {
+            Vec::new()
+        };
         let alone = inner.items.is_empty();
         inner.items.push_back(item);
         self.wake(inner, false, alone);
+        drop(purged); // without the lock: the jobs' arguments and closures are the user's
         Ok(alone)
+    }
+
+    /// Takes the jobs that ended while queued (cancelled) out of the queue, keeping the
+    /// others' order, and returns them for the caller to drop once it has let the lock go.
+    ///
+    /// `cancel()` ends a queued job and gives its room back at once, but the job, with
+    /// its argument, stayed here until a worker popped it: a producer that cancelled what
+    /// it queued behind busy workers piled up jobs past `max_queued` without bound. On a
+    /// bounded pool at most [`Admission::limit`] queued jobs have not ended, so a push
+    /// purges once the queue holds twice that (and then, twice what the purge left):
+    /// at least half of what it scans goes, and a push costs O(1) amortized. An unbounded
+    /// pool never purges (its queue has no bound to keep), and pays one comparison.
+    fn purge(&self, inner: &mut Inner<T>) -> Vec<T> {
+        let mut ended = Vec::new();
+        for _ in 0..inner.items.len() {
+            let Some(item) = inner.items.pop_front() else {
+                break;
+            };
+            if item.state().is_done() {
+                ended.push(item);
+            } else {
+                inner.items.push_back(item);
+            }
+        }
+        inner.purge_at = purge_at(&self.admission, inner.items.len());
+        ended
     }
 
     /// Appends a new job that took `slot` of the pool's admission (see
@@ -328,7 +364,7 @@ impl<T: Queued> JobQueue<T> {
         }
     }
 
-    /// Jobs waiting (including cancelled ones not yet skipped).
+    /// Jobs waiting (including cancelled ones not yet skipped or purged).
     pub(crate) fn len(&self) -> usize {
         self.lock().items.len()
     }
@@ -342,6 +378,15 @@ impl<T: Queued> JobQueue<T> {
         let inner = self.lock();
         inner.closed && inner.items.is_empty()
     }
+}
+
+/// The length at which a push purges a queue that holds `left` jobs after its last purge
+/// (see [`JobQueue::purge`]): twice the larger of `left` and the admission's limit, never
+/// on an unbounded pool.
+fn purge_at(admission: &Admission, left: usize) -> usize {
+    admission
+        .limit()
+        .map_or(usize::MAX, |limit| limit.max(left).max(1).saturating_mul(2))
 }
 
 /// A value on cache lines of its own: 128 bytes, as `crossbeam_utils::CachePadded` has on
@@ -386,6 +431,27 @@ mod tests {
         }
         assert!(queue.try_pop().is_none());
         assert!(queue.is_drained());
+    }
+
+    #[test]
+    fn jobs_cancelled_while_queued_are_purged_and_the_others_keep_their_order() {
+        // Bounded to 2 (1 worker, max_queued 1): 2 live jobs among 10,000 cancelled one
+        // after the other, as a producer that gives up on what it queued does.
+        let queue = JobQueue::with_admission(Admission::new(1, Some(1)));
+        let live = [JobState::new(), JobState::new()];
+        for (i, state) in live.iter().enumerate() {
+            assert!(queue.push(Item(state.clone())).is_ok());
+            for _ in 0..5_000 {
+                let cancelled = JobState::new();
+                assert!(queue.push(Item(cancelled.clone())).is_ok());
+                assert!(cancelled.cancel());
+                assert!(queue.len() <= 4, "{} queued, {} live", queue.len(), i + 1);
+            }
+        }
+        let left: Vec<_> = std::iter::from_fn(|| queue.try_pop())
+            .filter(|item| !item.0.is_done())
+            .collect();
+        assert!(left.len() == 2 && left.iter().zip(&live).all(|(a, b)| Arc::ptr_eq(&a.0, b)));
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub struct PoolStats {
     /// Workers running a job right now.
     pub workers_busy: usize,
     /// Jobs waiting for a worker. Jobs cancelled while queued are counted until a worker
-    /// skips them.
+    /// skips them or, on a pool with a bound (`max_queued`), until a later submission
+    /// drops them, which it does once the queue holds twice `max_workers + max_queued`
+    /// jobs: there, this is at most twice that bound.
     pub jobs_queued: usize,
     /// Jobs running right now.
     pub jobs_running: usize,

@@ -297,6 +297,42 @@ async fn a_timed_out_job_still_running_keeps_its_room_in_a_bounded_thread_pool()
     assert_eq!(bounded("the job after it", after).await, Ok(8));
 }
 
+/// A producer that cancels what it queued (a request that timed out, a `CancelOnDrop`)
+/// gets the room back at once, but the cancelled job, with its argument, stayed in the
+/// queue until a thread popped it: behind a busy thread, 10,000 of them piled up in a
+/// queue bounded to one job. A push now drops them once the queue holds twice the pool's
+/// bound (`max_workers + max_queued`).
+#[test]
+fn cancelled_jobs_do_not_pile_up_past_max_queued() {
+    common::bounded_sync("10,000 jobs cancelled behind a busy thread", || {
+        let pool = ThreadPoolExecutor::builder()
+            .max_workers(1)
+            .max_queued(1)
+            .build()
+            .unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let busy = pool.spawn(move || {
+            started_tx.send(()).unwrap();
+            go_rx.recv().is_ok()
+        });
+        started_rx.recv().unwrap();
+        // What each job holds: its count says how many jobs are still kept somewhere.
+        let argument = std::sync::Arc::new(());
+        for i in 0..10_000 {
+            let held = argument.clone();
+            let handle = pool.spawn(move || drop(held));
+            assert!(handle.cancel(), "job {i} was admitted and queued");
+            let queued = pool.stats().jobs_queued;
+            assert!(queued <= 4, "{queued} jobs held in a queue bounded to 1");
+            let kept = std::sync::Arc::strong_count(&argument) - 1;
+            assert!(kept <= 4, "{kept} cancelled jobs' closures kept");
+        }
+        go_tx.send(()).unwrap();
+        assert!(busy.wait().unwrap());
+    });
+}
+
 fn broken_initializer() {
     panic!("no configuration file");
 }
