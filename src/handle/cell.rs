@@ -29,10 +29,14 @@ pub(crate) enum Finished {
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
+/// Ending, for as long as [`JobState::end_locked`] holds the lock: it is `DONE` before
+/// anyone who takes the lock looks.
+const ENDING: u8 = 3;
 
 /// The completion cell of one job, shared by the pool and the job's handle.
 ///
-/// Invariant: `state` moves `QUEUED -> RUNNING -> DONE` or `QUEUED -> DONE`, and back
+/// Invariant: `state` moves `QUEUED -> RUNNING -> DONE` or `QUEUED -> DONE` (through
+/// `ENDING`, which only the lock's holder sees), and back
 /// from `RUNNING` to `QUEUED` only for a claimed job that did not run and is put back in
 /// the queue ([`unclaim`](Self::unclaim), under the lock); whoever moves it to `DONE`
 /// stores the result first, so the result is written exactly once and is present
@@ -254,7 +258,7 @@ impl JobState {
     ) -> bool {
         if self
             .state
-            .compare_exchange(from, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, ENDING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
@@ -263,13 +267,16 @@ impl JobState {
         let slots = ending.slots.take();
         let waker = ending.waker.take();
         let stopper = ending.stopper.take();
-        drop(ending);
-        drop(stopper);
         on_end();
-        // Room for the next job before the caller hears of this one's end.
+        // Room for the next job, and the bookkeeping, before anyone can see this one
+        // ended: a caller watching the state (a blocking wait spins on it) that submits
+        // again at once must find the room this job held.
         if let Some(slots) = slots {
             slots.add_permits(1);
         }
+        self.state.store(DONE, Ordering::Release);
+        drop(ending);
+        drop(stopper);
         wake(waker);
         true
     }
