@@ -177,8 +177,16 @@ impl Shared {
                         continue;
                     };
                     drop(state);
-                    let timed_out = due.job.upgrade().is_some_and(|job| {
-                        counters.finish(&job, Err(JobError::TimedOut(due.timeout)))
+                    // Caught: the job it upgrades may have ended meanwhile, its handle
+                    // dropped, and a result whose `Drop` panics is then dropped here.
+                    let timed_out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        due.job.upgrade().is_some_and(|job| {
+                            counters.finish(&job, Err(JobError::TimedOut(due.timeout)))
+                        })
+                    }))
+                    .unwrap_or_else(|payload| {
+                        crate::error::drop_payload(payload);
+                        false
                     });
                     if timed_out {
                         tracing::warn!(timeout = ?due.timeout, "thread-pool job timed out; its thread runs on");
