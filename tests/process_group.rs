@@ -17,21 +17,10 @@ use std::time::{Duration, Instant};
 
 /// Starts `sleep 600` (in the worker's process group, as a job's children are), writes its
 /// pid to `pid_file`, then waits for `gate`.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the worker is killed with it; the sleeper's new parent reaps it"
-)]
 fn start_a_sleeper((pid_file, gate): (String, String)) -> u32 {
-    // Not holding the test's output open if it outlives the test.
-    let sleeper = Command::new("sleep")
-        .arg("600")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::fs::write(&pid_file, sleeper.id().to_string()).unwrap();
+    let sleeper = spawn_a_sleeper(&pid_file);
     assert!(wait_until_exists(&gate), "gate never opened");
-    sleeper.id()
+    sleeper
 }
 
 fn until_gone(pid: u32, what: &str) {
@@ -93,34 +82,33 @@ async fn a_timed_out_job_and_a_dropped_pool_stop_the_processes_started() {
     until_gone(sleeper, "after the pool was dropped");
 }
 
-/// Starts `sleep 600` in the worker's group, writes its pid to `pid_file`, then aborts the
-/// worker (the sleeper's new parent reaps it).
-fn start_a_sleeper_then_abort(pid_file: String) -> u32 {
-    let sleeper = Command::new("sleep")
-        .arg("600")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    write_pid(&pid_file, sleeper.id());
-    std::process::abort()
-}
-
-/// Starts `sleep 600` in the worker's group, writes its pid to `pid_file`, and returns it
-/// (the sleeper runs on after the job).
+/// Starts `sleep 600` in the worker's group, not holding the test's output open should it
+/// outlive the test, and writes its pid to `pid_file`; returns the pid. The sleeper runs
+/// on after the job; whoever stops it, its new parent reaps it.
 #[expect(
     clippy::zombie_processes,
     reason = "the worker is stopped with it; the sleeper's new parent reaps it"
 )]
-fn start_a_sleeper_and_return(pid_file: String) -> u32 {
+fn spawn_a_sleeper(pid_file: &str) -> u32 {
     let sleeper = Command::new("sleep")
         .arg("600")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    write_pid(&pid_file, sleeper.id());
+    write_pid(pid_file, sleeper.id());
     sleeper.id()
+}
+
+/// Starts a sleeper ([`spawn_a_sleeper`]), then aborts the worker.
+fn start_a_sleeper_then_abort(pid_file: String) -> u32 {
+    spawn_a_sleeper(&pid_file);
+    std::process::abort()
+}
+
+/// Starts a sleeper ([`spawn_a_sleeper`]) and returns its pid.
+fn start_a_sleeper_and_return(pid_file: String) -> u32 {
+    spawn_a_sleeper(&pid_file)
 }
 
 /// Writes `pid` to `pid_file` whole: a reader never sees it half-written.
