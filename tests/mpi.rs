@@ -42,6 +42,7 @@ mod imp {
             std::process::exit(match scenario.as_str() {
                 "api" => api(),
                 "one_job" => one_job(),
+                "hung_initializer" => hung_initializer(),
                 "held_answers" => held_answers(),
                 "streams" => streams(),
                 "killed_agent" => killed_agent(),
@@ -54,7 +55,7 @@ mod imp {
             });
         }
         let started = Instant::now();
-        let tests: [(&str, fn()); 8] = [
+        let tests: [(&str, fn()); 9] = [
             (
                 "the_public_api_works_across_ranks",
                 the_public_api_works_across_ranks,
@@ -70,6 +71,10 @@ mod imp {
             (
                 "a_copy_of_the_binary_elsewhere_is_accepted",
                 a_copy_of_the_binary_elsewhere_is_accepted,
+            ),
+            (
+                "a_node_agents_workers_have_the_pools_initializer_timeout",
+                a_node_agents_workers_have_the_pools_initializer_timeout,
             ),
             (
                 "another_build_is_refused_naming_both",
@@ -214,6 +219,12 @@ mod imp {
             .args([":", "-n", "2"])
             .arg(&copy);
         runs_ok(command, "one_job");
+    }
+
+    fn a_node_agents_workers_have_the_pools_initializer_timeout() {
+        let mut command = mpirun();
+        command.args(["-n", "2"]).arg(this_program());
+        runs_ok(command, "hung_initializer");
     }
 
     fn another_build_is_refused_naming_both() {
@@ -704,6 +715,34 @@ mod imp {
             println!("one_job: ok");
             0
         })
+    }
+
+    /// An initializer that never ends.
+    fn hang() {
+        std::thread::sleep(Duration::from_secs(600));
+    }
+
+    /// The node agent's workers hang in their initializer: each is killed after the
+    /// pool's `initializer_timeout` (1 s, not the default 60 s), and after five in a row
+    /// the pool is broken, naming the setting, well within the run's bound.
+    fn hung_initializer() -> i32 {
+        let local = ProcessPoolExecutor::builder()
+            .initializer(hang)
+            .initializer_timeout(Duration::from_secs(1));
+        let Some(pool) = world("hung_initializer", local) else {
+            return 1;
+        };
+        runtime().block_on(async {
+            match pool.submit(square, 7).await {
+                Err(procpool::JobError::PoolBroken { reason }) => {
+                    assert!(reason.contains("initializer_timeout"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            pool.shutdown().await;
+        });
+        println!("hung_initializer: ok");
+        0
     }
 
     /// One agent with two workers: the payloads of their large answers come to rank 0 in

@@ -171,6 +171,7 @@ fn launcher(config: AgentConfig) -> Result<Launcher, String> {
     Launcher::new(Settings {
         initializers: config.initializers,
         handshake_timeout: config.handshake_timeout,
+        initializer_timeout: config.initializer_timeout,
         max_frame: usize::try_from(config.max_frame).unwrap_or(usize::MAX),
         // The workers' frames cross MPI as they are: nothing may refer to their memory.
         lend: false,

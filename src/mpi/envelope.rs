@@ -46,6 +46,7 @@ pub(super) struct AgentHello {
 pub(super) struct AgentConfig {
     pub(super) initializers: Vec<Target>,
     pub(super) handshake_timeout: Duration,
+    pub(super) initializer_timeout: Duration,
     pub(super) max_frame: u64,
     /// Report each worker's resident memory this often, if at all.
     pub(super) memory_every: Option<Duration>,
@@ -321,6 +322,7 @@ mod tests {
                 ToAgent::Configure(AgentConfig {
                     initializers: Vec::new(),
                     handshake_timeout: Duration::from_millis(max_frame % 100_000),
+                    initializer_timeout: Duration::from_millis(max_frame % 7_000),
                     max_frame,
                     memory_every: every.map(Duration::from_micros),
                 })

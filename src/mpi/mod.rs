@@ -229,6 +229,7 @@ impl MpiPoolExecutor {
             let configure = ToAgent::Configure(AgentConfig {
                 initializers: settings.initializers.clone(),
                 handshake_timeout: settings.handshake_timeout,
+                initializer_timeout: settings.initializer_timeout,
                 max_frame: settings.max_frame as u64,
                 memory_every: config.max_worker_memory.map(|_| MEMORY_EVERY),
             });

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// How long a worker's initializers may take unless the pool says otherwise (see
-/// [`Launcher::initializer_timeout`]).
+/// [`Settings::initializer_timeout`]).
 pub(super) const DEFAULT_INITIALIZER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the local backend needs to start a worker, fixed when the pool is built.
@@ -41,6 +41,10 @@ pub(crate) struct Settings {
     /// Run in order by each worker before its first job.
     pub(crate) initializers: Vec<Target>,
     pub(crate) handshake_timeout: Duration,
+    /// How long a worker may take to run its initializers and say it is ready: one that
+    /// takes longer is killed, and its start fails as one likely to repeat. Without
+    /// initializers, the handshake timeout bounds that stage instead.
+    pub(crate) initializer_timeout: Duration,
     pub(crate) max_frame: usize,
     /// Whether large arguments and results may be lent between the pool and its workers
     /// (read across with [`crate::sys::remote::read_lent`]) instead of written to their
@@ -64,8 +68,6 @@ pub(crate) struct Launcher {
     image: ImageId,
     exe: PathBuf,
     next_worker: AtomicU64,
-    /// How long a worker may take to run its initializers and say it is ready.
-    initializer_timeout: Duration,
 }
 
 impl Launcher {
@@ -81,17 +83,7 @@ impl Launcher {
             image,
             exe: ship::exe_path(),
             next_worker: AtomicU64::new(0),
-            initializer_timeout: DEFAULT_INITIALIZER_TIMEOUT,
         })
-    }
-
-    /// Gives workers `timeout` to run their initializers and say they are ready (the
-    /// default is [`DEFAULT_INITIALIZER_TIMEOUT`]): one that takes longer is killed, and
-    /// its start fails as one that is likely to repeat. Without initializers, the
-    /// handshake timeout bounds that stage instead.
-    pub(crate) fn initializer_timeout(mut self, timeout: Duration) -> Launcher {
-        self.initializer_timeout = timeout;
-        self
     }
 
     /// How long a welcomed worker may take to say it is ready.
@@ -99,7 +91,7 @@ impl Launcher {
         if self.settings.initializers.is_empty() {
             self.settings.handshake_timeout
         } else {
-            self.initializer_timeout
+            self.settings.initializer_timeout
         }
     }
 
@@ -491,6 +483,7 @@ mod tests {
         Launcher::new(Settings {
             initializers: Vec::new(),
             handshake_timeout: Duration::from_secs(1),
+            initializer_timeout: DEFAULT_INITIALIZER_TIMEOUT,
             max_frame: 1 << 20,
             lend: true,
             stall_handshake: false,

@@ -257,8 +257,7 @@ impl ProcessPoolBuilder {
     ///
     /// A graceful shutdown does not wait for a worker that is still starting once nothing
     /// is left to run: it is stopped. An `MpiPoolExecutor` (feature `mpi`) built from this
-    /// builder does not carry the setting to its node agents yet: their workers have the
-    /// default.
+    /// builder gives its node agents' workers the same time.
     ///
     /// # Examples
     ///
@@ -359,12 +358,8 @@ impl ProcessPoolBuilder {
     ///   `main` (the `auto-init` feature is off and [`init`](crate::init) was not called):
     ///   a worker never starts workers of its own.
     pub fn build(self) -> Result<ProcessPoolExecutor, Error> {
-        let initializer_timeout = self.initializer_timeout;
         let (config, settings) = self.settle()?;
-        let pool = Pool::start(config, move || {
-            Launcher::new(settings)
-                .map(|launcher| launcher.initializer_timeout(initializer_timeout))
-        })?;
+        let pool = Pool::start(config, move || Launcher::new(settings))?;
         Ok(ProcessPoolExecutor {
             inner: Arc::new(pool),
         })
@@ -429,6 +424,7 @@ impl ProcessPoolBuilder {
         let settings = Settings {
             initializers: self.initializers,
             handshake_timeout: self.handshake_timeout,
+            initializer_timeout: self.initializer_timeout,
             max_frame: self.max_frame_size,
             #[cfg(not(test))]
             lend: true,
