@@ -27,6 +27,12 @@ use tokio_util::sync::PollSemaphore;
 ///   bounded wait in front of it queue where it is cheap. On a pool without a bound it is
 ///   always ready. Once the pool is shut down it fails with [`JobError::ShutDown`]
 ///   ([`JobError::PoolBroken`] and why, if it broke).
+///
+///   A service whose `poll_ready` was pending keeps its place in line: the next room
+///   that comes back is reserved for it until it is polled again or dropped, as with
+///   tower's `ConcurrencyLimit`. Behind `load_shed`, which does not poll a service again
+///   until its next request, a clone that shed a request and gets no other holds that
+///   room meanwhile: drop such clones (a connection's service is dropped with it).
 /// - **The future cancels its job when dropped**: it is a [`CancelOnDrop`], so a request
 ///   that a `timeout` layer gives up on, or whose client hung up, stops its job (on a
 ///   process pool the running job's worker is killed and replaced) instead of running it
@@ -131,8 +137,11 @@ where
     type Future = CancelOnDrop<R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), JobError>> {
+        if self.pool.is_shutdown() {
+            self.permit = None; // room reserved before the shutdown: no call can use it
+            return Poll::Ready(Err(self.closed()));
+        }
         match &mut self.slots {
-            None if self.pool.is_shutdown() => Poll::Ready(Err(self.closed())),
             None => Poll::Ready(Ok(())),
             Some(_) if self.permit.is_some() => Poll::Ready(Ok(())),
             Some(slots) => match slots.poll_acquire(cx) {

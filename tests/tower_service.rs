@@ -53,6 +53,21 @@ mod with_tower {
         }
     }
 
+    /// The docs: once the pool is shut down, `poll_ready` fails with `ShutDown`, also for
+    /// a service that had reserved room before. (It said ready, found by a review.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poll_ready_fails_after_shutdown_even_with_room_reserved() {
+        for (name, pool) in bounded_pools(1, 1) {
+            let mut service = PoolService::new(pool.clone(), common::double);
+            bounded("ready", service.ready()).await.unwrap();
+            pool.begin_shutdown(false);
+            let again = bounded("ready after shutdown", service.ready())
+                .await
+                .map(|_| ());
+            assert_eq!(again, Err(JobError::ShutDown), "{name}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn poll_ready_waits_for_room_and_load_shed_sheds_when_full() {
         for (name, pool) in bounded_pools(1, 0) {
