@@ -104,3 +104,35 @@ async fn the_size_hint_of_an_endless_map_saturates() {
         pool.shutdown().await;
     }
 }
+
+/// Waits for the gate at `path`, or (with `open`) opens it.
+fn wait_or_open((path, open): (String, bool)) -> bool {
+    if open {
+        std::fs::write(&path, b"open").unwrap();
+    } else {
+        assert!(wait_until_exists(&path), "gate never opened");
+    }
+    open
+}
+
+/// A slow stream: the second item comes once the first chunk is in flight, while the pool
+/// has an idle worker. It must reach that worker: here it opens the gate the first item
+/// waits on, so holding it back (as the map did while any chunk of its own was out)
+/// hangs the map. (Found by a helper's review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_streams_partial_chunk_goes_out_while_a_worker_idles() {
+    use futures::{FutureExt, StreamExt};
+    for (name, pool) in pools(2) {
+        let gate = Gate::new();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<(String, bool)>();
+        let mut map = pool.map_stream_unordered(wait_or_open, rx).chunk_size(4);
+        tx.unbounded_send((gate.path(), false)).unwrap();
+        assert!(map.next().now_or_never().is_none(), "{name}: done at once");
+        tx.unbounded_send((gate.path(), true)).unwrap();
+        // The input stays open (a live event stream): only the pool can free the items.
+        let results: Vec<_> = bounded(name, (&mut map).take(2).collect::<Vec<_>>()).await;
+        assert_eq!(results.len(), 2, "{name}");
+        drop(tx);
+        bounded(name, pool.shutdown()).await;
+    }
+}

@@ -442,8 +442,9 @@ where
                     }
                 }
                 Poll::Pending => {
-                    // A slow source: do not sit on a partial chunk while the pool idles.
-                    if self.gathered() > 0 && self.in_flight.is_empty() {
+                    // A slow source: do not sit on a partial chunk while a worker may idle
+                    // (fewer of this map's chunks out than the pool has workers).
+                    if self.gathered() > 0 && self.in_flight.len() < self.executor.max_workers() {
                         self.submit_pending();
                     }
                     break;
