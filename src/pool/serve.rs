@@ -509,24 +509,26 @@ impl<B: Backend> Serving<'_, B> {
                 None => std::future::pending().await,
             }
         };
-        let (error, why) = tokio::select! {
+        let timed_out = tokio::select! {
             biased;
             _ = self.core.kill.cancelled() => return Err(Written::Cut(Loss::Killed)),
-            () = stop => (JobError::Cancelled, "killed a worker to cancel the job written to it"),
-            () = timer => (
-                JobError::TimedOut(Duration::ZERO), // the limit, once it is the head
-                "a job's time ran out while it was written to its worker; killed the worker",
-            ),
+            () = stop => false,
+            () = timer => true,
             sent = self.link.send(out, payload) => return sent.map_err(Written::Failed),
         };
         self.line.promote(Instant::now());
-        let error = match error {
-            JobError::TimedOut(_) => {
-                JobError::TimedOut(self.line.head_timeout().unwrap_or_default())
+        let loss = if timed_out {
+            Loss::Stopped {
+                error: JobError::TimedOut(self.line.head_timeout().unwrap_or_default()),
+                why: "a job's time ran out while it was written to its worker; killed the worker",
             }
-            other => other,
+        } else {
+            Loss::Stopped {
+                error: JobError::Cancelled,
+                why: "killed a worker to cancel the job written to it",
+            }
         };
-        Err(Written::Cut(Loss::Stopped { error, why }))
+        Err(Written::Cut(loss))
     }
 
     /// Claims the jobs of `batch` and frames them into `out`, adding them to the line,
