@@ -224,8 +224,8 @@
 //!   replaced. A thread cannot be stopped: its future fails, the thread runs on.
 //! - **Cancellation:** [`JobError::Cancelled`]. A queued job never starts; a running
 //!   process job is stopped by killing its worker. A short job already streamed to a
-//!   worker behind the one it runs counts as started (as in Python's call queue):
-//!   `cancel()` returns `false` until it runs.
+//!   worker behind the one it runs is taken back from the worker (it never runs, and the
+//!   worker lives on); one the worker had just started is stopped like a running job.
 //! - **Jobs behind a lost worker:** the jobs streamed to a worker behind the one it runs
 //!   have not started; if the worker dies, times out or is stopped, they go back to the
 //!   front of the queue and run on another worker. Only the job it was running fails.
@@ -318,9 +318,9 @@
 //! - **Scheduling:** a round trip through rank 0's and an agent's MPI threads costs one to
 //!   a few milliseconds on a loaded machine, so a worker running a job of known length is
 //!   sent the next one 30 ms before the running one is expected to end, and does not wait
-//!   for the round trip. That job counts as started (its `cancel()` returns `false`, as
-//!   for short jobs pipelined on one machine) and waits if the running job takes longer
-//!   than expected, even while another worker is idle. An MPI thread polls without a pause
+//!   for the round trip. That job cannot be taken back: its `cancel()` stops it when it
+//!   becomes the running one, killing the worker then, and it waits if the running job
+//!   takes longer than expected, even while another worker is idle. An MPI thread polls without a pause
 //!   for 300 µs after anything happened, then naps a sixteenth of the time it has waited
 //!   (at most 1 ms) between polls, so an answer that comes later is taken late by up to
 //!   that: a 5 ms job called one at a time came back 0.3–0.7 ms after its time on two

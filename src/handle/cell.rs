@@ -3,7 +3,7 @@
 
 use crate::error::JobError;
 use crate::job::{Output, Undecoded};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -33,6 +33,77 @@ const DONE: u8 = 2;
 /// anyone who takes the lock looks.
 const ENDING: u8 = 3;
 
+/// What has been asked of a claimed job's pool ([`JobState::request`]): nothing yet,
+const NO_REQUEST: u8 = 0;
+/// to take it back if its worker has not started it (a dropped `Map`'s chunk), or
+const WITHDRAW: u8 = 1;
+/// to take it back, or stop it if it runs (`cancel()`).
+const STOP: u8 = 2;
+
+/// What a job's `cancel()` tells the pool holding it: one per worker of a pool that can
+/// stop a running job, shared by the jobs written to that worker.
+///
+/// A request is the job's own ([`JobState::stop_asked`], [`JobState::withdraw_asked`]);
+/// this counts them and wakes the worker's task, which stops the job if it runs, or takes
+/// it back from the worker (so that it never runs) if it only waits there.
+#[derive(Debug, Default)]
+pub(crate) struct Stopper {
+    notify: tokio::sync::Notify,
+    /// Requests made so far, by any of the worker's jobs: the pool compares it with the
+    /// count it last looked at, to learn that one of its waiting jobs was cancelled.
+    asked: AtomicU64,
+}
+
+/// What [`Stopper::asked_since`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// The running head is to be stopped.
+    StopHead,
+    /// Something was asked since the count given: of a job waiting behind the head,
+    /// perhaps.
+    Since(u64),
+}
+
+impl Stopper {
+    pub(crate) fn new() -> Arc<Stopper> {
+        Arc::new(Stopper::default())
+    }
+
+    /// How many requests were made so far.
+    pub(crate) fn asked(&self) -> u64 {
+        self.asked.load(Ordering::Acquire)
+    }
+
+    fn ask(&self) {
+        self.asked.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// Resolves when `head` (the job its worker runs, if any) is to be stopped, or when
+    /// the count of requests is no longer `seen`.
+    pub(crate) async fn asked_since(&self, head: Option<&JobState>, seen: u64) -> Asked {
+        loop {
+            let notified = self.notify.notified();
+            if head.is_some_and(|head| head.stop_asked()) {
+                return Asked::StopHead;
+            }
+            let asked = self.asked();
+            if asked != seen {
+                return Asked::Since(asked);
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves when `job` (the first of a write to its worker) is to be stopped.
+    pub(crate) async fn stop_asked_for(&self, job: &JobState) {
+        let mut seen = self.asked();
+        while let Asked::Since(asked) = self.asked_since(Some(job), seen).await {
+            seen = asked;
+        }
+    }
+}
+
 /// The completion cell of one job, shared by the pool and the job's handle.
 ///
 /// Invariant: `state` moves `QUEUED -> RUNNING -> DONE` or `QUEUED -> DONE` (through
@@ -50,11 +121,10 @@ const ENDING: u8 = 3;
 /// freed take about 103 ns each at 176 bytes, and 57–71 ns at 120 (one run each).
 pub(crate) struct JobState {
     state: AtomicU8,
-    /// Set by the pool when it starts the job, if it can stop a running job (the process
-    /// pool kills the worker).
-    stoppable: AtomicBool,
-    /// Set by `cancel()` on a running, stoppable job; the pool watches its stopper.
-    stop_requested: AtomicBool,
+    /// What was asked of the pool for this claimed job ([`STOP`], [`WITHDRAW`]), by
+    /// `cancel()` or a dropped `Map`, once the pool gave it a stopper; only ever raised,
+    /// until the job is put back in the queue.
+    request: AtomicU8,
     /// How long a worker ran the job, in nanoseconds, at most `u32::MAX` (about 4.3 s;
     /// 0: not said), set before it ends: what sizes `map`'s automatic chunks, for which
     /// anything longer is simply long.
@@ -65,22 +135,21 @@ pub(crate) struct JobState {
 
 /// What ending a job writes and takes, under one lock: its result, the admission slot it
 /// held on a bounded pool (given back when it ends), the waker of the task awaiting it,
-/// and the pool's stopper for it while it runs.
+/// and the pool's stopper for it while a worker holds it.
 struct Ending {
     /// The error is boxed: it is rare, and at 72 bytes would double the cell.
     result: Option<Result<Finished, Box<JobError>>>,
     slots: Option<Arc<tokio::sync::Semaphore>>,
     waker: Option<Waker>,
-    /// What `cancel()` notifies to have the pool stop the running job.
-    stopper: Option<Arc<tokio::sync::Notify>>,
+    /// What `cancel()` notifies to have the pool stop the job or take it back.
+    stopper: Option<Arc<Stopper>>,
 }
 
 impl JobState {
     pub(crate) fn new() -> Arc<JobState> {
         Arc::new(JobState {
             state: AtomicU8::new(QUEUED),
-            stoppable: AtomicBool::new(false),
-            stop_requested: AtomicBool::new(false),
+            request: AtomicU8::new(NO_REQUEST),
             ran_for: AtomicU32::new(0),
             ending: Mutex::new(Ending {
                 result: None,
@@ -140,7 +209,7 @@ impl JobState {
     }
 
     /// Claims a queued job for running. `false` means it was cancelled meanwhile and must
-    /// not run. A claimed job is not stoppable until the pool says so
+    /// not run. A claimed job cannot be cancelled until the pool gives it a stopper
     /// ([`make_stoppable`](Self::make_stoppable)).
     pub(crate) fn try_start(&self) -> bool {
         self.state
@@ -157,8 +226,8 @@ impl JobState {
     /// Puts a claimed job that did not run here back to queued, as a job taken back from
     /// a worker (or to run again after its worker died) goes back in the queue: no longer
     /// stoppable, and removed by a `cancel()` while it waits there. `false` if it must not
-    /// go back: it has ended, or a `cancel()` asked to stop it, and it ends now, with
-    /// [`JobError::Cancelled`].
+    /// go back: it has ended, or a `cancel()` (or a dropped `Map`) asked to stop or
+    /// withdraw it, and it ends now, with [`JobError::Cancelled`].
     pub(crate) fn unclaim(&self) -> bool {
         match self.state.load(Ordering::Acquire) {
             QUEUED => return true, // never claimed: nobody else moves it while it is here
@@ -167,8 +236,7 @@ impl JobState {
         }
         let mut ending = self.lock();
         let stopper = ending.stopper.take();
-        self.stoppable.store(false, Ordering::Relaxed);
-        let put_back = if self.stop_requested.swap(false, Ordering::AcqRel) {
+        let put_back = if self.request.swap(NO_REQUEST, Ordering::AcqRel) != NO_REQUEST {
             !self.end_locked(ending, RUNNING, Err(JobError::Cancelled), || {}, wake_now)
         } else {
             // Under the lock, as every end of a running job and `cancel()` look at it.
@@ -180,11 +248,22 @@ impl JobState {
         put_back
     }
 
-    /// Lets a later `cancel()` stop this claimed job, which is running now, by notifying
-    /// `stopper` (which the pool watches with [`stop_requested`](Self::stop_requested)).
-    pub(crate) fn make_stoppable(&self, stopper: &Arc<tokio::sync::Notify>) {
+    /// Lets a later `cancel()` of this job, once claimed for a worker, reach the pool
+    /// that holds it, by notifying `stopper` (which the pool watches with
+    /// [`Stopper::asked_since`]). Given before the claim: a queued job is still removed.
+    pub(crate) fn make_stoppable(&self, stopper: &Arc<Stopper>) {
         self.lock().stopper = Some(stopper.clone());
-        self.stoppable.store(true, Ordering::Release);
+    }
+
+    /// Whether `cancel()` asked to stop this job.
+    pub(crate) fn stop_asked(&self) -> bool {
+        self.request.load(Ordering::Acquire) == STOP
+    }
+
+    /// Whether this job is to be taken back from its worker if it has not started there
+    /// (`cancel()`, or a dropped `Map`, asked).
+    pub(crate) fn withdraw_asked(&self) -> bool {
+        self.request.load(Ordering::Acquire) != NO_REQUEST
     }
 
     /// Ends a job that is queued or claimed but never ran with `error`; `false` if it had
@@ -226,6 +305,7 @@ impl JobState {
 
     /// Ends a job that is still queued with `error`. Returns `false` if it already started
     /// or ended, in which case nothing changes.
+    #[cfg(test)]
     pub(crate) fn fail_queued(&self, error: JobError) -> bool {
         self.end(QUEUED, Err(error), || {})
     }
@@ -316,36 +396,34 @@ impl JobState {
     /// ([`unclaim`](Self::unclaim)) is either still claimed, and then stopped by the
     /// request it finds, or queued again, and removed.
     pub(crate) fn cancel(&self) -> bool {
+        self.ask(STOP, Err(JobError::Cancelled))
+    }
+
+    /// What a dropped `Map` does to its chunks: one still queued ends with `error` and
+    /// never runs; one its worker holds is taken back if the worker has not started it,
+    /// and otherwise runs on (its result then goes nowhere).
+    pub(crate) fn withdraw(&self, error: JobError) {
+        self.ask(WITHDRAW, Err(error));
+    }
+
+    /// Ends a queued job with `queued`, or asks the pool to do `request` to the claimed
+    /// job it holds: `false` if it has ended, or no pool holding it can be asked.
+    fn ask(&self, request: u8, queued: Result<Finished, JobError>) -> bool {
         let ending = self.lock();
         match self.state.load(Ordering::Acquire) {
-            QUEUED => self.end_locked(ending, QUEUED, Err(JobError::Cancelled), || {}, wake_now),
-            RUNNING if self.stoppable.load(Ordering::Relaxed) => {
-                self.stop_requested.store(true, Ordering::Release);
+            QUEUED => self.end_locked(ending, QUEUED, queued, || {}, wake_now),
+            RUNNING if ending.stopper.is_some() => {
+                self.request.fetch_max(request, Ordering::AcqRel);
                 // Cloned out, so that the pool's task is not woken while this holds the
                 // lock.
                 let stopper = ending.stopper.clone();
                 drop(ending);
                 if let Some(stopper) = stopper {
-                    stopper.notify_one();
+                    stopper.ask();
                 }
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Resolves when `cancel()` asks the pool to stop this running job, which the pool
-    /// made stoppable with `stopper` ([`make_stoppable`](Self::make_stoppable)).
-    ///
-    /// A pool's stopper serves its jobs one after another: a notification meant for an
-    /// earlier job wakes this once, finds no request, and waits again.
-    pub(crate) async fn stop_requested(&self, stopper: &tokio::sync::Notify) {
-        loop {
-            let notified = stopper.notified();
-            if self.stop_requested.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
         }
     }
 
@@ -461,34 +539,64 @@ mod tests {
 
     #[test]
     fn a_job_put_back_is_queued_again_unless_its_stop_was_asked_for() {
-        let stopper = Arc::new(tokio::sync::Notify::new());
-        // Claimed, never stoppable (it waited behind another job), put back: cancellable.
+        let stopper = Stopper::new();
+        // Claimed, not yet handed to a worker, put back: cancellable.
         let waited = JobState::new();
         assert!(waited.claim());
-        assert!(!waited.cancel(), "claimed: no longer removed");
+        assert!(
+            !waited.cancel(),
+            "claimed and held by no worker: nothing to ask"
+        );
         assert!(waited.unclaim());
         assert!(waited.cancel(), "queued again");
         assert_eq!(ended_with(&waited), Some(JobError::Cancelled));
-        // Ran (stoppable), its stop asked for, then put back to run again: it ends.
+        // Held by a worker, its stop asked for, then put back to run again: it ends.
         let ran = JobState::new();
         assert!(ran.claim());
         ran.make_stoppable(&stopper);
         assert!(ran.cancel());
+        assert!(ran.stop_asked() && stopper.asked() == 1);
         assert!(
             !ran.unclaim(),
             "a job whose stop was asked for does not go back"
         );
         assert_eq!(ended_with(&ran), Some(JobError::Cancelled));
-        // Ran, put back without a request: queued, not stoppable, no request left over.
+        // Held, put back without a request: queued, no request left over.
         let retried = JobState::new();
         assert!(retried.claim());
         retried.make_stoppable(&stopper);
         assert!(retried.unclaim());
         assert!(retried.claim());
-        assert!(!retried.cancel(), "claimed again, not yet stoppable");
-        assert!(!retried.stop_requested.load(Ordering::Relaxed));
+        assert!(!retried.cancel(), "claimed again, no worker holds it yet");
+        assert!(!retried.withdraw_asked());
         // An ended job does not go back.
         let done = JobState::completed(Ok(Box::new(())));
         assert!(!done.unclaim());
+    }
+
+    #[test]
+    fn a_withdrawn_job_is_taken_back_but_never_asked_to_stop() {
+        let stopper = Stopper::new();
+        // Queued: it ends at once.
+        let queued = JobState::new();
+        queued.withdraw(JobError::Cancelled);
+        assert_eq!(ended_with(&queued), Some(JobError::Cancelled));
+        // Held by a worker: the pool is told, to take it back, not to stop it.
+        let held = JobState::new();
+        assert!(held.claim());
+        held.make_stoppable(&stopper);
+        held.withdraw(JobError::Cancelled);
+        assert!(held.withdraw_asked() && !held.stop_asked());
+        assert_eq!(stopper.asked(), 1);
+        let asked = futures::executor::block_on(stopper.asked_since(Some(&held), 0));
+        assert_eq!(asked, Asked::Since(1), "a request, not a stop of the head");
+        // A `cancel()` after it raises it to a stop.
+        assert!(held.cancel());
+        assert!(held.stop_asked());
+        let asked = futures::executor::block_on(stopper.asked_since(Some(&held), 2));
+        assert_eq!(asked, Asked::StopHead);
+        // Taken back, it ends instead of going back to the queue.
+        assert!(!held.unclaim());
+        assert_eq!(ended_with(&held), Some(JobError::Cancelled));
     }
 }

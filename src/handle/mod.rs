@@ -19,7 +19,7 @@ mod block;
 mod cell;
 mod watch;
 
-pub(crate) use cell::{Finished, JobState, SPIN_BEFORE_PARK, Wakes};
+pub(crate) use cell::{Asked, Finished, JobState, SPIN_BEFORE_PARK, Stopper, Wakes};
 pub(crate) use watch::{key_of, submitted, submitting};
 
 /// The type-erased handle of a submitted job, as the object-safe
@@ -171,9 +171,9 @@ impl<R: 'static> JobHandle<R> {
     ///   stopped (Rust cannot kill a thread); it runs to the end and the handle yields its
     ///   result.
     /// - A short job already **handed to a worker process** but waiting behind the job it
-    ///   runs (the pool streams short jobs ahead, a millisecond's worth at most, so that
-    ///   workers never wait for the parent) counts as started, as in Python's call queue:
-    ///   `cancel()` returns `false` and the job runs. Once it runs, `cancel()` stops it.
+    ///   runs (the pool streams short jobs ahead, so that workers never wait for the
+    ///   parent) is taken back: it never runs, and the worker lives on. If the worker had
+    ///   just started it, it is stopped as a running job is.
     ///
     /// Returns `true` if the cancellation took effect: the job ends with
     /// [`JobError::Cancelled`], unless a running job delivers its result in the same
@@ -391,7 +391,7 @@ mod tests {
         assert!(state.try_start());
         assert!(
             !state.cancel(),
-            "a running, unstoppable job cannot be cancelled"
+            "a running job no pool can stop cannot be cancelled"
         );
         state.complete(Ok(Box::new(5_u8)));
         assert!(!state.fail_queued(JobError::Cancelled));
@@ -461,9 +461,10 @@ mod tests {
     fn cancelling_a_stoppable_running_job_signals_the_pool() {
         let state = JobState::new();
         assert!(state.try_start());
-        let stopper = Arc::new(tokio::sync::Notify::new());
+        let stopper = crate::handle::Stopper::new();
         state.make_stoppable(&stopper);
         assert!(state.cancel());
-        futures::executor::block_on(state.stop_requested(&stopper));
+        let asked = futures::executor::block_on(stopper.asked_since(Some(&state), 0));
+        assert_eq!(asked, crate::handle::Asked::StopHead);
     }
 }

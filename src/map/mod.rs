@@ -49,12 +49,11 @@ const COLLECT_ROOM_AT_MOST: usize = 64 << 20;
 ///
 /// # Cancel safety
 ///
-/// Dropping the stream cancels its chunks still queued in the pool (they never run);
-/// chunks already running finish in the background and their results are discarded, as do
-/// those a process pool had already handed to a worker behind the chunk it runs (a
-/// millisecond of work at most: such a job counts as started, see
-/// [`JobHandle::cancel`](crate::JobHandle::cancel)). Items not yet pulled from the input
-/// are never submitted.
+/// Dropping the stream cancels its chunks still queued in the pool (they never run), and
+/// takes back those a process pool had handed to a worker behind the chunk it runs, if
+/// the worker has not started them. Chunks already running finish in the background and
+/// their results are discarded: a dropped stream never kills a worker (cancel a chunk's
+/// job yourself for that). Items not yet pulled from the input are never submitted.
 #[must_use = "streams do nothing unless polled"]
 pub struct Map<'a, E: ?Sized, S, A, R> {
     executor: &'a E,
@@ -663,7 +662,7 @@ impl<E: ?Sized, S, A, R> Unpin for Map<'_, E, S, A, R> {}
 impl<E: ?Sized, S, A, R> Drop for Map<'_, E, S, A, R> {
     fn drop(&mut self) {
         for chunk in &self.in_flight {
-            chunk.handle.state.fail_queued(JobError::Cancelled);
+            chunk.handle.state.withdraw(JobError::Cancelled);
         }
     }
 }

@@ -10,11 +10,12 @@
 
 use super::core::QueuedJob;
 use crate::error::JobError;
-use crate::handle::{Finished, Wakes};
+use crate::handle::{Finished, Stopper, Wakes};
 use crate::job::Undecoded;
 use crate::run::Outcome;
 use crate::ship::Target;
 use crate::stats::Counters;
+use crate::wire::frame::INLINE_PAYLOAD;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,6 +65,8 @@ struct Sent {
     /// Its encoded argument stays in `job.input` while it waits behind the head, so that
     /// it can go back to the queue as it is.
     job: QueuedJob,
+    /// Whether its argument was let go when it became the head: it cannot be sent again.
+    input_freed: bool,
 }
 
 /// How long one function's jobs take on a worker.
@@ -92,8 +95,9 @@ impl Timed {
 /// waiting jobs count as queued, a running head as a busy worker.
 pub(crate) struct Line<'a> {
     counters: &'a Counters,
-    /// What `cancel()` notifies to stop the running head, if the backend can stop one.
-    stopper: Option<Arc<tokio::sync::Notify>>,
+    /// What `cancel()` notifies to stop the running head, or to take back a job waiting
+    /// behind it, if the backend can stop a running job.
+    stopper: Option<Arc<Stopper>>,
     sent: VecDeque<Sent>,
     /// When the front job became the head; `None` until it does.
     head_started: Option<Instant>,
@@ -118,7 +122,7 @@ impl<'a> Line<'a> {
     pub(crate) fn new(counters: &'a Counters, stoppable: bool) -> Line<'a> {
         Line {
             counters,
-            stopper: stoppable.then(|| Arc::new(tokio::sync::Notify::new())),
+            stopper: stoppable.then(Stopper::new),
             sent: VecDeque::new(),
             head_started: None,
             bytes: 0,
@@ -264,7 +268,7 @@ impl<'a> Line<'a> {
         since: Instant,
     ) -> (
         Option<Instant>,
-        Option<(&crate::handle::JobState, &tokio::sync::Notify)>,
+        Option<(&crate::handle::JobState, &Stopper)>,
     ) {
         if self.head_started.is_some() {
             return (self.head_deadline(), self.running());
@@ -285,20 +289,41 @@ impl<'a> Line<'a> {
 
     /// The running head's completion cell (whose caller may ask to stop it), with the
     /// stopper its `cancel()` notifies, if the backend can stop it.
-    pub(crate) fn running(&self) -> Option<(&crate::handle::JobState, &tokio::sync::Notify)> {
+    pub(crate) fn running(&self) -> Option<(&crate::handle::JobState, &Stopper)> {
         let stopper = self.stopper.as_deref()?;
         self.head().map(|s| (&*s.job.state, stopper))
     }
 
-    /// Appends a claimed job framed into the worker's next write. The first job of an
-    /// empty line is stoppable from now on: the worker runs it as soon as its bytes arrive,
-    /// and may answer before the line promotes it.
+    /// Whether a job waiting behind the head is to be taken back (it was cancelled, or
+    /// its `Map` dropped).
+    pub(crate) fn waiting_withdrawn(&self) -> bool {
+        let behind = usize::from(self.head_started.is_some());
+        self.sent
+            .iter()
+            .skip(behind)
+            .any(|sent| sent.job.state.withdraw_asked())
+    }
+
+    /// Whether the running head may be taken back if its worker has not started it: it
+    /// is to end (cancelled, or its `Map` dropped), or can be sent again.
+    pub(crate) fn head_can_go_back(&self) -> bool {
+        self.head()
+            .is_some_and(|sent| !sent.input_freed || sent.job.state.withdraw_asked())
+    }
+
+    /// What `cancel()` notifies for the jobs of this line, if the backend can stop a
+    /// running job: given to a job before it is claimed for the line
+    /// ([`JobState::make_stoppable`](crate::handle::JobState::make_stoppable)), so that no
+    /// `cancel()` finds it claimed with nobody to tell.
+    pub(crate) fn stopper(&self) -> Option<&Arc<Stopper>> {
+        self.stopper.as_ref()
+    }
+
+    /// Appends a claimed job framed into the worker's next write (given the line's
+    /// [`stopper`](Self::stopper) first). The first job of an empty line runs as soon as
+    /// its bytes arrive, and may answer before the line promotes it; one behind it is
+    /// taken back or stopped if cancelled.
     pub(crate) fn push(&mut self, id: u64, job: QueuedJob) {
-        if self.sent.is_empty()
-            && let Some(stopper) = &self.stopper
-        {
-            job.state.make_stoppable(stopper);
-        }
         let (target, items) = (job.target, job.items);
         self.bytes += job.input.len();
         self.counters.windowed.fetch_add(1, Ordering::Relaxed);
@@ -311,6 +336,7 @@ impl<'a> Line<'a> {
             items,
             estimate,
             job,
+            input_freed: false,
         });
     }
 
@@ -320,7 +346,7 @@ impl<'a> Line<'a> {
     }
 
     /// Makes the oldest job the head, if there is none: the worker runs it from `now`, and
-    /// `cancel()` may stop it.
+    /// `cancel()` stops it (it was taken back instead while it waited).
     pub(crate) fn promote(&mut self, now: Instant) {
         if self.head_started.is_some() {
             return;
@@ -335,13 +361,12 @@ impl<'a> Line<'a> {
             self.counters.queue_wait.record_from_one_thread(waited);
         }
         self.bytes -= sent.job.input.len();
-        if sent.job.retries_left == 0 {
-            // The worker has it: free it now (a large one goes to the spares once the
-            // link has written it too).
+        if sent.job.retries_left == 0 && sent.job.input.len() > INLINE_PAYLOAD {
+            // The worker has it: free it now (it goes to the spares once the link has
+            // written it too). A small one stays, so that the job can still go back to
+            // the queue if the worker has not started it.
             sent.job.input = bytes::Bytes::new();
-        }
-        if let Some(stopper) = &self.stopper {
-            sent.job.state.make_stoppable(stopper);
+            sent.input_freed = true;
         }
         self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
         self.head_started = Some(now);
@@ -436,6 +461,21 @@ impl<'a> Line<'a> {
             .windowed
             .fetch_sub(jobs.len(), Ordering::Relaxed);
         jobs
+    }
+
+    /// Takes every job off the line, the head included, which the worker skipped (it was
+    /// taken back before the worker started it): to requeue them.
+    pub(crate) fn take_back_all(&mut self) -> Vec<QueuedJob> {
+        if self.head_started.take().is_some()
+            && let Some(head) = self.sent.front_mut()
+        {
+            // Undoes its promotion (its argument, if freed then, is empty now).
+            head.job.attempts -= 1;
+            self.bytes += head.job.input.len();
+            self.counters.windowed.fetch_add(1, Ordering::Relaxed);
+            self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.take_from(0)
     }
 
     /// Takes the jobs waiting behind the head (none of them ran), to requeue them.

@@ -8,9 +8,9 @@
 //! Jobs are pipelined: while the worker runs the head job, short, small jobs of the same
 //! function wait behind it in its link, written together, so that the worker never idles
 //! waiting for the pool ([`Line`] decides how many). The worker runs them strictly in
-//! order, so only the head has started: the jobs behind it count as started for `cancel()`
-//! (as in Python's call queue), and if the worker is lost they go back to the front of the
-//! queue, untouched. Answers that arrive together are completed in one pass and their
+//! order, so only the head has started: a `cancel()` of one behind it takes it back from
+//! the worker ([`take_back`]) where the backend can, and if the worker is lost they go
+//! back to the front of the queue, untouched. Answers that arrive together are completed in one pass and their
 //! callers woken once.
 
 use super::backend::{Backend, Caps, Received, WorkerLink};
@@ -19,17 +19,16 @@ use super::line::{Line, WINDOW_BYTES};
 use super::{EXIT_GRACE, stop_within};
 use crate::error::{Cause, JobError};
 use crate::exit::{ExitInfo, WorkerId};
-use crate::handle::Wakes;
+use crate::handle::{Asked, Wakes};
 use crate::run::Outcome;
 use crate::ship::Target;
-use crate::wire::claims::Revoke;
 use crate::wire::frame::{Frame, INLINE_PAYLOAD, LEND_FROM, ProtocolError, put_frame};
 use crate::wire::message::{FromWorker, ToWorker, put_run};
 use bytes::BytesMut;
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 mod lose;
+mod take_back;
 
 /// How long a worker whose link broke may take to be seen exiting before it is treated as
 /// alive and misbehaving.
@@ -60,6 +59,11 @@ enum Event {
     Killed,
     /// `cancel()` asked to stop the running head.
     Stop,
+    /// Something was asked of the worker's jobs (this many requests so far): perhaps to
+    /// take back a job waiting behind the head.
+    Asked(u64),
+    /// Time to try again to take back a cancelled job waiting behind the head.
+    WithdrawRetry,
     Received(Received),
     HeadTimer,
     /// The head has run for [`GIVE_BACK_AFTER`] with jobs waiting behind it, and another
@@ -118,11 +122,15 @@ struct Serving<'a, B: Backend> {
     /// Whether the pool counts this worker as idle.
     idle: Idle<'a>,
     /// The jobs taken back from the worker that it has not answered as skipped yet.
-    revoked: Range<u64>,
+    revoked: take_back::Revoked,
     /// The head for which jobs were last taken back, or found all started: once per head.
     gave_back_for: Option<u64>,
     /// When to ask again, for a head the worker had not started when asked.
     give_back_retry: Option<(u64, Instant)>,
+    /// How many requests of its jobs' `cancel()`s the loop has looked at.
+    asks_seen: u64,
+    /// When to try again to take back a cancelled job waiting behind the head.
+    withdraw_retry: Option<Instant>,
 }
 
 /// Serves jobs to the worker behind `link` until it must be replaced or the pool stops.
@@ -147,9 +155,11 @@ pub(crate) async fn serve<B: Backend>(
         retiring: false,
         memory_poll: super::core::memory_poll(),
         idle: Idle::new(core),
-        revoked: 0..0,
+        revoked: take_back::Revoked::default(),
         gave_back_for: None,
         give_back_retry: None,
+        asks_seen: 0,
+        withdraw_retry: None,
     };
     serving.run().await
 }
@@ -204,11 +214,8 @@ impl<B: Backend> Serving<'_, B> {
                             outcome: Outcome::Revoked,
                         },
                     ..
-                })) if !self.revoked.is_empty() && id == self.revoked.start => {
-                    // A job given back, skipped: it runs elsewhere.
-                    self.revoked.start += 1;
-                    None
-                }
+                })) if self.revoked.skipped(id) => None, // a job taken back, skipped
+
                 Event::Received(Received::Frame(Frame {
                     message: FromWorker::Done { id, outcome },
                     payload,
@@ -258,6 +265,16 @@ impl<B: Backend> Serving<'_, B> {
                     None
                 }
                 Event::Prefetch => None,
+                Event::Asked(asked) => {
+                    self.asks_seen = asked;
+                    self.withdraw();
+                    None
+                }
+                Event::WithdrawRetry => {
+                    self.withdraw();
+                    None
+                }
+                Event::Stop if self.take_back_head() => None,
                 Event::Stop => Some(Loss::Stopped {
                     error: JobError::Cancelled,
                     why: "killed a worker to cancel its running job",
@@ -308,9 +325,17 @@ impl<B: Backend> Serving<'_, B> {
         // Nothing to do: a new job is for this worker before one with a job running.
         let idle = self.line.is_empty();
         let running = self.line.running();
+        let seen = self.asks_seen;
         let stop = async {
             match &running {
-                Some((state, stopper)) => state.stop_requested(stopper).await,
+                Some((state, stopper)) => stopper.asked_since(Some(state), seen).await,
+                None => std::future::pending().await,
+            }
+        };
+        let withdraw_at = self.withdraw_retry;
+        let withdraw_retry = async move {
+            match withdraw_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -346,7 +371,11 @@ impl<B: Backend> Serving<'_, B> {
         tokio::select! {
             biased;
             _ = self.core.kill.cancelled() => Event::Killed,
-            () = stop => Event::Stop,
+            asked = stop => match asked {
+                Asked::StopHead => Event::Stop,
+                Asked::Since(asked) => Event::Asked(asked),
+            },
+            () = withdraw_retry => Event::WithdrawRetry,
             received = self.link.recv() => Event::Received(received),
             () = head_timer => Event::HeadTimer,
             () = give_back => Event::GiveBack,
@@ -354,65 +383,6 @@ impl<B: Backend> Serving<'_, B> {
             (limit, resident) = memory_limit => Event::OverMemory { limit, resident },
             job = self.core.queue.pop(idle), if room > 0 => Event::Job(job),
         }
-    }
-
-    /// When the jobs waiting behind the head are to be given back if another worker is idle
-    /// then: [`GIVE_BACK_AFTER`] after the head started (and again as often, while the
-    /// worker has not started it yet), once per head, if the worker can skip jobs it was
-    /// sent. Not while the pool drains (other workers leave rather than wait for jobs), nor
-    /// while jobs taken back before are still to be skipped.
-    fn give_back_at(&self) -> Option<Instant> {
-        if !self.link.can_revoke()
-            || self.retiring
-            || !self.revoked.is_empty()
-            || self.core.queue.is_closed()
-        {
-            return None;
-        }
-        let (head, started) = self.line.head_with_waiting()?;
-        if self.gave_back_for == Some(head) {
-            return None;
-        }
-        Some(match self.give_back_retry {
-            Some((retry_head, at)) if retry_head == head => at,
-            _ => started + GIVE_BACK_AFTER,
-        })
-    }
-
-    /// Takes back the jobs waiting behind the running head that the worker has not started,
-    /// and puts them at the front of the queue, for the idle worker; `true` if it did (this
-    /// worker then takes no more until its line is empty, so that they go elsewhere).
-    fn give_back(&mut self) -> bool {
-        let Some((head, _)) = self.line.head_with_waiting() else {
-            return false;
-        };
-        if !self.core.has_idle_worker() {
-            return false; // taken meanwhile: wait for the next idle worker
-        }
-        let first = match self.link.revoke(head + 1, self.next_id) {
-            Revoke::From(first) => first,
-            Revoke::NothingLeft => {
-                self.gave_back_for = Some(head); // the worker is past them
-                return false;
-            }
-            Revoke::NotYet => {
-                // Counted as started when written, the head may not have been read yet
-                // (the worker descheduled, or reading a large payload): ask again later.
-                self.give_back_retry = Some((head, Instant::now() + GIVE_BACK_AFTER));
-                return false;
-            }
-        };
-        self.gave_back_for = Some(head);
-        let jobs = self.line.take_from(first);
-        tracing::debug!(
-            slot = self.slot,
-            worker = %self.id,
-            jobs = jobs.len(),
-            "gave back the jobs waiting behind a slow one"
-        );
-        self.revoked = first..self.next_id;
-        self.core.queue.requeue_front(jobs);
-        true
     }
 
     /// How many more jobs of `target`'s function (by default, of the one sent last) the
@@ -505,7 +475,7 @@ impl<B: Backend> Serving<'_, B> {
         };
         let stop = async {
             match stoppable {
-                Some((state, stopper)) => state.stop_requested(stopper).await,
+                Some((state, stopper)) => stopper.stop_asked_for(state).await,
                 None => std::future::pending().await,
             }
         };
@@ -552,9 +522,12 @@ impl<B: Backend> Serving<'_, B> {
             if let Some(ahead) = jobs.as_slice().get(CLAIM_AHEAD - 1) {
                 ahead.state.prefetch_claim();
             }
-            // Claimed now (or when it was first sent): from here on, as for a job handed to
-            // Python's call queue, the job counts as started and `cancel()` no longer
-            // removes it; it becomes stoppable once the worker runs it.
+            // Claimed now (or when it was first sent): from here on `cancel()` no longer
+            // removes it from the queue but asks this loop, through the stopper it is
+            // given first, to take it back from the worker (or stop it if it runs).
+            if let Some(stopper) = self.line.stopper() {
+                job.state.make_stoppable(stopper);
+            }
             if !job.state.claim() {
                 continue; // cancelled while queued
             }

@@ -45,18 +45,39 @@ pub(crate) enum Revoke {
     /// Nothing was, and nothing can be: the worker has started every job below `next`.
     NothingLeft,
     /// Nothing was yet: the worker has not started every job below `from` (it may not have
-    /// read them yet), or has not claimed a job since a previous revocation. Worth asking
-    /// again later.
+    /// read them yet). Worth asking again later.
     NotYet,
 }
 
 /// Revokes the jobs below `next` that the worker has not started, provided it has started
 /// every job below `from` (the pool takes back only jobs waiting behind one that runs).
+///
+/// While an earlier revocation is still to be passed (the worker has claimed nothing
+/// since), the worker has started nothing from its end on: the jobs written after it are
+/// revoked with it, from its end, if that is at least `from`.
 pub(crate) fn revoke(word: &AtomicU64, from: u64, next: u64) -> Revoke {
     let mut current = word.load(Ordering::Acquire);
     loop {
         if current & REVOKED != 0 {
-            return Revoke::NotYet;
+            let end = current & !REVOKED;
+            if end < from {
+                return Revoke::NotYet;
+            }
+            if end >= next {
+                return Revoke::NothingLeft;
+            }
+            match word.compare_exchange(
+                current,
+                next | REVOKED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Revoke::From(end),
+                Err(now) => {
+                    current = now;
+                    continue;
+                }
+            }
         }
         // Everything below `current` has been started.
         let first = current;
@@ -96,15 +117,25 @@ mod tests {
     }
 
     #[test]
-    fn a_second_revocation_waits_for_the_first_to_be_passed() {
+    fn a_second_revocation_before_the_first_is_passed_extends_it() {
         let word = AtomicU64::new(4);
         assert_eq!(revoke(&word, 4, 8), Revoke::From(4));
-        assert_eq!(revoke(&word, 4, 10), Revoke::NotYet);
-        for id in 4..8 {
+        assert_eq!(
+            revoke(&word, 4, 8),
+            Revoke::NothingLeft,
+            "nothing new written"
+        );
+        assert_eq!(revoke(&word, 9, 10), Revoke::NotYet, "8 has not started");
+        assert_eq!(
+            revoke(&word, 4, 10),
+            Revoke::From(8),
+            "8 and 9 join the range"
+        );
+        for id in 4..10 {
             assert!(!claim(&word, id));
         }
-        assert!(claim(&word, 8));
-        assert_eq!(revoke(&word, 9, 10), Revoke::From(9));
+        assert!(claim(&word, 10));
+        assert_eq!(revoke(&word, 11, 12), Revoke::From(11));
     }
 
     /// A worker claiming jobs one after the other while the pool revokes at a random
@@ -135,6 +166,38 @@ mod tests {
                 Revoke::NotYet => unreachable!("nothing is required to have started"),
             };
             assert_eq!(ran, (0..first_revoked).collect::<Vec<_>>(), "round {round}");
+        }
+    }
+
+    /// The same, with a second revocation of the jobs written after the first, at another
+    /// random moment: it extends the first while that is not passed, or starts a range of
+    /// its own; either way each job is run or revoked, exactly once.
+    #[test]
+    fn a_job_is_started_or_revoked_never_both_across_two_revocations() {
+        for round in 0..200_u64 {
+            let word = Arc::new(AtomicU64::new(0));
+            let worker = {
+                let word = word.clone();
+                std::thread::spawn(move || (0..64).filter(|&id| claim(&word, id)).collect())
+            };
+            let first = |revoke: Revoke, next: u64| match revoke {
+                Revoke::From(first) => first,
+                Revoke::NothingLeft => next,
+                Revoke::NotYet => unreachable!("nothing is required to have started"),
+            };
+            for _ in 0..round * 5 {
+                std::hint::spin_loop();
+            }
+            let a = first(revoke(&word, 0, 32), 32);
+            for _ in 0..(round % 13) * 11 {
+                std::hint::spin_loop();
+            }
+            let b = first(revoke(&word, 0, 64), 64);
+            let ran: Vec<u64> = worker.join().unwrap();
+            let expected: Vec<u64> = (0..64)
+                .filter(|&id| !(a..32).contains(&id) && !(b.max(32)..64).contains(&id))
+                .collect();
+            assert_eq!(ran, expected, "round {round}: revoked {a}..32 and {b}..64");
         }
     }
 }

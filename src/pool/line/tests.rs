@@ -208,6 +208,7 @@ fn the_head_runs_from_its_promotion_and_its_answer_completes_it() {
     let mut line = Line::new(&counters, true);
     let (target, first) = claimed(double, 21);
     let state = first.state.clone();
+    state.make_stoppable(line.stopper().unwrap());
     line.push(7, with_input(first, vec![1, 2, 3]));
     assert_eq!(line.head_id(), None, "sent, not running yet");
     let start = Instant::now();
@@ -239,6 +240,7 @@ fn a_line_that_cannot_stop_its_worker_never_makes_a_job_stoppable() {
     let mut line = Line::new(&counters, false);
     let (_, job) = claimed(double, 1);
     let state = job.state.clone();
+    assert!(line.stopper().is_none());
     line.push(1, with_input(job, vec![]));
     line.promote(Instant::now());
     assert!(!state.cancel(), "a running job that cannot be stopped");

@@ -123,12 +123,8 @@ impl<B: Backend> Serving<'_, B> {
             else {
                 return;
             };
-            if matches!(outcome, Outcome::Revoked)
-                && !self.revoked.is_empty()
-                && id == self.revoked.start
-            {
-                self.revoked.start += 1; // a job given back, skipped: answers go on after it
-                continue;
+            if matches!(outcome, Outcome::Revoked) && self.revoked.skipped(id) {
+                continue; // a job taken back, skipped: answers go on after it
             }
             if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
                 return;

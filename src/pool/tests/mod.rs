@@ -273,23 +273,25 @@ fn jobs_waiting_behind_a_job_that_kills_its_worker_run_elsewhere() {
 }
 
 #[test]
-fn a_job_waiting_in_a_worker_counts_as_started() {
+fn a_job_waiting_in_a_worker_is_taken_back_when_cancelled() {
     bounded(|| {
         let dir = tempfile::tempdir().unwrap();
         let gate = dir.path().join("gate");
         let pool = warm_pool();
         let running = submit_gated(&pool, gate.clone(), false);
         let waiting = submit_double(&pool, 1);
-        until_waiting_in_worker(&pool, 1);
-        // Handed to the worker, it can no longer be removed (as with Python's call queue),
-        // and it is not running yet, so it cannot be stopped either.
-        assert!(!waiting.cancel());
+        let kept = submit_double(&pool, 2);
+        until_waiting_in_worker(&pool, 2);
+        // Handed to the worker, not running yet: taken back from it, the worker lives.
+        assert!(waiting.cancel());
+        assert_eq!(waiting.wait(), Err(JobError::Cancelled));
         open(&gate);
         assert_eq!(running.wait(), Ok(7));
-        assert_eq!(waiting.wait(), Ok(2));
+        assert_eq!(kept.wait(), Ok(4), "taken back with it, it runs");
         let stats = pool.stats();
         assert_eq!(stats.respawns, 0, "{stats:?}");
         assert_eq!(stats.jobs_completed, 202, "{stats:?}");
+        assert_eq!(stats.jobs_failed, 0, "it never ran: {stats:?}");
     });
 }
 
