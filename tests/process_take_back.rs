@@ -117,6 +117,43 @@ fn release(pool: &ProcessPoolExecutor, open: &dyn Fn()) {
     }
 }
 
+/// During a graceful shutdown (the queue closed and drained), the jobs taken back with a
+/// cancelled one go back to the queue and must still run before the workers leave.
+fn jobs_taken_back_during_a_shutdown_still_run() {
+    let gate = Gate::new();
+    let pool = warm_pool(&gate);
+    let first = Gate::new();
+    let untimed = pool.submit(wait_for_gate, first.path());
+    until_busy(&pool);
+    let slow = pool.submit(step, (Some(gate.path()), gate.sibling("slow")));
+    let cancelled = pool.submit(step, (None, gate.sibling("behind-0")));
+    let kept = pool.submit(step, (None, gate.sibling("kept")));
+    release(&pool, &|| first.open());
+    assert!(untimed.wait().is_ok());
+    std::thread::scope(|scope| {
+        let shutdown = scope.spawn(|| futures::executor::block_on(pool.shutdown()));
+        // Time for the worker's loop to find the queue closed and empty; the outcome
+        // checked below must be the same if it has not.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(cancelled.cancel());
+        let deadline = Instant::now() + BOUND;
+        while !cancelled.is_finished() {
+            assert!(Instant::now() < deadline, "the cancelled job never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.open();
+        shutdown.join().unwrap();
+    });
+    assert_eq!(slow.wait(), Ok(1));
+    assert_eq!(cancelled.wait(), Err(JobError::Cancelled));
+    assert_eq!(
+        kept.wait(),
+        Ok(1),
+        "a job taken back during the shutdown ran"
+    );
+    assert!(!Path::new(&gate.sibling("behind-0")).exists());
+}
+
 #[test]
 fn cancelled_jobs_waiting_in_a_worker_are_taken_back_and_never_run() {
     record_events();
@@ -182,5 +219,6 @@ fn cancelled_jobs_waiting_in_a_worker_are_taken_back_and_never_run() {
                 "the running chunk ends"
             );
         });
+        jobs_taken_back_during_a_shutdown_still_run();
     });
 }

@@ -265,16 +265,20 @@ impl<B: Backend> Serving<'_, B> {
                     None
                 }
                 Event::Prefetch => None,
+                // Jobs taken back go to the queue: it is no longer drained.
                 Event::Asked(asked) => {
                     self.asks_seen = asked;
-                    self.withdraw();
+                    draining &= !self.withdraw();
                     None
                 }
                 Event::WithdrawRetry => {
-                    self.withdraw();
+                    draining &= !self.withdraw();
                     None
                 }
-                Event::Stop if self.take_back_head() => None,
+                Event::Stop if self.take_back_head() => {
+                    draining = false;
+                    None
+                }
                 Event::Stop => Some(Loss::Stopped {
                     error: JobError::Cancelled,
                     why: "killed a worker to cancel its running job",

@@ -78,13 +78,21 @@ impl<B: Backend> Serving<'_, B> {
     /// the others go back to the front of the queue, untouched (the head too, if the
     /// worker has not read it yet). Whatever the worker has started stays: a cancelled
     /// job among those is stopped when it becomes the head, and one only withdrawn runs
-    /// on.
+    /// on. Returns whether jobs were taken back (and went to the queue).
     ///
     /// [`JobError::Cancelled`]: crate::JobError::Cancelled
-    pub(super) fn withdraw(&mut self) {
+    pub(super) fn withdraw(&mut self) -> bool {
         self.withdraw_retry = None;
-        if self.line.waiting_withdrawn() && self.take_back(false) == Some(false) {
-            self.withdraw_retry = Some(Instant::now() + WITHDRAW_RETRY);
+        if !self.line.waiting_withdrawn() {
+            return false;
+        }
+        match self.take_back(false) {
+            TookBack::Head | TookBack::Behind => true,
+            TookBack::NotYet => {
+                self.withdraw_retry = Some(Instant::now() + WITHDRAW_RETRY);
+                false
+            }
+            TookBack::Nothing => false,
         }
     }
 
@@ -96,32 +104,31 @@ impl<B: Backend> Serving<'_, B> {
     ///
     /// [`JobError::Cancelled`]: crate::JobError::Cancelled
     pub(super) fn take_back_head(&mut self) -> bool {
-        self.take_back(true) == Some(true)
+        self.take_back(true) == TookBack::Head
     }
 
     /// Takes back the jobs behind the head that the worker has not started, and the head
     /// too if the worker has not started it (and it is to end, or can be sent again);
     /// they go back to the queue, where those cancelled meanwhile end.
     ///
-    /// `Some(true)` if the head was taken back; `Some(false)` if it was not and the jobs
-    /// behind it could not be yet (ask again later); `None` if there was nothing to take
-    /// back (the worker had started it all) or the link cannot take jobs back.
     /// `head_only` asks only for the head: nothing is taken back unless it can be.
-    fn take_back(&mut self, head_only: bool) -> Option<bool> {
-        let head = self.line.head_id()?;
+    fn take_back(&mut self, head_only: bool) -> TookBack {
+        let Some(head) = self.line.head_id() else {
+            return TookBack::Nothing;
+        };
         if !self.link.can_revoke() {
-            return None;
+            return TookBack::Nothing;
         }
         // The worker may not have read the head yet: it goes back too then, if it can.
         let head_too = self.line.head_can_go_back() && self.link.started(head) == Some(false);
         if head_only && !head_too {
-            return None;
+            return TookBack::Nothing;
         }
         let from = if head_too { head } else { head + 1 };
         let first = match self.link.revoke(from, self.next_id) {
             Revoke::From(first) => first,
-            Revoke::NothingLeft => return None,
-            Revoke::NotYet => return Some(false),
+            Revoke::NothingLeft => return TookBack::Nothing,
+            Revoke::NotYet => return TookBack::NotYet,
         };
         let jobs = if first == head {
             self.line.take_back_all()
@@ -138,8 +145,26 @@ impl<B: Backend> Serving<'_, B> {
         self.revoked.add(first..self.next_id);
         // The cancelled ones end here, the others are queued again.
         self.core.queue.requeue_front(jobs);
-        Some(first == head)
+        if first == head {
+            TookBack::Head
+        } else {
+            TookBack::Behind
+        }
     }
+}
+
+/// What [`Serving::take_back`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TookBack {
+    /// The head and the jobs behind it went back to the queue.
+    Head,
+    /// The jobs behind the head that the worker had not started went back.
+    Behind,
+    /// Nothing yet: the worker had not started the head, which could not go back (ask
+    /// again later).
+    NotYet,
+    /// Nothing: the worker had started it all, or the link cannot take jobs back.
+    Nothing,
 }
 
 /// The jobs taken back from a worker that it has not answered as skipped yet, in ranges
