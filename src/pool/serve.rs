@@ -10,8 +10,8 @@
 //! waiting for the pool ([`Line`] decides how many). The worker runs them strictly in
 //! order, so only the head has started: a `cancel()` of one behind it takes it back from
 //! the worker ([`take_back`]) where the backend can, and if the worker is lost they go
-//! back to the front of the queue, untouched. Answers that arrive together are completed in one pass and their
-//! callers woken once.
+//! back to the front of the queue, untouched. Answers that arrive together are completed
+//! in one pass and their callers woken once.
 
 use super::backend::{Backend, Caps, Received, WorkerLink};
 use super::core::{Core, Idle, QueuedJob};
@@ -215,7 +215,6 @@ impl<B: Backend> Serving<'_, B> {
                         },
                     ..
                 })) if self.revoked.skipped(id) => None, // a job taken back, skipped
-
                 Event::Received(Received::Frame(Frame {
                     message: FromWorker::Done { id, outcome },
                     payload,
