@@ -114,21 +114,31 @@ impl<B: Backend> Serving<'_, B> {
     /// read yet (a failed write can be how its death is first seen), with what its link
     /// still delivers: frames in flight, then the answers left in its journal.
     async fn take_last_answers(&mut self) {
+        // What completing answers read past them: a job taken back, skipped, after which
+        // the answers go on.
+        let mut carried = None;
         while !self.line.is_empty() {
-            let received = tokio::time::timeout(BROKEN_GRACE, self.link.recv()).await;
-            let Ok(Received::Frame(Frame {
+            let received = match carried.take() {
+                Some(received) => received,
+                None => match tokio::time::timeout(BROKEN_GRACE, self.link.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => return,
+                },
+            };
+            let Received::Frame(Frame {
                 message: FromWorker::Done { id, outcome },
                 payload,
-            })) = received
+            }) = received
             else {
                 return;
             };
             if matches!(outcome, Outcome::Revoked) && self.revoked.skipped(id) {
                 continue; // a job taken back, skipped: answers go on after it
             }
-            if self.line.head_id() != Some(id) || self.complete(outcome, payload).is_some() {
+            if self.line.head_id() != Some(id) {
                 return;
             }
+            carried = self.complete(outcome, payload);
         }
     }
 

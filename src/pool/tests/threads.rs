@@ -15,6 +15,48 @@ struct Threads {
     /// How many more requests to take jobs back, from any worker, find it not started on
     /// the head yet (as a process still reading it would be).
     not_yet: Arc<std::sync::atomic::AtomicU32>,
+    /// Whether the pool may "stop" a running job (the link detaches its thread), so that
+    /// `cancel()` reaches jobs its workers hold.
+    stoppable: bool,
+    /// Holds back what the links deliver while it is set, as a pool that has not read its
+    /// socket yet would: shared by the backend's links.
+    hold: Option<Arc<Hold>>,
+}
+
+/// While set, the links read nothing from their sockets; a link's `kill` releases it.
+#[derive(Default)]
+struct Hold {
+    held: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Hold {
+    fn set(&self, held: bool) {
+        self.held.store(held, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once nothing is held.
+    async fn released(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if !self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once something is held.
+    async fn holding(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// The resident memory a [`Threads`] backend reports for every worker. A test sets
@@ -36,6 +78,8 @@ struct ThreadWorker {
     claims: Arc<AtomicU64>,
     /// Shared with the backend: see [`Threads::not_yet`].
     not_yet: Arc<std::sync::atomic::AtomicU32>,
+    /// Shared with the backend: see [`Threads::hold`].
+    hold: Option<Arc<Hold>>,
 }
 
 impl ThreadWorker {
@@ -45,6 +89,21 @@ impl ThreadWorker {
 
     /// The next frame, or the thread's end.
     async fn next(&mut self) -> Received {
+        if let Some(hold) = self.hold.clone() {
+            loop {
+                hold.released().await;
+                tokio::select! {
+                    biased;
+                    () = hold.holding() => {}
+                    received = self.next_now() => return received,
+                }
+            }
+        }
+        self.next_now().await
+    }
+
+    /// The next frame, or the thread's end, however [`Hold`] is.
+    async fn next_now(&mut self) -> Received {
         let Some(done) = self.done.as_mut() else {
             // Detached or ended: the link's end is all there is to wait for.
             return match self.conn.next().await {
@@ -69,7 +128,7 @@ impl Backend for Threads {
     fn caps(&self) -> Caps {
         Caps {
             respawn: self.respawn,
-            stop_running: false,
+            stop_running: self.stoppable,
             memory: self.memory.is_some(),
             lead: Duration::ZERO,
             wake_idle_last: false,
@@ -101,6 +160,7 @@ impl Backend for Threads {
             memory: self.memory.clone(),
             claims,
             not_yet: self.not_yet.clone(),
+            hold: self.hold.clone(),
         };
         let Received::Frame(Frame {
             message: FromWorker::Hello(hello),
@@ -169,6 +229,9 @@ impl WorkerLink for ThreadWorker {
     /// A thread cannot be stopped: shuts its socket, so that it takes no further job, and
     /// detaches it.
     async fn kill(&mut self) -> ExitInfo {
+        if let Some(hold) = &self.hold {
+            hold.set(false);
+        }
         let _ = self.conn.get_mut().shutdown().await;
         self.done = None;
         self.exit()
@@ -220,6 +283,8 @@ fn thread_pool_of(
         started: AtomicU64::new(0),
         memory: memory.map(|(_, gauge)| gauge),
         not_yet,
+        stoppable: false,
+        hold: None,
     };
     Pool::start(config, || Ok(backend)).unwrap()
 }
@@ -518,4 +583,105 @@ fn jobs_behind_a_slow_job_are_given_back(too_early: u32) {
         assert_eq!(stats.respawns, 0, "{stats:?}");
         assert_eq!(stats.jobs_queued, 0, "{stats:?}");
     }
+}
+
+/// A pool of one thread worker that the pool may "stop" (detach), whose link holds back
+/// what it delivers while `hold` is set.
+fn stoppable_thread_pool(hold: Arc<Hold>) -> Pool {
+    let config = Config {
+        max_workers: 1,
+        max_tasks_per_child: None,
+        max_frame: 1 << 20,
+        job_timeout: None,
+        max_worker_memory: None,
+        max_queued: None,
+    };
+    let backend = Threads {
+        respawn: true,
+        started: AtomicU64::new(0),
+        memory: None,
+        not_yet: Arc::default(),
+        stoppable: true,
+        hold: Some(hold),
+    };
+    Pool::start(config, || Ok(backend)).unwrap()
+}
+
+/// Leaves the mark `mark` (which must not exist yet: a job that runs twice panics), then
+/// waits for `gate`, if any.
+fn mark_then_wait((mark, gate): (PathBuf, Option<PathBuf>)) -> u64 {
+    std::fs::File::create_new(&mark).expect("the job ran once");
+    if let Some(gate) = gate {
+        hold(gate);
+    }
+    1
+}
+
+fn until_true(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND / 2;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A worker lost (here: stopped for a `cancel()`) with answers the pool has not read
+/// yet: the answer of the head, those of jobs taken back from it (skipped), then the
+/// answer of a job sent after them. Every answer there is taken: the job that answered
+/// completes, and only the job running when it was lost ends with the loss's error.
+#[test]
+fn answers_after_skipped_ones_are_taken_when_a_worker_is_lost() {
+    bounded(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let hold_flag = Arc::new(Hold::default());
+        let pool = stoppable_thread_pool(hold_flag.clone());
+        let never = JobOptions::new();
+        let step: fn((PathBuf, Option<PathBuf>)) -> u64 = mark_then_wait;
+        let untimed: fn(PathBuf) -> u64 = block;
+        for x in 0..100 {
+            let warm = submit(&pool, step, (path(&format!("warm-{x}")), None), never);
+            assert_eq!(warm.wait(), Ok(1));
+        }
+        let core = &pool.core;
+        // Queued behind a job of a function not timed, the four are written together.
+        let first = submit(&pool, untimed, path("first"), never);
+        until_true("the untimed job never started", || {
+            core.stats().workers_busy == 1
+        });
+        let head = submit(&pool, step, (path("head"), Some(path("head-gate"))), never);
+        let cancelled = submit(&pool, step, (path("cancelled"), None), never);
+        let kept = submit(&pool, step, (path("kept"), None), never);
+        let last = submit(&pool, step, (path("last"), Some(path("last-gate"))), never);
+        open(&path("first"));
+        assert_eq!(first.wait(), Ok(7));
+        until_true("the four were never written together", || {
+            path("head").exists() && core.counters.waiting() == 3
+        });
+        // Taken back with the cancelled one, `kept` and `last` are written again behind
+        // the head.
+        assert!(cancelled.cancel());
+        assert_eq!(cancelled.wait(), Err(JobError::Cancelled));
+        until_true("the two were never written again", || {
+            core.queue.len() == 0 && core.counters.waiting() == 2
+        });
+        // The worker answers the head, skips the three taken back, answers `kept` and
+        // runs `last`, none of which the pool reads yet.
+        hold_flag.set(true);
+        open(&path("head-gate"));
+        until_true("the last job never started", || path("last").exists());
+        assert!(path("kept").exists());
+        // The head's stop kills the worker, then the pool reads what it answered.
+        assert!(head.cancel());
+        assert_eq!(head.wait(), Ok(1), "it had answered: the result wins");
+        let kept = kept.wait();
+        let last = last.wait();
+        open(&path("last-gate"));
+        assert_eq!(kept, Ok(1), "it ran and answered; it was not cancelled");
+        assert_eq!(
+            last,
+            Err(JobError::Cancelled),
+            "the job running when the worker was stopped ends, and does not run again"
+        );
+    });
 }
