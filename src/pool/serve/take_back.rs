@@ -17,14 +17,12 @@ impl<B: Backend> Serving<'_, B> {
     /// When the jobs waiting behind the head are to be given back if another worker is idle
     /// then: [`GIVE_BACK_AFTER`] after the head started (and again as often, while the
     /// worker has not started it yet), once per head, if the worker can skip jobs it was
-    /// sent. Not while the pool drains (other workers leave rather than wait for jobs), nor
-    /// while jobs taken back before are still to be skipped.
+    /// sent. Not while the pool drains (other workers leave rather than wait for jobs).
+    /// Jobs taken back before and still to be skipped do not stop it (a revocation not
+    /// passed yet is extended): those taken back with a cancelled one, and written again
+    /// behind the same slow head, must go to an idle worker too.
     pub(super) fn give_back_at(&self) -> Option<Instant> {
-        if !self.link.can_revoke()
-            || self.retiring
-            || !self.revoked.is_empty()
-            || self.core.queue.is_closed()
-        {
+        if !self.link.can_revoke() || self.retiring || self.core.queue.is_closed() {
             return None;
         }
         let (head, started) = self.line.head_with_waiting()?;
@@ -173,7 +171,8 @@ enum TookBack {
 pub(super) struct Revoked(VecDeque<Range<u64>>);
 
 impl Revoked {
-    pub(super) fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
