@@ -173,7 +173,8 @@ impl<R: 'static> JobHandle<R> {
     /// - A short job already **handed to a worker process** but waiting behind the job it
     ///   runs (the pool streams short jobs ahead, so that workers never wait for the
     ///   parent) is taken back: it never runs, and the worker lives on. If the worker had
-    ///   just started it, it is stopped as a running job is.
+    ///   just started it, it is stopped as a running job is. An `MpiPoolExecutor`'s node
+    ///   agents cannot take a job back: there it is stopped when it starts.
     ///
     /// Returns `true` if the cancellation took effect: the job ends with
     /// [`JobError::Cancelled`], unless a running job delivers its result in the same

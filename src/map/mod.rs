@@ -51,7 +51,8 @@ const COLLECT_ROOM_AT_MOST: usize = 64 << 20;
 ///
 /// Dropping the stream cancels its chunks still queued in the pool (they never run), and
 /// takes back those a process pool had handed to a worker behind the chunk it runs, if
-/// the worker has not started them. Chunks already running finish in the background and
+/// the worker has not started them (an `MpiPoolExecutor` cannot: they run, and their
+/// results are discarded). Chunks already running finish in the background and
 /// their results are discarded: a dropped stream never kills a worker (cancel a chunk's
 /// job yourself for that). Items not yet pulled from the input are never submitted.
 #[must_use = "streams do nothing unless polled"]
