@@ -73,10 +73,11 @@ impl<B: Backend> Serving<'_, B> {
 
     /// Takes back the jobs waiting behind the head if one of them was cancelled (or its
     /// `Map` dropped), so that it never runs: it ends with [`JobError::Cancelled`] and
-    /// the others go back to the front of the queue, untouched (the head too, if the
-    /// worker has not read it yet). Whatever the worker has started stays: a cancelled
-    /// job among those is stopped when it becomes the head, and one only withdrawn runs
-    /// on. Returns whether jobs were taken back (and went to the queue).
+    /// the others go back to the front of the queue, untouched (the head too, if it is
+    /// to end and the worker has not read it yet). Whatever the worker has started
+    /// stays: a cancelled job among those is stopped when it becomes the head, and one
+    /// only withdrawn runs on. Returns whether jobs were taken back (and went to the
+    /// queue).
     ///
     /// [`JobError::Cancelled`]: crate::JobError::Cancelled
     pub(super) fn withdraw(&mut self) -> bool {
