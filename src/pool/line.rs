@@ -64,8 +64,6 @@ struct Sent {
     /// Its encoded argument stays in `job.input` while it waits behind the head, so that
     /// it can go back to the queue as it is.
     job: QueuedJob,
-    /// Whether its argument was let go when it became the head: it cannot be sent again.
-    input_freed: bool,
 }
 
 /// How long one function's jobs take on a worker.
@@ -304,10 +302,11 @@ impl<'a> Line<'a> {
     }
 
     /// Whether the running head may be taken back if its worker has not started it: it
-    /// is to end (cancelled, or its `Map` dropped), or can be sent again.
+    /// is to end (cancelled, or its `Map` dropped), or can be sent again (it may be
+    /// retried, so [`promote`](Self::promote) kept its argument).
     pub(crate) fn head_can_go_back(&self) -> bool {
         self.head()
-            .is_some_and(|sent| !sent.input_freed || sent.job.state.withdraw_asked())
+            .is_some_and(|sent| sent.job.retries_left > 0 || sent.job.state.withdraw_asked())
     }
 
     /// What `cancel()` notifies for the jobs of this line, if the backend can stop a
@@ -335,7 +334,6 @@ impl<'a> Line<'a> {
             items,
             estimate,
             job,
-            input_freed: false,
         });
     }
 
@@ -366,7 +364,6 @@ impl<'a> Line<'a> {
             // W1 slower, by 0.3-0.8 us in the best repetitions of a probe (a noisy
             // machine). So the head cannot go back to the queue unless it is to end.
             sent.job.input = bytes::Bytes::new();
-            sent.input_freed = true;
         }
         self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
         self.head_started = Some(now);
